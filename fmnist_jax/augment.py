@@ -1,0 +1,150 @@
+"""Batched, jittable image augmentation with explicit PRNG keys.
+
+Images are float32 NHWC ``[B, H, W, C]`` in [0, 1]. ``augment_batch`` is the online
+augmentation used inside the compiled train step; ``expand_dataset`` is what the
+original report did (originals + one rotated copy + one noisy copy, drawn once).
+"""
+
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+AUG_MODES = ("none", "expand", "online")
+
+# Fixed fold_in constants: each transform gets its own stream, so turning one off
+# does not change the random draws of the others.
+_ROTATE_STREAM = 0
+_FLIP_STREAM = 1
+_NOISE_STREAM = 2
+
+
+@dataclass(frozen=True, kw_only=True)
+class AugmentConfig:
+    """Augmentation settings; frozen and hashable, so usable as a jit static arg."""
+
+    max_degrees: float = 10.0  # rotation angle ~ U[-max_degrees, +max_degrees]
+    noise_std: float = 0.1  # Gaussian sigma on the [0, 1] scale, result clipped
+    flip: bool = False  # horizontal flip with p=0.5; the report mentions it, off by default
+    rotate: bool = True
+    noise: bool = True
+
+    def __post_init__(self):
+        # `not (a <= x <= b)` also rejects NaN.
+        if not (0.0 <= self.max_degrees <= 180.0):
+            raise ValueError(f"max_degrees must be in [0, 180], got {self.max_degrees!r}")
+        if not (self.noise_std >= 0.0):
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+
+
+def rotate(images: jax.Array, angles_degrees: jax.Array) -> jax.Array:
+    """Rotate each image about its centre, bilinear, zero fill: [B,H,W,C], [B] -> [B,H,W,C].
+
+    Same direction and boundary rule as
+    ``scipy.ndimage.rotate(img, angle, reshape=False, order=1, mode="constant", cval=0)``:
+    an output pixel whose source point falls outside [0, H-1] x [0, W-1] is 0.
+    Hand-written gathers rather than a vmapped ``map_coordinates`` (about as fast on CPU):
+    ``map_coordinates``' "constant" mode blends the edge pixels into a one-pixel margin
+    outside the image, which scipy's "constant" does not.
+    """
+    b, h, w, c = images.shape
+    theta = jnp.deg2rad(angles_degrees.astype(jnp.float32))[:, None, None]
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+    yy, xx = jnp.meshgrid(
+        jnp.arange(h, dtype=jnp.float32) - cy, jnp.arange(w, dtype=jnp.float32) - cx, indexing="ij"
+    )
+    # scipy maps output -> input with [[c, s], [-s, c]] in (row, col) order.
+    src_y = cos * yy + sin * xx + cy  # [B,H,W]
+    src_x = -sin * yy + cos * xx + cx
+    # The slack absorbs float32 error in cos/sin: at exact multiples of 90 degrees scipy
+    # (float64, exact cosdg/sindg) lands exactly on the edge rows and keeps them.
+    slack = 1e-4
+    inside = (src_y >= -slack) & (src_y <= h - 1 + slack) & (src_x >= -slack) & (src_x <= w - 1 + slack)
+    src_y = jnp.clip(src_y, 0, h - 1)
+    src_x = jnp.clip(src_x, 0, w - 1)
+    # Clamping the lower corner to H-2 keeps both neighbours in range; at the last row
+    # the weight of the upper neighbour is then exactly 1, so nothing is lost.
+    y0 = jnp.clip(jnp.floor(src_y), 0, h - 2)
+    x0 = jnp.clip(jnp.floor(src_x), 0, w - 2)
+    fy = (src_y - y0)[..., None]
+    fx = (src_x - x0)[..., None]
+    base = (y0 * w + x0).astype(jnp.int32).reshape(b, h * w, 1)
+    flat = images.reshape(b, h * w, c)
+
+    def at(offset):
+        return jnp.take_along_axis(flat, base + offset, axis=1).reshape(b, h, w, c)
+
+    top = at(0) * (1 - fx) + at(1) * fx
+    bottom = at(w) * (1 - fx) + at(w + 1) * fx
+    out = top * (1 - fy) + bottom * fy
+    return jnp.where(inside[..., None], out, 0.0).astype(images.dtype)
+
+
+def random_angles(key: jax.Array, n: int, max_degrees: float) -> jax.Array:
+    """Angles in degrees, uniform in [-max_degrees, max_degrees]: [n] float32."""
+    return jax.random.uniform(key, (n,), jnp.float32, -max_degrees, max_degrees)
+
+
+def add_noise(key: jax.Array, images: jax.Array, std: float) -> jax.Array:
+    """clip(images + std * N(0, 1), 0, 1), same shape as images."""
+    noise = jax.random.normal(key, images.shape, images.dtype)
+    return jnp.clip(images + std * noise, 0.0, 1.0)
+
+
+def corrupt(key: jax.Array, images: jax.Array, std: float) -> jax.Array:
+    """The denoising autoencoder's input corruption: exactly ``add_noise``."""
+    return add_noise(key, images, std)
+
+
+def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
+    """Flip each image horizontally with probability 0.5: [B,H,W,C] -> [B,H,W,C]."""
+    flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1))
+    w = images.shape[2]
+    # A per-image column gather, not where(flip, x[:, :, ::-1], x): XLA fuses the
+    # producer (e.g. the rotation) into both branches of a select and computes it twice.
+    columns = jnp.where(flip, jnp.arange(w - 1, -1, -1), jnp.arange(w))  # [B, W]
+    return jnp.take_along_axis(images, columns[:, None, :, None], axis=2)
+
+
+def augment_batch(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.Array:
+    """Online augmentation: rotate, then flip, then noise, each as enabled in cfg."""
+    if cfg.rotate:
+        angles = random_angles(jax.random.fold_in(key, _ROTATE_STREAM), images.shape[0], cfg.max_degrees)
+        images = rotate(images, angles)
+    if cfg.flip:
+        images = random_flip(jax.random.fold_in(key, _FLIP_STREAM), images)
+    if cfg.noise:
+        images = add_noise(jax.random.fold_in(key, _NOISE_STREAM), images, cfg.noise_std)
+    return images
+
+
+@jax.jit
+def _rotated_and_noisy(key, images, max_degrees, noise_std):
+    rotate_key = jax.random.fold_in(key, _ROTATE_STREAM)
+    noise_key = jax.random.fold_in(key, _NOISE_STREAM)
+    rotated = rotate(images, random_angles(rotate_key, images.shape[0], max_degrees))
+    return rotated, add_noise(noise_key, images, noise_std)
+
+
+def expand_dataset(
+    key: jax.Array, images, labels, cfg: AugmentConfig, *, chunk_size: int = 10_000
+) -> tuple[jax.Array, jax.Array]:
+    """The report's offline augmentation: [N,H,W,C], [N] -> [3N,H,W,C], [3N].
+
+    Order: originals, a rotated copy (angles up to cfg.max_degrees), a noisy copy
+    (cfg.noise_std); labels repeated to match. Always makes exactly these two copies;
+    the cfg.rotate/noise/flip switches belong to online mode. Works in chunks to bound
+    memory; chunk k uses fold_in(key, k), so the draws depend on chunk_size.
+    """
+    images = jnp.asarray(images, jnp.float32)
+    labels = jnp.asarray(labels)
+    rotated, noisy = [], []
+    for k, start in enumerate(range(0, images.shape[0], chunk_size)):
+        r, n = _rotated_and_noisy(
+            jax.random.fold_in(key, k), images[start : start + chunk_size], cfg.max_degrees, cfg.noise_std
+        )
+        rotated.append(r)
+        noisy.append(n)
+    out_images = jnp.concatenate([images, *rotated, *noisy])
+    return out_images, jnp.concatenate([labels] * 3)
