@@ -1,0 +1,65 @@
+"""Orbax checkpoints: a train state (or any pytree of arrays) plus a JSON sidecar.
+
+Orbax writes each checkpoint to a temporary directory and renames it when complete, so an
+interrupted save never leaves a half-written checkpoint under its final name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def abstract_like(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of `tree`: the restore target Orbax needs."""
+    return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1) -> ocp.CheckpointManager:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+    )
+    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+
+
+def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None = None,
+         max_to_keep: int | None = 1) -> None:
+    """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`."""
+    with _manager(directory, max_to_keep) as mngr:
+        mngr.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {})
+            ),
+            force=True,
+        )
+        mngr.wait_until_finished()
+
+
+def latest_step(directory: str | os.PathLike) -> int | None:
+    if not Path(directory).exists():
+        return None
+    with _manager(directory) as mngr:
+        return mngr.latest_step()
+
+
+def restore(directory: str | os.PathLike, target: Any, step: int | None = None) -> tuple[Any, dict]:
+    """Restore (state, extra) from checkpoint `step` (latest if None) onto `target`'s structure.
+
+    `target` is a pytree of arrays or of `jax.ShapeDtypeStruct` (see `abstract_like`).
+    """
+    with _manager(directory) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
+        restored = mngr.restore(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_like(target)), extra=ocp.args.JsonRestore()
+            ),
+        )
+    return restored["state"], dict(restored["extra"] or {})

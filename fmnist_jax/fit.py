@@ -1,0 +1,313 @@
+"""`fit`: train N members at once for a number of epochs, with history, divergence flags,
+per-epoch evaluation, optional device sharding and resumable Orbax checkpoints."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from fmnist_jax import augment, checkpoint
+from fmnist_jax.train import (
+    Program, TrainConfig, TrainState, evaluate_arrays, init_state, pad_for_eval, program, train_epoch,
+)
+
+PARALLEL_MODES = ("auto", "none", "seeds", "data")
+EVAL_NOISE_SEED = 1234  # fixed corruption of val/test images for the autoencoder's eval loss
+
+
+class Interrupted(Exception):
+    """Raised by a `should_stop` callback's owner to stop between epochs (the checkpoint is kept)."""
+
+
+@dataclass
+class FitResult:
+    """What a run produced. Arrays carry a leading member axis [n_members, ...]."""
+
+    cfg: TrainConfig
+    seeds: list[int]
+    states: TrainState
+    history: dict[str, list]  # name -> [n_members][epochs]
+    diverged: list[bool]
+    final: dict[str, dict[str, np.ndarray]]  # eval set -> {"loss", "accuracy", "confusion", "predictions"}
+    timing: dict[str, float] = field(default_factory=dict)
+    parallel: str = "none"
+    epochs_run: int = 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Placement
+
+
+def resolve_parallel(parallel: str, n_members: int) -> str:
+    if parallel not in PARALLEL_MODES:
+        raise ValueError(f"unknown parallel mode {parallel!r}; choose one of {PARALLEL_MODES}")
+    if parallel != "auto":
+        return parallel
+    # Several devices: give each its own members (no communication at all). One device: plain.
+    return "seeds" if jax.device_count() > 1 and n_members > 1 else "none"
+
+
+def padded_members(n_members: int, parallel: str) -> int:
+    """Members actually trained: the seed axis is padded to a multiple of the device count."""
+    if parallel != "seeds":
+        return n_members
+    d = jax.device_count()
+    return int(math.ceil(n_members / d) * d)
+
+
+@dataclass(frozen=True)
+class Placement:
+    mode: str
+    mesh: Mesh | None
+
+    def state(self, tree):
+        if self.mode == "seeds":
+            return jax.device_put(tree, NamedSharding(self.mesh, P("devices")))
+        if self.mode == "data":
+            return jax.device_put(tree, NamedSharding(self.mesh, P()))
+        return jax.device_put(tree)
+
+    def data(self, array):
+        if self.mesh is None:
+            return jax.device_put(array)
+        return jax.device_put(array, NamedSharding(self.mesh, P()))
+
+    @property
+    def batch_sharding(self):
+        # Under vmap the member axis is prepended; the batch axis (1) is split over devices.
+        return NamedSharding(self.mesh, P(None, "devices")) if self.mode == "data" else None
+
+
+def make_placement(mode: str) -> Placement:
+    if mode == "none":
+        return Placement(mode, None)
+    # Auto axis type: XLA's partitioner propagates the shardings we place on the inputs.
+    mesh = jax.make_mesh((jax.device_count(),), ("devices",), axis_types=(AxisType.Auto,))
+    return Placement(mode, mesh)
+
+
+# ----------------------------------------------------------------------------------------------
+# Compiled, vmapped programs (cached per config, data size and placement)
+
+
+@functools.lru_cache(maxsize=64)
+def _vmapped(prog: Program, batch_sharding):
+    def epoch_fn(states, images, labels, epoch):
+        body = functools.partial(train_epoch, prog, batch_sharding=_unbatched(batch_sharding))
+        states, per_step = jax.vmap(body, in_axes=(0, None, None, None))(states, images, labels, epoch)
+        # Epoch means per member (per_step leaves are [members, steps]).
+        return states, {k: jnp.mean(v, axis=1) for k, v in per_step.items()}
+
+    def eval_fn(states, images, labels, key):
+        return jax.vmap(functools.partial(evaluate_arrays, prog), in_axes=(0, None, None, None))(
+            states, images, labels, key)
+
+    return jax.jit(epoch_fn, donate_argnums=0), jax.jit(eval_fn)
+
+
+def _unbatched(batch_sharding):
+    """The sharding of one member's batch (vmap adds the member axis back)."""
+    if batch_sharding is None:
+        return None
+    return NamedSharding(batch_sharding.mesh, P("devices"))
+
+
+def init_states(prog: Program, seeds: Sequence[int], learning_rates: Sequence[float] | None = None):
+    """Stacked states, member k from PRNGKey(seeds[k]) (and learning_rates[k] if given)."""
+    keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
+    lrs = jnp.asarray(
+        [prog.cfg.optimizer.learning_rate] * len(seeds) if learning_rates is None else learning_rates,
+        jnp.float32,
+    )
+    if lrs.shape != (len(seeds),):
+        raise ValueError(f"need one learning rate per seed: {len(seeds)} seeds, {lrs.shape[0]} rates")
+    return jax.jit(jax.vmap(functools.partial(init_state, prog)))(keys, lrs)
+
+
+def prepare_train_set(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, data_seed: int = 0):
+    """The training arrays the engine sees: the originals, or for `expand` originals + rotated + noisy."""
+    if cfg.model == "cnn" and cfg.augment == "expand":
+        return augment.expand_dataset(jax.random.PRNGKey(data_seed), images, labels, cfg.aug)
+    return images, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+
+
+def _summarise_eval(out: Mapping[str, jax.Array], classifier: bool) -> dict[str, np.ndarray]:
+    out = jax.device_get(out)
+    count = out["count"]
+    res = {"loss": out["loss_sum"] / count}
+    if classifier:
+        res["accuracy"] = out["correct"] / count
+        res["confusion"] = out["confusion"]
+        res["predictions"] = out["predictions"]
+    else:
+        res["noisy_loss"] = out["noisy_loss_sum"] / count
+    return res
+
+
+def fit(
+    cfg: TrainConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    eval_sets: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    seeds: Sequence[int],
+    *,
+    learning_rates: Sequence[float] | None = None,
+    init_hook: Callable[[TrainState], TrainState] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    parallel: str = "auto",
+    data_seed: int = 0,
+    progress: bool = False,
+    desc: str = "",
+    should_stop: Callable[[], bool] | None = None,
+) -> FitResult:
+    """Train len(seeds) members of `cfg` together for cfg.epochs epochs.
+
+    Args:
+      train: (images float32 [N, 28, 28, 1], labels int32 [N]); expanded here if cfg.augment == "expand".
+      eval_sets: name -> (images, labels), evaluated after every epoch (e.g. "val", "test").
+      init_hook: maps freshly initialised stacked states to the starting ones (e.g. load a
+        pretrained encoder). Applied before any checkpoint is restored over them.
+      checkpoint_dir: if given, the stacked state and history are saved after every epoch and a
+        rerun resumes from the last completed epoch, ending with the same numbers.
+      parallel: "none", "seeds" (members split over devices), "data" (each batch split over
+        devices, params replicated) or "auto".
+      should_stop: polled between epochs; when it returns True, `Interrupted` is raised after
+        the epoch's checkpoint is written.
+    """
+    t_start = time.perf_counter()
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("need at least one seed")
+    mode = resolve_parallel(parallel, len(seeds))
+    n_members = padded_members(len(seeds), mode)
+    # Padding members (only in "seeds" mode) get fresh seeds; they are trained and discarded.
+    all_seeds = seeds + [max(seeds) + 1 + i for i in range(n_members - len(seeds))]
+    all_lrs = None
+    if learning_rates is not None:
+        all_lrs = list(learning_rates) + [learning_rates[0]] * (n_members - len(seeds))
+
+    train_images, train_labels = prepare_train_set(cfg, *train, data_seed=data_seed)
+    prog = program(cfg, int(train_images.shape[0]))
+    place = make_placement(mode)
+    epoch_fn, eval_fn = _vmapped(prog, place.batch_sharding)
+
+    states = init_states(prog, all_seeds, all_lrs)
+    if init_hook is not None:
+        states = init_hook(states)
+    states = place.state(states)
+    d_train_images = place.data(jnp.asarray(train_images, jnp.float32))
+    d_train_labels = place.data(jnp.asarray(train_labels, jnp.int32))
+    d_eval = {}
+    for name, (imgs, labs) in eval_sets.items():
+        pi, pl = pad_for_eval(np.asarray(imgs, np.float32), np.asarray(labs, np.int32), cfg.eval_batch_size)
+        d_eval[name] = (place.data(pi), place.data(pl))
+    eval_key = jax.random.PRNGKey(EVAL_NOISE_SEED)
+
+    history: dict[str, list] = {}
+    diverged = np.zeros(n_members, bool)
+    start_epoch = 0
+    if checkpoint_dir is not None and checkpoint.latest_step(checkpoint_dir) is not None:
+        states, extra = checkpoint.restore(checkpoint_dir, states)
+        start_epoch = int(extra["epoch"])
+        history = {k: [list(v) for v in vals] for k, vals in extra["history"].items()}
+        diverged = np.asarray(extra["diverged"], bool)
+
+    timing = {"compile_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
+    final: dict[str, dict] = {}
+    epochs_run = start_epoch
+
+    def record(name: str, values):
+        values = np.asarray(values, np.float64)
+        rows = history.setdefault(name, [[] for _ in range(n_members)])
+        for k in range(n_members):
+            rows[k].append(float(values[k]))
+
+    def run_eval():
+        out = {}
+        for name, (pi, pl) in d_eval.items():
+            out[name] = _summarise_eval(eval_fn(states, pi, pl, eval_key), cfg.is_classifier)
+        return out
+
+    bar = _progress(cfg.epochs, start_epoch, progress, desc)
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            if epoch == start_epoch:
+                # Compile ahead of time so compile time and steady-state time are separate numbers.
+                compiled = epoch_fn.lower(states, d_train_images, d_train_labels, epoch).compile()
+                timing["compile_s"] += time.perf_counter() - t0
+                t0 = time.perf_counter()
+            states, epoch_metrics = compiled(states, d_train_images, d_train_labels, epoch)
+            epoch_metrics = jax.device_get(epoch_metrics)  # one host read per epoch
+            timing["train_s"] += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            evals = run_eval()
+            timing["eval_s"] += time.perf_counter() - t1
+
+            for name, values in epoch_metrics.items():
+                record(f"train_{name}", values)
+            for set_name, res in evals.items():
+                for name in ("loss", "accuracy", "noisy_loss"):
+                    if name in res:
+                        record(f"{set_name}_{name}", res[name])
+            losses = np.stack([np.asarray(epoch_metrics["loss"])] +
+                              [np.asarray(r["loss"]) for r in evals.values()])
+            diverged |= ~np.all(np.isfinite(losses), axis=0)
+            final = evals
+            epochs_run = epoch + 1
+            if checkpoint_dir is not None:
+                checkpoint.save(checkpoint_dir, epochs_run, states, {
+                    "epoch": epochs_run, "history": history, "diverged": diverged.tolist(),
+                })
+            bar.update(1)
+            bar.set_postfix(_postfix(history), refresh=False)
+            if diverged.all():
+                break  # every member is NaN/inf: nothing left worth computing
+            if should_stop is not None and should_stop():
+                raise Interrupted(f"stopped after epoch {epochs_run}")
+        if not final:
+            # Nothing left to train (resumed a finished run, or epochs == 0): evaluate what we have.
+            final = run_eval()
+    finally:
+        bar.close()
+
+    keep = len(seeds)
+    states = jax.tree_util.tree_map(lambda x: x[:keep], states)
+    history = {k: v[:keep] for k, v in history.items()}
+    final = {s: {k: np.asarray(v)[:keep] for k, v in res.items()} for s, res in final.items()}
+    timing["wall_s"] = time.perf_counter() - t_start
+    n_images = int(train_images.shape[0]) // cfg.batch_size * cfg.batch_size
+    trained_epochs = epochs_run - start_epoch
+    if timing["train_s"] > 0 and trained_epochs > 0:
+        # Throughput of the real models only (padding members excluded).
+        timing["train_images_per_s"] = keep * n_images * trained_epochs / timing["train_s"]
+    return FitResult(cfg=cfg, seeds=seeds, states=states, history=history,
+                     diverged=diverged[:keep].tolist(), final=final, timing=timing,
+                     parallel=mode, epochs_run=epochs_run)
+
+
+def _postfix(history):
+    out = {}
+    for key in ("train_loss", "val_accuracy", "val_loss"):
+        if key in history:
+            out[key] = f"{np.nanmean([row[-1] for row in history[key]]):.4f}"
+    return out
+
+
+def _progress(total, initial, enabled, desc):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc or None,
+                unit="epoch", leave=False, dynamic_ncols=True)

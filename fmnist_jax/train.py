@@ -1,0 +1,343 @@
+"""The functional training engine.
+
+A run is a stack of N members (seeds, or hyperparameter values of the same shapes) trained
+together by one compiled program: `jax.vmap` over stacked `TrainState`s, one `lax.scan` per
+epoch over device-resident data, augmentation inside the step.
+
+Keys: member k's root key is `PRNGKey(seed_k)`; `fold_in(root, 0)` initialises the model and
+`fold_in(root, 1)` becomes `state.key`, from which every later key is derived:
+`fold_in(fold_in(state.key, SHUFFLE), epoch)` permutes an epoch, and
+`fold_in(state.key, step)` -> {augment, dropout} streams drives one step. So the same seed and
+config give the same numbers, and a run resumed from a checkpoint continues identically.
+
+Training drops the last partial batch of each epoch (a fresh permutation every epoch, so every
+image is still seen); evaluation pads the last batch and masks it, so every image counts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from dataclasses import dataclass, field
+from typing import Any, Callable, NamedTuple, Sequence
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fmnist_jax import augment as augment_lib, metrics
+from fmnist_jax.models import (
+    BASE_WIDTHS, CNN, NUM_CLASSES, Autoencoder, EncoderClassifier, POOLS, resolve_conv_impl,
+)
+
+MODELS = ("cnn", "autoencoder", "encoder_classifier")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULES = ("constant", "cosine")
+IMAGE_SHAPE = (28, 28, 1)
+
+# fold_in constants naming the key streams.
+_INIT, _TRAIN = 0, 1
+_SHUFFLE = 0x5F
+_AUGMENT, _DROPOUT = 0, 1
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """An optax optimizer by name. The learning rate itself lives in the train state (so N
+    learning rates can be vmapped); `schedule` multiplies it over the run."""
+
+    name: str = "adam"
+    learning_rate: float = 1e-3
+    momentum: float = 0.0  # sgd only (PyTorch convention: buf = m * buf + g)
+    weight_decay: float = 0.0  # adamw only
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight decay must be >= 0, got {self.weight_decay}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"warmup epochs must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Everything static about a training run (hashable: it keys the compiled programs)."""
+
+    model: str = "cnn"
+    pool: str = "avg"
+    conv_impl: str = "auto"
+    widths: tuple[int, ...] = BASE_WIDTHS
+    freeze_encoder: bool = False
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    batch_size: int = 100
+    epochs: int = 5
+    augment: str = "online"  # none | expand | online (CNN); the expand set is built by the caller
+    aug: augment_lib.AugmentConfig = field(default_factory=augment_lib.AugmentConfig)
+    denoise_std: float = 0.3  # autoencoder: sigma of the corrupting noise (noisy input, clean target)
+    eval_batch_size: int = 1000
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
+        if self.pool not in POOLS:
+            raise ValueError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
+        if self.augment not in augment_lib.AUG_MODES:
+            raise ValueError(
+                f"unknown augmentation {self.augment!r}; choose one of {', '.join(augment_lib.AUG_MODES)}"
+            )
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise ValueError(f"batch sizes must be >= 1, got {self.batch_size}, {self.eval_batch_size}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0, got {self.epochs}")
+        if self.denoise_std < 0:
+            raise ValueError(f"denoising noise sigma must be >= 0, got {self.denoise_std}")
+        resolve_conv_impl(self.conv_impl)  # validates
+
+    @property
+    def is_classifier(self) -> bool:
+        return self.model != "autoencoder"
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """One member's (or, stacked, N members') whole training state."""
+
+    step: jax.Array  # int32 []
+    params: Any
+    batch_stats: Any  # {} for models without BatchNorm
+    opt_state: Any
+    learning_rate: jax.Array  # float32 [], the peak learning rate (vmappable)
+    key: jax.Array  # uint32 [2], the member's training key
+
+
+def build_model(cfg: TrainConfig):
+    if cfg.model == "cnn":
+        return CNN(pool=cfg.pool, conv_impl=cfg.conv_impl)
+    if cfg.model == "autoencoder":
+        return Autoencoder(widths=cfg.widths)
+    return EncoderClassifier(widths=cfg.widths)
+
+
+def _lr_multiplier(opt: OptimizerConfig, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
+    warmup = int(round(opt.warmup_epochs * steps_per_epoch))
+    if opt.schedule == "constant":
+        main = optax.constant_schedule(1.0)
+    else:
+        main = optax.cosine_decay_schedule(1.0, max(total_steps - warmup, 1))
+    if warmup == 0:
+        return main
+    return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
+
+
+def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
+    """The optimizer without its learning rate: the engine scales by -lr * schedule(step)."""
+    opt = cfg.optimizer
+    if opt.name == "adam":
+        tx = optax.scale_by_adam()
+    elif opt.name == "adamw":
+        tx = optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(opt.weight_decay))
+    elif opt.name == "rmsprop":
+        tx = optax.scale_by_rms()
+    else:
+        tx = optax.trace(decay=opt.momentum) if opt.momentum else optax.identity()
+    if cfg.freeze_encoder:
+        # A linear probe: the encoder gets zero updates, so its weights stay exactly as restored.
+        def labels(params):
+            return {k: jax.tree_util.tree_map(lambda _: "frozen" if k == "encoder" else "train", v)
+                    for k, v in params.items()}
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    return tx
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses and steps (single member; vmapped by the callers).
+
+
+def _forward(cfg: TrainConfig, model, params, batch_stats, inputs, *, train: bool, dropout_key=None):
+    variables = {"params": params}
+    if batch_stats:
+        variables["batch_stats"] = batch_stats
+    if train:
+        out, updates = model.apply(
+            variables, inputs, train=True, rngs={"dropout": dropout_key}, mutable=["batch_stats"]
+        )
+        return out, updates.get("batch_stats", {})
+    return model.apply(variables, inputs, train=False), batch_stats
+
+
+def _loss(cfg: TrainConfig, outputs, targets):
+    """Per-example loss: cross-entropy for classifiers, MSE over pixels for the autoencoder."""
+    if cfg.is_classifier:
+        return optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+    return jnp.mean((outputs - targets) ** 2, axis=-1)
+
+
+def _inputs_targets(cfg: TrainConfig, key, images, labels, *, train: bool):
+    if cfg.model == "autoencoder":
+        noisy = augment_lib.corrupt(key, images, cfg.denoise_std)
+        return noisy, images.reshape(images.shape[0], -1)
+    if train and cfg.augment == "online":
+        # The barrier materialises the augmented batch once; without it XLA fuses the
+        # rotation and noise into each of the conv's nine shifted slices and recomputes them.
+        images = jax.lax.optimization_barrier(augment_lib.augment_batch(key, images, cfg.aug))
+    return images, labels
+
+
+def _global_norm(tree) -> jax.Array:
+    return optax.global_norm(tree) if jax.tree_util.tree_leaves(tree) else jnp.float32(0)
+
+
+class Program(NamedTuple):
+    """The compiled functions of one (config, train-set size): built once, cached."""
+
+    cfg: TrainConfig
+    model: Any
+    direction: optax.GradientTransformation
+    lr_multiplier: optax.Schedule
+    steps_per_epoch: int
+
+
+@functools.lru_cache(maxsize=64)
+def program(cfg: TrainConfig, n_train: int) -> Program:
+    steps_per_epoch = n_train // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"batch size {cfg.batch_size} is larger than the training split ({n_train} images); "
+            "use a smaller --batch-size"
+        )
+    total = steps_per_epoch * max(cfg.epochs, 1)
+    return Program(cfg, build_model(cfg), make_direction(cfg),
+                   _lr_multiplier(cfg.optimizer, total, steps_per_epoch), steps_per_epoch)
+
+
+def init_state(prog: Program, seed_key: jax.Array, learning_rate=None) -> TrainState:
+    """A fresh member from its root key. `learning_rate` overrides the config's (for lr sweeps)."""
+    cfg = prog.cfg
+    init_key = jax.random.fold_in(seed_key, _INIT)
+    variables = prog.model.init(
+        {"params": init_key, "dropout": init_key}, jnp.zeros((1, *IMAGE_SHAPE), jnp.float32)
+    )
+    params = variables["params"]
+    lr = cfg.optimizer.learning_rate if learning_rate is None else learning_rate
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=prog.direction.init(params),
+        learning_rate=jnp.asarray(lr, jnp.float32),
+        key=jax.random.fold_in(seed_key, _TRAIN),
+    )
+
+
+def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array):
+    """One optimisation step on a batch: (state, images [B,28,28,1], labels [B]) -> (state, metrics)."""
+    cfg, model = prog.cfg, prog.model
+    chex.assert_shape(images, (None, *IMAGE_SHAPE))
+    step_key = jax.random.fold_in(state.key, state.step)
+    aug_key = jax.random.fold_in(step_key, _AUGMENT)
+    dropout_key = jax.random.fold_in(step_key, _DROPOUT)
+    inputs, targets = _inputs_targets(cfg, aug_key, images, labels, train=True)
+
+    def loss_fn(params):
+        outputs, new_stats = _forward(cfg, model, params, state.batch_stats, inputs,
+                                      train=True, dropout_key=dropout_key)
+        return jnp.mean(_loss(cfg, outputs, targets)), (outputs, new_stats)
+
+    (loss, (outputs, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    direction, opt_state = prog.direction.update(grads, state.opt_state, state.params)
+    scale = -state.learning_rate * prog.lr_multiplier(state.step)
+    updates = jax.tree_util.tree_map(lambda d: scale * d, direction)
+    params = optax.apply_updates(state.params, updates)
+    out = {
+        "loss": loss,
+        "grad_norm": _global_norm(grads),
+        "update_norm": _global_norm(updates),
+        "param_norm": _global_norm(params),
+    }
+    if cfg.is_classifier:
+        chex.assert_shape(outputs, (images.shape[0], NUM_CLASSES))
+        out["accuracy"] = jnp.mean(jnp.argmax(outputs, -1) == labels)
+    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
+                              opt_state=opt_state)
+    return new_state, out
+
+
+def epoch_batches(prog: Program, state: TrainState, epoch, n: int) -> jax.Array:
+    """Indices [steps_per_epoch, batch] of one epoch: a device-side permutation, last partial batch dropped."""
+    key = jax.random.fold_in(jax.random.fold_in(state.key, _SHUFFLE), epoch)
+    perm = jax.random.permutation(key, n)
+    used = prog.steps_per_epoch * prog.cfg.batch_size
+    return perm[:used].reshape(prog.steps_per_epoch, prog.cfg.batch_size)
+
+
+def train_epoch(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array, epoch,
+                batch_sharding=None):
+    """One epoch as one `lax.scan` over device-resident data -> (state, per-step metrics)."""
+    idx = epoch_batches(prog, state, epoch, images.shape[0])
+
+    def body(state, batch_idx):
+        batch_images, batch_labels = images[batch_idx], labels[batch_idx]
+        if batch_sharding is not None:
+            batch_images = jax.lax.with_sharding_constraint(batch_images, batch_sharding)
+        return train_step(prog, state, batch_images, batch_labels)
+
+    return jax.lax.scan(body, state, idx)
+
+
+def eval_step(prog: Program, state: TrainState, images, labels, mask, key):
+    """Sums over a (padded) batch: loss, correct, confusion matrix, predictions."""
+    cfg = prog.cfg
+    inputs, targets = _inputs_targets(cfg, key, images, labels, train=False)
+    outputs, _ = _forward(cfg, prog.model, state.params, state.batch_stats, inputs, train=False)
+    per_example = _loss(cfg, outputs, targets)
+    maskf = mask.astype(jnp.float32)
+    out = {"loss_sum": jnp.sum(per_example * maskf), "count": jnp.sum(maskf)}
+    if cfg.is_classifier:
+        preds = jnp.argmax(outputs, -1).astype(jnp.int32)
+        out["predictions"] = preds
+        out["correct"] = jnp.sum((preds == labels) * maskf)
+        out["confusion"] = metrics.confusion_matrix(labels, preds, NUM_CLASSES, mask=mask)
+    else:
+        noisy_mse = jnp.mean((inputs.reshape(targets.shape) - targets) ** 2, axis=-1)
+        out["noisy_loss_sum"] = jnp.sum(noisy_mse * maskf)
+    return out
+
+
+def evaluate_arrays(prog: Program, state: TrainState, images, labels, key):
+    """Evaluate one member on padded [n_batches, B, ...] data with its mask -> summed metrics."""
+    images_b, labels_b, mask_b = images, labels, labels >= 0
+
+    def body(_, batch):
+        imgs, labs, msk = batch
+        return None, eval_step(prog, state, imgs, jnp.maximum(labs, 0), msk, key)
+
+    _, per_batch = jax.lax.scan(body, None, (images_b, labels_b, mask_b))
+    out = {k: jnp.sum(v, axis=0) for k, v in per_batch.items() if k != "predictions"}
+    if "predictions" in per_batch:
+        out["predictions"] = per_batch["predictions"].reshape(-1)
+    return out
+
+
+def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch_size: int):
+    """Pad to whole batches; padded labels are -1 (masked). -> images [nb, B, ...], labels [nb, B]."""
+    n = images.shape[0]
+    nb = -(-n // batch_size)
+    pad = nb * batch_size - n
+    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+    labels = np.concatenate([np.asarray(labels, np.int32), -np.ones(pad, np.int32)])
+    return images.reshape(nb, batch_size, *images.shape[1:]), labels.reshape(nb, batch_size)
