@@ -1,0 +1,14 @@
+"""Q1: augmentation none vs expand vs online (plus the tuned row).
+
+    python -m experiments.q1_augmentation [--seeds 3] [--out results] [--quick] [--pool max] ...
+"""
+
+if __name__ == "__main__":
+    from experiments import interrupt
+
+    interrupt.install()
+
+from experiments import q1
+
+if __name__ == "__main__":
+    q1.main("q1_augmentation")

@@ -1,0 +1,14 @@
+"""Q1: 3, 5, 8 and 10 epochs, with the noise of the validation curves measured (plus the tuned row).
+
+    python -m experiments.q1_epochs [--seeds 3] [--out results] [--quick] [--pool max] ...
+"""
+
+if __name__ == "__main__":
+    from experiments import interrupt
+
+    interrupt.install()
+
+from experiments import q1
+
+if __name__ == "__main__":
+    q1.main("q1_epochs")

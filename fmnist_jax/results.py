@@ -1,0 +1,138 @@
+"""The results layout (DESIGN §5): one folder per configuration, `metrics.json` written last.
+
+`results/<experiment>/<config>/` holds config.json, history.json, test_predictions.npy, the
+figures, and finally metrics.json: its presence (atomically written) marks the run complete.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import platform
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fmnist_jax import io, metrics
+
+REQUIRED_FILES = ("config.json", "history.json", "test_predictions.npy", "metrics.json")
+
+
+def versions() -> dict[str, str]:
+    """Exact versions a result was made with (recorded in every config.json)."""
+    import chex
+    import flax
+    import jax
+    import jaxlib
+    import optax
+    import orbax.checkpoint
+
+    return {
+        "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__, "optax": optax.__version__, "chex": chex.__version__,
+        "orbax_checkpoint": orbax.checkpoint.__version__, "numpy": np.__version__,
+    }
+
+
+def environment() -> dict[str, Any]:
+    import jax
+
+    devices = jax.devices()
+    return {
+        **versions(),
+        "backend": jax.default_backend(),
+        "device_kind": devices[0].device_kind,
+        "device_count": len(devices),
+        "platform": platform.platform(),
+    }
+
+
+def config_to_dict(cfg) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+
+
+def config_fingerprint(payload: Mapping) -> str:
+    """A stable hash of what determines a run's numbers (configs, seeds, data split)."""
+    text = json.dumps(payload, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def is_complete(run_dir: str | Path) -> bool:
+    run_dir = Path(run_dir)
+    if not all((run_dir / name).is_file() for name in REQUIRED_FILES):
+        return False
+    try:
+        return bool(io.read_json(run_dir / "metrics.json").get("complete"))
+    except (OSError, ValueError):
+        return False
+
+
+def clean_stale_temporaries(run_dir: str | Path) -> None:
+    """Remove temporary files left by a process killed mid-write (never a final name)."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def classifier_metrics(
+    confusions: np.ndarray, val_accuracy: Sequence[float], class_names: Sequence[str], *,
+    test_loss=None, val_loss=None, diverged: Sequence[bool] = (),
+) -> dict[str, Any]:
+    """The metrics.json core from per-seed test confusion matrices [S, C, C]."""
+    confusions = np.asarray(confusions)
+    report = metrics.multi_seed_report(confusions, class_names)
+    test_acc = [float(np.trace(cm) / cm.sum()) for cm in confusions]
+    out = {
+        "test_accuracy": metrics.mean_std(test_acc),
+        "val_accuracy": metrics.mean_std(val_accuracy),
+        "per_class_test_accuracy": {
+            name: report["per_class"][name]["accuracy"] for name in class_names
+        },
+        "classification_report": report,
+        "classification_report_text": metrics.classification_report_text_multi(confusions, class_names),
+        "diverged": [bool(d) for d in diverged],
+        "n_diverged": int(sum(bool(d) for d in diverged)),
+    }
+    if test_loss is not None:
+        out["test_loss"] = metrics.mean_std(test_loss)
+    if val_loss is not None:
+        out["val_loss"] = metrics.mean_std(val_loss)
+    return out
+
+
+def write_run(
+    run_dir: str | Path, *, config: Mapping, history: Mapping, test_predictions: np.ndarray,
+    metrics_payload: Mapping, figures: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write one configuration's results; metrics.json goes last and marks completion.
+
+    `figures` maps a file name to a callable(path) drawing it (so nothing is drawn when a
+    figure is not wanted, and every figure is written atomically by `fmnist_jax.plots`).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    io.write_json(run_dir / "config.json", config)
+    io.write_json(run_dir / "history.json", history)
+    preds = np.asarray(test_predictions)
+    io.write_npy(run_dir / "test_predictions.npy", preds.astype(np.int64))
+    for name, draw in (figures or {}).items():
+        draw(run_dir / name)
+    io.write_json(run_dir / "metrics.json", {**metrics_payload, "complete": True})
+    return run_dir
+
+
+def copy_run(src: str | Path, dst: str | Path) -> None:
+    """Reuse a completed identical run (same fingerprint) under another experiment's name."""
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in sorted(src.iterdir()):
+        if f.is_file() and f.name != "metrics.json" and not f.name.startswith("."):
+            io.write_bytes(dst / f.name, f.read_bytes())
+    io.write_bytes(dst / "metrics.json", (src / "metrics.json").read_bytes())
+
+
+def remove_tree(path: str | Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
