@@ -21,7 +21,8 @@ def abstract_like(tree: Any) -> Any:
 
 def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True,
+        cleanup_tmp_directories=True,  # a save killed midway leaves only a temporary directory
     )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
@@ -63,3 +64,13 @@ def restore(directory: str | os.PathLike, target: Any, step: int | None = None) 
             ),
         )
     return restored["state"], dict(restored["extra"] or {})
+
+
+def restore_extra(directory: str | os.PathLike, step: int | None = None) -> dict:
+    """Only the JSON sidecar of a checkpoint (e.g. to learn the shapes needed to restore it)."""
+    with _manager(directory) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
+        restored = mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+    return dict(restored["extra"] or {})

@@ -17,7 +17,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from fmnist_jax import augment, checkpoint
 from fmnist_jax.train import (
-    Program, TrainConfig, TrainState, evaluate_arrays, init_state, pad_for_eval, program, train_epoch,
+    Program, TrainConfig, TrainState, eval_step, init_state, pad_for_eval, program, train_epoch,
 )
 
 PARALLEL_MODES = ("auto", "none", "seeds", "data")
@@ -108,8 +108,10 @@ def _vmapped(prog: Program, batch_sharding):
         return states, {k: jnp.mean(v, axis=1) for k, v in per_step.items()}
 
     def eval_fn(states, images, labels, key):
-        return jax.vmap(functools.partial(evaluate_arrays, prog), in_axes=(0, None, None, None))(
-            states, images, labels, key)
+        # One padded batch; every eval set shares this one compiled program.
+        step = functools.partial(eval_step, prog)
+        return jax.vmap(step, in_axes=(0, None, None, None, None))(
+            states, images, jnp.maximum(labels, 0), labels >= 0, key)
 
     return jax.jit(epoch_fn, donate_argnums=0), jax.jit(eval_fn)
 
@@ -209,8 +211,9 @@ def fit(
     states = place.state(states)
     d_train_images = place.data(jnp.asarray(train_images, jnp.float32))
     d_train_labels = place.data(jnp.asarray(train_labels, jnp.int32))
-    d_eval = {}
+    d_eval, n_eval = {}, {}
     for name, (imgs, labs) in eval_sets.items():
+        n_eval[name] = len(labs)
         pi, pl = pad_for_eval(np.asarray(imgs, np.float32), np.asarray(labs, np.int32), cfg.eval_batch_size)
         d_eval[name] = (place.data(pi), place.data(pl))
     eval_key = jax.random.PRNGKey(EVAL_NOISE_SEED)
@@ -237,7 +240,14 @@ def fit(
     def run_eval():
         out = {}
         for name, (pi, pl) in d_eval.items():
-            out[name] = _summarise_eval(eval_fn(states, pi, pl, eval_key), cfg.is_classifier)
+            sums, preds = None, []
+            for b in range(pi.shape[0]):  # a few batches: sums stay on the device, read once
+                res = eval_fn(states, pi[b], pl[b], jax.random.fold_in(eval_key, b))
+                preds.append(res.pop("predictions", None))
+                sums = res if sums is None else jax.tree_util.tree_map(jnp.add, sums, res)
+            if preds[0] is not None:
+                sums["predictions"] = jnp.concatenate(preds, axis=1)[:, :n_eval[name]]
+            out[name] = _summarise_eval(sums, cfg.is_classifier)
         return out
 
     bar = _progress(cfg.epochs, start_epoch, progress, desc)

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent set-up: the Fashion-MNIST files and the project's virtual environment (.venv).
+#   scripts/setup.sh [EXTRAS]   e.g. scripts/setup.sh test,tfds   (default: no extras)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+debian_dir=/usr/share/datasets/fashion-mnist
+
+# 1. Data: Debian/Ubuntu ship it as a package; elsewhere say what the alternatives are.
+if [ -z "${FMNIST_DATA_DIR:-}" ] && [ ! -e "$debian_dir/train-images-idx3-ubyte.gz" ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo="sudo"
+        echo "setup: installing the Fashion-MNIST data (apt-get install dataset-fashion-mnist)"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    else
+        cat >&2 <<MSG
+setup: Fashion-MNIST was not found in $debian_dir and this system has no apt-get.
+       Any one of these works:
+         --data-dir DIR (or FMNIST_DATA_DIR=DIR) with the four IDX files, gzipped or not;
+         --source download   (fetches the official files into ~/.cache/fmnist_jax, verified);
+         pip install -e '.[tfds]' and --source tfds   (uses a TensorFlow Datasets cache).
+MSG
+    fi
+fi
+
+# 2. Python >= 3.11 and the virtual environment, reinstalled only when pyproject.toml changes.
+python="${PYTHON:-python3}"
+if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    echo "setup: $python is $("$python" --version 2>&1); fmnist-jax needs Python >= 3.11 (set PYTHON=...)" >&2
+    exit 1
+fi
+[ -x .venv/bin/python ] || "$python" -m venv .venv
+stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)-${extras//,/_}"
+if [ ! -f "$stamp" ]; then
+    echo "setup: installing fmnist-jax${extras:+[$extras]} into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -e ".${extras:+[$extras]}"
+    rm -f .venv/.installed-*
+    touch "$stamp"
+fi
