@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from fmnist_jax import curves, io, plots, results
+from fmnist_jax import compilation_cache, curves, io, plots, results
 from fmnist_jax.augment import AugmentConfig
 from fmnist_jax.data import SOURCES, DataError, TaskData, load_task
 from fmnist_jax.fit import PARALLEL_MODES, FitResult, fit
@@ -139,6 +139,7 @@ def load_data(args) -> TaskData:
 
 def make_context(args) -> Context:
     check_writable(args.out)
+    compilation_cache.enable()
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     data = load_data(args)
     return Context(args=args, data=data, out=args.out, seeds=list(range(args.seeds)), log=log)

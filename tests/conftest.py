@@ -1,8 +1,19 @@
-"""Shared fixtures: the real data is loaded once per test session."""
+"""Shared fixtures: the real data is loaded once per test session.
 
-import pytest
+JAX's persistent compilation cache is shared by every test process and every subprocess a
+test starts (the CLI tests), through the environment, so each program compiles once per run.
+"""
 
-from fmnist_jax import data
+import os
+from pathlib import Path
+
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import pytest  # noqa: E402
+
+from fmnist_jax import data  # noqa: E402
 
 
 @pytest.fixture(scope="session")
