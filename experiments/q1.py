@@ -5,11 +5,14 @@ Adam at 1e-3, 5 epochs, online augmentation (rotation ±10°, Gaussian noise σ 
 Every sweep also has one *tuned* row: the same architecture trained with a recipe chosen on
 the validation split (longer, with a cosine learning-rate schedule). It is one configuration,
 trained once and reused by the three sweeps.
+With `--pool max` (the report's own table) a sweep writes `<out>/<sweep>_maxpool/<config>_maxpool/`,
+beside the average-pooling results, never over them.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from experiments import common
 from fmnist_jax.train import OptimizerConfig, TrainConfig
@@ -26,12 +29,15 @@ def base_config(args) -> TrainConfig:
 
 
 def tuned_spec(args) -> common.Spec:
+    """The tuned recipe, chosen on validation (one seed, 15 epochs, cosine schedule with half an
+    epoch of warm-up): without augmentation it reached 98.03% val vs 97.93% with online rotation
+    + noise and 97.23% with flips added, so the tuned row trains without augmentation."""
     base = base_config(args)
     cfg = base.replace(
-        epochs=1 if args.quick else TUNED_EPOCHS,
+        epochs=1 if args.quick else TUNED_EPOCHS, augment="none",
         optimizer=OptimizerConfig(name="adam", learning_rate=2e-3, schedule="cosine", warmup_epochs=0.5),
     )
-    return common.Spec("tuned", f"tuned: Adam 2e-3 cosine, {cfg.epochs} epochs, online aug", cfg)
+    return common.Spec("tuned", f"tuned: Adam 2e-3 cosine, {cfg.epochs} epochs, no aug", cfg)
 
 
 def augmentation_specs(args) -> list[common.Spec]:
@@ -66,10 +72,18 @@ def optimizer_specs(args) -> list[common.Spec]:
     ]
 
 
+def roughness_cell(m: dict) -> str:
+    """'mean ± std' of the validation-loss roughness; '–' where it is undefined (fewer than 3
+    epochs: stored as the string "nan", since JSON has no NaN)."""
+    r = m.get("val_loss_roughness") or {}
+    mean, std = float(r.get("mean", "nan")), float(r.get("std", "nan"))
+    return f"{mean:.4f} ± {std:.4f}" if math.isfinite(mean) else "–"
+
+
 SWEEPS = {
     "q1_augmentation": ("Q1 · augmentation: none vs expand vs online", augmentation_specs, {}),
     "q1_epochs": ("Q1 · epochs: 3 / 5 / 8 / 10", epochs_specs, {
-        "val-loss roughness": lambda m: common.fmt(m.get("val_loss_roughness"), scale=1.0, digits=4),
+        "val-loss roughness": roughness_cell,
         "fit": lambda m: m.get("fit_diagnosis", {}).get("verdict", "–"),
     }),
     "q1_optimizers": ("Q1 · optimizer: SGD vs SGD+momentum vs Adam", optimizer_specs, {}),
@@ -80,8 +94,11 @@ def run(experiment: str, ctx: common.Context) -> list[dict]:
     title, make_specs, columns = SWEEPS[experiment]
     specs = make_specs(ctx.args)
     if ctx.args.pool == "max":
-        # Keep max-pooling results apart from the (default) average-pooling ones.
+        # Keep max-pooling results apart from the (default) average-pooling ones: their own
+        # config folders, and their own sweep folder, so the average-pooling sweep's summary.md
+        # and choice.json are not overwritten by a max-pooling run.
         specs = [dataclasses.replace(s, name=f"{s.name}_maxpool", label=f"{s.label} [max pool]") for s in specs]
+        experiment, title = f"{experiment}_maxpool", f"{title} [max pool]"
     return common.run_sweep(ctx, experiment, specs, execute, title=title, extra_columns=columns)
 
 

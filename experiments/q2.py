@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from pathlib import Path
 
 import jax
@@ -27,7 +28,7 @@ from experiments import common
 from fmnist_jax import checkpoint, curves, io, plots, results
 from fmnist_jax.fit import fit
 from fmnist_jax.models import ARCHITECTURES, Autoencoder, count_params, with_pretrained_encoder
-from fmnist_jax.train import OptimizerConfig, TrainConfig, build_model
+from fmnist_jax.train import OptimizerConfig, TrainConfig
 
 SWEEPS = ("lr", "arch", "epochs", "pretraining")
 EXPERIMENT = {s: f"q2_{s}" for s in SWEEPS}
@@ -86,6 +87,15 @@ def sweep_specs(args, sweep: str) -> list[common.Spec]:
     ]
 
 
+def encoder_spec(args) -> common.Spec:
+    """The one row of `--stage finetune --encoder PATH` (its own folder per arch and per
+    frozen / fine-tuned, so a probe and a fine-tuning of the same encoder sit side by side)."""
+    frozen = "_frozen" if args.freeze_encoder else ""
+    spec = row(args, f"from_{Path(args.encoder).parent.name}_{args.arch}{frozen}",
+               f"{'frozen probe on' if frozen else 'fine-tuned from'} {args.encoder}", pretrained=False)
+    return dataclasses.replace(spec, extra={**spec.extra, "encoder_checkpoint": str(args.encoder)})
+
+
 # ----------------------------------------------------------------------------------------------
 # Stages
 
@@ -94,7 +104,9 @@ def pretrain(ctx: common.Context, cfg: TrainConfig) -> Path:
     """Pretrain (or reuse) the denoising autoencoder; returns its cache folder, which holds
     `encoder/` (Orbax), history.json, metrics.json and denoising.png."""
     payload = {"pretrain": results.config_to_dict(cfg), "seeds": ctx.seeds,
-               "data": {k: ctx.data.info.get(k) for k in ("split_seed", "counts", "quick")}}
+               # What decides the images it sees (tfds has its own order, so its own split).
+               "data": {k: ctx.data.info.get(k) for k in ("source", "split_seed", "val_fraction", "counts",
+                                                          "standardised", "quick")}}
     fp = results.config_fingerprint(payload)
     folder = ctx.out / "q2_pretrain" / fp
     if (folder / "metrics.json").is_file():
@@ -152,17 +164,32 @@ def draw_denoising(ctx, cfg: TrainConfig, params, path: Path) -> None:
                          labels=[data.class_names[c] for c in data.test_labels[idx]])
 
 
+def encoder_metadata(path: Path, widths, n_seeds: int) -> dict:
+    """The JSON sidecar of an encoder checkpoint, checked against the run that wants it
+    (a usage error, exit 2, when it is missing or does not fit). Reads no arrays."""
+    path = Path(path)
+    # Orbax's manager would create a missing folder: look first.
+    meta = None
+    if path.is_dir():
+        try:
+            meta = checkpoint.restore_extra(path)
+        except (FileNotFoundError, ValueError):
+            meta = None
+    if not meta or "widths" not in meta or "n_seeds" not in meta:
+        raise common.UsageError(f"no encoder checkpoint in {path}; pass the `encoder` folder a "
+                                "pretraining run wrote (see --stage pretrain)")
+    if tuple(meta["widths"]) != tuple(widths) or int(meta["n_seeds"]) != n_seeds:
+        arch = next((name for name, w in ARCHITECTURES.items() if tuple(w) == tuple(meta["widths"])), None)
+        raise common.UsageError(
+            f"the encoder in {path} has widths {meta['widths']}"
+            f"{f' (--arch {arch})' if arch else ''} and {meta['n_seeds']} seeds; this run "
+            f"needs widths {list(widths)} and {n_seeds} seeds: pass matching --arch and --seeds")
+    return meta
+
+
 def restore_encoder(path: Path, widths, n_seeds: int):
     """Stacked encoder params [n_seeds, ...] from an encoder checkpoint."""
-    try:
-        meta = checkpoint.restore_extra(path)
-    except FileNotFoundError:
-        raise common.UsageError(f"no encoder checkpoint in {path}; pass the `encoder` folder a "
-                                "pretraining run wrote (see --stage pretrain)") from None
-    if tuple(meta["widths"]) != tuple(widths) or int(meta["n_seeds"]) != n_seeds:
-        raise common.UsageError(
-            f"the encoder in {path} has widths {meta['widths']} and {meta['n_seeds']} seeds; this run "
-            f"needs widths {list(widths)} and {n_seeds} seeds: pass matching --arch and --seeds")
+    encoder_metadata(path, widths, n_seeds)
     model = Autoencoder(widths=tuple(widths))
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]["encoder"])
     target = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n_seeds, *s.shape), s.dtype), shapes)
@@ -211,6 +238,9 @@ def _arch_of(cfg: TrainConfig) -> str:
 
 
 def _inject(encoder, states):
+    # Fresh buffers: `fit` donates the states it trains, and would otherwise delete the
+    # restored arrays this hook holds (a second call, e.g. a resume, would then fail).
+    encoder = jax.tree_util.tree_map(jnp.copy, encoder)
     params = jax.vmap(with_pretrained_encoder)(states.params, encoder)
     return states.replace(params=params)
 
@@ -233,19 +263,24 @@ def add_flags(p) -> None:
                    help="train only the head on top of the pretrained encoder (a linear probe)")
 
 
-def run(ctx: common.Context, sweeps=None) -> list[dict]:
-    args = ctx.args
+def check_args(args) -> None:
+    """Flag combinations argparse cannot check; called before any data is loaded or file written."""
     if args.stage == "finetune" and not args.encoder:
         raise common.UsageError("--stage finetune needs --encoder PATH (an `encoder` folder from a pretraining run)")
+    if args.encoder and args.stage != "pretrain":
+        encoder_metadata(args.encoder, ARCHITECTURES[args.arch], args.seeds)
+
+
+def run(ctx: common.Context, sweeps=None) -> list[dict]:
+    args = ctx.args
+    check_args(args)
     if args.stage == "pretrain":
         folder = pretrain(ctx, pretrain_config(args, arch=args.arch, lr=args.lr, epochs=args.pretrain_epochs))
         print(f"encoder checkpoint: {folder / 'encoder'}")
         return []
     if args.stage == "finetune" or args.encoder:
-        spec = row(args, f"from_{Path(args.encoder).parent.name}_{args.arch}",
-                   f"fine-tuned from {args.encoder}", pretrained=False)
-        spec = dataclasses.replace(spec, extra={**spec.extra, "encoder_checkpoint": str(args.encoder)})
-        return common.run_sweep(ctx, "q2_finetune", [spec], finetune, title="Q2 · fine-tuning a given encoder")
+        return common.run_sweep(ctx, "q2_finetune", [encoder_spec(args)], finetune,
+                                title="Q2 · fine-tuning a given encoder", extra_columns=COLUMNS)
     rows = []
     for sweep in sweeps or (SWEEPS if args.sweep == "all" else (args.sweep,)):
         rows += common.run_sweep(ctx, EXPERIMENT[sweep], sweep_specs(args, sweep), finetune,
@@ -253,11 +288,20 @@ def run(ctx: common.Context, sweeps=None) -> list[dict]:
     return rows
 
 
+def _number(value, digits: int) -> str:
+    """A float cell; NaN/inf (stored in JSON as strings, e.g. by a diverged run) print as such."""
+    x = float(value)
+    return f"{x:.{digits}f}" if math.isfinite(x) else str(x)
+
+
 COLUMNS = {
-    "params": lambda m: f"{m.get('pretrain', {}).get('n_params', m.get('n_params', 0)):,}",
-    "val−train loss": lambda m: f"{m.get('fit_diagnosis', {}).get('final_val_minus_train_loss', float('nan')):.3f}",
+    # Two counts, never mixed in one column: the autoencoder pretrained (if any), the classifier trained.
+    "AE params": lambda m: f"{m['pretrain']['n_params']:,}" if m.get("pretrain") else "–",
+    "classifier params": lambda m: f"{m.get('n_params', 0):,}",
+    "val−train loss": lambda m: _number(m.get("fit_diagnosis", {}).get("final_val_minus_train_loss", "nan"), 3),
     "fit": lambda m: m.get("fit_diagnosis", {}).get("verdict", "–"),
-    "recon MSE (noisy)": lambda m: (f"{m['pretrain']['test_mse']['mean']:.4f} ({m['pretrain']['test_noisy_mse']['mean']:.4f})"
+    "recon MSE (noisy)": lambda m: (f"{_number(m['pretrain']['test_mse']['mean'], 4)} "
+                                    f"({_number(m['pretrain']['test_noisy_mse']['mean'], 4)})"
                                     if m.get("pretrain") else "–"),
 }
 
@@ -267,6 +311,7 @@ def main(argv=None) -> None:
         p = common.parser(__doc__.splitlines()[0], epochs=10, lr=1e-3)
         add_flags(p)
         args = p.parse_args(argv)
+        check_args(args)
         run(common.make_context(args))
 
     common.main_guard(go)

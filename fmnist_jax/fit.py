@@ -148,14 +148,14 @@ def prepare_train_set(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, 
 
 def _summarise_eval(out: Mapping[str, jax.Array], classifier: bool) -> dict[str, np.ndarray]:
     out = jax.device_get(out)
-    count = out["count"]
-    res = {"loss": out["loss_sum"] / count}
+    count = np.asarray(out["count"], np.float64)  # exact ratios such as 170/300 in float64
+    res = {"loss": np.asarray(out["loss_sum"], np.float64) / count}
     if classifier:
-        res["accuracy"] = out["correct"] / count
+        res["accuracy"] = np.asarray(out["correct"], np.float64) / count
         res["confusion"] = out["confusion"]
         res["predictions"] = out["predictions"]
     else:
-        res["noisy_loss"] = out["noisy_loss_sum"] / count
+        res["noisy_loss"] = np.asarray(out["noisy_loss_sum"], np.float64) / count
     return res
 
 
@@ -207,7 +207,8 @@ def fit(
 
     states = init_states(prog, all_seeds, all_lrs)
     if init_hook is not None:
-        states = init_hook(states)
+        # Copy: the epoch program donates the states, which must not delete the hook's arrays.
+        states = jax.tree_util.tree_map(jnp.copy, init_hook(states))
     states = place.state(states)
     d_train_images = place.data(jnp.asarray(train_images, jnp.float32))
     d_train_labels = place.data(jnp.asarray(train_labels, jnp.int32))
