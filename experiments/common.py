@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import errno
 import math
 import os
 import sys
@@ -37,11 +38,15 @@ class UsageError(Exception):
 
 
 def _number(kind, name: str, *, low=None, high=None, low_open=False):
+    """An argparse `type` that parses `kind` (int or float) and checks finiteness and bounds,
+    so a bad value is one usage line and exit status 2 before anything is loaded or written."""
+    what = "an integer" if kind is int else "a number"
+
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a {kind.__name__}, got {text!r}")
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
         if low is not None and (value <= low if low_open else value < low):
@@ -87,6 +92,11 @@ def parser(description: str, *, epochs: int | None = 5, lr: float | None = 1e-3)
                    help="sigma of the Gaussian-noise augmentation")
     t.add_argument("--rotation-degrees", type=_number(float, "--rotation-degrees", low=0, high=180),
                    default=10.0, help="rotation augmentation range ±degrees")
+    d = p.add_argument_group("debugging and tests")
+    d.add_argument("--limit", type=_number(int, "--limit", low=1), default=None, metavar="N",
+                   help="use only the first N training images and max(N//5, 50) validation and test "
+                        "images (file order): a tiny but complete run for tests and debugging (unlike "
+                        "--quick it keeps --epochs; the two combine); not comparable with full runs")
     return p
 
 
@@ -116,25 +126,56 @@ class Context:
 
 
 def check_writable(out: Path) -> None:
+    """Fail before any work if `out` cannot hold results; leave no trace when it can.
+
+    Probes by really creating the folder and a file in it (permission bits alone say nothing
+    when running as root, nor about read-only mounts), then removes whatever the probe created,
+    so a run refused later (bad batch size, a different configuration in the way) writes nothing.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another with --out DIR")
+    created = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        missing = [parent for parent in (out, *out.parents) if not parent.exists()]
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise UsageError(f"the output folder {out} is not writable ({e.strerror or e}); "
+        raise UsageError(f"the output folder {out} is not writable ({e.strerror or e}"
+                         f"{': ' + str(e.filename) if e.filename else ''}); "
                          "choose another with --out DIR") from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
 
 
 def load_data(args) -> TaskData:
+    limit = getattr(args, "limit", None)
     data = load_task(args.data_dir, args.source, split_seed=args.split_seed,
-                     verify=not args.allow_unverified_data)
+                     verify=not args.allow_unverified_data, limit=limit)
     if args.quick:
         data = dataclasses.replace(
             data, train_images=data.train_images[:QUICK_TRAIN], train_labels=data.train_labels[:QUICK_TRAIN],
-            val_images=data.val_images[:QUICK_VAL], val_labels=data.val_labels[:QUICK_VAL],
-            info={**data.info, "quick": True,
-                  "counts": {"train": QUICK_TRAIN, "val": QUICK_VAL, "test": len(data.test_labels)}})
+            val_images=data.val_images[:QUICK_VAL], val_labels=data.val_labels[:QUICK_VAL])
+        data.info.update(quick=True)
+    data.info["counts"] = {"train": len(data.train_labels), "val": len(data.val_labels),
+                           "test": len(data.test_labels)}
     return data
+
+
+def check_batch_size(args, data: TaskData) -> None:
+    """A batch larger than the training split would give zero steps per epoch: refuse early."""
+    n = len(data.train_labels)
+    if args.batch_size > n:
+        how = " (--quick)" if args.quick else f" (--limit {args.limit})" if getattr(args, "limit", None) else ""
+        raise UsageError(f"--batch-size {args.batch_size} is larger than the training split{how}, "
+                         f"which has {n} images; use a smaller batch, e.g. --batch-size {min(100, n)}")
 
 
 def make_context(args) -> Context:
@@ -142,11 +183,38 @@ def make_context(args) -> Context:
     compilation_cache.enable()
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, flush=True))
     data = load_data(args)
+    check_batch_size(args, data)
     return Context(args=args, data=data, out=args.out, seeds=list(range(args.seeds)), log=log)
 
 
+OOM_HINT = ("Use a smaller --batch-size, or fewer --seeds (all seeds train at once, vmapped, so "
+            "memory grows with --seeds); on several devices --parallel seeds spreads the seeds over "
+            "them. Completed configurations are kept: rerun with the same --out to continue (a "
+            "changed --batch-size or --seeds is a different configuration: use a new --out, or "
+            "--overwrite to replace the old results).")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A device allocation failure (XLA's RESOURCE_EXHAUSTED), whatever JAX version raised it."""
+    if isinstance(e, MemoryError):
+        return True
+    names = {cls.__name__ for cls in type(e).__mro__}
+    if not names & {"JaxRuntimeError", "XlaRuntimeError"}:
+        return False
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
 def main_guard(run: Callable[[], Any]) -> None:
-    """Run an entry point: usage and data errors become one clear line and an exit status."""
+    """Run an entry point: foreseeable failures become one clear message and an exit status.
+
+    2: usage (bad flags, output folder, batch size, a different configuration in the way);
+    1: data (missing, corrupt, unverified), device out of memory, disk full or not writable.
+    Anything else is a bug and keeps its traceback.
+    """
     try:
         run()
     except UsageError as e:
@@ -155,9 +223,19 @@ def main_guard(run: Callable[[], Any]) -> None:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except MemoryError:
-        print("error: out of memory; use a smaller --batch-size or fewer --seeds", file=sys.stderr)
-        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - only the kinds below are handled, the rest re-raised
+        if is_out_of_memory(e):
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            print(f"error: the device ran out of memory ({first}).\n{OOM_HINT}", file=sys.stderr)
+            sys.exit(1)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}. Free space or fix permissions (or choose "
+                  "another --out), then rerun the same command: completed configurations are "
+                  "kept and files are written atomically, so nothing half-written is left.",
+                  file=sys.stderr)
+            sys.exit(1)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -190,14 +268,28 @@ def run_config_json(ctx: Context, experiment: str, spec: Spec) -> dict:
         "experiment": experiment, "name": spec.name, "label": spec.label,
         "fingerprint": results.config_fingerprint(payload), **payload,
         "data_info": ctx.data.info, "environment": results.environment(),
-        "command": " ".join([os.path.basename(sys.executable), "-m", *sys.argv]),
+        "command": command_line(),
     }
 
 
+def command_line() -> str:
+    """How this process was started, as `python -m package.module args...`."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    entry = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    return " ".join([os.path.basename(sys.executable), *entry, *sys.argv[1:]])
+
+
+def _is_temporary(path: Path) -> bool:
+    """A temporary name of fmnist_jax.io's atomic writes (`.<name>.<random>.tmp`)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
+
+
 def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
-    """'new', 'skip' (complete, same config), 'resume' (partial, same config); else refuse."""
-    if not run_dir.exists() or not any(run_dir.iterdir()):
-        return "new"
+    """'new', 'skip' (complete, same config), 'resume' (partial, same config), 'replace'
+    (different config, --overwrite); a different config without --overwrite is refused."""
+    if not run_dir.exists() or not any(f for f in run_dir.iterdir() if not _is_temporary(f)):
+        return "new"  # empty, or only what a process killed mid-write left (removed before use)
     try:
         existing = io.read_json(run_dir / "config.json").get("fingerprint")
     except (OSError, ValueError):
@@ -206,9 +298,22 @@ def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
         return "skip" if results.is_complete(run_dir) else "resume"
     if overwrite:
         return "replace"
+    what = "complete results" if results.is_complete(run_dir) else "a partial run"
     raise UsageError(
-        f"{run_dir} holds results of a different configuration; pass --overwrite to replace "
-        "them, or --out DIR to write elsewhere")
+        f"{run_dir} holds {what} of a different configuration (changed flags, seeds or data); "
+        "refused before training this sweep. Pass --overwrite to replace them, or --out DIR to "
+        "write elsewhere")
+
+
+def reuse_run(source: Path, run_dir: Path, config: dict) -> None:
+    """Copy a completed identical run: every file, then its config.json, then metrics.json last
+    (its presence marks completion), each atomically, so an interrupted copy is resumed as new."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted(source.iterdir()):
+        if f.is_file() and f.name not in ("metrics.json", "config.json") and not f.name.startswith("."):
+            io.write_bytes(run_dir / f.name, f.read_bytes())
+    io.write_json(run_dir / "config.json", config)
+    io.write_bytes(run_dir / "metrics.json", (source / "metrics.json").read_bytes())
 
 
 def find_completed(out: Path, fingerprint: str, exclude: Path) -> Path | None:
@@ -224,34 +329,44 @@ def find_completed(out: Path, fingerprint: str, exclude: Path) -> Path | None:
     return None
 
 
+def plan_sweep(ctx: Context, experiment: str, specs: Sequence[Spec]) -> list[tuple]:
+    """(spec, run_dir, config, status) for every configuration, deciding nothing is in the way:
+    raises UsageError (before any training) when a folder holds another configuration's results.
+    Entry points that run several sweeps can call it for all of them first."""
+    plan = []
+    for spec in specs:
+        run_dir = ctx.out / experiment / spec.name
+        config = run_config_json(ctx, experiment, spec)
+        plan.append((spec, run_dir, config, _status(run_dir, config["fingerprint"], ctx.args.overwrite)))
+    return plan
+
+
 def run_sweep(ctx: Context, experiment: str, specs: Sequence[Spec],
               execute: Callable[[Context, Spec, Path], None], *, title: str,
               extra_columns: Mapping[str, Callable[[dict], str]] | None = None,
               curve_metrics: Sequence[str] = ("val_accuracy", "val_loss")) -> list[dict]:
     """Run every spec not already complete, then write `<out>/<experiment>/summary.md`."""
     sweep_dir = ctx.out / experiment
+    results.clean_stale_temporaries(sweep_dir)  # summary files of a process killed mid-write
     # Decide for every configuration before training anything, so a refusal loses no work.
-    plan = []
-    for spec in specs:
-        run_dir = sweep_dir / spec.name
-        config = run_config_json(ctx, experiment, spec)
-        plan.append((spec, run_dir, config, _status(run_dir, config["fingerprint"], ctx.args.overwrite)))
+    plan = plan_sweep(ctx, experiment, specs)
 
     from experiments import interrupt
     interrupt.set_message(f"completed configurations are kept in {sweep_dir}; rerun the same "
                           "command to resume (a run in progress continues from its last epoch)")
     for spec, run_dir, config, status in plan:
         if status == "skip":
+            if not ctx.args.keep_checkpoints:
+                # A process stopped between writing the results and removing its checkpoint.
+                results.remove_tree(run_dir / "checkpoint")
             ctx.log(f"[{experiment}] {spec.name}: complete, skipped")
             continue
         if status == "replace":
             results.remove_tree(run_dir)
         source = find_completed(ctx.out, config["fingerprint"], run_dir)
         if source is not None:
-            results.copy_run(source, run_dir)
-            io.write_json(run_dir / "config.json", {**io.read_json(source / "config.json"),
-                                                    "experiment": experiment, "name": spec.name,
-                                                    "label": spec.label, "reused_from": str(source)})
+            reuse_run(source, run_dir, {**io.read_json(source / "config.json"), "experiment": experiment,
+                                        "name": spec.name, "label": spec.label, "reused_from": str(source)})
             ctx.log(f"[{experiment}] {spec.name}: identical to {source}, reused")
             continue
         ctx.log(f"[{experiment}] {spec.name}: {'resuming' if status == 'resume' else 'training'}")
@@ -394,9 +509,23 @@ def write_summary(ctx: Context, experiment: str, title: str, rows: Sequence[dict
         f"Seeds: {len(ctx.seeds)} per configuration; mean ± std over seeds. Chosen on the "
         "validation split; test reported.", "",
         summary_table(rows, ctx.data.class_names, extra_columns), "",
+        *divergence_lines(rows),
         verdict_text(choice), "",
         *[f"![{f}]({f})" for f in figures], "",
     ])
     io.write_text(sweep_dir / "summary.md", text)
     io.write_json(sweep_dir / "choice.json", choice)
+    for line in divergence_lines(rows)[:-1]:
+        ctx.log(line.replace("**", ""))
     ctx.log("\n" + verdict_text(choice).replace("**", ""))
+
+
+def divergence_lines(rows: Sequence[dict]) -> list[str]:
+    """A warning paragraph naming every configuration with a diverged (NaN/inf) seed."""
+    bad = [r for r in rows if r["metrics"].get("n_diverged")]
+    if not bad:
+        return []
+    names = "; ".join(f"{r['label']} ({r['metrics']['n_diverged']}/{len(r['metrics'].get('diverged', []))} seeds)"
+                      for r in bad)
+    return [f"**Diverged** (loss became NaN/inf; those seeds stopped early and their numbers are "
+            f"meaningless; configurations with a diverged seed are not chosen unless all are): {names}.", ""]

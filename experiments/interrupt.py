@@ -3,7 +3,8 @@
 A compiled epoch blocks the main thread inside XLA, where Python signal handlers cannot run
 until it returns (tens of seconds on a CPU). So the entry points block SIGINT/SIGTERM in every
 thread *before anything else starts threads* (NumPy's BLAS, XLA's pools) and one watcher
-thread receives them with `sigwait`, prints what is kept, and ends the process at once.
+thread receives them with `sigwait`, prints what is kept, and ends the process at once, with
+exit status 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell expects.
 Nothing is lost by ending abruptly: every result file, checkpoint and download is written to a
 temporary name and renamed, so the last completed epoch's checkpoint and every completed
 configuration are intact, and rerunning the same command resumes.
@@ -23,6 +24,7 @@ import threading
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _message = "rerun the same command to resume"
+_installed = False
 
 
 def set_message(text: str) -> None:
@@ -31,18 +33,39 @@ def set_message(text: str) -> None:
     _message = text
 
 
+def _flush_stdout(timeout: float = 1.0) -> None:
+    """Flush Python's stdout buffer (os._exit would drop it) without risking a hang: the main
+    thread may hold the buffer's lock while blocked on a full pipe."""
+    t = threading.Thread(target=lambda: sys.stdout and sys.stdout.flush(), daemon=True)
+    t.start()
+    t.join(timeout)
+
+
 def _watch() -> None:
     sig = signal.sigwait(_SIGNALS)
-    name = signal.Signals(sig).name
     try:
-        sys.stderr.write(f"\ninterrupted by {name}: {_message}\n")
-        sys.stderr.flush()
+        _flush_stdout()
+        name = signal.Signals(sig).name
+        # os.write, not sys.stderr: no lock the main thread (a progress bar) could be holding.
+        os.write(2, f"\ninterrupted by {name}: {_message}\n".encode())
     finally:
         os._exit(128 + sig)
 
 
 def install() -> None:
-    if threading.current_thread() is not threading.main_thread():
+    """Route SIGINT/SIGTERM to the watcher thread (main thread only; idempotent)."""
+    global _installed
+    if _installed or threading.current_thread() is not threading.main_thread():
         return
     signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
     threading.Thread(target=_watch, name="signal-watcher", daemon=True).start()
+    _installed = True
+    # Child processes inherit the blocked mask; unblock it in them so they stay interruptible.
+    os.register_at_fork(after_in_child=_unblock_in_child)
+
+
+def _unblock_in_child() -> None:
+    try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+    except (OSError, ValueError):
+        pass

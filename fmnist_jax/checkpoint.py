@@ -29,8 +29,15 @@ def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1) -> ocp.C
 
 def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None = None,
          max_to_keep: int | None = 1) -> None:
-    """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`."""
+    """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`.
+
+    An existing checkpoint `step` is replaced (Orbax alone refuses): a rerun after an
+    interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
+    before training), and must not crash on what the interrupted run left.
+    """
     with _manager(directory, max_to_keep) as mngr:
+        if step in mngr.all_steps():
+            mngr.delete(step)
         mngr.save(
             step,
             args=ocp.args.Composite(
@@ -39,6 +46,12 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
             force=True,
         )
         mngr.wait_until_finished()
+
+
+def _require_dir(directory) -> None:
+    # Checked here because the manager would otherwise create a mistyped folder before failing.
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"no checkpoint found in {directory}: no such folder")
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
@@ -53,6 +66,7 @@ def restore(directory: str | os.PathLike, target: Any, step: int | None = None) 
 
     `target` is a pytree of arrays or of `jax.ShapeDtypeStruct` (see `abstract_like`).
     """
+    _require_dir(directory)
     with _manager(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:
@@ -68,6 +82,7 @@ def restore(directory: str | os.PathLike, target: Any, step: int | None = None) 
 
 def restore_extra(directory: str | os.PathLike, step: int | None = None) -> dict:
     """Only the JSON sidecar of a checkpoint (e.g. to learn the shapes needed to restore it)."""
+    _require_dir(directory)
     with _manager(directory) as mngr:
         step = mngr.latest_step() if step is None else step
         if step is None:

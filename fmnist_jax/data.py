@@ -67,7 +67,8 @@ FIX_HINTS = (
     "  - Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist\n"
     "  - point at a folder holding the four files (.gz or not): "
     "--data-dir DIR, or set FMNIST_DATA_DIR=DIR\n"
-    "  - download the official files into the user cache: --source download\n"
+    f"  - download the official files ({OFFICIAL_BASE_URL}) into the user cache: "
+    "--source download\n"
     "  - use TensorFlow Datasets: pip install 'fmnist-jax[tfds]', then --source tfds"
 )
 _DAMAGED_HINT = (

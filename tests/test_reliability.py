@@ -1,0 +1,627 @@
+"""Reliability through the real command lines (issue 7): bad input, interruption, faults.
+
+Every behaviour is checked by running the entry points as a user would, in a subprocess
+(`python -m experiments.q1_optimizers ...`), except where a subprocess cannot set the fault up
+(a device out-of-memory, a full disk, a monkeypatched default data path): there the same
+`main(argv)` the CLI runs is called in-process.
+
+Training runs are tiny (`--quick --limit 200 --seeds 2`: 200 train / 50 val / 50 test images,
+one epoch) so the whole file fits in a few minutes on two CPU cores. One uninterrupted sweep
+(the `reference` fixture) is the yardstick the interrupted-and-resumed sweep must equal, and
+the folder the refusal, --overwrite and divergence checks use.
+
+The "MNIST instead of Fashion-MNIST" check uses a stand-in: real MNIST is not available
+offline, so the fake folder holds well-formed IDX files of the same names and sizes whose
+images are the Fashion-MNIST images inverted (255 - x) — to the loader exactly what MNIST is:
+valid files with the wrong content, caught only by the checksum.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist_jax import data as data_lib
+from fmnist_jax import io
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = ["--quick", "--limit", "200", "--seeds", "2"]
+Q1_CONFIGS = ("sgd", "sgd_momentum", "adam", "tuned")
+CHILD_TIMEOUT = 600
+STOP_BOUND_S = 20.0  # generous: the watcher thread exits at once; this only guards against hangs
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers
+
+
+def child_env(**changes) -> dict:
+    env = os.environ.copy()  # carries the shared JAX compilation cache (tests/conftest.py)
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def cli(module: str, *args, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *map(str, args)],
+                          cwd=ROOT, env=env or child_env(), capture_output=True, text=True,
+                          timeout=CHILD_TIMEOUT)
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, status: int, *needles: str) -> None:
+    msg = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == status, msg
+    assert "Traceback" not in proc.stderr, msg
+    for needle in needles:
+        assert needle in proc.stderr, f"{needle!r} missing; {msg}"
+
+
+def assert_nothing_written(out: Path) -> None:
+    assert not out.exists() or not any(out.iterdir()), sorted(map(str, out.rglob("*")))
+
+
+class Background:
+    """A CLI run in the background; stdout/stderr go to files (no pipe can fill and block it)."""
+
+    def __init__(self, tmp: Path, name: str, module: str, *args):
+        self.out_path, self.err_path = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
+        with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
+            self.proc = subprocess.Popen([sys.executable, "-m", f"experiments.{module}", *map(str, args)],
+                                         cwd=ROOT, env=child_env(), stdout=out, stderr=err)
+
+    @property
+    def stdout(self) -> str:
+        return self.out_path.read_text()
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def describe(self) -> str:
+        return f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr (tail):\n{self.stderr[-3000:]}"
+
+    def wait_for(self, predicate, what: str, deadline_s: float = CHILD_TIMEOUT, poll_s: float = 0.005):
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if predicate():
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the run ended before {what}: {self.describe()}")
+            time.sleep(poll_s)
+        self.proc.kill()
+        raise AssertionError(f"timed out waiting for {what}: {self.describe()}")
+
+    def wait_for_line(self, text: str) -> None:
+        self.wait_for(lambda: text in self.stdout, repr(text))
+
+    def stop(self, sig: int) -> tuple[int, float]:
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        rc = self.proc.wait(timeout=CHILD_TIMEOUT)
+        return rc, time.monotonic() - t0
+
+    def finish(self) -> int:
+        return self.proc.wait(timeout=CHILD_TIMEOUT)
+
+
+def is_temporary(path: Path, root: Path) -> bool:
+    """A name only ever used while a file is being written (io.atomic_path, Orbax)."""
+    return any((part.startswith(".") and part.endswith(".tmp")) or "orbax-checkpoint-tmp" in part
+               for part in path.relative_to(root).parts)
+
+
+def temporaries(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if is_temporary(p, root)] if root.exists() else []
+
+
+def check_final_files(root: Path) -> int:
+    """Every file under a final name parses; every checkpoint restores. Returns files checked."""
+    from fmnist_jax import checkpoint
+
+    checked = 0
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or is_temporary(path, root):
+            continue
+        if path.suffix == ".json":
+            json.loads(path.read_text())
+        elif path.suffix == ".npy":
+            np.load(path)
+        elif path.suffix == ".png":
+            blob = path.read_bytes()
+            assert blob.startswith(PNG_SIGNATURE) and blob.endswith(PNG_END), f"{path} is not a whole PNG"
+        elif path.suffix == ".md":
+            path.read_text(encoding="utf-8")
+        else:
+            continue  # Orbax's own files: checked below by restoring
+        checked += 1
+    for ckpt in root.rglob("checkpoint"):
+        if not ckpt.is_dir() or is_temporary(ckpt, root):
+            continue
+        # Restore from a copy of the final-named steps only: Orbax would otherwise tidy the
+        # temporaries away itself, hiding whether the CLI's own rerun copes with them.
+        scratch = Path(tempfile.mkdtemp()) / "checkpoint"
+        shutil.copytree(ckpt, scratch, ignore=lambda d, names: [n for n in names if "tmp" in n])
+        if checkpoint.latest_step(scratch) is not None:
+            extra = checkpoint.restore_extra(scratch)
+            assert extra["epoch"] >= 1 and "history" in extra, ckpt
+            checked += 1
+        shutil.rmtree(scratch.parent)
+    return checked
+
+
+def metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def assert_complete(run_dir: Path) -> None:
+    m = metrics(run_dir)
+    assert m["complete"] is True and len(m["test_accuracy"]["per_seed"]) == 2, run_dir
+    np.load(run_dir / "test_predictions.npy")
+    json.loads((run_dir / "history.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. Data
+
+
+def test_no_data_names_the_places_searched_and_the_fixes(tmp_path):
+    empty, home, out = tmp_path / "empty", tmp_path / "home", tmp_path / "out"
+    empty.mkdir()
+    home.mkdir()
+    proc = cli("q1_optimizers", "--data-dir", empty, "--out", out, *SMALL,
+               env=child_env(HOME=home, XDG_CACHE_HOME=home / ".cache", FMNIST_DATA_DIR=None))
+    assert_clean_failure(proc, 1, str(empty), "not found", "train-images-idx3-ubyte",
+                         "apt-get install dataset-fashion-mnist", "--data-dir", "FMNIST_DATA_DIR",
+                         "--source download", data_lib.OFFICIAL_BASE_URL)
+    assert_nothing_written(out)
+
+
+def test_no_data_in_the_default_places(tmp_path, monkeypatch, capsys):
+    """Without --data-dir the Debian path and the user cache are searched, and both are named.
+    (In-process: the Debian path cannot be hidden from a subprocess on a machine that has it.)"""
+    from experiments import q1
+
+    monkeypatch.setattr(data_lib, "DEBIAN_DIR", tmp_path / "usr-share-datasets-fashion-mnist")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        q1.main("q1_optimizers", ["--out", str(tmp_path / "out"), *SMALL, "--quiet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    for needle in (str(data_lib.DEBIAN_DIR), str(tmp_path / "cache" / "fmnist_jax"),
+                   "apt-get install dataset-fashion-mnist", "--data-dir", "--source download"):
+        assert needle in err, (needle, err)
+    assert_nothing_written(tmp_path / "out")
+
+
+def real_files() -> dict[str, Path]:
+    folder = data_lib.find_data_dir()
+    return {spec.name: data_lib._existing_file(folder, spec.name) for spec in data_lib.FILES.values()}
+
+
+def test_truncated_file_is_named_with_what_is_wrong(tmp_path):
+    folder, out = tmp_path / "data", tmp_path / "out"
+    folder.mkdir()
+    for name, path in real_files().items():
+        target = folder / path.name
+        if name == "t10k-labels-idx1-ubyte":
+            blob = path.read_bytes()
+            target.write_bytes(blob[: len(blob) // 2])  # a download cut short
+        else:
+            target.symlink_to(path)
+    bad = folder / real_files()["t10k-labels-idx1-ubyte"].name
+    proc = cli("q1_optimizers", "--data-dir", folder, "--out", out, *SMALL)
+    if bad.suffix == ".gz":
+        assert_clean_failure(proc, 1, str(bad), "truncated or corrupt")
+    else:
+        assert_clean_failure(proc, 1, str(bad), "truncated")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("damage, expected", [
+    ("truncate", "the file is truncated"),
+    ("magic", "magic number"),
+])
+def test_malformed_raw_file_is_named_with_what_is_wrong(tmp_path, capsys, damage, expected):
+    from experiments import q1
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for name, path in real_files().items():
+        if name == "train-labels-idx1-ubyte":
+            raw = bytearray(data_lib._read_bytes(path))
+            blob = bytes(raw[:-100]) if damage == "truncate" else b"\x00\x00\x08\x03" + bytes(raw[4:])
+            (folder / name).write_bytes(blob)
+        else:
+            (folder / path.name).symlink_to(path)
+    with pytest.raises(SystemExit) as exc:
+        q1.main("q1_optimizers", ["--data-dir", str(folder), "--out", str(tmp_path / "out"), *SMALL])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1
+    assert str(folder / "train-labels-idx1-ubyte") in err and expected in err, err
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.fixture(scope="module")
+def mnist_like(tmp_path_factory) -> Path:
+    """Valid IDX files, same names and sizes as Fashion-MNIST, different images (see module doc)."""
+    folder = tmp_path_factory.mktemp("mnist_like")
+    for name, path in real_files().items():
+        if "images" in name:
+            images = data_lib.read_idx(path, expected_kind="images")
+            header = np.array([2051, len(images), 28, 28], ">u4").tobytes()
+            (folder / name).write_bytes(header + (255 - images).tobytes())
+        else:
+            (folder / path.name).symlink_to(path)
+    return folder
+
+
+def test_other_idx_data_is_refused_by_checksum(mnist_like, tmp_path):
+    out = tmp_path / "out"
+    proc = cli("q1_optimizers", "--data-dir", mnist_like, "--out", out, *SMALL)
+    assert_clean_failure(proc, 1, str(mnist_like / "train-images-idx3-ubyte"), "sha256",
+                         "not the official Fashion-MNIST", "--allow-unverified-data")
+    assert_nothing_written(out)
+
+
+def test_unverified_data_is_accepted_with_the_override(mnist_like, tmp_path):
+    # Passing the checksum gate is all this needs to show, so the run is stopped by the next
+    # check (an impossible batch size, exit 2) instead of training on the fake data.
+    out = tmp_path / "out"
+    proc = cli("q1_optimizers", "--data-dir", mnist_like, "--allow-unverified-data", "--out", out,
+               "--quick", "--batch-size", "100000")
+    assert_clean_failure(proc, 2, "--batch-size 100000", "larger than the training split")
+    assert "sha256" not in proc.stderr
+    assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Arguments
+
+BAD_Q1_ARGS = [
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--epochs", "2.5"], "--epochs must be an integer"),
+    (["--seeds", "0"], "--seeds must be >= 1"),
+    (["--seeds", "three"], "--seeds must be an integer"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
+    (["--batch-size", "-100"], "--batch-size must be >= 1"),
+    (["--lr", "0"], "--lr must be > 0"),
+    (["--lr=-1e-3"], "--lr must be > 0"),
+    (["--lr", "nan"], "--lr must be finite"),
+    (["--lr", "inf"], "--lr must be finite"),
+    (["--lr", "fast"], "--lr must be a number"),
+    (["--noise-std", "-0.1"], "--noise-std must be >= 0"),
+    (["--noise-std", "1.5"], "--noise-std must be <= 1"),
+    (["--noise-std", "nan"], "--noise-std must be finite"),
+    (["--rotation-degrees", "-5"], "--rotation-degrees must be >= 0"),
+    (["--rotation-degrees", "400"], "--rotation-degrees must be <= 180"),
+    (["--split-seed", "-1"], "--split-seed must be >= 0"),
+    (["--limit", "0"], "--limit must be >= 1"),
+    (["--pool", "median"], "invalid choice: 'median' (choose from 'avg', 'max')"),
+    (["--source", "kaggle"], "invalid choice: 'kaggle' (choose from 'idx', 'download', 'tfds')"),
+    (["--parallel", "gpus"], "invalid choice: 'gpus'"),
+    (["--bogus-flag"], "unrecognized arguments: --bogus-flag"),
+]
+BAD_Q2_ARGS = [
+    (["--pretrain-epochs", "0"], "--pretrain-epochs must be >= 1"),
+    (["--denoise-std", "-1"], "--denoise-std must be >= 0"),
+    (["--denoise-std", "2"], "--denoise-std must be <= 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--arch", "huge"], "invalid choice: 'huge' (choose from 'base', 'thick')"),
+    (["--sweep", "depth"], "invalid choice: 'depth'"),
+    (["--stage", "train"], "invalid choice: 'train' (choose from 'pretrain', 'finetune', 'both')"),
+]
+
+
+def test_bad_numbers_and_names_exit_2_before_anything(tmp_path):
+    for module, args, message in [("q1_optimizers", ["--lr", "-1"], "--lr must be > 0"),
+                                  ("q2_autoencoder", ["--denoise-std", "2"], "--denoise-std must be <= 1")]:
+        out = tmp_path / module
+        proc = cli(module, "--out", out, *SMALL, *args)
+        assert_clean_failure(proc, 2, message, "usage:")
+        assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("entry, args, message",
+                         [("q1", a, m) for a, m in BAD_Q1_ARGS] + [("q2", a, m) for a, m in BAD_Q2_ARGS])
+def test_every_flag_is_validated(tmp_path, capsys, entry, args, message):
+    """The same main() the CLI runs, in-process (one interpreter for the whole matrix)."""
+    from experiments import q1, q2
+
+    out = tmp_path / "out"
+    argv = ["--out", str(out), *SMALL, *args]
+    with pytest.raises(SystemExit) as exc:
+        q1.main("q1_epochs", argv) if entry == "q1" else q2.main(argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err, err
+    assert_nothing_written(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Output folder; 7. resources (batch size)
+
+
+def test_unwritable_output_folder_is_refused_before_training(tmp_path):
+    # chmod cannot stop root, so the folder is made impossible: it would have to live inside a file.
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("not a folder")
+    proc = cli("q1_optimizers", "--out", blocker / "sub", *SMALL)
+    assert_clean_failure(proc, 2, "not writable", str(blocker / "sub"), "--out")
+    assert "training" not in proc.stdout
+    assert blocker.read_text() == "not a folder"
+
+
+def test_output_path_that_is_a_file(tmp_path, capsys):
+    from experiments import q1
+
+    blocker = tmp_path / "results"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        q1.main("q1_optimizers", ["--out", str(blocker), *SMALL])
+    assert exc.value.code == 2 and "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_batch_larger_than_the_split_is_refused_before_training(tmp_path):
+    out = tmp_path / "new" / "results"
+    proc = cli("q2_autoencoder", "--out", out, "--quick", "--batch-size", "100000", "--seeds", "2")
+    assert_clean_failure(proc, 2, "--batch-size 100000", "600 images", "--batch-size 100")
+    assert not (tmp_path / "new").exists()  # the writability probe leaves no trace either
+
+
+# ----------------------------------------------------------------------------------------------
+# The reference sweep (uninterrupted); refusal of a different configuration; --overwrite
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory) -> dict:
+    """Built once per test session, also under pytest-xdist (the first worker builds it under a
+    lock in the session's shared temporary folder; the others wait and reuse it)."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out, record = shared / "reliability_reference", shared / "reliability_reference.json"
+    with open(shared / "reliability_reference.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not record.exists():
+            io.write_json(record, build_reference(out))
+    return {**json.loads(record.read_text()), "out": out}
+
+
+def build_reference(out: Path) -> dict:
+    """The uninterrupted sweep, run after a refused attempt: a complete result of another
+    configuration sits in one of its folders; --overwrite then replaces it."""
+    foreign = out / "q1_optimizers" / "tuned"
+    foreign.mkdir(parents=True)
+    (foreign / "config.json").write_text(json.dumps({"fingerprint": "another-configuration"}))
+    (foreign / "metrics.json").write_text(json.dumps({"complete": True, "test_accuracy": 0.5}))
+    before = {p.name: p.read_text() for p in foreign.iterdir()}
+    refused = cli("q1_optimizers", "--out", out, *SMALL, "--quiet")
+    after = {p.name: p.read_text() for p in foreign.iterdir()}
+    others = sorted(p.name for p in (out / "q1_optimizers").iterdir())
+    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite")
+    assert run.returncode == 0, run.stderr
+    return {"refused": {"returncode": refused.returncode, "stdout": refused.stdout, "stderr": refused.stderr},
+            "foreign_untouched": before == after, "folders_after_refusal": others}
+
+
+@pytest.mark.slow
+def test_results_of_another_configuration_are_never_overwritten_silently(reference):
+    refused = subprocess.CompletedProcess([], **reference["refused"])
+    assert_clean_failure(refused, 2, str(reference["out"] / "q1_optimizers" / "tuned"),
+                         "different configuration", "--overwrite")
+    assert reference["foreign_untouched"]
+    assert reference["folders_after_refusal"] == ["tuned"]  # refused before training anything
+    # --overwrite replaces them.
+    tuned = reference["out"] / "q1_optimizers" / "tuned"
+    assert json.loads((tuned / "config.json").read_text())["fingerprint"] != "another-configuration"
+    assert_complete(tuned)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Numerical faults
+
+
+@pytest.mark.slow
+def test_a_diverging_configuration_is_flagged_and_the_sweep_continues(reference):
+    """Adam at lr 1e20 overflows to NaN/inf in its first steps (1e6 only reaches ~1e26: finite)."""
+    out = reference["out"]
+    proc = cli("q1_epochs", "--out", out, *SMALL, "--lr", "1e20")
+    assert proc.returncode == 0, proc.stderr
+    diverged = metrics(out / "q1_epochs" / "epochs_1")
+    assert diverged["diverged"] == [True, True] and diverged["n_diverged"] == 2
+    assert diverged["complete"] is True
+    # The sweep went on: the tuned row (lr fixed, shared with q1_optimizers) is healthy; here it is
+    # reused from the reference sweep, an identical configuration.
+    tuned = metrics(out / "q1_epochs" / "tuned")
+    assert tuned["n_diverged"] == 0 and tuned["diverged"] == [False, False]
+    assert "tuned: identical to" in proc.stdout
+    summary = (out / "q1_epochs" / "summary.md").read_text()
+    assert "**Diverged**" in summary and "1 epochs (2/2 seeds)" in summary, summary
+    assert "| 2/2 |" in summary
+    assert json.loads((out / "q1_epochs" / "choice.json").read_text())["choice"] == "tuned"
+    assert "Diverged" in proc.stdout
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. Interruption (SIGINT, SIGTERM) and 5. crashes (SIGKILL), then resume == uninterrupted
+
+
+def kill_at_first_write(run: Background, out: Path, after_line: str) -> str:
+    """SIGKILL the run the moment it starts writing a file under `out` (a new temporary name)."""
+    run.wait_for_line(after_line)
+    stale = set(temporaries(out))
+    seen: list[Path] = []
+
+    def writing():
+        seen[:] = [p for p in temporaries(out) if p not in stale]
+        return bool(seen)
+
+    run.wait_for(writing, "a write in progress", poll_s=0.001)
+    run.proc.send_signal(signal.SIGKILL)
+    assert run.finish() == -signal.SIGKILL
+    return "a write in progress (" + ", ".join(str(p.relative_to(out)) for p in seen) + ")"
+
+
+def kill_after_random_delay(run: Background, after_line: str, rng: random.Random) -> str:
+    run.wait_for_line(after_line)
+    delay = rng.uniform(0.0, 2.0)
+    time.sleep(delay)  # the kill point itself, not a synchronisation
+    run.proc.send_signal(signal.SIGKILL)  # a no-op if the run has already finished
+    rc = run.finish()
+    return f"{delay:.2f} s after {after_line!r} ({'killed' if rc == -signal.SIGKILL else f'had exited {rc}'})"
+
+
+@pytest.mark.slow
+def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(reference, tmp_path):
+    out = tmp_path / "out"
+    args = ("--out", out, *SMALL)  # not --quiet: the progress lines are the synchronisation
+    sweep = out / "q1_optimizers"
+    log = []
+
+    def stopped_cleanly(run, sig, rc, elapsed, done, partial):
+        assert rc == 128 + sig, run.describe()
+        assert elapsed < STOP_BOUND_S, (elapsed, run.describe())
+        name = signal.Signals(sig).name
+        assert f"interrupted by {name}" in run.stderr and "rerun the same command" in run.stderr
+        assert "Traceback" not in run.stderr, run.describe()
+        assert not (sweep / "summary.md").exists()  # it stopped before the end
+        for config in done:
+            assert_complete(sweep / config)
+        assert not (sweep / partial / "metrics.json").exists()
+        check_final_files(out)
+        log.append(f"{name}: stopped {elapsed:.2f} s after the signal")
+
+    # SIGINT while the second configuration trains (the first one is complete).
+    run = Background(tmp_path, "sigint", "q1_optimizers", *args)
+    run.wait_for_line("[q1_optimizers] sgd_momentum: training")
+    rc, elapsed = run.stop(signal.SIGINT)
+    stopped_cleanly(run, signal.SIGINT, rc, elapsed, ["sgd"], "sgd_momentum")
+
+    # The same command again; SIGTERM while the third trains.
+    run = Background(tmp_path, "sigterm", "q1_optimizers", *args)
+    run.wait_for_line("[q1_optimizers] adam: training")
+    assert "sgd: complete, skipped" in run.stdout
+    rc, elapsed = run.stop(signal.SIGTERM)
+    stopped_cleanly(run, signal.SIGTERM, rc, elapsed, ["sgd", "sgd_momentum"], "adam")
+
+    # SIGKILL (no handler can run): once the moment a write starts (a checkpoint, a result or a
+    # figure being written), once at a seeded random point.
+    for name, kill in [("sigkill_write", lambda r: kill_at_first_write(r, out, "[q1_optimizers] adam:")),
+                       ("sigkill_random", lambda r: kill_after_random_delay(r, "[q1_optimizers] tuned:",
+                                                                            random.Random(7)))]:
+        run = Background(tmp_path, name, "q1_optimizers", *args)
+        caught = kill(run)
+        n = check_final_files(out)
+        log.append(f"SIGKILL at {caught}: all {n} final-named files/checkpoints parse")
+
+    # Rerun to the end: every configuration equals the uninterrupted reference exactly.
+    run = Background(tmp_path, "final", "q1_optimizers", *args)
+    assert run.finish() == 0, run.describe()
+    assert (sweep / "summary.md").exists()
+    assert not temporaries(out), temporaries(out)
+    assert not list(sweep.glob("*/checkpoint")), "resume checkpoints are removed once complete"
+    check_final_files(out)
+    for config in Q1_CONFIGS:
+        got, want = sweep / config, reference["out"] / "q1_optimizers" / config
+        assert_complete(got)
+        for key in ("test_accuracy", "val_accuracy"):
+            assert metrics(got)[key]["per_seed"] == metrics(want)[key]["per_seed"], (config, key)
+        assert metrics(got)["diverged"] == metrics(want)["diverged"]
+        np.testing.assert_array_equal(np.load(got / "test_predictions.npy"),
+                                      np.load(want / "test_predictions.npy"), err_msg=config)
+        h_got, h_want = (json.loads((d / "history.json").read_text()) for d in (got, want))
+        assert h_got["val_loss"] == h_want["val_loss"], config
+    print("\n".join(log))
+
+
+# ----------------------------------------------------------------------------------------------
+# 7. Resources (device memory) and the disk, through main_guard
+
+
+@pytest.mark.parametrize("fault, status, needles", [
+    ("oom", 1, ("the device ran out of memory", "RESOURCE_EXHAUSTED", "--batch-size", "fewer --seeds")),
+    ("enospc", 1, ("No space left on device", "metrics.json", "rerun the same command")),
+])
+def test_device_and_disk_faults_are_clear_errors(tmp_path, monkeypatch, capsys, fault, status, needles):
+    """An out-of-memory on the device or a full disk, raised where training happens, reaches the
+    user as one clear message, not a traceback. The out-of-memory is real: the stand-in for `fit`
+    asks XLA for a 512 TiB array, and XLA answers as it does when a batch does not fit
+    (JaxRuntimeError RESOURCE_EXHAUSTED; on a GPU the same from the device allocator)."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import common, q1
+
+    def failing_fit(*args, **kwargs):
+        if fault == "oom":
+            jnp.ones((1 << 47,), jnp.float32).block_until_ready()
+            raise AssertionError("a 512 TiB allocation succeeded")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "metrics.json"))
+
+    monkeypatch.setattr(common, "fit", failing_fit)
+    with pytest.raises(SystemExit) as exc:
+        q1.main("q1_optimizers", ["--out", str(tmp_path / "out"), *SMALL, "--quiet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == status
+    for needle in needles:
+        assert needle in err, (needle, err)
+    # The configuration it was on is left partial (config.json only), so a rerun redoes it.
+    run_dir = tmp_path / "out" / "q1_optimizers" / "sgd"
+    assert (run_dir / "config.json").is_file() and not (run_dir / "metrics.json").exists()
+
+
+def test_other_errors_keep_their_traceback():
+    import jax
+
+    from experiments import common
+
+    for error in (RuntimeError("a bug"), jax.errors.JaxRuntimeError("INTERNAL: something else")):
+        def run():
+            raise error
+
+        with pytest.raises(type(error)):
+            common.main_guard(run)
+
+
+def test_atomic_write_failure_keeps_the_old_file(tmp_path):
+    from fmnist_jax import io
+
+    path = tmp_path / "metrics.json"
+    io.write_json(path, {"complete": True})
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(path) as tmp:
+            tmp.write_text('{"compl')  # half written when the failure comes
+            raise RuntimeError("disk went away")
+    assert json.loads(path.read_text()) == {"complete": True}
+    assert not temporaries(tmp_path)
+
+
+def test_a_checkpoint_step_saved_again_is_replaced(tmp_path):
+    """A rerun saves a step the interrupted run already saved (q2 writes each row's encoder copy
+    as step 0 before training): that replaces it instead of failing with StepAlreadyExistsError."""
+    import jax.numpy as jnp
+
+    from fmnist_jax import checkpoint
+
+    checkpoint.save(tmp_path / "encoder", 0, {"w": jnp.ones(3)}, {"run": 1})
+    checkpoint.save(tmp_path / "encoder", 0, {"w": jnp.zeros(3)}, {"run": 2})
+    state, extra = checkpoint.restore(tmp_path / "encoder", {"w": jnp.ones(3)})
+    assert extra == {"run": 2} and float(state["w"].sum()) == 0.0
