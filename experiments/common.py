@@ -439,7 +439,8 @@ def fmt(ms: Mapping | None, scale: float = 100.0, digits: int = 2) -> str:
     """'mean ± std' of a {"mean","std"} entry (percent by default)."""
     if not ms:
         return "–"
-    return f"{ms['mean'] * scale:.{digits}f} ± {ms['std'] * scale:.{digits}f}"
+    # JSON keeps NaN (a diverged seed) as the string "nan"; float() reads it back.
+    return f"{float(ms['mean']) * scale:.{digits}f} ± {float(ms['std']) * scale:.{digits}f}"
 
 
 def summary_row(run_dir: Path, spec: Spec) -> dict:
@@ -517,7 +518,8 @@ def write_summary(ctx: Context, experiment: str, title: str, rows: Sequence[dict
     io.write_json(sweep_dir / "choice.json", choice)
     for line in divergence_lines(rows)[:-1]:
         ctx.log(line.replace("**", ""))
-    ctx.log("\n" + verdict_text(choice).replace("**", ""))
+    # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).
+    print("\n" + verdict_text(choice).replace("**", ""), flush=True)
 
 
 def divergence_lines(rows: Sequence[dict]) -> list[str]:

@@ -34,8 +34,11 @@ def roughness(curve: Sequence[Sequence[float]]) -> dict[str, float]:
 
 def _mean_curve(curve) -> np.ndarray:
     arr = np.asarray(curve, np.float64)
-    with np.errstate(invalid="ignore"):
-        return np.nanmean(np.where(np.isfinite(arr), arr, np.nan), axis=0)
+    finite = np.isfinite(arr)
+    total = np.where(finite, arr, 0.0).sum(axis=0)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def diagnose(history: Mapping[str, Sequence[Sequence[float]]], *, train: str = "train",

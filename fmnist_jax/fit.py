@@ -215,7 +215,9 @@ def fit(
     d_eval, n_eval = {}, {}
     for name, (imgs, labs) in eval_sets.items():
         n_eval[name] = len(labs)
-        pi, pl = pad_for_eval(np.asarray(imgs, np.float32), np.asarray(labs, np.int32), cfg.eval_batch_size)
+        # Small sets (quick runs) get one batch of their own size instead of a mostly-padded one.
+        batch = min(cfg.eval_batch_size, len(labs))
+        pi, pl = pad_for_eval(np.asarray(imgs, np.float32), np.asarray(labs, np.int32), batch)
         d_eval[name] = (place.data(pi), place.data(pl))
     eval_key = jax.random.PRNGKey(EVAL_NOISE_SEED)
 
@@ -313,7 +315,9 @@ def _postfix(history):
     out = {}
     for key in ("train_loss", "val_accuracy", "val_loss"):
         if key in history:
-            out[key] = f"{np.nanmean([row[-1] for row in history[key]]):.4f}"
+            last = np.asarray([row[-1] for row in history[key]], np.float64)
+            last = last[np.isfinite(last)]
+            out[key] = f"{last.mean():.4f}" if last.size else "nan"
     return out
 
 

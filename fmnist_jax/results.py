@@ -124,15 +124,5 @@ def write_run(
     return run_dir
 
 
-def copy_run(src: str | Path, dst: str | Path) -> None:
-    """Reuse a completed identical run (same fingerprint) under another experiment's name."""
-    src, dst = Path(src), Path(dst)
-    dst.mkdir(parents=True, exist_ok=True)
-    for f in sorted(src.iterdir()):
-        if f.is_file() and f.name != "metrics.json" and not f.name.startswith("."):
-            io.write_bytes(dst / f.name, f.read_bytes())
-    io.write_bytes(dst / "metrics.json", (src / "metrics.json").read_bytes())
-
-
 def remove_tree(path: str | Path) -> None:
     shutil.rmtree(path, ignore_errors=True)

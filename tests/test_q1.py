@@ -98,7 +98,7 @@ def test_augmentation_sweep_outputs(augmentation):
     check_sweep(augmentation, "q1_augmentation")
     augment = {n: read_json(augmentation / n / "config.json")["train_config"]["augment"]
                for n in NAMES["q1_augmentation"]}
-    assert augment == {"none": "none", "expand": "expand", "online": "online", "tuned": "online"}
+    assert augment == {"none": "none", "expand": "expand", "online": "online", "tuned": "none"}
 
 
 def test_epochs_sweep_outputs(epochs):
@@ -155,7 +155,7 @@ def test_full_size_specs():
         assert (cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.schedule) == ("adam", 1e-3, "constant")
         assert (cfg.aug.max_degrees, cfg.aug.noise_std) == (10.0, 0.1)
     assert aug["online"].cfg == opts["adam"].cfg == eps["epochs_5"].cfg  # one run, reused
-    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online", "online"]
+    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online", "none"]
     assert [s.cfg.epochs for n, s in eps.items() if n != "tuned"] == [3, 5, 8, 10]
     assert opts["sgd"].cfg.optimizer.learning_rate == 1e-3 and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
     assert aug["tuned"].cfg == eps["tuned"].cfg == opts["tuned"].cfg
