@@ -1,0 +1,247 @@
+"""`python -m experiments.study`: one quick study (2 seeds) into a temporary folder, then its
+report checked against the result files, a rerun that must train nothing and reproduce the
+report, and `--report-only`.
+
+The study is run once per module (a subprocess, sharing the test session's compilation cache)
+and the rerun once; the tests only read what those produced.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = [sys.executable, "-m", "experiments.study", "--quick", "--seeds", "2"]
+PRETRAIN_CACHE = "q2_pretrain"
+IMAGE = re.compile(r"!\[(?:\\.|[^\]\\])*\]\(([^)\s]+)\)")
+METRICS_LINK = re.compile(r"\]\(([^)\s]+)/metrics\.json\)")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+# What the sweep driver logs when it trains, resumes or copies a run, or pretrains an autoencoder.
+TRAINED = re.compile(r": (training|resuming|identical to .*, reused|pretraining \d)")
+
+
+def run(args: list[str], timeout: int = 1200) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    return done
+
+
+def mtimes(out: Path) -> dict[str, int]:
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("*/*/metrics.json"))}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    out = tmp_path_factory.mktemp("study") / "results"
+    done = run([*COMMAND, "--out", str(out)])
+    return {"out": out, "stdout": done.stdout, "report": (out / "REPORT.md").read_text(encoding="utf-8"),
+            "study_json": (out / "study.json").read_bytes(), "mtimes": mtimes(out)}
+
+
+@pytest.fixture(scope="module")
+def rerun(study):
+    out = study["out"]
+    done = run([*COMMAND, "--out", str(out)])
+    return {"stdout": done.stdout, "report": (out / "REPORT.md").read_text(encoding="utf-8"),
+            "study_json": (out / "study.json").read_bytes(), "mtimes": mtimes(out)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers reading the report
+
+
+def sweep_folders(out: Path) -> dict[str, set[str]]:
+    """experiment -> its configuration folders, from the disk."""
+    found: dict[str, set[str]] = {}
+    for config in out.glob("*/*/config.json"):
+        exp = config.parent.parent.name
+        if exp != PRETRAIN_CACHE:
+            found.setdefault(exp, set()).add(config.parent.name)
+    return found
+
+
+def tables(report: str, first_header: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every Markdown table whose header starts with `first_header`: (header, rows of cells)."""
+    out, lines, i = [], report.splitlines(), 0
+    while i < len(lines):
+        if lines[i].startswith(f"| {first_header} |"):
+            head = split_row(lines[i])
+            rows, i = [], i + 2
+            while i < len(lines) and lines[i].startswith("|"):
+                rows.append(split_row(lines[i]))
+                i += 1
+            out.append((head, rows))
+        i += 1
+    return out
+
+
+def split_row(line: str) -> list[str]:
+    return [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+
+
+def ms(entry: dict, scale: float = 100.0, digits: int = 2) -> str:
+    return f"{entry['mean'] * scale:.{digits}f} ± {entry['std'] * scale:.{digits}f}"
+
+
+def read_metrics(out: Path, rel: str) -> dict:
+    return json.loads((out / rel / "metrics.json").read_text())
+
+
+# ----------------------------------------------------------------------------------------------
+# The report
+
+
+@pytest.mark.slow
+def test_study_writes_report_and_study_json(study):
+    out = study["out"]
+    assert (out / "REPORT.md").is_file()
+    record = json.loads(study["study_json"])
+    assert record["complete"] and record["total_wall_s"] > 0 and record["seeds"] == 2 and record["quick"]
+    for model in ("cnn", "encoder_classifier_base", "encoder_classifier_thick"):
+        assert record["inference"][model]["images_per_s"] > 0
+    assert record["environment"]["jax"] and record["environment"]["backend"]
+    assert record["invocations"][0]["trained"], "the first run trains"
+    # Every question's sweeps ran.
+    assert {"q1_augmentation", "q1_epochs", "q1_optimizers", "q2_lr", "q2_arch", "q2_epochs",
+            "q2_pretraining"} <= set(sweep_folders(out))
+
+
+@pytest.mark.slow
+def test_every_linked_image_exists_and_is_a_png(study):
+    out, report = study["out"], study["report"]
+    links = IMAGE.findall(report)
+    assert len(links) > 20
+    for link in links:
+        assert not link.startswith("/") and "://" not in link, f"not a relative link: {link}"
+        path = out / link
+        assert path.is_file(), f"missing image {link}"
+        assert path.read_bytes()[:8] == PNG_MAGIC, f"not a PNG: {link}"
+    for must in ("cnn_vs_autoencoder.png", "q1_epochs/sweep_val_accuracy.png",
+                 "q1_augmentation/none/learning_curves.png", "q1_augmentation/none/confusion_matrix.png",
+                 "q2_lr/lr_0.001/denoising.png"):
+        assert must in links, must
+
+
+@pytest.mark.slow
+def test_every_sweep_table_has_one_row_per_configuration(study):
+    out, report = study["out"], study["report"]
+    sweep_tables = tables(report, "configuration | test acc %")
+    on_disk = sweep_folders(out)
+    assert len(sweep_tables) == len(on_disk)
+    seen: dict[str, list[str]] = {}
+    for _head, rows in sweep_tables:
+        rels = [METRICS_LINK.search(r[0]).group(1) for r in rows]
+        exps = {rel.split("/")[0] for rel in rels}
+        assert len(exps) == 1, f"a table mixes sweeps: {exps}"
+        exp = exps.pop()
+        assert exp not in seen, f"{exp} has two tables"
+        seen[exp] = [rel.split("/")[1] for rel in rels]
+    for exp, names in seen.items():
+        assert sorted(names) == sorted(on_disk[exp]), exp  # one row per folder, none twice
+    assert set(seen) == set(on_disk)
+
+
+@pytest.mark.slow
+def test_table_numbers_equal_metrics_json(study):
+    out, report = study["out"], study["report"]
+    checked = 0
+    for head, rows in tables(report, "configuration | test acc %"):
+        classes = [h[:-2] for h in head if h.endswith(" %") and h not in ("test acc %", "val acc %")]
+        for r in rows:
+            cells = dict(zip(head, r))
+            m = read_metrics(out, METRICS_LINK.search(r[0]).group(1))
+            assert cells["test acc %"] == ms(m["test_accuracy"])
+            assert cells["val acc %"] == ms(m["val_accuracy"])
+            for c in classes:
+                assert cells[f"{c} %"] == ms(m["per_class_test_accuracy"][c], digits=1)
+            n, n_div = len(m["diverged"]), m["n_diverged"]
+            assert cells["diverged"] == (f"⚠ {n_div}/{n} diverged" if n_div else f"0/{n}")
+            checked += 1
+    assert checked >= 15
+
+    # The comparison table: both columns' accuracies come from the linked metrics.json files.
+    [(head, rows)] = tables(report, "measure")
+    cells = {r[0]: r[1:] for r in rows}
+    rels = [METRICS_LINK.search(c).group(1) for c in cells["configuration"]]
+    assert rels[0].startswith("q1_") and rels[1].startswith("q2_")
+    for i, rel in enumerate(rels):
+        m = read_metrics(out, rel)
+        assert cells["test accuracy %"][i] == ms(m["test_accuracy"])
+        assert cells["validation accuracy %"][i] == ms(m["val_accuracy"])
+        assert cells["trainable parameters (classifier)"][i] == f"{m['n_params']:,}"
+    record = json.loads(study["study_json"])
+    assert cells["inference images/s (one model, batch 1000)"][0] == f"{record['inference']['cnn']['images_per_s']:,.0f}"
+
+
+@pytest.mark.slow
+def test_choice_and_fit_diagnoses_are_reported(study):
+    out, report = study["out"], study["report"]
+    for exp in sweep_folders(out):
+        choice = json.loads((out / exp / "choice.json").read_text())
+        assert f"val {ms(choice['val'])}%, test {ms(choice['test'])}%" in report
+    m = read_metrics(out, "q2_lr/lr_0.001")
+    assert f"| {ms(m['pretrain']['test_mse'], 1.0, 4)} | {ms(m['pretrain']['test_noisy_mse'], 1.0, 4)} |" in report
+    assert m["fit_diagnosis"]["verdict"] in report
+    assert "## CNN vs autoencoder" in report and "**Conclusion.**" in report
+    assert "## Differences from the original report" in report and "270,000" in report
+    env = json.loads(study["study_json"])["environment"]
+    assert f"| JAX / jaxlib | {env['jax']} / {env['jaxlib']} |" in report
+    assert "Total wall time of the study" in report
+
+
+# ----------------------------------------------------------------------------------------------
+# Resuming and rebuilding
+
+
+@pytest.mark.slow
+def test_rerun_skips_every_configuration_and_reproduces_the_report(study, rerun):
+    out = study["out"]
+    for exp, names in sweep_folders(out).items():
+        for name in names:
+            assert f"[{exp}] {name}: complete, skipped" in rerun["stdout"], f"{exp}/{name} not skipped"
+    assert not TRAINED.search(rerun["stdout"]), TRAINED.search(rerun["stdout"]).group(0)
+    assert rerun["mtimes"] == study["mtimes"], "a completed configuration was rewritten"
+    assert rerun["study_json"] == study["study_json"], "study.json changed though nothing trained"
+    assert rerun["report"] == study["report"]
+
+
+@pytest.mark.slow
+def test_report_only_rebuilds_without_training(study, rerun):
+    out = study["out"]
+    (out / "REPORT.md").write_text("stale")
+    done = run([sys.executable, "-m", "experiments.study", "--report-only", "--out", str(out)], timeout=300)
+    assert not TRAINED.search(done.stdout)
+    assert (out / "REPORT.md").read_text(encoding="utf-8") == study["report"]
+    assert mtimes(out) == study["mtimes"]
+
+
+@pytest.mark.slow
+def test_report_flags_a_diverged_run(study, tmp_path):
+    """A sweep copied alone, with one seed marked diverged: the row says so, and the report
+    (without Question 2) still builds."""
+    from fmnist_jax import report
+
+    out = tmp_path / "results"
+    shutil.copytree(study["out"] / "q1_optimizers", out / "q1_optimizers")
+    path = out / "q1_optimizers" / "sgd" / "metrics.json"
+    m = json.loads(path.read_text())
+    m["diverged"], m["n_diverged"] = [True, False], 1
+    path.write_text(json.dumps(m))
+    text = report.write_report(out).read_text(encoding="utf-8")
+    [(head, rows)] = tables(text, "configuration | test acc %")
+    row = next(dict(zip(head, r)) for r in rows if "q1_optimizers/sgd/metrics.json" in r[0])
+    assert row["diverged"] == "⚠ 1/2 diverged"
+    assert "Not available" in text  # no Question 2 to compare with
+
+
+def test_report_only_without_results_is_a_usage_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "experiments.study", "--report-only", "--out",
+                           str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "error:" in done.stderr
