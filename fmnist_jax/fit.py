@@ -132,7 +132,13 @@ def init_states(prog: Program, seeds: Sequence[int], learning_rates: Sequence[fl
     )
     if lrs.shape != (len(seeds),):
         raise ValueError(f"need one learning rate per seed: {len(seeds)} seeds, {lrs.shape[0]} rates")
-    return jax.jit(jax.vmap(functools.partial(init_state, prog)))(keys, lrs)
+    return _init_fn(prog)(keys, lrs)
+
+
+@functools.lru_cache(maxsize=64)
+def _init_fn(prog: Program):
+    # Cached per program: a fresh jit of a fresh partial would recompile on every call.
+    return jax.jit(jax.vmap(functools.partial(init_state, prog)))
 
 
 def prepare_train_set(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, data_seed: int = 0):

@@ -161,6 +161,15 @@ def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
             return {k: jax.tree_util.tree_map(lambda _: "frozen" if k == "encoder" else "train", v)
                     for k, v in params.items()}
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+    if cfg.model == "cnn":
+        # Each conv bias feeds a train-mode BatchNorm that subtracts it again: its exact gradient
+        # is 0 and the computed one is float32 rounding noise, which Adam (dividing by its own
+        # size) would turn into +-lr steps, leaking into BatchNorm's running means and making
+        # results depend on summation order (vmap width, device count). Hold them at 0.
+        def cnn_labels(params):
+            return {layer: {name: "frozen" if layer.startswith("conv_") and name == "bias" else "train"
+                            for name in leaves} for layer, leaves in params.items()}
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, cnn_labels)
     return tx
 
 
@@ -199,7 +208,7 @@ def _inputs_targets(cfg: TrainConfig, key, images, labels, *, train: bool):
 
 
 def _global_norm(tree) -> jax.Array:
-    return optax.global_norm(tree) if jax.tree_util.tree_leaves(tree) else jnp.float32(0)
+    return optax.tree.norm(tree) if jax.tree_util.tree_leaves(tree) else jnp.float32(0)
 
 
 class Program(NamedTuple):

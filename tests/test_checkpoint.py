@@ -1,0 +1,122 @@
+"""Orbax checkpoints (fmnist_jax.checkpoint) and resuming an interrupted `fit`, on real images."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fmnist_jax import checkpoint
+from fmnist_jax import fit as fit_lib
+from fmnist_jax import train as train_lib
+from fmnist_jax.train import TrainConfig
+
+N_TRAIN = 500
+BATCH = 50
+# Online augmentation and dropout: both draw per-step keys, so a resume that got the step or
+# the key wrong would not reproduce the uninterrupted run.
+CFG = TrainConfig(augment="online", batch_size=BATCH, epochs=2, eval_batch_size=200)
+SEEDS = [3, 4]
+
+
+@pytest.fixture(scope="module")
+def small(task_data):
+    train = (task_data.train_images[:N_TRAIN], task_data.train_labels[:N_TRAIN])
+    evals = {"val": (task_data.val_images[:300], task_data.val_labels[:300])}
+    return train, evals
+
+
+def _states(cfg=CFG, seeds=SEEDS):
+    return fit_lib.init_states(train_lib.program(cfg, N_TRAIN), seeds)
+
+
+def test_save_then_restore_gives_identical_pytrees(tmp_path):
+    states = _states()
+    # Make the optimizer state non-trivial so every leaf carries information.
+    def perturb(x):
+        return x + 0.5 if jnp.issubdtype(x.dtype, jnp.floating) else x + 7
+
+    states = states.replace(step=states.step + 7,
+                            opt_state=jax.tree_util.tree_map(perturb, states.opt_state))
+    extra = {"epoch": 3, "history": {"train_loss": [[0.5, 0.25], [0.125, float("inf")]]},
+             "diverged": [False, True]}
+    checkpoint.save(tmp_path / "ckpt", 3, states, extra)
+    assert checkpoint.latest_step(tmp_path / "ckpt") == 3
+
+    target = checkpoint.abstract_like(states)
+    for leaf in jax.tree_util.tree_leaves(target):
+        assert isinstance(leaf, jax.ShapeDtypeStruct)
+    restored, restored_extra = checkpoint.restore(tmp_path / "ckpt", target)
+
+    chex.assert_trees_all_equal_structs(restored, states)
+    chex.assert_trees_all_equal_shapes_and_dtypes(restored, states)
+    chex.assert_trees_all_equal(restored, states)
+    assert restored_extra == extra
+
+    # A later save becomes the latest; max_to_keep=1 keeps only it.
+    checkpoint.save(tmp_path / "ckpt", 4, states, {"epoch": 4})
+    assert checkpoint.latest_step(tmp_path / "ckpt") == 4
+    assert checkpoint.restore(tmp_path / "ckpt", target)[1] == {"epoch": 4}
+
+
+def test_restore_from_nothing(tmp_path):
+    assert checkpoint.latest_step(tmp_path / "absent") is None
+    with pytest.raises(FileNotFoundError):
+        checkpoint.restore(tmp_path / "empty", _states())
+
+
+def _assert_same_run(got, want):
+    assert got.history == want.history  # every metric of every epoch, exactly
+    assert got.diverged == want.diverged
+    assert got.epochs_run == want.epochs_run
+    chex.assert_trees_all_equal(got.states, want.states)
+    for name in want.final:
+        for key in want.final[name]:
+            np.testing.assert_array_equal(got.final[name][key], want.final[name][key], err_msg=f"{name} {key}")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small, tmp_path_factory):
+    return fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none",
+                       checkpoint_dir=tmp_path_factory.mktemp("uninterrupted"))
+
+
+def test_resume_continues_exactly(small, uninterrupted, tmp_path):
+    directory = tmp_path / "run"
+    first = fit_lib.fit(CFG.replace(epochs=1), *small, seeds=SEEDS, parallel="none",
+                        checkpoint_dir=directory)
+    assert first.epochs_run == 1
+    assert checkpoint.latest_step(directory) == 1
+    np.testing.assert_array_equal(np.asarray(first.states.step), N_TRAIN // BATCH)
+
+    resumed = fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory)
+    assert checkpoint.latest_step(directory) == 2
+    for name, rows in resumed.history.items():
+        assert all(len(row) == 2 for row in rows), name
+        assert [row[0] for row in rows] == [row[0] for row in first.history[name]], name
+    _assert_same_run(resumed, uninterrupted)
+    np.testing.assert_array_equal(np.asarray(resumed.states.step), 2 * N_TRAIN // BATCH)
+
+    # Rerunning a finished run trains nothing and returns the same numbers.
+    again = fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory)
+    _assert_same_run(again, uninterrupted)
+    assert "train_images_per_s" not in again.timing
+
+
+def test_interrupted_run_resumes_exactly(small, uninterrupted, tmp_path):
+    directory = tmp_path / "run"
+    polls = []
+
+    def stop_after_first_epoch():
+        polls.append(1)
+        return True
+
+    with pytest.raises(fit_lib.Interrupted):
+        fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory,
+                    should_stop=stop_after_first_epoch)
+    assert len(polls) == 1
+    assert checkpoint.latest_step(directory) == 1
+
+    resumed = fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory,
+                          should_stop=lambda: False)
+    _assert_same_run(resumed, uninterrupted)

@@ -1,0 +1,452 @@
+"""The training engine (fmnist_jax.train, fmnist_jax.fit) on small subsets of the real task data.
+
+Every fit here is small (a few hundred to 2,000 images, 1-2 epochs); runs that several tests
+inspect are module fixtures, so each is trained once.
+"""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+from fmnist_jax import fit as fit_lib
+from fmnist_jax import train as train_lib
+from fmnist_jax.models import CNN, with_pretrained_encoder
+from fmnist_jax.train import OptimizerConfig, TrainConfig
+
+N_TRAIN = 2000
+N_VAL = 500
+N_TEST = 1050  # not a multiple of the eval batch: the last batch is padded and masked
+BATCH = 50
+
+# The CNN run several tests share: online augmentation, adam 1e-3, 2 epochs of 40 steps.
+CNN_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=2, eval_batch_size=1000)
+
+# Comparisons between *different compiled programs* (3 members vs 1, stacked learning rates)
+# run 2 epochs of 3 steps. Training this CNN is chaotic at the level of rounding: programs that
+# differ only in float summation order agree to ~1e-7 for a few steps, then a ReLU input within
+# ~1e-7 of zero flips in one and not the other, the gradients jump by ~1e-3, and after ~50 steps
+# the two runs differ by 1e-2 relative. Bugs (a wrong key, learning rate or member) show from
+# the first step, so a short horizon keeps the comparison both tight and meaningful.
+N_SHORT = 150
+SHORT_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=2, eval_batch_size=1000)
+PARAMS_RTOL = 3e-3  # of each leaf's largest magnitude; seen: <=3e-4; other seeds/rates: 0.1-2
+TRAIN_RTOL = 1e-5  # epoch-mean train loss/accuracy; seen: <=2e-7
+NORMS_RTOL = 1e-2  # epoch-mean gradient/update/param norms; seen: <=1e-4
+
+
+def is_conv_bias(path: str) -> bool:
+    """The CNN's conv biases feed a train-mode BatchNorm, which subtracts them again: their
+    gradient is exactly zero in exact arithmetic and pure rounding noise in float32 -- which
+    Adam normalises into steps of up to +-lr. Their values (and the BatchNorm running means
+    that absorb them) are therefore noise, different in every compiled program."""
+    return path.startswith("['conv_") and path.endswith("['bias']")
+
+
+def leaves_close(got, want, rtol, atol=0.0, what=""):
+    """Every leaf of two pytrees equal within tolerance (with the path in the message)."""
+    chex.assert_trees_all_equal_structs(got, want)
+    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree_util.tree_leaves(want)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol,
+                                   err_msg=f"{what}{jax.tree_util.keystr(path)}")
+
+
+def assert_same_member(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, j: int):
+    """Member k of `got` and member j of `want` trained identically, up to rounding."""
+    a, b = member(got.states, k), member(want.states, j)
+    # Exactly equal: the member's key, step count and learning rate.
+    np.testing.assert_array_equal(a.key, b.key)
+    assert int(a.step) == int(b.step)
+    assert float(a.learning_rate) == float(b.learning_rate)
+    assert got.diverged[k] == want.diverged[j]
+    assert_same_trajectory(got, k, want, j)
+
+
+def assert_same_trajectory(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, j: int):
+    """Params (conv biases aside), BatchNorm variances and training metrics agree."""
+    a, b = member(got.states, k), member(want.states, j)
+    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a.params)[0], jax.tree_util.tree_leaves(b.params)):
+        name = jax.tree_util.keystr(path)
+        if is_conv_bias(name):
+            continue
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        assert np.max(np.abs(x - y)) <= PARAMS_RTOL * np.max(np.abs(y)), name
+    for layer, stats in b.batch_stats.items():
+        np.testing.assert_allclose(a.batch_stats[layer]["var"], stats["var"], rtol=1e-4, err_msg=layer)
+    for name in ("train_loss", "train_accuracy"):
+        np.testing.assert_allclose(got.history[name][k], want.history[name][j], rtol=TRAIN_RTOL, atol=1e-7,
+                                   err_msg=name)
+    # Gradient and update norms jump when a ReLU flips (see above): looser.
+    for name in ("train_grad_norm", "train_update_norm", "train_param_norm"):
+        np.testing.assert_allclose(got.history[name][k], want.history[name][j], rtol=NORMS_RTOL, err_msg=name)
+    # Evaluation uses the BatchNorm running means, which carry the conv-bias noise: looser.
+    np.testing.assert_allclose(got.history["val_loss"][k], want.history["val_loss"][j], rtol=2e-2)
+
+
+def member(tree, k):
+    return jax.tree_util.tree_map(lambda x: x[k], tree)
+
+
+@pytest.fixture(scope="module")
+def small(task_data):
+    """(train, eval_sets) of real images: 2,000 train, 500 val, 1,050 test."""
+    train = (task_data.train_images[:N_TRAIN], task_data.train_labels[:N_TRAIN])
+    evals = {"val": (task_data.val_images[:N_VAL], task_data.val_labels[:N_VAL]),
+             "test": (task_data.test_images[:N_TEST], task_data.test_labels[:N_TEST])}
+    return train, evals
+
+
+@pytest.fixture(scope="module")
+def tiny(task_data):
+    """(train, eval_sets): 150 train images (3 steps of 50), 200 val."""
+    train = (task_data.train_images[:N_SHORT], task_data.train_labels[:N_SHORT])
+    return train, {"val": (task_data.val_images[:200], task_data.val_labels[:200])}
+
+
+@pytest.fixture(scope="module")
+def three_seeds_twice(small):
+    """Seeds 0, 1, 2 trained together (one vmapped program), twice from scratch."""
+    return [fit_lib.fit(CNN_CFG, *small, seeds=[0, 1, 2], parallel="none") for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def three_seeds(three_seeds_twice):
+    return three_seeds_twice[0]
+
+
+@pytest.fixture(scope="module")
+def short_three(tiny):
+    return fit_lib.fit(SHORT_CFG, *tiny, seeds=[0, 1, 2], parallel="none")
+
+
+@pytest.fixture(scope="module")
+def short_seed_one(tiny):
+    return fit_lib.fit(SHORT_CFG, *tiny, seeds=[1], parallel="none")
+
+
+# ---------------------------------------------------------------------------- single steps
+
+
+def test_cnn_overfits_a_fixed_batch(task_data):
+    """64 real images, no augmentation, 100 adam steps -> every one classified correctly.
+
+    Accuracy is measured in eval mode (`eval_step`: running BatchNorm averages, no dropout).
+    """
+    n = 64
+    images = jnp.asarray(task_data.train_images[:n])
+    labels = jnp.asarray(task_data.train_labels[:n])
+    assert len(np.unique(np.asarray(labels))) == 5
+    cfg = TrainConfig(augment="none", batch_size=n, epochs=1)
+    prog = train_lib.program(cfg, n)
+    state = train_lib.init_state(prog, jax.random.PRNGKey(0))
+    step = jax.jit(functools.partial(train_lib.train_step, prog))
+    evaluate = jax.jit(functools.partial(train_lib.eval_step, prog))
+    mask, key = jnp.ones(n, bool), jax.random.PRNGKey(0)
+
+    before = evaluate(state, images, labels, mask, key)
+    losses = []
+    for _ in range(100):
+        state, m = step(state, images, labels)
+        losses.append(float(m["loss"]))
+    after = evaluate(state, images, labels, mask, key)
+
+    assert int(state.step) == 100
+    assert float(before["correct"]) < n
+    assert float(after["correct"]) == n
+    assert float(after["loss_sum"]) / n < 0.05
+    assert np.mean(losses[-10:]) < 0.1 * np.mean(losses[:10])
+
+
+@pytest.mark.parametrize("augment", ["none", "online"])
+def test_scan_epoch_equals_a_python_loop_of_train_steps(task_data, augment):
+    """`train_epoch` (one lax.scan) == epoch_batches + the same jitted train_step per batch."""
+    n, batch = 300, 50
+    images = jnp.asarray(task_data.train_images[:n])
+    labels = jnp.asarray(task_data.train_labels[:n])
+    cfg = TrainConfig(augment=augment, batch_size=batch, epochs=2)
+    prog = train_lib.program(cfg, n)
+    state0 = train_lib.init_state(prog, jax.random.PRNGKey(7))
+
+    epoch_fn = jax.jit(functools.partial(train_lib.train_epoch, prog))
+    scanned, scan_losses = state0, []
+    for epoch in range(2):
+        scanned, per_step = epoch_fn(scanned, images, labels, epoch)
+        chex.assert_shape(per_step["loss"], (n // batch,))
+        scan_losses.append(per_step["loss"])
+
+    step = jax.jit(functools.partial(train_lib.train_step, prog))
+    looped, loop_losses = state0, []
+    for epoch in range(2):
+        idx = np.asarray(train_lib.epoch_batches(prog, looped, epoch, n))
+        assert idx.shape == (n // batch, batch)
+        assert len(np.unique(idx)) == n  # a permutation: every image once
+        for row in idx:
+            looped, m = step(looped, images[row], labels[row])
+            loop_losses.append(m["loss"])
+
+    assert int(scanned.step) == int(looped.step) == 2 * n // batch
+    np.testing.assert_allclose(np.concatenate(scan_losses), np.stack(loop_losses), rtol=1e-5)
+    leaves_close(scanned.params, looped.params, rtol=1e-5, atol=1e-7, what="params")
+    leaves_close(scanned.batch_stats, looped.batch_stats, rtol=1e-5, atol=1e-7, what="batch_stats")
+    leaves_close(scanned.opt_state, looped.opt_state, rtol=1e-5, atol=1e-9, what="opt_state")
+    # And training moved the params at all.
+    assert not np.allclose(scanned.params["fc1"]["kernel"], state0.params["fc1"]["kernel"])
+
+
+def test_epochs_are_different_permutations(task_data):
+    prog = train_lib.program(TrainConfig(batch_size=50), 500)
+    state = train_lib.init_state(prog, jax.random.PRNGKey(0))
+    first, second = (np.asarray(train_lib.epoch_batches(prog, state, e, 500)) for e in (0, 1))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(np.sort(first.ravel()), np.arange(500))
+    np.testing.assert_array_equal(np.sort(second.ravel()), np.arange(500))
+
+
+def test_train_step_asserts_image_shape(task_data):
+    prog = train_lib.program(TrainConfig(batch_size=10), 100)
+    state = train_lib.init_state(prog, jax.random.PRNGKey(0))
+    images = jnp.asarray(task_data.train_images[:10])
+    labels = jnp.asarray(task_data.train_labels[:10])
+    bad_batches = [images[:, :27, :27, :], images[..., 0], jnp.concatenate([images] * 3, axis=-1)]
+    for bad in bad_batches:
+        with pytest.raises(AssertionError):
+            train_lib.train_step(prog, state, bad, labels)
+        with pytest.raises(AssertionError):
+            jax.jit(functools.partial(train_lib.train_step, prog))(state, bad, labels)
+
+
+# ------------------------------------------------------------------------------------ fit
+
+
+def test_train_loss_decreases(three_seeds):
+    losses = np.asarray(three_seeds.history["train_loss"])
+    assert losses.shape == (3, 2)
+    assert np.all(np.isfinite(losses))
+    assert np.all(losses[:, 1] < losses[:, 0]), losses
+    assert np.all(np.asarray(three_seeds.history["val_accuracy"])[:, -1] > 0.8)
+    assert three_seeds.diverged == [False, False, False]
+    np.testing.assert_array_equal(np.asarray(three_seeds.states.step), 2 * N_TRAIN // BATCH)
+
+
+def test_vmapped_member_equals_a_separate_run(short_three, short_seed_one):
+    assert short_three.seeds == [0, 1, 2] and short_seed_one.seeds == [1]
+    assert_same_member(short_three, 1, short_seed_one, 0)
+    # The check discriminates: the other members (other seeds) are far from seed 1's run.
+    for other in (0, 2):
+        with pytest.raises(AssertionError):
+            assert_same_trajectory(short_three, other, short_seed_one, 0)
+
+
+def test_same_seed_gives_identical_results(three_seeds_twice):
+    a, b = three_seeds_twice
+    assert a.history == b.history  # exact: every metric, every member, every epoch
+    chex.assert_trees_all_equal(a.states, b.states)
+    for name in a.final:
+        for key in a.final[name]:
+            np.testing.assert_array_equal(a.final[name][key], b.final[name][key])
+
+
+def test_learning_rates_at_once_equal_separate_runs(tiny, short_seed_one):
+    lrs = [SHORT_CFG.optimizer.learning_rate, 3e-3]
+    together = fit_lib.fit(SHORT_CFG, *tiny, seeds=[1, 1], learning_rates=lrs, parallel="none")
+    np.testing.assert_array_equal(np.asarray(together.states.learning_rate), np.float32(lrs))
+    alone = fit_lib.fit(SHORT_CFG.replace(optimizer=OptimizerConfig(learning_rate=lrs[1])), *tiny,
+                        seeds=[1], parallel="none")
+    assert_same_member(together, 0, short_seed_one, 0)  # seed 1 at the config's rate
+    assert_same_member(together, 1, alone, 0)
+    with pytest.raises(AssertionError):  # the tolerance tells 1e-3 from 3e-3 after 6 steps
+        assert_same_trajectory(together, 0, alone, 0)
+
+
+def test_a_diverging_member_is_flagged_and_the_other_finishes(small):
+    cfg = TrainConfig(augment="none", batch_size=BATCH, epochs=2,
+                      optimizer=OptimizerConfig(name="sgd", learning_rate=0.05))
+    # sgd at 1e20 overflows to inf/NaN within the first epoch. (Rates like 1e6-1e10 explode the
+    # loss to ~1e24-1e34 but, BatchNorm keeping activations finite, not to NaN/inf.)
+    res = fit_lib.fit(cfg, *small, seeds=[0, 0], learning_rates=[1e20, 0.05], parallel="none")
+    assert res.diverged == [True, False]
+    assert res.epochs_run == 2  # one healthy member: training goes on
+    assert not np.isfinite(res.history["train_loss"][0][0])
+    assert np.all(np.isfinite(res.history["train_loss"][1]))
+    assert res.history["val_accuracy"][1][-1] > 0.8
+    assert res.final["test"]["accuracy"][1] > 0.8
+    assert np.all(np.isfinite(jax.tree_util.tree_leaves(member(res.states.params, 1))[0]))
+
+
+def test_all_members_diverged_stops_early(task_data):
+    cfg = TrainConfig(augment="none", batch_size=BATCH, epochs=4,
+                      optimizer=OptimizerConfig(name="sgd", learning_rate=1e20))
+    train = (task_data.train_images[:200], task_data.train_labels[:200])
+    res = fit_lib.fit(cfg, train, {"val": (task_data.val_images[:100], task_data.val_labels[:100])},
+                      seeds=[0], parallel="none")
+    assert res.diverged == [True]
+    assert res.epochs_run == 1
+    assert len(res.history["train_loss"][0]) == 1
+
+
+def test_every_eval_image_counts(three_seeds, small):
+    """1,050 test images with eval batch 1,000: padded, masked, all 1,050 counted."""
+    _, evals = small
+    test_images, test_labels = evals["test"]
+    final = three_seeds.final["test"]
+    assert final["predictions"].shape == (3, N_TEST)
+    for k in range(3):
+        preds = final["predictions"][k]
+        assert final["confusion"][k].sum() == N_TEST
+        np.testing.assert_array_equal(final["confusion"][k],
+                                      sk_confusion_matrix(test_labels, preds, labels=np.arange(5)))
+        np.testing.assert_allclose(final["accuracy"][k], accuracy_score(test_labels, preds), rtol=1e-6)
+        assert three_seeds.history["test_accuracy"][k][-1] == pytest.approx(float(final["accuracy"][k]))
+
+        # The predictions are this member's, in the order of the images: recompute them directly.
+        variables = {"params": member(three_seeds.states.params, k),
+                     "batch_stats": member(three_seeds.states.batch_stats, k)}
+        logits = np.asarray(jax.jit(lambda v, x: CNN().apply(v, x, train=False))(variables, test_images))
+        top2 = np.sort(logits, axis=-1)[:, -2:]
+        clear = top2[:, 1] - top2[:, 0] > 1e-4  # ignore exact near-ties, where float order decides
+        assert clear.mean() > 0.99
+        np.testing.assert_array_equal(preds[clear], logits.argmax(-1)[clear])
+
+        # The loss is the mean over exactly the 1,050 images.
+        ce = -jax.nn.log_softmax(logits)[np.arange(N_TEST), test_labels]
+        assert three_seeds.history["test_loss"][k][-1] == pytest.approx(float(np.mean(ce)), rel=1e-4)
+
+
+def test_expand_mode_triples_the_training_set(task_data):
+    n = 300
+    images, labels = task_data.train_images[:n], task_data.train_labels[:n]
+    cfg = TrainConfig(augment="expand", batch_size=BATCH, epochs=1)
+    big_images, big_labels = fit_lib.prepare_train_set(cfg, images, labels)
+    big_images, big_labels = np.asarray(big_images), np.asarray(big_labels)
+    assert big_images.shape == (3 * n, 28, 28, 1)
+    np.testing.assert_array_equal(big_labels, np.tile(labels, 3))
+    np.testing.assert_array_equal(big_images[:n], images)
+    rotated, noisy = big_images[n:2 * n], big_images[2 * n:]
+    assert not np.allclose(rotated, images) and not np.allclose(noisy, images)
+    # Each copy is of its own original (so its label is right), by L2 distance to the originals:
+    # the noisy copy's nearest original is its own; a rotated copy's own original is among the
+    # closest few (rotations move outlines, so a similar image of the same class can be closer).
+    flat = images.reshape(n, -1)
+
+    def distances(copies):
+        return ((copies.reshape(n, 1, -1) - flat[None]) ** 2).sum(-1)
+
+    assert np.all(distances(noisy).argmin(1) == np.arange(n))
+    d = distances(rotated)
+    share_closer = np.mean(d < np.diag(d)[:, None], axis=1)  # originals closer than its own
+    assert np.mean(share_closer == 0) > 0.5
+    assert np.quantile(share_closer, 0.95) < 0.05
+    # Other modes and models see the originals.
+    for other in (cfg.replace(augment="none"), cfg.replace(augment="online"), cfg.replace(model="autoencoder")):
+        same_images, _ = fit_lib.prepare_train_set(other, images, labels)
+        assert np.asarray(same_images).shape == images.shape
+
+    res = fit_lib.fit(cfg, (images, labels), {"val": (task_data.val_images[:100], task_data.val_labels[:100])},
+                      seeds=[0], parallel="none")
+    assert train_lib.program(cfg, 3 * n).steps_per_epoch == 3 * (n // BATCH)
+    assert int(res.states.step[0]) == 3 * (n // BATCH)  # one epoch = 3x the steps
+    assert np.isfinite(res.history["train_loss"][0][0])
+
+
+def test_conv_biases_before_batchnorm_are_not_moved_by_rounding_noise(short_seed_one):
+    """A conv bias followed by train-mode BatchNorm has gradient exactly 0 (BN subtracts the
+    batch mean, bias included), so training should leave it where it started (0). In float32
+    the computed gradient is ~1e-9 of rounding noise; Adam divides it by its own RMS and moves
+    the bias by up to lr per step, in a direction set by summation order. The BatchNorm running
+    mean absorbs the moving bias with a lag, so evaluation metrics then depend on rounding
+    (val loss differs by ~1e-2 between a member trained in a 3-member and a 1-member program)."""
+    params = member(short_seed_one.states.params, 0)
+    for layer in ("conv_1", "conv_2", "conv_3", "conv_4"):
+        assert float(np.max(np.abs(params[layer]["bias"]))) < 1e-6, layer
+
+
+# -------------------------------------------------------------------- autoencoder & encoder
+
+
+@pytest.fixture(scope="module")
+def autoencoder_run(small):
+    train, evals = small
+    cfg = TrainConfig(model="autoencoder", batch_size=BATCH, epochs=2, denoise_std=0.3)
+    return fit_lib.fit(cfg, train, {"val": evals["val"]}, seeds=[0], parallel="none")
+
+
+def test_autoencoder_denoises(autoencoder_run):
+    h = autoencoder_run.history
+    assert "val_accuracy" not in h and "accuracy" not in autoencoder_run.final["val"]
+    recon = h["val_loss"][0]
+    noisy = h["val_noisy_loss"][0]
+    assert recon[1] < recon[0]
+    assert recon[-1] < noisy[-1], (recon, noisy)  # reconstruction beats the noisy input itself
+    assert h["train_loss"][0][1] < h["train_loss"][0][0]
+    # The noisy input's MSE is the corruption's, fixed across epochs (fixed eval noise).
+    assert noisy[0] == noisy[1]
+    assert 0 < noisy[0] < 0.3 ** 2
+
+
+def test_frozen_encoder_stays_exactly_as_loaded(small, autoencoder_run):
+    train, evals = small
+    pretrained = autoencoder_run.states.params["encoder"]  # stacked [1, ...]
+    initial = {}
+
+    def load_encoder(states):
+        states = states.replace(params=with_pretrained_encoder(states.params, pretrained))
+        initial["params"] = states.params
+        return states
+
+    cfg = TrainConfig(model="encoder_classifier", freeze_encoder=True, batch_size=BATCH, epochs=1,
+                      optimizer=OptimizerConfig(learning_rate=1e-2))
+    res = fit_lib.fit(cfg, train, {"val": evals["val"]}, seeds=[5], init_hook=load_encoder,
+                      parallel="none")
+    chex.assert_trees_all_equal(res.states.params["encoder"], pretrained)
+    head_before, head_after = initial["params"]["head"], res.states.params["head"]
+    assert not np.allclose(head_before["kernel"], head_after["kernel"])
+    assert not np.allclose(head_before["bias"], head_after["bias"])
+    assert res.history["val_accuracy"][0][-1] > 0.5  # a linear probe on denoising features learns
+
+    # Without freezing, the same start fine-tunes the encoder too.
+    unfrozen = fit_lib.fit(cfg.replace(freeze_encoder=False), train, {"val": evals["val"]}, seeds=[5],
+                           init_hook=load_encoder, parallel="none")
+    assert not np.allclose(unfrozen.states.params["encoder"]["dense_0"]["kernel"],
+                           pretrained["dense_0"]["kernel"])
+
+
+# --------------------------------------------------------------------------- bad configs
+
+
+def test_bad_configs_raise_clear_errors(task_data):
+    with pytest.raises(ValueError, match="adam, adamw, sgd, rmsprop"):
+        OptimizerConfig(name="lion")
+    for lr in (0.0, -1e-3, float("nan")):
+        with pytest.raises(ValueError, match="learning rate"):
+            OptimizerConfig(learning_rate=lr)
+    with pytest.raises(ValueError, match="momentum"):
+        OptimizerConfig(name="sgd", momentum=1.0)
+    with pytest.raises(ValueError, match="schedule"):
+        OptimizerConfig(schedule="step")
+    with pytest.raises(ValueError, match="cnn, autoencoder, encoder_classifier"):
+        TrainConfig(model="rnn")
+    with pytest.raises(ValueError, match="none, expand, online"):
+        TrainConfig(augment="mixup")
+    with pytest.raises(ValueError, match="pool"):
+        TrainConfig(pool="median")
+    with pytest.raises(ValueError, match="batch size"):
+        TrainConfig(batch_size=0)
+    with pytest.raises(ValueError, match="conv_impl"):
+        TrainConfig(conv_impl="fft")
+
+    train = (task_data.train_images[:60], task_data.train_labels[:60])
+    evals = {"val": (task_data.val_images[:10], task_data.val_labels[:10])}
+    with pytest.raises(ValueError, match="--batch-size"):
+        fit_lib.fit(TrainConfig(batch_size=100, epochs=1), train, evals, seeds=[0], parallel="none")
+    with pytest.raises(ValueError, match="one learning rate per seed"):
+        fit_lib.fit(TrainConfig(batch_size=20, epochs=1), train, evals, seeds=[0, 1],
+                    learning_rates=[1e-3], parallel="none")
+    with pytest.raises(ValueError, match="parallel"):
+        fit_lib.fit(TrainConfig(batch_size=20, epochs=1), train, evals, seeds=[0], parallel="pmap")
+    with pytest.raises(ValueError, match="seed"):
+        fit_lib.fit(TrainConfig(batch_size=20, epochs=1), train, evals, seeds=[], parallel="none")
