@@ -1,0 +1,172 @@
+"""`python -m benchmarks.run [--quick] [--json PATH] [--markdown PATH] [--only GROUP ...]`
+
+Measures training and inference images/s of both models, the CNN epoch's compile time, the scan
+epoch vs a Python loop of jitted steps, N seeds vmapped vs N sequential runs, where a step's time
+goes, and scaling over devices; writes JSON (DESIGN.md §6) and a Markdown table of ratios against
+baselines measured in the same run. Runs unchanged on CPU, GPU or TPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+# On an accelerator the device-scaling workers need memory while this process is alive.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+from fmnist_jax.io import write_json, write_text  # noqa: E402
+
+from benchmarks import cases, scaling  # noqa: E402
+from benchmarks.timing import environment  # noqa: E402
+from benchmarks.workload import load_workload  # noqa: E402
+
+DEFAULT_JSON = Path(__file__).parent / "out" / "results.json"
+REQUIRED_ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
+GROUPS = {  # run in this order
+    "cnn_train": cases.cnn_train,
+    "scan_vs_loop": cases.scan_vs_loop,
+    "split": cases.step_split,
+    "seeds": cases.seeds,
+    "cnn_infer": cases.cnn_infer,
+    "ae_train": cases.ae_train,
+    "ae_infer": cases.ae_infer,
+    "devices": None,  # subprocesses, see scaling.py
+}
+DIAGNOSTIC_GROUPS = ("split",)  # left out of --quick unless asked for with --only
+
+
+def ratios(rows: list[dict]) -> dict[str, float]:
+    """Every row against its baseline, plus the named ratios the study asks about."""
+    by_name = {r["name"]: r for r in rows}
+    out = {}
+    for r in rows:
+        if r.get("baseline") == scaling.BASELINE and scaling.BASELINE not in by_name:
+            r["baseline"] = "cnn_seeds_vmap_N1"  # --quick: K = 1 was measured in this process
+        base = by_name.get(r.get("baseline"))
+        if base is not None:
+            r["ratio"] = r["images_per_s"] / base["images_per_s"]
+            if base is not r:
+                out[f"{r['name']}_over_{base['name']}"] = r["ratio"]
+    if {"cnn_train", "cnn_train_loop"} <= by_name.keys():
+        out["scan_over_loop"] = (by_name["cnn_train"]["images_per_s"]
+                                 / by_name["cnn_train_loop"]["images_per_s"])
+    if {"cnn_train_scan_novmap", "cnn_train_loop"} <= by_name.keys():
+        out["scan_novmap_over_loop"] = (by_name["cnn_train_scan_novmap"]["images_per_s"]
+                                        / by_name["cnn_train_loop"]["images_per_s"])
+    out.update(cases.split_shares(by_name))
+    return out
+
+
+def _fmt(x, spec: str) -> str:
+    return "" if x is None else format(x, spec)
+
+
+def markdown(result: dict) -> str:
+    env = result["env"]
+    load_before = _fmt((env["load_average"] or [None])[0], ".2f")
+    lines = [
+        f"## fmnist-jax benchmarks ({'quick' if result['quick'] else 'full'} run)",
+        "",
+        f"Device: **{env['device_kind']} x{env['device_count']}** ({env['backend']} backend, "
+        f"{env['cpu_count']} host CPUs, {env['cpu_model']}); jax {env['jax']}, flax "
+        f"{env['flax']}; data: {env['data']}; load average before: {load_before}.",
+        "images/s is the median over repetitions (all members' images for N members); spread is "
+        "(max - min) / median; ratio is against the `vs` row of this same run; cpu/wall is the "
+        "cores this process kept busy; other = cores other processes kept busy meanwhile; "
+        "images/CPU-s = images per CPU-second of this process (what an image costs); compile s "
+        "is ~0 where the same program was already compiled earlier in the run.",
+    ]
+    loaded = [r["name"] for r in result["rows"] if r.get("other_processes_cores", 0) > 0.25]
+    if loaded:
+        lines.append(f"**Warning**: other processes kept more than 0.25 cores busy during "
+                     f"{', '.join(loaded)}; those rows' absolute numbers (and ratios) are low.")
+    if env.get("compilation_cache_dir"):
+        lines.append(f"JAX's persistent compilation cache is on ({env['compilation_cache_dir']}): "
+                     "compile_s may be a cache load.")
+    lines += [
+        "",
+        "| row | device | images/s | spread | ratio | vs | compile s | cpu/wall | other "
+        "| images/CPU-s |",
+        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in result["rows"]:
+        lines.append(
+            f"| {r['name']} | {r['device']} | {r['images_per_s']:,.0f} | {r['spread']:.1%} | "
+            f"{_fmt(r.get('ratio'), '.2f')} | {r.get('baseline', '')} | "
+            f"{_fmt(r.get('compile_s'), '.2f')} | {r['cpu_per_wall']:.2f} | "
+            f"{_fmt(r.get('other_processes_cores'), '.2f')} | {r['images_per_cpu_s']:,.0f} |")
+    if result["ratios"]:
+        lines += ["", "| ratio | value |", "|---|---:|"]
+        lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
+    notes = [f"- **{r['name']}**: {r['note']}" for r in result["rows"] if r.get("note")]
+    if notes:
+        lines += ["", "Notes:", *notes]
+    if result.get("skipped"):
+        lines += ["", "Skipped:", *(f"- {s['name']}: {s['why']}" for s in result["skipped"])]
+    return "\n".join(lines) + "\n"
+
+
+def check(result: dict) -> None:
+    """The §6 contract: fail loudly rather than write a result others cannot rely on."""
+    for r in result["rows"]:
+        v = r.get("images_per_s")
+        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+            raise RuntimeError(f"row {r.get('name')!r} has no positive finite images_per_s: {v!r}")
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny epochs, one repetition: a smoke run (< ~60 s on 2 CPU cores)")
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
+    parser.add_argument("--markdown", type=Path, default=None,
+                        help="default: beside the JSON, same name with .md")
+    parser.add_argument("--only", nargs="+", choices=list(GROUPS), metavar="GROUP",
+                        help=f"measure only these groups: {', '.join(GROUPS)}")
+    parser.add_argument("--random-data", action="store_true",
+                        help="random arrays of the task's shapes instead of Fashion-MNIST")
+    args = parser.parse_args(argv)
+    t_start = time.perf_counter()
+    plan = cases.Plan.make(args.quick)
+    selected = [g for g in GROUPS if (g in args.only if args.only else
+                                      plan.diagnostics or g not in DIAGNOSTIC_GROUPS)]
+    workload = load_workload(random_data=args.random_data)
+    env = {**environment(), "data": workload.source, "plan": plan.__dict__}
+    rows, skipped = [], []
+    for group in selected:
+        t0 = time.perf_counter()
+        if group == "devices":
+            got, lost, env["device_workers"] = scaling.run_workers(
+                plan, random_data=workload.source == "random",
+                timeout_s=300 if plan.quick else 1200)
+            rows += got
+            skipped += lost
+        else:
+            rows += GROUPS[group](plan, workload)
+        print(f"[benchmarks] {group}: {time.perf_counter() - t0:.1f} s", file=sys.stderr,
+              flush=True)
+
+    by_name = {r["name"]: r for r in rows}
+    if (note := cases.loop_note(by_name)) is not None:
+        by_name["cnn_train_loop"]["note"] += ". " + note
+    result = {"env": env, "quick": plan.quick, "rows": rows, "ratios": ratios(rows),
+              "skipped": skipped}
+    env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    env["total_s"] = time.perf_counter() - t_start
+    check(result)
+    md_path = args.markdown or args.json.with_suffix(".md")
+    table = markdown(result)
+    write_json(args.json, result)
+    write_text(md_path, table)
+    print(table)
+    print(f"wrote {args.json} and {md_path}", file=sys.stderr)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Scaling over devices: seeds sharded over devices (parallel="seeds") and data parallelism
+(parallel="data"), measured in subprocesses.
+
+On the CPU the devices are host devices, and their number is fixed by
+`XLA_FLAGS=--xla_force_host_platform_device_count=K` before JAX starts, hence one subprocess per
+K. On an accelerator the flag changes nothing: one worker measures the devices there are.
+
+Worker: `python -m benchmarks.scaling --out PATH [...]` writes {"env", "rows", "skipped"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import jax
+
+from benchmarks.cases import CNN, Plan, program_row
+from benchmarks.timing import environment, host_cpu_count
+from benchmarks.workload import load_workload, train_epoch_program
+
+BASELINE = "cnn_dev1_none_N1"
+_FORCE_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S+")
+
+
+def row_name(devices: int, mode: str, members: int) -> str:
+    return f"cnn_dev{devices}_{mode}_N{members}"
+
+
+def _cases(devices: int, members: tuple[int, ...], data_parallel: bool):
+    """(mode, N) pairs to measure on `devices` devices."""
+    if devices == 1:
+        # The baseline; N > 1 on one device is the main process's `seeds` group.
+        return [("none", 1)]
+    # One member on several devices is the single-device program (what fit's "auto" runs), so
+    # it is measured at K = 1 only; N = K fills every device with exactly one member.
+    seeds = sorted({n for n in members if n > 1} | {devices})
+    return [("seeds", n) for n in seeds] + ([("data", 1)] if data_parallel else [])
+
+
+def worker(args) -> dict:
+    wl = load_workload(random_data=args.random_data)
+    plan = Plan.make(args.quick)
+    images, labels = wl.train_images[:plan.n_small], wl.train_labels[:plan.n_small]
+    k = jax.device_count()
+    rows, skipped = [], []
+    for mode, n in _cases(k, plan.device_members, plan.data_parallel):
+        name = row_name(k, mode, n)
+        try:
+            c = train_epoch_program(CNN, images, labels, n_members=n, parallel=mode)
+            rows.append(program_row(
+                name, "devices", c, plan, plan.reps_small, batch_size=CNN.batch_size,
+                baseline=BASELINE, note=_NOTES[mode].format(k=k, n=n)))
+        except Exception as e:  # e.g. a batch that does not split over K devices
+            skipped.append({"name": name, "why": f"{type(e).__name__}: {e}"[:500]})
+    return {"env": environment(), "rows": rows, "skipped": skipped, "data": wl.source}
+
+
+_NOTES = {
+    "none": "1 member on one device: the baseline of the device-scaling rows",
+    "seeds": "{n} members vmapped, the member axis sharded over {k} devices (padded to a multiple "
+             "of {k}; only real members counted); no communication between devices",
+    "data": "1 member; each batch of 100 split over {k} devices, parameters replicated, "
+            "gradients all-reduced by XLA",
+}
+
+
+def _env_for(devices: int) -> dict[str, str]:
+    env = dict(os.environ)
+    flags = _FORCE_FLAG.sub("", env.get("XLA_FLAGS", "")).strip()
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    return env
+
+
+def device_counts(plan: Plan) -> list[int]:
+    """K = 1, 2 and the CPU count if larger, on the CPU; elsewhere just the devices there are.
+
+    --quick leaves out K = 1: its rows are the main process's `seeds` rows (same program, same
+    epoch, one device), which then serve as the baseline.
+    """
+    if jax.default_backend() != "cpu":
+        return [jax.device_count()]
+    return sorted({2, host_cpu_count()} | ({1} if not plan.quick else set()))
+
+
+def run_workers(plan: Plan, *, random_data: bool, timeout_s: float) -> tuple[list, list, list]:
+    """One worker per K -> (rows, skipped, per-worker env)."""
+    rows, skipped, envs = [], [], []
+    seen = set()
+    on_cpu = jax.default_backend() == "cpu"
+    for k in device_counts(plan):
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "worker.json"
+            cmd = [sys.executable, "-m", "benchmarks.scaling", "--out", str(out)]
+            cmd += ["--quick"] * plan.quick + ["--random-data"] * random_data
+            env = _env_for(k) if on_cpu else dict(os.environ)
+            try:
+                proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
+                                      timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                skipped.append({"name": f"devices K={k}",
+                                "why": f"worker timed out ({timeout_s} s)"})
+                continue
+            if proc.returncode != 0 or not out.exists():
+                why = f"worker failed (rc {proc.returncode}): {proc.stderr[-800:]}"
+                skipped.append({"name": f"devices K={k}", "why": why})
+                continue
+            result = json.loads(out.read_text())
+        got = result["env"]["device_count"]
+        if got in seen:
+            skipped.append({"name": f"devices K={k}", "why": f"backend gave {got} devices again"})
+            continue
+        seen.add(got)
+        rows += result["rows"]
+        skipped += result["skipped"]
+        envs.append({"requested_devices": k, **{key: result["env"][key] for key in (
+            "device_count", "device_kind", "backend", "xla_flags", "load_average")}})
+    return rows, skipped, envs
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--random-data", action="store_true")
+    args = parser.parse_args(argv)
+    args.out.write_text(json.dumps(worker(args)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""What the benchmarks run: the task's arrays and the engine's own compiled programs.
+
+Training goes through exactly the pieces `fit` uses (`program`, `init_states`, `make_placement`,
+`_vmapped`), so `cnn_train` measures the engine's default path, not a benchmark-only copy of it.
+This module is the one place that knows those engine names.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fmnist_jax import data
+from fmnist_jax.fit import _vmapped, init_states, make_placement, padded_members, resolve_parallel
+from fmnist_jax.train import TrainConfig, eval_step, pad_for_eval, program
+
+from benchmarks.timing import timed
+
+N_TRAIN, N_TEST = 27_000, 5_000  # the task's sizes (DESIGN.md §1), also for random stand-ins
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Train and test arrays (float32 [N, 28, 28, 1], int32 [N]) and where they came from."""
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    test_images: np.ndarray
+    test_labels: np.ndarray
+    source: str  # "fashion-mnist" or "random"
+
+
+def load_workload(random_data: bool = False) -> Workload:
+    """The real 5-class task when it can be loaded, else random arrays of the same shapes."""
+    if not random_data:
+        try:
+            task = data.load_task()
+            return Workload(task.train_images, task.train_labels, task.test_images,
+                            task.test_labels, "fashion-mnist")
+        except data.DataError:
+            pass
+    rng = np.random.default_rng(0)
+    return Workload(
+        rng.random((N_TRAIN, 28, 28, 1), np.float32), rng.integers(0, 5, N_TRAIN, dtype=np.int32),
+        rng.random((N_TEST, 28, 28, 1), np.float32), rng.integers(0, 5, N_TEST, dtype=np.int32),
+        "random",
+    )
+
+
+@dataclass
+class Compiled:
+    """A compiled program ready to time: `run()` does one call (and keeps the donated state)."""
+
+    run: Callable[[], Any]
+    compile_s: float  # lower + compile, as `fit` counts it
+    images_per_call: int  # images of the real members only (padding members excluded)
+    parallel: str
+    n_members: int
+    n_devices: int = 1
+
+
+def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, *,
+                        n_members: int = 1, parallel: str = "none") -> Compiled:
+    """One training epoch of `n_members` vmapped members, placed and compiled the way `fit` does."""
+    mode = resolve_parallel(parallel, n_members)
+    trained = padded_members(n_members, mode)
+    prog = program(cfg, int(images.shape[0]))
+    place = make_placement(mode)
+    epoch_fn = _vmapped(prog, place.batch_sharding)[0]
+    states = place.state(init_states(prog, list(range(trained))))
+    d_images = place.data(jnp.asarray(images, jnp.float32))
+    d_labels = place.data(jnp.asarray(labels, jnp.int32))
+    compiled, compile_s = timed(lambda: epoch_fn.lower(states, d_images, d_labels, 0).compile())
+    box = {"states": states, "epoch": 0}
+
+    def run():
+        box["states"], metrics = compiled(box["states"], d_images, d_labels, box["epoch"])
+        box["epoch"] += 1
+        return box["states"], metrics
+
+    used = prog.steps_per_epoch * cfg.batch_size
+    n_devices = 1 if place.mesh is None else place.mesh.size
+    return Compiled(run, compile_s, n_members * used, mode, n_members, n_devices)
+
+
+def eval_program(cfg: TrainConfig, train_size: int, images: np.ndarray,
+                 labels: np.ndarray) -> Compiled:
+    """Evaluation of one member as `fit` does it: the engine's jitted `eval_step` on each padded,
+    masked batch of cfg.eval_batch_size, sums kept on the device."""
+    prog = program(cfg, train_size)
+    step_fn = jax.jit(functools.partial(eval_step, prog))
+    state = jax.tree_util.tree_map(lambda x: x[0], init_states(prog, [0]))
+    padded_images, padded_labels = pad_for_eval(np.asarray(images, np.float32),
+                                                np.asarray(labels, np.int32), cfg.eval_batch_size)
+    batches = [(jnp.asarray(i), jnp.asarray(np.maximum(l, 0)), jnp.asarray(l >= 0))
+               for i, l in zip(padded_images, padded_labels)]
+    key = jax.random.PRNGKey(0)
+    compiled, compile_s = timed(lambda: step_fn.lower(state, *batches[0], key).compile())
+
+    def run():
+        sums = None
+        for b, batch in enumerate(batches):
+            out = compiled(state, *batch, jax.random.fold_in(key, b))
+            out.pop("predictions", None)
+            sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
+        return sums
+
+    return Compiled(run, compile_s, int(images.shape[0]), "none", 1)
