@@ -19,10 +19,18 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1) -> ocp.CheckpointManager:
+def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1, *,
+             write: bool = False) -> ocp.CheckpointManager:
+    """A manager that writes (creates the folder, removes what a killed save left) or only reads.
+
+    Only writers clean up temporary directories: Orbax runs that cleanup in a background thread
+    that `close()` does not wait for (orbax-checkpoint 0.12), so a reader in a process about to
+    exit (e.g. with a clear error on a mismatched encoder) would leave it racing interpreter
+    shutdown. `save` waits for it before writing.
+    """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True,
-        cleanup_tmp_directories=True,  # a save killed midway leaves only a temporary directory
+        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=write,
+        cleanup_tmp_directories=write,  # a save killed midway leaves only a temporary directory
     )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
@@ -35,7 +43,7 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
     interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
     before training), and must not crash on what the interrupted run left.
     """
-    with _manager(directory, max_to_keep) as mngr:
+    with _manager(directory, max_to_keep, write=True) as mngr:
         if step in mngr.all_steps():
             mngr.delete(step)
         mngr.save(
