@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,24 +40,31 @@ GROUPS = {  # run in this order
 DIAGNOSTIC_GROUPS = ("split",)  # left out of --quick unless asked for with --only
 
 
+def _ratio(row: dict, base: dict) -> float:
+    """row / base throughput: the median of per-round ratios where both were timed in the same
+    rounds (robust to the machine's drift between rounds), else the ratio of medians."""
+    a, b = row["images_per_s_reps"], base["images_per_s_reps"]
+    if row.get("rounds") is not None and row.get("rounds") == base.get("rounds"):
+        return statistics.median(x / y for x, y in zip(a, b))
+    return row["images_per_s"] / base["images_per_s"]
+
+
 def ratios(rows: list[dict]) -> dict[str, float]:
     """Every row against its baseline, plus the named ratios the study asks about."""
     by_name = {r["name"]: r for r in rows}
     out = {}
     for r in rows:
-        if r.get("baseline") == scaling.BASELINE and scaling.BASELINE not in by_name:
-            r["baseline"] = "cnn_seeds_vmap_N1"  # --quick: K = 1 was measured in this process
         base = by_name.get(r.get("baseline"))
-        if base is not None:
-            r["ratio"] = r["images_per_s"] / base["images_per_s"]
+        if base is None:
+            r.pop("baseline", None)  # not measured in this run (--only, --quick)
+        else:
+            r["ratio"] = _ratio(r, base)
             if base is not r:
                 out[f"{r['name']}_over_{base['name']}"] = r["ratio"]
-    if {"cnn_train", "cnn_train_loop"} <= by_name.keys():
-        out["scan_over_loop"] = (by_name["cnn_train"]["images_per_s"]
-                                 / by_name["cnn_train_loop"]["images_per_s"])
-    if {"cnn_train_scan_novmap", "cnn_train_loop"} <= by_name.keys():
-        out["scan_novmap_over_loop"] = (by_name["cnn_train_scan_novmap"]["images_per_s"]
-                                        / by_name["cnn_train_loop"]["images_per_s"])
+    for scan in ("cnn_train_scan", "cnn_train_scan_novmap"):
+        if {scan, "cnn_train_loop"} <= by_name.keys():
+            key = scan.replace("cnn_train_", "") + "_over_loop"
+            out[key] = _ratio(by_name[scan], by_name["cnn_train_loop"])
     out.update(cases.split_shares(by_name))
     return out
 
@@ -74,8 +82,10 @@ def markdown(result: dict) -> str:
         f"Device: **{env['device_kind']} x{env['device_count']}** ({env['backend']} backend, "
         f"{env['cpu_count']} host CPUs, {env['cpu_model']}); jax {env['jax']}, flax "
         f"{env['flax']}; data: {env['data']}; load average before: {load_before}.",
-        "images/s is the median over repetitions (all members' images for N members); spread is "
-        "(max - min) / median; ratio is against the `vs` row of this same run; cpu/wall is the "
+        "images/s is the median over repetitions (all members' images for N members), best the "
+        "highest; spread is (max - min) / median; ratio is against the `vs` row of this same run "
+        "(rows of a group are timed in interleaved rounds and the ratio is the median of per-round "
+        "ratios, since this machine's speed may drift); cpu/wall is the "
         "cores this process kept busy; other = cores other processes kept busy meanwhile; "
         "images/CPU-s = images per CPU-second of this process (what an image costs); compile s "
         "is ~0 where the same program was already compiled earlier in the run.",
@@ -89,13 +99,14 @@ def markdown(result: dict) -> str:
                      "compile_s may be a cache load.")
     lines += [
         "",
-        "| row | device | images/s | spread | ratio | vs | compile s | cpu/wall | other "
+        "| row | device | images/s | best | spread | ratio | vs | compile s | cpu/wall | other "
         "| images/CPU-s |",
-        "|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for r in result["rows"]:
         lines.append(
-            f"| {r['name']} | {r['device']} | {r['images_per_s']:,.0f} | {r['spread']:.1%} | "
+            f"| {r['name']} | {r['device']} | {r['images_per_s']:,.0f} | "
+            f"{r['images_per_s_max']:,.0f} | {r['spread']:.1%} | "
             f"{_fmt(r.get('ratio'), '.2f')} | {r.get('baseline', '')} | "
             f"{_fmt(r.get('compile_s'), '.2f')} | {r['cpu_per_wall']:.2f} | "
             f"{_fmt(r.get('other_processes_cores'), '.2f')} | {r['images_per_cpu_s']:,.0f} |")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import jax
 
-from benchmarks.cases import CNN, Plan, program_row
+from benchmarks.cases import CNN, Case, Plan, measure_cases
 from benchmarks.timing import environment, host_cpu_count
 from benchmarks.workload import load_workload, train_epoch_program
 
@@ -34,14 +34,14 @@ def row_name(devices: int, mode: str, members: int) -> str:
 
 
 def _cases(devices: int, members: tuple[int, ...], data_parallel: bool):
-    """(mode, N) pairs to measure on `devices` devices."""
+    """(mode, N) pairs to measure on `devices` devices; the first is the worker's reference."""
     if devices == 1:
-        # The baseline; N > 1 on one device is the main process's `seeds` group.
-        return [("none", 1)]
-    # One member on several devices is the single-device program (what fit's "auto" runs), so
-    # it is measured at K = 1 only; N = K fills every device with exactly one member.
+        return [("none", 1)]  # N > 1 on one device is the main process's `seeds` group
+    # One member on one of the K devices (what fit's "auto" runs for one member) is measured
+    # in rounds with the rest, so their ratios to it are free of the machine's drift; N = K
+    # fills every device with exactly one member.
     seeds = sorted({n for n in members if n > 1} | {devices})
-    return [("seeds", n) for n in seeds] + ([("data", 1)] if data_parallel else [])
+    return [("none", 1)] + [("seeds", n) for n in seeds] + ([("data", 1)] if data_parallel else [])
 
 
 def worker(args) -> dict:
@@ -49,21 +49,24 @@ def worker(args) -> dict:
     plan = Plan.make(args.quick)
     images, labels = wl.train_images[:plan.n_small], wl.train_labels[:plan.n_small]
     k = jax.device_count()
-    rows, skipped = [], []
+    reference = row_name(k, "none", 1)
+    cases, skipped = [], []
     for mode, n in _cases(k, plan.device_members, plan.data_parallel):
         name = row_name(k, mode, n)
+        baseline = reference if name != reference else BASELINE
         try:
             c = train_epoch_program(CNN, images, labels, n_members=n, parallel=mode)
-            rows.append(program_row(
-                name, "devices", c, plan, plan.reps_small, batch_size=CNN.batch_size,
-                baseline=BASELINE, note=_NOTES[mode].format(k=k, n=n)))
         except Exception as e:  # e.g. a batch that does not split over K devices
             skipped.append({"name": name, "why": f"{type(e).__name__}: {e}"[:500]})
+            continue
+        cases.append(Case(name, c, {"batch_size": CNN.batch_size, "baseline": baseline,
+                                    "note": _NOTES[mode].format(k=k, n=n)}))
+    rows = measure_cases("devices", cases, plan, plan.reps_small)
     return {"env": environment(), "rows": rows, "skipped": skipped, "data": wl.source}
 
 
 _NOTES = {
-    "none": "1 member on one device: the baseline of the device-scaling rows",
+    "none": "1 member, unsharded, in a process with {k} device(s): the reference of its rows",
     "seeds": "{n} members vmapped, the member axis sharded over {k} devices (padded to a multiple "
              "of {k}; only real members counted); no communication between devices",
     "data": "1 member; each batch of 100 split over {k} devices, parameters replicated, "

@@ -59,6 +59,7 @@ class Measurement:
             "images_per_s": med,
             "images_per_s_min": min(rates),
             "images_per_s_max": max(rates),
+            "images_per_s_reps": rates,  # in measuring order: rounds pair up within a group
             "spread": (max(rates) - min(rates)) / med,  # relative, over the repetitions
             "reps": len(rates),
             "seconds_per_rep": self.median_s,
@@ -76,18 +77,29 @@ class Measurement:
 
 def measure(run: Callable[[], Any], *, reps: int, warmup: int = 1) -> Measurement:
     """Time `run` (which returns arrays to wait for) `reps` times after `warmup` untimed calls."""
-    for _ in range(warmup):
-        jax.block_until_ready(run())
-    m = Measurement([], [], [])
+    return measure_interleaved({"run": run}, reps=reps, warmup=warmup)["run"]
+
+
+def measure_interleaved(runs: dict[str, Callable[[], Any]], *, reps: int,
+                        warmup: int = 1) -> dict[str, Measurement]:
+    """Time several programs in rounds (A B C, A B C, ...), so that a machine whose speed drifts
+    (a shared VM does, by tens of percent over minutes) biases none of their ratios."""
+    for run in runs.values():
+        for _ in range(warmup):
+            jax.block_until_ready(run())
+    out = {name: Measurement([], [], []) for name in runs}
     for _ in range(reps):
-        busy0, cpu0, t0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
-        jax.block_until_ready(run())
-        wall, cpu, busy1 = time.perf_counter() - t0, time.process_time() - cpu0, _busy_cpu_seconds()
-        m.wall_s.append(wall)
-        m.cpu_s.append(cpu)
-        if busy0 is not None and busy1 is not None:
-            m.other_cores.append(max(busy1 - busy0 - cpu, 0.0) / wall)
-    return m
+        for name, run in runs.items():
+            m = out[name]
+            busy0, cpu0, t0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
+            jax.block_until_ready(run())
+            wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+            busy1 = _busy_cpu_seconds()
+            m.wall_s.append(wall)
+            m.cpu_s.append(cpu)
+            if busy0 is not None and busy1 is not None:
+                m.other_cores.append(max(busy1 - busy0 - cpu, 0.0) / wall)
+    return out
 
 
 def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
