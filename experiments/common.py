@@ -251,6 +251,9 @@ class Spec:
     cfg: TrainConfig
     extra: Mapping[str, Any] = field(default_factory=dict)  # anything else that changes the numbers
     learning_rates: tuple[float, ...] | None = None
+    # Shorter configurations of the same sweep whose results this run writes on its way (see
+    # plan_snapshots); not part of the configuration itself.
+    snapshots: tuple["SnapshotTarget", ...] = field(default=(), compare=False)
 
     def payload(self, ctx: Context) -> dict:
         return {
@@ -260,6 +263,16 @@ class Spec:
             "data": {k: ctx.data.info.get(k) for k in ("source", "split_seed", "val_fraction",
                                                        "counts", "standardised", "quick")},
         }
+
+
+@dataclass(frozen=True)
+class SnapshotTarget:
+    """A configuration written from epoch `epochs` of a longer run instead of trained alone."""
+
+    epochs: int
+    spec: Spec
+    run_dir: Path
+    config: dict
 
 
 def run_config_json(ctx: Context, experiment: str, spec: Spec) -> dict:
@@ -341,20 +354,76 @@ def plan_sweep(ctx: Context, experiment: str, specs: Sequence[Spec]) -> list[tup
     return plan
 
 
+def _without_epochs(spec: Spec) -> tuple:
+    return (spec.cfg.replace(epochs=0), tuple(sorted(spec.extra.items())), spec.learning_rates)
+
+
+def plan_snapshots(ctx: Context, plan: list[tuple]) -> list[tuple]:
+    """Let the longest of configurations that differ only in epochs write the shorter ones.
+
+    With a constant schedule a k-epoch run is exactly the first k epochs of a longer run with
+    the same seeds (`train.epochs_free`, tested bit for bit), so a sweep over 3/5/8/10 epochs
+    trains 10 epochs, not 26. Only configurations still to be trained from scratch, with no
+    identical completed run elsewhere to reuse, become snapshots; the host is moved before the
+    first of them. A snapshot the host did not reach (it was resumed past that epoch, or every
+    seed diverged first) is trained on its own afterwards. -> the plan, reordered, with hosts'
+    specs carrying their snapshots.
+    """
+    from fmnist_jax.train import epochs_free
+
+    todo = [i for i, (spec, _, _, status) in enumerate(plan)
+            if status != "skip" and epochs_free(spec.cfg)]
+    groups: dict[tuple, list[int]] = {}
+    for i in todo:
+        groups.setdefault(_without_epochs(plan[i][0]), []).append(i)
+    plan = list(plan)
+    host_of: dict[int, int] = {}
+    for members in groups.values():
+        host = max(members, key=lambda i: plan[i][0].cfg.epochs)
+        spec, run_dir, config, status = plan[host]
+        targets = []
+        for i in members:
+            g_spec, g_dir, g_config, g_status = plan[i]
+            if (g_status == "new" and g_spec.cfg.epochs < spec.cfg.epochs
+                    and find_completed(ctx.out, g_config["fingerprint"], g_dir) is None):
+                targets.append(SnapshotTarget(g_spec.cfg.epochs, g_spec, g_dir, g_config))
+                host_of[i] = host
+        if targets:
+            plan[host] = (dataclasses.replace(spec, snapshots=tuple(targets)), run_dir, config, status)
+    order, placed = [], set()
+    for i in range(len(plan)):
+        for j in ([host_of[i]] if i in host_of else []) + [i]:
+            if j not in placed:
+                order.append(plan[j])
+                placed.add(j)
+    return order
+
+
 def run_sweep(ctx: Context, experiment: str, specs: Sequence[Spec],
               execute: Callable[[Context, Spec, Path], None], *, title: str,
               extra_columns: Mapping[str, Callable[[dict], str]] | None = None,
-              curve_metrics: Sequence[str] = ("val_accuracy", "val_loss")) -> list[dict]:
-    """Run every spec not already complete, then write `<out>/<experiment>/summary.md`."""
+              curve_metrics: Sequence[str] = ("val_accuracy", "val_loss"),
+              snapshots: bool = False) -> list[dict]:
+    """Run every spec not already complete, then write `<out>/<experiment>/summary.md`.
+
+    `snapshots`: configurations that are the first epochs of a longer one are written from it
+    (see `plan_snapshots`; `execute` must pass `spec.snapshots` on, as `train_classifier` does).
+    """
     sweep_dir = ctx.out / experiment
     results.clean_stale_temporaries(sweep_dir)  # summary files of a process killed mid-write
     # Decide for every configuration before training anything, so a refusal loses no work.
     plan = plan_sweep(ctx, experiment, specs)
+    if snapshots:
+        plan = plan_snapshots(ctx, plan)
 
     from experiments import interrupt
     interrupt.set_message(f"completed configurations are kept in {sweep_dir}; rerun the same "
                           "command to resume (a run in progress continues from its last epoch)")
     for spec, run_dir, config, status in plan:
+        if status == "new" and results.is_complete(run_dir):
+            written = io.read_json(run_dir / "config.json").get("snapshot_of")
+            ctx.log(f"[{experiment}] {spec.name}: written from epoch {spec.cfg.epochs} of {written}")
+            continue
         if status == "skip":
             if not ctx.args.keep_checkpoints:
                 # A process stopped between writing the results and removing its checkpoint.
@@ -385,15 +454,44 @@ def train_classifier(
     extra_metrics: Mapping | None = None, extra_figures: Mapping | None = None,
     checkpoint_name: str = "checkpoint",
 ) -> FitResult:
-    """Train a classifier configuration (all seeds at once) and write its results folder."""
+    """Train a classifier configuration (all seeds at once) and write its results folder, and
+    those of `spec.snapshots` on the way (their extras are not supported: none of
+    `extra_*`/`init_hook` may be given with snapshots)."""
     data = ctx.data
     ckpt = run_dir / checkpoint_name
+    if spec.snapshots and (init_hook or extra_history or extra_metrics or extra_figures):
+        raise ValueError("snapshots are only written for plain classifier runs")
+    wanted = {t.epochs: t for t in spec.snapshots}
+
+    def on_epoch(partial: FitResult) -> None:
+        target = wanted.get(partial.epochs_run)
+        if target is None:
+            return
+        target.run_dir.mkdir(parents=True, exist_ok=True)
+        results.clean_stale_temporaries(target.run_dir)
+        io.write_json(target.run_dir / "config.json", {
+            **target.config, "snapshot_of": str(run_dir), "snapshot_epoch": target.epochs})
+        write_classifier_run(ctx, target.spec, target.run_dir, partial)
+
     result = fit(
         spec.cfg, (data.train_images, data.train_labels),
         {"val": (data.val_images, data.val_labels), "test": (data.test_images, data.test_labels)},
         ctx.seeds, learning_rates=spec.learning_rates, init_hook=init_hook, checkpoint_dir=ckpt,
         parallel=ctx.args.parallel, progress=ctx.progress, desc=spec.name,
+        on_epoch=on_epoch if wanted else None,
     )
+    write_classifier_run(ctx, spec, run_dir, result, extra_history=extra_history,
+                         extra_metrics=extra_metrics, extra_figures=extra_figures)
+    if not ctx.args.keep_checkpoints:
+        results.remove_tree(ckpt)
+    return result
+
+
+def write_classifier_run(ctx: Context, spec: Spec, run_dir: Path, result: FitResult, *,
+                         extra_history: Mapping | None = None, extra_metrics: Mapping | None = None,
+                         extra_figures: Mapping | None = None) -> None:
+    """The results folder of a classifier run (its config.json already written), metrics last."""
+    data = ctx.data
     test, val = result.final["test"], result.final["val"]
     payload = results.classifier_metrics(
         test["confusion"], val["accuracy"], data.class_names, test_loss=test["loss"],
@@ -420,9 +518,6 @@ def train_classifier(
     }
     results.write_run(run_dir, config=io.read_json(run_dir / "config.json"), history=history,
                       test_predictions=test["predictions"], metrics_payload=payload, figures=figures)
-    if not ctx.args.keep_checkpoints:
-        results.remove_tree(ckpt)
-    return result
 
 
 def jax_first_member(tree):

@@ -4,7 +4,9 @@ Fixed unless swept (the report's values): CNN with average pooling, Xavier init,
 Adam at 1e-3, 5 epochs, online augmentation (rotation ±10°, Gaussian noise σ 0.1).
 Every sweep also has one *tuned* row: the same architecture trained with a recipe chosen on
 the validation split (longer, with a cosine learning-rate schedule). It is one configuration,
-trained once and reused by the three sweeps.
+trained once and reused by the three sweeps. The epochs sweep trains only its 10-epoch run: the
+3-, 5- and 8-epoch results are its first epochs (constant learning rate; see
+`common.plan_snapshots`).
 With `--pool max` (the report's own table) a sweep writes `<out>/<sweep>_maxpool/<config>_maxpool/`,
 beside the average-pooling results, never over them.
 """
@@ -99,7 +101,8 @@ def run(experiment: str, ctx: common.Context) -> list[dict]:
         # and choice.json are not overwritten by a max-pooling run.
         specs = [dataclasses.replace(s, name=f"{s.name}_maxpool", label=f"{s.label} [max pool]") for s in specs]
         experiment, title = f"{experiment}_maxpool", f"{title} [max pool]"
-    return common.run_sweep(ctx, experiment, specs, execute, title=title, extra_columns=columns)
+    return common.run_sweep(ctx, experiment, specs, execute, title=title, extra_columns=columns,
+                            snapshots=True)
 
 
 def execute(ctx: common.Context, spec: common.Spec, run_dir) -> None:

@@ -179,6 +179,7 @@ def fit(
     progress: bool = False,
     desc: str = "",
     should_stop: Callable[[], bool] | None = None,
+    on_epoch: Callable[[FitResult], None] | None = None,
 ) -> FitResult:
     """Train len(seeds) members of `cfg` together for cfg.epochs epochs.
 
@@ -193,6 +194,10 @@ def fit(
         devices, params replicated) or "auto".
       should_stop: polled between epochs; when it returns True, `Interrupted` is raised after
         the epoch's checkpoint is written.
+      on_epoch: called after every trained epoch (before its checkpoint is written) with the
+        run so far, as the FitResult a run of that many epochs would return when the trajectory
+        does not depend on `cfg.epochs` (see `train.epochs_free`): e.g. to write the results of
+        shorter runs from one long run.
     """
     t_start = time.perf_counter()
     seeds = [int(s) for s in seeds]
@@ -259,6 +264,26 @@ def fit(
             out[name] = _summarise_eval(sums, cfg.is_classifier)
         return out
 
+    def result_so_far(copy_states: bool = False) -> FitResult:
+        """The real members' (padding dropped) result after `epochs_run` epochs. With
+        `copy_states`, the states are copies that the next epoch (which donates its input
+        states) cannot delete; history and metrics are always copies."""
+        keep = len(seeds)
+        t = {**timing, "wall_s": time.perf_counter() - t_start}
+        n_images = int(train_images.shape[0]) // cfg.batch_size * cfg.batch_size
+        trained_epochs = epochs_run - start_epoch
+        if t["train_s"] > 0 and trained_epochs > 0:
+            # Throughput of the real models only (padding members excluded).
+            t["train_images_per_s"] = keep * n_images * trained_epochs / t["train_s"]
+        return FitResult(
+            cfg=cfg, seeds=seeds,
+            states=jax.tree_util.tree_map(lambda x: jnp.copy(x[:keep]) if copy_states else x[:keep],
+                                          states),
+            history={k: [list(row) for row in v[:keep]] for k, v in history.items()},
+            diverged=diverged[:keep].tolist(),
+            final={s: {k: np.asarray(v)[:keep] for k, v in res.items()} for s, res in final.items()},
+            timing=t, parallel=mode, epochs_run=epochs_run)
+
     bar = _progress(cfg.epochs, start_epoch, progress, desc)
     try:
         for epoch in range(start_epoch, cfg.epochs):
@@ -286,6 +311,8 @@ def fit(
             diverged |= ~np.all(np.isfinite(losses), axis=0)
             final = evals
             epochs_run = epoch + 1
+            if on_epoch is not None:
+                on_epoch(result_so_far(copy_states=True))
             if checkpoint_dir is not None:
                 checkpoint.save(checkpoint_dir, epochs_run, states, {
                     "epoch": epochs_run, "history": history, "diverged": diverged.tolist(),
@@ -302,19 +329,7 @@ def fit(
     finally:
         bar.close()
 
-    keep = len(seeds)
-    states = jax.tree_util.tree_map(lambda x: x[:keep], states)
-    history = {k: v[:keep] for k, v in history.items()}
-    final = {s: {k: np.asarray(v)[:keep] for k, v in res.items()} for s, res in final.items()}
-    timing["wall_s"] = time.perf_counter() - t_start
-    n_images = int(train_images.shape[0]) // cfg.batch_size * cfg.batch_size
-    trained_epochs = epochs_run - start_epoch
-    if timing["train_s"] > 0 and trained_epochs > 0:
-        # Throughput of the real models only (padding members excluded).
-        timing["train_images_per_s"] = keep * n_images * trained_epochs / timing["train_s"]
-    return FitResult(cfg=cfg, seeds=seeds, states=states, history=history,
-                     diverged=diverged[:keep].tolist(), final=final, timing=timing,
-                     parallel=mode, epochs_run=epochs_run)
+    return result_so_far()
 
 
 def _postfix(history):

@@ -86,6 +86,7 @@ class TrainConfig:
     augment: str = "online"  # none | expand | online (CNN); the expand set is built by the caller
     aug: augment_lib.AugmentConfig = field(default_factory=augment_lib.AugmentConfig)
     denoise_std: float = 0.3  # autoencoder: sigma of the corrupting noise (noisy input, clean target)
+    label_smoothing: float = 0.0  # classifiers, training loss only (evaluation reports plain CE)
     eval_batch_size: int = 1000
 
     def __post_init__(self):
@@ -103,6 +104,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.denoise_std < 0:
             raise ValueError(f"denoising noise sigma must be >= 0, got {self.denoise_std}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         resolve_conv_impl(self.conv_impl)  # validates
 
     @property
@@ -142,6 +145,14 @@ def _lr_multiplier(opt: OptimizerConfig, total_steps: int, steps_per_epoch: int)
     if warmup == 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), main], [warmup])
+
+
+def epochs_free(cfg: TrainConfig) -> bool:
+    """Whether a run's first k epochs do not depend on `cfg.epochs`, so that a run of k epochs is
+    exactly the first k epochs of a longer one with the same seeds. True for a constant schedule
+    (shuffling, augmentation and dropout keys depend on the seed and step only); a cosine
+    schedule decays over the whole run, so its early steps depend on the total."""
+    return cfg.optimizer.schedule == "constant"
 
 
 def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -189,9 +200,13 @@ def _forward(cfg: TrainConfig, model, params, batch_stats, inputs, *, train: boo
     return model.apply(variables, inputs, train=False), batch_stats
 
 
-def _loss(cfg: TrainConfig, outputs, targets):
-    """Per-example loss: cross-entropy for classifiers, MSE over pixels for the autoencoder."""
+def _loss(cfg: TrainConfig, outputs, targets, *, train: bool = False):
+    """Per-example loss: cross-entropy for classifiers (against labels smoothed by
+    `cfg.label_smoothing` when training), MSE over pixels for the autoencoder."""
     if cfg.is_classifier:
+        if train and cfg.label_smoothing:
+            soft = optax.smooth_labels(jax.nn.one_hot(targets, outputs.shape[-1]), cfg.label_smoothing)
+            return optax.softmax_cross_entropy(outputs, soft)
         return optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
     return jnp.mean((outputs - targets) ** 2, axis=-1)
 
@@ -265,7 +280,7 @@ def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.
     def loss_fn(params):
         outputs, new_stats = _forward(cfg, model, params, state.batch_stats, inputs,
                                       train=True, dropout_key=dropout_key)
-        return jnp.mean(_loss(cfg, outputs, targets)), (outputs, new_stats)
+        return jnp.mean(_loss(cfg, outputs, targets, train=True)), (outputs, new_stats)
 
     (loss, (outputs, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     direction, opt_state = prog.direction.update(grads, state.opt_state, state.params)

@@ -145,3 +145,30 @@ def test_interrupted_run_resumes_exactly(small, uninterrupted, tmp_path):
     resumed = fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory,
                           should_stop=lambda: False)
     _assert_same_run(resumed, uninterrupted)
+
+
+def test_first_epochs_of_a_longer_run_are_the_shorter_run(small, uninterrupted):
+    """With a constant schedule, epoch k's snapshot of a longer run is exactly a k-epoch run:
+    what lets a sweep over epochs train only its longest configuration."""
+    assert train_lib.epochs_free(CFG)
+    snapshots = {}
+
+    def keep(result):
+        snapshots[result.epochs_run] = result
+
+    longer = fit_lib.fit(CFG.replace(epochs=3), *small, seeds=SEEDS, parallel="none", on_epoch=keep)
+    assert sorted(snapshots) == [1, 2, 3]
+    # The states of epoch 2 survived epoch 3 (whose program donates its input states).
+    _assert_same_run(snapshots[2], uninterrupted)
+    _assert_same_run(snapshots[3], longer)
+
+
+def test_a_cosine_schedule_depends_on_the_run_length(small, uninterrupted):
+    cosine = CFG.replace(optimizer=train_lib.OptimizerConfig(schedule="cosine"))
+    assert not train_lib.epochs_free(cosine)
+    snapshots = {}
+    fit_lib.fit(cosine.replace(epochs=3), *small, seeds=SEEDS, parallel="none",
+                on_epoch=lambda r: snapshots.setdefault(r.epochs_run, r))
+    two = fit_lib.fit(cosine, *small, seeds=SEEDS, parallel="none")
+    # Same seeds, but the learning rate decays over 3 epochs in one and 2 in the other.
+    assert snapshots[2].history["train_loss"] != two.history["train_loss"]

@@ -162,6 +162,49 @@ def test_full_size_specs():
 
 
 # ----------------------------------------------------------------------------------------------
+# Epochs: the shorter runs are the first epochs of the longest
+
+
+def test_epochs_sweep_trains_only_its_longest_run(tmp_path):
+    """3, 5 and 8 epochs are written from the 10-epoch run (constant learning rate), and equal
+    the same configuration trained on its own: same fingerprint, predictions and metrics."""
+    limit = ["--limit", "200", "--seeds", "2"]
+    log = run_in_process("q1_epochs", [*limit, "--out", str(tmp_path / "out")])
+    sweep = tmp_path / "out" / "q1_epochs"
+    assert "epochs_10: training" in log and "tuned: training" in log  # cosine: not a prefix
+    longest = read_json(sweep / "epochs_10" / "history.json")
+    for e in (3, 5, 8):
+        assert f"epochs_{e}: written from epoch {e} of" in log and f"epochs_{e}: training" not in log
+        run_dir = sweep / f"epochs_{e}"
+        config = read_json(run_dir / "config.json")
+        assert Path(config["snapshot_of"]).resolve() == (sweep / "epochs_10").resolve()
+        assert config["snapshot_epoch"] == e == config["train_config"]["epochs"]
+        history = read_json(run_dir / "history.json")
+        assert history["epoch"] == list(range(1, e + 1))
+        for key, rows in longest.items():
+            if key != "epoch":
+                assert history[key] == [row[:e] for row in rows], key
+        assert read_json(run_dir / "metrics.json")["epochs_run"] == e
+
+    args = common.parser("test").parse_args([*limit, "--quiet", "--out", str(tmp_path / "alone")])
+    ctx = common.make_context(args)
+    spec = next(s for s in q1.epochs_specs(args) if s.name == "epochs_3")
+    common.run_sweep(ctx, "alone", [spec], q1.execute, title="alone")  # no snapshots: trained
+    alone = tmp_path / "alone" / "alone" / "epochs_3"
+    assert "snapshot_of" not in read_json(alone / "config.json")
+    assert read_json(alone / "config.json")["fingerprint"] == read_json(sweep / "epochs_3" / "config.json")["fingerprint"]
+    assert np.array_equal(np.load(alone / "test_predictions.npy"),
+                          np.load(sweep / "epochs_3" / "test_predictions.npy"))
+    got, want = read_json(sweep / "epochs_3" / "metrics.json"), read_json(alone / "metrics.json")
+    for m in (got, want):
+        m.pop("timing")
+    assert got == want
+
+    again = run_in_process("q1_epochs", [*limit, "--out", str(tmp_path / "out")])
+    assert "training" not in again and again.count("complete, skipped") == 5
+
+
+# ----------------------------------------------------------------------------------------------
 # The expand construction
 
 

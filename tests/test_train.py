@@ -418,6 +418,22 @@ def test_frozen_encoder_stays_exactly_as_loaded(small, autoencoder_run):
 # --------------------------------------------------------------------------- bad configs
 
 
+def test_label_smoothing_changes_the_training_loss_only():
+    """Smoothed cross-entropy = (1 - a) * CE(label) + a * mean over classes of -log p, written
+    out by hand; evaluation reports the plain cross-entropy."""
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(7, 5)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 5, 7), jnp.int32)
+    a = 0.1
+    cfg = TrainConfig(label_smoothing=a)
+    logp = np.asarray(jax.nn.log_softmax(logits))
+    plain = -logp[np.arange(7), np.asarray(labels)]
+    want = (1 - a) * plain + a * -logp.mean(axis=1)
+    np.testing.assert_allclose(train_lib._loss(cfg, logits, labels, train=True), want, rtol=1e-5)
+    np.testing.assert_allclose(train_lib._loss(cfg, logits, labels), plain, rtol=1e-5)
+    np.testing.assert_allclose(train_lib._loss(TrainConfig(), logits, labels, train=True), plain, rtol=1e-5)
+
+
 def test_bad_configs_raise_clear_errors(task_data):
     with pytest.raises(ValueError, match="adam, adamw, sgd, rmsprop"):
         OptimizerConfig(name="lion")
@@ -438,6 +454,9 @@ def test_bad_configs_raise_clear_errors(task_data):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="conv_impl"):
         TrainConfig(conv_impl="fft")
+    for a in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="label smoothing"):
+            TrainConfig(label_smoothing=a)
 
     train = (task_data.train_images[:60], task_data.train_labels[:60])
     evals = {"val": (task_data.val_images[:10], task_data.val_labels[:10])}
