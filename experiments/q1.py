@@ -31,15 +31,18 @@ def base_config(args) -> TrainConfig:
 
 
 def tuned_spec(args) -> common.Spec:
-    """The tuned recipe, chosen on validation (one seed, 15 epochs, cosine schedule with half an
-    epoch of warm-up): without augmentation it reached 98.03% val vs 97.93% with online rotation
-    + noise and 97.23% with flips added, so the tuned row trains without augmentation."""
+    """The tuned recipe, chosen on validation only: 15 epochs, Adam 2e-3 with a cosine schedule
+    and half an epoch of warm-up. One seed: without augmentation 98.03% val vs 97.93% with
+    online rotation + noise and 97.23% with flips added. Then seeds 0 and 1 (val mean): label
+    smoothing 0.1 98.07% vs 98.00% without it and 97.97% with AdamW weight decay 0.05 instead.
+    So: no augmentation, label smoothing 0.1."""
     base = base_config(args)
     cfg = base.replace(
-        epochs=1 if args.quick else TUNED_EPOCHS, augment="none",
+        epochs=1 if args.quick else TUNED_EPOCHS, augment="none", label_smoothing=0.1,
         optimizer=OptimizerConfig(name="adam", learning_rate=2e-3, schedule="cosine", warmup_epochs=0.5),
     )
-    return common.Spec("tuned", f"tuned: Adam 2e-3 cosine, {cfg.epochs} epochs, no aug", cfg)
+    return common.Spec("tuned", f"tuned: Adam 2e-3 cosine, {cfg.epochs} epochs, no aug, "
+                                "label smoothing 0.1", cfg)
 
 
 def augmentation_specs(args) -> list[common.Spec]:
