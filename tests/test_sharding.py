@@ -24,7 +24,16 @@ N_DEVICES = 8
 N_TRAIN = 240  # 3 steps of 80 per epoch
 BATCH = 80  # divisible by 8: each device gets 10 images of a batch in "data" mode
 PARAMS_RTOL = 3e-3  # of each leaf's largest magnitude; seen: <=1.5e-4; other seeds: 0.1-2
-TRAIN_RTOL = 1e-5  # epoch-mean train loss/accuracy; seen: <=2e-7
+# Compared at the 99th percentile of |difference| per leaf, plus a tenth of one Adam step
+# (lr 1e-3): Adam moves every parameter by about lr per step whatever its gradient's size, so
+# the few elements whose gradients are near zero turn rounding differences into a fraction of
+# a step (on an AMD EPYC host: 4e-5 in the first BatchNorm's bias, 6e-4 in one of fc1's 190,800
+# weights, whose typical difference is 1e-7). A member trained on other data or keys differs by
+# whole steps in most of its elements.
+PARAMS_ATOL = 1e-4
+PARAMS_QUANTILE = 0.99
+TRAIN_RTOL = 2e-4  # epoch-mean train loss/accuracy; seen: <=2e-7, 2.6e-5 on an AMD EPYC host
+BN_VAR_RTOL = 1e-3  # BatchNorm running variances; seen: <=1e-4, 1.9e-4 on an AMD EPYC host
 NORMS_RTOL = 1e-2  # epoch-mean gradient/update/param norms
 
 CHILD = textwrap.dedent(
@@ -106,9 +115,10 @@ def assert_same_member(got, k, want, j):
         if path.startswith((".key", ".step", ".learning_rate")):
             np.testing.assert_array_equal(x, y, err_msg=path)
         elif path.startswith(".params") and not _is_conv_bias(path):
-            assert np.max(np.abs(x - y)) <= PARAMS_RTOL * np.max(np.abs(y)), path
+            diff = np.quantile(np.abs(x - y), PARAMS_QUANTILE)
+            assert diff <= PARAMS_RTOL * np.max(np.abs(y)) + PARAMS_ATOL, path
         elif path.startswith(".batch_stats") and path.endswith("['var']"):
-            np.testing.assert_allclose(x, y, rtol=1e-4, err_msg=path)
+            np.testing.assert_allclose(x, y, rtol=BN_VAR_RTOL, err_msg=path)
     got_history, want_history = got_meta["history"], want_meta["history"]
     for name in ("train_loss", "train_accuracy"):
         np.testing.assert_allclose(got_history[name][k], want_history[name][j], rtol=TRAIN_RTOL, atol=1e-7,
