@@ -553,8 +553,9 @@ DIFFERENCES = """## Differences from the original report
 - **Under/over-fitting and "noisy curves" are computed criteria** (see the fit tables), not
   impressions read off single curves.
 - **Added rows**: every Question 1 sweep carries one tuned CNN recipe (longer, cosine learning
-  rate, label smoothing; chosen on validation), and Question 2 adds a frozen-encoder probe and the same classifier without pretraining,
-  which measure what the denoising pretraining contributes.
+  rate, label smoothing; chosen on validation), and Question 2 adds a frozen-encoder probe and
+  the same classifier without pretraining, which measure what the denoising pretraining
+  contributes.
 - **Question 2's classes**: all five target classes; the original's text says "1 3 7 9" once.
 """
 

@@ -86,7 +86,7 @@ class TrainConfig:
     augment: str = "online"  # none | expand | online (CNN); the expand set is built by the caller
     aug: augment_lib.AugmentConfig = field(default_factory=augment_lib.AugmentConfig)
     denoise_std: float = 0.3  # autoencoder: sigma of the corrupting noise (noisy input, clean target)
-    label_smoothing: float = 0.0  # classifiers, training loss only (evaluation reports plain CE)
+    label_smoothing: float = 0.0  # classifiers: the training objective only (reported losses are plain CE)
     eval_batch_size: int = 1000
 
     def __post_init__(self):
@@ -296,6 +296,11 @@ def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.
     if cfg.is_classifier:
         chex.assert_shape(outputs, (images.shape[0], NUM_CLASSES))
         out["accuracy"] = jnp.mean(jnp.argmax(outputs, -1) == labels)
+        if cfg.label_smoothing:
+            # Report the plain cross-entropy as `loss`, comparable with the evaluation losses
+            # (curves, the fit diagnosis); the smoothed objective the gradient came from beside it.
+            out["smoothed_loss"] = loss
+            out["loss"] = jnp.mean(_loss(cfg, outputs, labels))
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
                               opt_state=opt_state)
     return new_state, out

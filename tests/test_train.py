@@ -434,6 +434,21 @@ def test_label_smoothing_changes_the_training_loss_only():
     np.testing.assert_allclose(train_lib._loss(TrainConfig(), logits, labels, train=True), plain, rtol=1e-5)
 
 
+def test_label_smoothing_reports_the_plain_training_loss(task_data):
+    """The step's `loss` stays the plain cross-entropy (comparable with val/test losses); the
+    smoothed objective is `smoothed_loss`. Same state, batch and keys: same forward pass."""
+    images, labels = task_data.train_images[:50], task_data.train_labels[:50]
+    plain_cfg = TrainConfig(augment="none", batch_size=50, epochs=1)
+    smooth_cfg = plain_cfg.replace(label_smoothing=0.1)
+    state = train_lib.init_state(train_lib.program(plain_cfg, 50), jax.random.PRNGKey(0))
+    _, plain = train_lib.train_step(train_lib.program(plain_cfg, 50), state, images, labels)
+    state = train_lib.init_state(train_lib.program(smooth_cfg, 50), jax.random.PRNGKey(0))
+    _, smooth = train_lib.train_step(train_lib.program(smooth_cfg, 50), state, images, labels)
+    assert "smoothed_loss" not in plain
+    np.testing.assert_allclose(smooth["loss"], plain["loss"], rtol=1e-6)
+    assert abs(float(smooth["smoothed_loss"]) - float(smooth["loss"])) > 1e-4
+
+
 def test_bad_configs_raise_clear_errors(task_data):
     with pytest.raises(ValueError, match="adam, adamw, sgd, rmsprop"):
         OptimizerConfig(name="lion")
