@@ -110,16 +110,34 @@ def ae_train(plan: Plan, wl: Workload) -> list[dict]:
         plan, plan.reps)
 
 
+INFER_NOTE = ("fit's evaluation: its jitted, vmapped eval program per padded, masked test batch, "
+              "sums on the device (loss, accuracy, confusion / reconstruction error)")
+
+
 def _infer(name: str, cfg: TrainConfig, plan: Plan, wl: Workload) -> list[dict]:
     c = eval_program(cfg, plan.n_train, wl.test_images, wl.test_labels)
     return measure_cases("infer", [Case(name, c, {
-        "batch_size": cfg.eval_batch_size,
-        "note": "fit's evaluation: jitted eval_step per padded, masked test batch, sums on the "
-                "device (loss, accuracy, confusion / reconstruction error)"})], plan, plan.reps)
+        "batch_size": cfg.eval_batch(1), "note": INFER_NOTE})], plan, plan.reps)
 
 
 def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
-    return _infer("cnn_infer", CNN, plan, wl)
+    """One member, and the study's 3 members with the automatic eval batch beside a batch of 1000
+    (on the CPU the automatic one keeps members x batch small: see TrainConfig.eval_batch)."""
+    rows = _infer("cnn_infer", CNN, plan, wl)
+    if plan.quick:
+        return rows
+    n = 3
+    fixed = CNN.replace(eval_batch_size=1000)
+    cases = [
+        Case(f"cnn_infer_{n}members_batch1000",
+             eval_program(fixed, plan.n_train, wl.test_images, wl.test_labels, n_members=n),
+             {"batch_size": 1000, "note": f"{n} members vmapped, eval batch 1000"}),
+        Case(f"cnn_infer_{n}members",
+             eval_program(CNN, plan.n_train, wl.test_images, wl.test_labels, n_members=n),
+             {"batch_size": CNN.eval_batch(n), "baseline": f"cnn_infer_{n}members_batch1000",
+              "note": f"{n} members vmapped, the automatic eval batch ({INFER_NOTE})"}),
+    ]
+    return rows + measure_cases("infer_members", cases, plan, plan.reps_small)
 
 
 def ae_infer(plan: Plan, wl: Workload) -> list[dict]:

@@ -17,7 +17,7 @@ import numpy as np
 
 from fmnist_jax import data
 from fmnist_jax.fit import _vmapped, init_states, make_placement, padded_members, resolve_parallel
-from fmnist_jax.train import TrainConfig, eval_step, pad_for_eval, program
+from fmnist_jax.train import TrainConfig, pad_for_eval, program
 
 from benchmarks.timing import timed
 
@@ -89,25 +89,24 @@ def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray
 
 
 def eval_program(cfg: TrainConfig, train_size: int, images: np.ndarray,
-                 labels: np.ndarray) -> Compiled:
-    """Evaluation of one member as `fit` does it: the engine's jitted `eval_step` on each padded,
-    masked batch of cfg.eval_batch_size, sums kept on the device."""
+                 labels: np.ndarray, *, n_members: int = 1) -> Compiled:
+    """Evaluation of `n_members` members as `fit` does it: fit's jitted, vmapped eval program on
+    each padded, masked batch of cfg.eval_batch(n_members) images, sums kept on the device."""
     prog = program(cfg, train_size)
-    step_fn = jax.jit(functools.partial(eval_step, prog))
-    state = jax.tree_util.tree_map(lambda x: x[0], init_states(prog, [0]))
+    eval_fn = _vmapped(prog, None)[1]
+    states = init_states(prog, list(range(n_members)))
     padded_images, padded_labels = pad_for_eval(np.asarray(images, np.float32),
-                                                np.asarray(labels, np.int32), cfg.eval_batch_size)
-    batches = [(jnp.asarray(i), jnp.asarray(np.maximum(l, 0)), jnp.asarray(l >= 0))
-               for i, l in zip(padded_images, padded_labels)]
+                                                np.asarray(labels, np.int32), cfg.eval_batch(n_members))
+    batches = [(jnp.asarray(i), jnp.asarray(l)) for i, l in zip(padded_images, padded_labels)]
     key = jax.random.PRNGKey(0)
-    compiled, compile_s = timed(lambda: step_fn.lower(state, *batches[0], key).compile())
+    compiled, compile_s = timed(lambda: eval_fn.lower(states, *batches[0], key).compile())
 
     def run():
         sums = None
         for b, batch in enumerate(batches):
-            out = compiled(state, *batch, jax.random.fold_in(key, b))
+            out = compiled(states, *batch, jax.random.fold_in(key, b))
             out.pop("predictions", None)
             sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
         return sums
 
-    return Compiled(run, compile_s, int(images.shape[0]), "none", 1)
+    return Compiled(run, compile_s, n_members * int(images.shape[0]), "none", n_members)

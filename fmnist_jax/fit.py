@@ -227,7 +227,7 @@ def fit(
     for name, (imgs, labs) in eval_sets.items():
         n_eval[name] = len(labs)
         # Small sets (quick runs) get one batch of their own size instead of a mostly-padded one.
-        batch = min(cfg.eval_batch_size, len(labs))
+        batch = min(cfg.eval_batch(n_members), len(labs))
         pi, pl = pad_for_eval(np.asarray(imgs, np.float32), np.asarray(labs, np.int32), batch)
         d_eval[name] = (place.data(pi), place.data(pl))
     eval_key = jax.random.PRNGKey(EVAL_NOISE_SEED)

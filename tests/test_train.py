@@ -317,6 +317,32 @@ def test_every_eval_image_counts(three_seeds, small):
         assert three_seeds.history["test_loss"][k][-1] == pytest.approx(float(np.mean(ce)), rel=1e-4)
 
 
+def test_automatic_eval_batch_changes_no_result(three_seeds, small):
+    """The automatic eval batch (on the CPU: 150 // 3 = 50 images per member for the CNN) gives
+    the numbers a batch of 1,000 gives: only the summation order of the losses differs."""
+    auto = CNN_CFG.replace(eval_batch_size=None, epochs=0)
+    assert jax.default_backend() != "cpu" or auto.eval_batch(3) == 50
+    assert auto.eval_batch(3) != CNN_CFG.eval_batch(3)  # the runs below really differ in batching
+    res = fit_lib.fit(auto, *small, seeds=[0, 1, 2], parallel="none",
+                      init_hook=lambda _: three_seeds.states)
+    assert res.epochs_run == 0
+    for name in ("val", "test"):
+        got, want = res.final[name], three_seeds.final[name]
+        assert (got["predictions"] == want["predictions"]).mean() > 0.999  # near-ties may flip
+        np.testing.assert_allclose(got["accuracy"], want["accuracy"], atol=2 / N_TEST)
+        np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-5)
+
+
+def test_eval_batch_is_automatic_unless_set():
+    assert TrainConfig(model="autoencoder").eval_batch(3) == 1000
+    assert TrainConfig(model="cnn", eval_batch_size=64).eval_batch(3) == 64
+    cpu = jax.default_backend() == "cpu"
+    assert TrainConfig(model="cnn").eval_batch(1) == (train_lib.CPU_CNN_EVAL_IMAGES if cpu else 1000)
+    assert TrainConfig(model="cnn").eval_batch(1000) == (1 if cpu else 1000)
+    with pytest.raises(ValueError, match="batch size"):
+        TrainConfig(eval_batch_size=0)
+
+
 def test_expand_mode_triples_the_training_set(task_data):
     n = 300
     images, labels = task_data.train_images[:n], task_data.train_labels[:n]
