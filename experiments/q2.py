@@ -19,6 +19,7 @@ import dataclasses
 import functools
 import math
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,7 @@ from experiments import common
 from fmnist_jax import checkpoint, curves, io, plots, results
 from fmnist_jax.fit import fit
 from fmnist_jax.models import ARCHITECTURES, Autoencoder, count_params, with_pretrained_encoder
-from fmnist_jax.train import OptimizerConfig, TrainConfig
+from fmnist_jax.train import OptimizerConfig, TrainConfig, epochs_free
 
 SWEEPS = ("lr", "arch", "epochs", "pretraining")
 EXPERIMENT = {s: f"q2_{s}" for s in SWEEPS}
@@ -100,27 +101,67 @@ def encoder_spec(args) -> common.Spec:
 # Stages
 
 
-def pretrain(ctx: common.Context, cfg: TrainConfig) -> Path:
-    """Pretrain (or reuse) the denoising autoencoder; returns its cache folder, which holds
-    `encoder/` (Orbax), history.json, metrics.json and denoising.png."""
+def _pretrain_folder(ctx: common.Context, cfg: TrainConfig) -> tuple[Path, dict]:
+    """The cache folder of a pretraining configuration and the payload it is fingerprinted from."""
     payload = {"pretrain": results.config_to_dict(cfg), "seeds": ctx.seeds,
                # What decides the images it sees (tfds has its own order, so its own split).
                "data": {k: ctx.data.info.get(k) for k in ("source", "split_seed", "val_fraction", "counts",
                                                           "standardised", "quick")}}
     fp = results.config_fingerprint(payload)
-    folder = ctx.out / "q2_pretrain" / fp
+    return ctx.out / "q2_pretrain" / fp, {**payload, "fingerprint": fp}
+
+
+def _start_folder(folder: Path, config: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    results.clean_stale_temporaries(folder)
+    io.write_json(folder / "config.json", config)
+
+
+def pretrain(ctx: common.Context, cfg: TrainConfig, snapshot_epochs: Sequence[int] = ()) -> Path:
+    """Pretrain (or reuse) the denoising autoencoder; returns its cache folder, which holds
+    `encoder/` (Orbax), history.json, metrics.json and denoising.png.
+
+    `snapshot_epochs`: shorter pretrainings of the same configuration to write on the way, from
+    the epoch they end at (only where `train.epochs_free(cfg)`, so that they equal those
+    configurations trained on their own; ones already complete are left alone)."""
+    folder, config = _pretrain_folder(ctx, cfg)
+    fp = config["fingerprint"]
     if (folder / "metrics.json").is_file():
         ctx.log(f"[q2_pretrain] {fp}: complete, reused")
         return folder
-    ctx.log(f"[q2_pretrain] {fp}: pretraining {'-'.join(map(str, (784, *cfg.widths)))}")
-    folder.mkdir(parents=True, exist_ok=True)
-    results.clean_stale_temporaries(folder)
-    io.write_json(folder / "config.json", {**payload, "fingerprint": fp})
+    wanted: dict[int, tuple[TrainConfig, Path, dict]] = {}
+    if epochs_free(cfg):
+        for k in sorted(set(snapshot_epochs)):
+            if 0 < k < cfg.epochs:
+                sub_folder, sub_config = _pretrain_folder(ctx, cfg.replace(epochs=k))
+                if not (sub_folder / "metrics.json").is_file():
+                    wanted[k] = (cfg.replace(epochs=k), sub_folder, sub_config)
+    also = f" (writing epochs {', '.join(map(str, wanted))} on the way)" if wanted else ""
+    ctx.log(f"[q2_pretrain] {fp}: pretraining {'-'.join(map(str, (784, *cfg.widths)))}, "
+            f"{cfg.epochs} epochs{also}")
+    _start_folder(folder, config)
+
+    def on_epoch(partial) -> None:
+        if partial.epochs_run not in wanted:
+            return
+        sub_cfg, sub_folder, sub_config = wanted[partial.epochs_run]
+        _start_folder(sub_folder, {**sub_config, "snapshot_of": str(folder),
+                                   "snapshot_epoch": partial.epochs_run})
+        _write_pretraining(ctx, sub_cfg, sub_folder, partial)
+        ctx.log(f"[q2_pretrain] {sub_config['fingerprint']}: written from epoch {partial.epochs_run} of {fp}")
+
     data = ctx.data
     res = fit(cfg, (data.train_images, data.train_labels),
               {"val": (data.val_images, data.val_labels), "test": (data.test_images, data.test_labels)},
               ctx.seeds, checkpoint_dir=folder / "checkpoint", parallel=ctx.args.parallel,
-              progress=ctx.progress, desc=f"pretrain {fp[:6]}")
+              progress=ctx.progress, desc=f"pretrain {fp[:6]}", on_epoch=on_epoch if wanted else None)
+    _write_pretraining(ctx, cfg, folder, res)
+    results.remove_tree(folder / "checkpoint")
+    return folder
+
+
+def _write_pretraining(ctx: common.Context, cfg: TrainConfig, folder: Path, res) -> None:
+    """A pretraining folder's files from a fit result; metrics.json (the completion mark) last."""
     encoder = res.states.params["encoder"]
     checkpoint.save(folder / "encoder", 0, encoder, {"widths": list(cfg.widths), "n_seeds": len(ctx.seeds),
                                                      "seeds": ctx.seeds, "denoise_std": cfg.denoise_std})
@@ -135,11 +176,40 @@ def pretrain(ctx: common.Context, cfg: TrainConfig) -> Path:
         "test_noisy_mse": common_ms(res.final["test"]["noisy_loss"]),
         "denoise_std": cfg.denoise_std, "n_params": count_params(jax.tree_util.tree_map(lambda x: x[0], res.states.params)),
         "diverged": res.diverged, "fit_diagnosis": curves.diagnose(res.history), "timing": res.timing,
-        "complete": True,
+        "epochs_run": res.epochs_run, "complete": True,
     }
     io.write_json(folder / "metrics.json", metrics)
-    results.remove_tree(folder / "checkpoint")
-    return folder
+
+
+def pretraining_configs(args, sweeps: Sequence[str]) -> list[TrainConfig]:
+    """The pretrainings the rows of these sweeps start from (each once, in order of first use)."""
+    out: list[TrainConfig] = []
+    for sweep in sweeps:
+        for spec in sweep_specs(args, sweep):
+            pre = spec.extra.get("pretrain_config")
+            if pre is None:
+                continue
+            cfg = pretrain_config(args, arch=_arch_of(spec.cfg), lr=pre["optimizer"]["learning_rate"],
+                                  epochs=pre["epochs"])
+            if cfg not in out:
+                out.append(cfg)
+    return out
+
+
+def pretrain_shared(ctx: common.Context, sweeps: Sequence[str]) -> None:
+    """Pretrain first what several rows can share: where pretrainings differ only in their epochs
+    (and the schedule is constant), train the longest and write the shorter ones from it. Rows
+    then find their pretraining complete; the others are pretrained when a row first needs them."""
+    groups: dict[TrainConfig, list[int]] = {}
+    for cfg in pretraining_configs(ctx.args, sweeps):
+        if epochs_free(cfg):
+            groups.setdefault(cfg.replace(epochs=0), []).append(cfg.epochs)
+    for base, epochs in groups.items():
+        longest, shorter = max(epochs), [e for e in epochs if e != max(epochs)]
+        pending = [e for e in epochs if not (_pretrain_folder(ctx, base.replace(epochs=e))[0]
+                                              / "metrics.json").is_file()]
+        if shorter and pending:
+            pretrain(ctx, base.replace(epochs=longest), snapshot_epochs=shorter)
 
 
 def common_ms(values):
@@ -282,7 +352,9 @@ def run(ctx: common.Context, sweeps=None) -> list[dict]:
         return common.run_sweep(ctx, "q2_finetune", [encoder_spec(args)], finetune,
                                 title="Q2 · fine-tuning a given encoder", extra_columns=COLUMNS)
     rows = []
-    for sweep in sweeps or (SWEEPS if args.sweep == "all" else (args.sweep,)):
+    sweeps = sweeps or (SWEEPS if args.sweep == "all" else (args.sweep,))
+    pretrain_shared(ctx, sweeps)
+    for sweep in sweeps:
         rows += common.run_sweep(ctx, EXPERIMENT[sweep], sweep_specs(args, sweep), finetune,
                                  title=TITLES[sweep], extra_columns=COLUMNS)
     return rows

@@ -195,6 +195,9 @@ def run_study(args: argparse.Namespace) -> Path:
         base_log(f"\n== {experiment} ==")
         q1.run(experiment, ctx1)
         checkpoint_record()
+    base_log("\n== q2_pretrain (shared) ==")
+    q2.pretrain_shared(ctx2, Q2_SWEEPS)  # e.g. the 2- and 10-epoch encoders from the 20-epoch run
+    checkpoint_record()
     for sweep in Q2_SWEEPS:
         base_log(f"\n== {q2.EXPERIMENT[sweep]} ==")
         q2.run(ctx2, [sweep])

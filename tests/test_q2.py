@@ -249,6 +249,54 @@ def test_sweep_specs():
     assert lr[0].extra == arch[0].extra == epochs[1].extra == value["finetuned"].extra
 
 
+def test_shorter_pretrainings_are_written_from_the_longest(ctx, tmp_path):
+    """A 3-epoch pretraining writes the 1- and 2-epoch ones on the way; each equals that
+    configuration pretrained on its own: fingerprint, encoder, history and metrics."""
+    host_ctx = dataclasses.replace(ctx, out=tmp_path / "shared")
+    cfg = q2.pretrain_config(ctx.args, arch="base", lr=1e-3, epochs=3)
+    host = q2.pretrain(host_ctx, cfg, snapshot_epochs=[1, 2])
+    alone_ctx = dataclasses.replace(ctx, out=tmp_path / "alone")
+    for e in (1, 2):
+        folder = q2._pretrain_folder(host_ctx, cfg.replace(epochs=e))[0]
+        config = read_json(folder / "config.json")
+        assert Path(config["snapshot_of"]) == host and config["snapshot_epoch"] == e
+        assert config["pretrain"]["epochs"] == e
+        alone = q2.pretrain(alone_ctx, cfg.replace(epochs=e))
+        assert alone.name == folder.name  # the same fingerprint
+        assert trees_equal(q2.restore_encoder(folder / "encoder", BASE, len(SEEDS)),
+                           q2.restore_encoder(alone / "encoder", BASE, len(SEEDS)))
+        history = read_json(folder / "history.json")
+        assert history["epoch"] == [*range(1, e + 1)]
+        assert history == read_json(alone / "history.json")
+        got, want = read_json(folder / "metrics.json"), read_json(alone / "metrics.json")
+        for m in (got, want):
+            m.pop("timing")
+        assert got == want and got["epochs_run"] == e
+    assert read_json(host / "history.json")["epoch"] == [1, 2, 3]
+    # A second call finds everything complete and trains nothing.
+    log: list[str] = []
+    q2.pretrain(dataclasses.replace(host_ctx, log=log.append), cfg, snapshot_epochs=[1, 2])
+    assert log == [f"[q2_pretrain] {host.name}: complete, reused"]
+
+
+def test_pretrain_shared_trains_the_longest_of_each_epochs_group(ctx, monkeypatch, tmp_path):
+    """Over the four sweeps: base at 1e-3 is pretrained for 2, 10 and 20 epochs (one run of 20);
+    lr 1e-2 and thick (10 epochs each) are left to the rows that need them."""
+    args = q2_args([])
+    configs = q2.pretraining_configs(args, q2.SWEEPS)
+    assert sorted((c.widths, c.optimizer.learning_rate, c.epochs) for c in configs) == sorted([
+        (BASE, 1e-3, 10), (BASE, 1e-2, 10), (ARCHITECTURES["thick"], 1e-3, 10), (BASE, 1e-3, 2),
+        (BASE, 1e-3, 20)])
+    calls = []
+    monkeypatch.setattr(q2, "pretrain", lambda c, cfg, snapshot_epochs=(): calls.append(
+        (cfg.widths, cfg.optimizer.learning_rate, cfg.epochs, sorted(snapshot_epochs))))
+    q2.pretrain_shared(dataclasses.replace(ctx, args=args, out=tmp_path), q2.SWEEPS)
+    assert calls == [(BASE, 1e-3, 20, [2, 10])]
+    calls.clear()
+    q2.pretrain_shared(dataclasses.replace(ctx, args=args, out=tmp_path), ["lr", "arch"])
+    assert calls == []  # nothing to share: each pretraining is one row's
+
+
 def test_summary_columns_survive_a_diverged_run():
     """A diverged run stores NaN as the string "nan" (JSON has no NaN): the table still renders."""
     m = {"n_params": 550021, "fit_diagnosis": {"final_val_minus_train_loss": "nan", "verdict": "diverged"},
