@@ -80,16 +80,18 @@ def changed(before: dict[str, float], after: dict[str, float]) -> list[str]:
     return sorted(str(Path(k).parent) for k, v in after.items() if before.get(k) != v)
 
 
-def split_reused(out: Path, folders: list[str]) -> tuple[list[str], list[str]]:
-    """(trained, reused): a reused folder is a copy of an identical completed run."""
-    trained, reused = [], []
+def split_written(out: Path, folders: list[str]) -> tuple[list[str], list[str], list[str]]:
+    """(trained, snapshots, reused): a snapshot was written from a longer run of the same
+    configuration as it passed its epochs; a reused folder is a copy of an identical completed run."""
+    trained, snapshots, reused = [], [], []
     for folder in folders:
         try:
             config = io.read_json(out / folder / "config.json")
         except (OSError, ValueError):
             config = {}
-        (reused if config.get("reused_from") else trained).append(folder)
-    return trained, reused
+        (reused if config.get("reused_from") else snapshots if config.get("snapshot_of")
+         else trained).append(folder)
+    return trained, snapshots, reused
 
 
 # ----------------------------------------------------------------------------------------------
@@ -150,12 +152,13 @@ class StudyRecord:
             self.previous = None
         self.args = args
         self.t0 = time.perf_counter()
-        self.invocation = {"started": _now(), "wall_s": 0.0, "trained": [], "reused": []}
+        self.invocation = {"started": _now(), "wall_s": 0.0, "trained": [], "snapshots": [], "reused": []}
 
     def write(self, written: list[str], *, complete: bool, inference: dict | None = None) -> None:
         prev = self.previous or {}
-        trained, reused = split_reused(self.path.parent, written)
-        self.invocation.update(wall_s=time.perf_counter() - self.t0, trained=trained, reused=reused,
+        trained, snapshots, reused = split_written(self.path.parent, written)
+        self.invocation.update(wall_s=time.perf_counter() - self.t0, trained=trained,
+                               snapshots=snapshots, reused=reused,
                                finished=_now() if complete else None)
         invocations = [*prev.get("invocations", []), self.invocation]
         record = {
@@ -210,9 +213,10 @@ def run_study(args: argparse.Namespace) -> Path:
         base_log("\nnothing trained: study.json kept as it was")
     path = report.write_report(args.out)
     wall = time.perf_counter() - record.t0
-    n_trained, n_reused = map(len, split_reused(args.out, written))
-    print(f"study: {n_trained} run(s) trained, {n_reused} reused from identical runs, the rest "
-          f"complete and skipped; {wall:.0f} s; report: {path}", flush=True)
+    n_trained, n_snapshots, n_reused = map(len, split_written(args.out, written))
+    print(f"study: {n_trained} run(s) trained, {n_snapshots} written from a longer run, "
+          f"{n_reused} reused from identical runs, the rest complete and skipped; {wall:.0f} s; "
+          f"report: {path}", flush=True)
     return path
 
 

@@ -245,3 +245,19 @@ def test_report_only_without_results_is_a_usage_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "experiments.study", "--report-only", "--out",
                            str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and "error:" in done.stderr
+
+
+def test_written_folders_are_told_apart(tmp_path):
+    """study.json's trained / snapshots / reused lists come from each folder's config.json."""
+    from experiments.study import split_written
+
+    configs = {"a/trained": {"fingerprint": "f1"},
+               "a/snapshot": {"fingerprint": "f2", "snapshot_of": "x/a/long", "snapshot_epoch": 3},
+               "b/copy": {"fingerprint": "f1", "reused_from": "a/trained"},
+               "b/unreadable": None}
+    for folder, config in configs.items():
+        (tmp_path / folder).mkdir(parents=True)
+        if config is not None:
+            (tmp_path / folder / "config.json").write_text(json.dumps(config))
+    assert split_written(tmp_path, list(configs)) == (
+        ["a/trained", "b/unreadable"], ["a/snapshot"], ["b/copy"])
