@@ -660,7 +660,8 @@ def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[Swe
     seen = set()
     for s in sweeps:
         for r in unique_complete(s.rows):
-            if r.fingerprint in seen:
+            # A row written from a longer run as it passed its epochs took no time of its own.
+            if r.fingerprint in seen or r.config.get("snapshot_of"):
                 continue
             seen.add(r.fingerprint)
             config_s += num(r.metrics.get("timing", {}).get("wall_s")) or 0.0
@@ -671,8 +672,9 @@ def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[Swe
                      + (f", over {len(inv)} invocations" if len(inv) > 1 else "") + ").")
     else:
         lines.append("Total wall time of the study: not recorded (no `study.json`).")
-    lines.append(f"Training wall time summed over the distinct configurations (fine-tuning/classifier "
-                 f"stage, all seeds at once): {fmt_num(config_s)} s.")
+    lines.append(f"Training wall time summed over the distinct configurations trained (fine-tuning/"
+                 f"classifier stage, all seeds at once; rows written from a longer run count with "
+                 f"it): {fmt_num(config_s)} s.")
     if study.get("command"):
         lines += ["", f"Command: `{study['command']}`"]
     return lines + [""]

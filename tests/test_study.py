@@ -241,6 +241,30 @@ def test_report_flags_a_diverged_run(study, tmp_path):
     assert "Not available" in text  # no Question 2 to compare with
 
 
+TRAINING_SUM = re.compile(r"Training wall time summed over the distinct configurations trained .*?: ([\d,]+) s\.")
+
+
+def test_rows_written_from_a_longer_run_add_no_training_time(study, tmp_path):
+    """The environment section's training-time sum counts each trained run once: a row written
+    from a longer run (snapshot_of) adds nothing."""
+    from fmnist_jax import report
+
+    out = tmp_path / "results"
+    shutil.copytree(study["out"] / "q1_optimizers", out / "q1_optimizers")
+
+    def summed() -> int:
+        text = report.write_report(out).read_text(encoding="utf-8")
+        return int(TRAINING_SUM.search(text).group(1).replace(",", ""))
+
+    before = summed()
+    path = out / "q1_optimizers" / "sgd" / "config.json"
+    wall = json.loads((path.parent / "metrics.json").read_text())["timing"]["wall_s"]
+    assert wall >= 1
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "snapshot_of": "elsewhere", "snapshot_epoch": 1}))
+    assert abs(before - summed() - wall) <= 1  # rounding to whole seconds
+
+
 def test_report_only_without_results_is_a_usage_error(tmp_path):
     done = subprocess.run([sys.executable, "-m", "experiments.study", "--report-only", "--out",
                            str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True, timeout=300)
