@@ -7,7 +7,6 @@ This module is the one place that knows those engine names.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any, Callable
 

@@ -186,14 +186,19 @@ def pretraining_configs(args, sweeps: Sequence[str]) -> list[TrainConfig]:
     out: list[TrainConfig] = []
     for sweep in sweeps:
         for spec in sweep_specs(args, sweep):
-            pre = spec.extra.get("pretrain_config")
-            if pre is None:
-                continue
-            cfg = pretrain_config(args, arch=_arch_of(spec.cfg), lr=pre["optimizer"]["learning_rate"],
-                                  epochs=pre["epochs"])
-            if cfg not in out:
+            cfg = row_pretrain_config(args, spec)
+            if cfg is not None and cfg not in out:
                 out.append(cfg)
     return out
+
+
+def row_pretrain_config(args, spec: common.Spec) -> TrainConfig | None:
+    """The pretraining a row starts from (None: it starts from random init)."""
+    pre = spec.extra.get("pretrain_config")
+    if pre is None:
+        return None
+    return pretrain_config(args, arch=_arch_of(spec.cfg), lr=pre["optimizer"]["learning_rate"],
+                           epochs=pre["epochs"])
 
 
 def pretrain_shared(ctx: common.Context, sweeps: Sequence[str]) -> None:
@@ -269,13 +274,11 @@ def restore_encoder(path: Path, widths, n_seeds: int):
 
 def finetune(ctx: common.Context, spec: common.Spec, run_dir: Path) -> None:
     """Pretrain if the row needs it (cached), then train the classifier and write its folder."""
-    pre = spec.extra.get("pretrain_config")
+    pre_cfg = row_pretrain_config(ctx.args, spec)
     init_hook, extra_history, extra_metrics, extra_figures = None, {}, {}, {}
     if ctx.args.encoder:
         encoder_path = Path(ctx.args.encoder)
-    elif pre is not None:
-        pre_cfg = pretrain_config(ctx.args, arch=_arch_of(spec.cfg), lr=pre["optimizer"]["learning_rate"],
-                                  epochs=pre["epochs"])
+    elif pre_cfg is not None:
         folder = pretrain(ctx, pre_cfg)
         encoder_path = folder / "encoder"
         pre_hist = io.read_json(folder / "history.json")
