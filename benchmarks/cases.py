@@ -27,7 +27,9 @@ from fmnist_jax.train import (
 )
 
 from benchmarks.timing import Measurement, device_label, measure, measure_interleaved, timed
-from benchmarks.workload import Compiled, Workload, eval_program, train_epoch_program
+from benchmarks.workload import (
+    Compiled, Workload, eval_program, resolve_member_map, side_by_side, train_epoch_program,
+)
 
 CNN = TrainConfig(model="cnn", batch_size=100, augment="online")  # the engine's default path
 AE = TrainConfig(model="autoencoder", batch_size=100, augment="none")  # as q2 pretrains
@@ -97,8 +99,9 @@ def cnn_train(plan: Plan, wl: Workload) -> list[dict]:
     c = train_epoch_program(CNN, *_subset(wl, plan.n_train))
     return measure_cases("train", [Case("cnn_train", c, {
         "batch_size": CNN.batch_size,
-        "note": "fit's path: one jitted, vmapped (1 member) lax.scan epoch, online augmentation, "
-                "device-side shuffle; compile_s = lower + compile of that epoch program"})],
+        "note": "fit's path: one jitted lax.scan epoch over the members (1 here; lax.map on the "
+                "CPU, vmap elsewhere), online augmentation, device-side shuffle; compile_s = lower "
+                "+ compile of that epoch program"})],
         plan, plan.reps)
 
 
@@ -110,7 +113,7 @@ def ae_train(plan: Plan, wl: Workload) -> list[dict]:
         plan, plan.reps)
 
 
-INFER_NOTE = ("fit's evaluation: its jitted, vmapped eval program per padded, masked test batch, "
+INFER_NOTE = ("fit's evaluation: its jitted eval program over the members per padded, masked test batch, "
               "sums on the device (loss, accuracy, confusion / reconstruction error)")
 
 
@@ -121,22 +124,25 @@ def _infer(name: str, cfg: TrainConfig, plan: Plan, wl: Workload) -> list[dict]:
 
 
 def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
-    """One member, and the study's 3 members with the automatic eval batch beside a batch of 1000
-    (on the CPU the automatic one keeps members x batch small: see TrainConfig.eval_batch)."""
+    """One member, and the study's 3 members: fit's way (member map and batch automatic), and
+    vmapped with the automatic batch and with a batch of 1000 (on the CPU the automatic batch
+    keeps the images one op sees small: see TrainConfig.eval_batch and fit.resolve_member_map)."""
     rows = _infer("cnn_infer", CNN, plan, wl)
     if plan.quick:
         return rows
-    n = 3
+    n, base = 3, "cnn_infer_3members_vmap_batch1000"
     fixed = CNN.replace(eval_batch_size=1000)
-    cases = [
-        Case(f"cnn_infer_{n}members_batch1000",
-             eval_program(fixed, plan.n_train, wl.test_images, wl.test_labels, n_members=n),
-             {"batch_size": 1000, "note": f"{n} members vmapped, eval batch 1000"}),
-        Case(f"cnn_infer_{n}members",
-             eval_program(CNN, plan.n_train, wl.test_images, wl.test_labels, n_members=n),
-             {"batch_size": CNN.eval_batch(n), "baseline": f"cnn_infer_{n}members_batch1000",
-              "note": f"{n} members vmapped, the automatic eval batch ({INFER_NOTE})"}),
-    ]
+    auto_map = resolve_member_map("auto", "none")
+
+    def case(name, cfg, member_map, note):
+        batch = cfg.eval_batch(side_by_side(n, member_map))
+        return Case(name, eval_program(cfg, plan.n_train, wl.test_images, wl.test_labels,
+                                       n_members=n, member_map=member_map),
+                    {"batch_size": batch, "baseline": base, "note": f"{n} members, {note}, eval batch {batch}"})
+
+    cases = [case(base, fixed, "vmap", "vmapped"),
+             case("cnn_infer_3members_vmap", CNN, "vmap", "vmapped"),
+             case("cnn_infer_3members", CNN, auto_map, f"fit's way ({auto_map})")]
     return rows + measure_cases("infer_members", cases, plan, plan.reps_small)
 
 
@@ -253,9 +259,14 @@ def seeds(plan: Plan, wl: Workload) -> list[dict]:
         note = (f"{n} members vmapped in one program on one device" if n > 1 else
                 "1 member; N sequential single runs run this same program N times, so their "
                 "total throughput is this row's (compile excluded, paid once)")
-        c = train_epoch_program(CNN, images, labels, n_members=n)
+        c = train_epoch_program(CNN, images, labels, n_members=n, member_map="vmap")
         cases.append(Case(f"cnn_seeds_vmap_N{n}", c, {
             "batch_size": CNN.batch_size, "baseline": "cnn_seeds_vmap_N1", "note": note}))
+        if n > 1:
+            c = train_epoch_program(CNN, images, labels, n_members=n, member_map="map")
+            cases.append(Case(f"cnn_seeds_map_N{n}", c, {
+                "batch_size": CNN.batch_size, "baseline": "cnn_seeds_vmap_N1",
+                "note": f"{n} members one after another (lax.map) in one program on one device"}))
     return measure_cases("seeds", cases, plan, plan.reps_small)
 
 

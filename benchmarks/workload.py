@@ -1,7 +1,7 @@
 """What the benchmarks run: the task's arrays and the engine's own compiled programs.
 
 Training goes through exactly the pieces `fit` uses (`program`, `init_states`, `make_placement`,
-`_vmapped`), so `cnn_train` measures the engine's default path, not a benchmark-only copy of it.
+`_member_programs`), so `cnn_train` measures the engine's default path, not a benchmark-only copy of it.
 This module is the one place that knows those engine names.
 """
 
@@ -15,7 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax import data
-from fmnist_jax.fit import _vmapped, init_states, make_placement, padded_members, resolve_parallel
+from fmnist_jax.fit import (
+    _member_programs, init_states, make_placement, padded_members, resolve_member_map,
+    resolve_parallel, side_by_side,
+)
 from fmnist_jax.train import TrainConfig, pad_for_eval, program
 
 from benchmarks.timing import timed
@@ -64,13 +67,14 @@ class Compiled:
 
 
 def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, *,
-                        n_members: int = 1, parallel: str = "none") -> Compiled:
-    """One training epoch of `n_members` vmapped members, placed and compiled the way `fit` does."""
+                        n_members: int = 1, parallel: str = "none",
+                        member_map: str = "auto") -> Compiled:
+    """One training epoch of `n_members` members, placed, mapped and compiled the way `fit` does."""
     mode = resolve_parallel(parallel, n_members)
     trained = padded_members(n_members, mode)
     prog = program(cfg, int(images.shape[0]))
     place = make_placement(mode)
-    epoch_fn = _vmapped(prog, place.batch_sharding)[0]
+    epoch_fn = _member_programs(prog, place.batch_sharding, resolve_member_map(member_map, mode))[0]
     states = place.state(init_states(prog, list(range(trained))))
     d_images = place.data(jnp.asarray(images, jnp.float32))
     d_labels = place.data(jnp.asarray(labels, jnp.int32))
@@ -88,14 +92,16 @@ def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray
 
 
 def eval_program(cfg: TrainConfig, train_size: int, images: np.ndarray,
-                 labels: np.ndarray, *, n_members: int = 1) -> Compiled:
-    """Evaluation of `n_members` members as `fit` does it: fit's jitted, vmapped eval program on
-    each padded, masked batch of cfg.eval_batch(n_members) images, sums kept on the device."""
+                 labels: np.ndarray, *, n_members: int = 1, member_map: str = "auto") -> Compiled:
+    """Evaluation of `n_members` members as `fit` does it: fit's jitted eval program over the
+    members on each padded, masked batch of its automatic size, sums kept on the device."""
     prog = program(cfg, train_size)
-    eval_fn = _vmapped(prog, None)[1]
+    member_map = resolve_member_map(member_map, "none")
+    eval_fn = _member_programs(prog, None, member_map)[1]
     states = init_states(prog, list(range(n_members)))
+    batch = cfg.eval_batch(side_by_side(n_members, member_map))
     padded_images, padded_labels = pad_for_eval(np.asarray(images, np.float32),
-                                                np.asarray(labels, np.int32), cfg.eval_batch(n_members))
+                                                np.asarray(labels, np.int32), batch)
     batches = [(jnp.asarray(i), jnp.asarray(l)) for i, l in zip(padded_images, padded_labels)]
     key = jax.random.PRNGKey(0)
     compiled, compile_s = timed(lambda: eval_fn.lower(states, *batches[0], key).compile())

@@ -187,7 +187,7 @@ def make_context(args) -> Context:
     return Context(args=args, data=data, out=args.out, seeds=list(range(args.seeds)), log=log)
 
 
-OOM_HINT = ("Use a smaller --batch-size, or fewer --seeds (all seeds train at once, vmapped, so "
+OOM_HINT = ("Use a smaller --batch-size, or fewer --seeds (all seeds train in one program, so "
             "memory grows with --seeds); on several devices --parallel seeds spreads the seeds over "
             "them. Completed configurations are kept: rerun with the same --out to continue (a "
             "changed --batch-size or --seeds is a different configuration: use a new --out, or "
@@ -505,6 +505,7 @@ def write_classifier_run(ctx: Context, spec: Spec, run_dir: Path, result: FitRes
         "fit_diagnosis": curves.diagnose(result.history),
         "timing": result.timing,
         "parallel": result.parallel,
+        "member_map": result.member_map,
         **(extra_metrics or {}),
     })
     history = {"epoch": list(range(1, result.epochs_run + 1)), **result.history, **(extra_history or {})}

@@ -1,8 +1,9 @@
 """The functional training engine.
 
 A run is a stack of N members (seeds, or hyperparameter values of the same shapes) trained
-together by one compiled program: `jax.vmap` over stacked `TrainState`s, one `lax.scan` per
-epoch over device-resident data, augmentation inside the step.
+together by one compiled program over stacked `TrainState`s (`jax.vmap` on accelerators,
+`lax.map` on the CPU: see `fit.resolve_member_map`), one `lax.scan` per epoch over
+device-resident data, augmentation inside the step.
 
 Keys: member k's root key is `PRNGKey(seed_k)`; `fold_in(root, 0)` initialises the model and
 `fold_in(root, 1)` becomes `state.key`, from which every later key is derived:

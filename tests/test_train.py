@@ -121,7 +121,7 @@ def three_seeds(three_seeds_twice):
 
 @pytest.fixture(scope="module")
 def short_three(tiny):
-    return fit_lib.fit(SHORT_CFG, *tiny, seeds=[0, 1, 2], parallel="none")
+    return fit_lib.fit(SHORT_CFG, *tiny, seeds=[0, 1, 2], parallel="none", member_map="vmap")
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +242,30 @@ def test_vmapped_member_equals_a_separate_run(short_three, short_seed_one):
             assert_same_trajectory(short_three, other, short_seed_one, 0)
 
 
+def test_members_mapped_one_after_another_equal_vmapped_ones(tiny, short_three, short_seed_one):
+    """`member_map="map"` (lax.map: the CPU default) trains the same members as vmap, and each
+    as its own run would, up to summation order."""
+    mapped = fit_lib.fit(SHORT_CFG, *tiny, seeds=[0, 1, 2], parallel="none", member_map="map")
+    assert (mapped.member_map, short_three.member_map) == ("map", "vmap")
+    for k in range(3):
+        assert_same_member(mapped, k, short_three, k)
+    assert_same_member(mapped, 1, short_seed_one, 0)
+    with pytest.raises(AssertionError):  # the check discriminates between members
+        assert_same_trajectory(mapped, 0, short_three, 2)
+    np.testing.assert_array_equal(mapped.final["val"]["predictions"].shape, (3, 200))
+
+
+def test_member_map_is_resolved_per_backend_and_mode():
+    cpu = jax.default_backend() == "cpu"
+    assert fit_lib.resolve_member_map("auto", "none") == ("map" if cpu else "vmap")
+    for mode in ("seeds", "data"):  # sharded runs split the member or batch axis: always vmap
+        assert fit_lib.resolve_member_map("auto", mode) == "vmap"
+    assert fit_lib.resolve_member_map("map", "none") == "map"
+    assert fit_lib.side_by_side(3, "vmap") == 3 and fit_lib.side_by_side(3, "map") == 1
+    with pytest.raises(ValueError, match="member_map 'pmap'; choose one of"):
+        fit_lib.resolve_member_map("pmap", "none")
+
+
 def test_same_seed_gives_identical_results(three_seeds_twice):
     a, b = three_seeds_twice
     assert a.history == b.history  # exact: every metric, every member, every epoch
@@ -318,8 +342,9 @@ def test_every_eval_image_counts(three_seeds, small):
 
 
 def test_automatic_eval_batch_changes_no_result(three_seeds, small):
-    """The automatic eval batch (on the CPU: 150 // 3 = 50 images per member for the CNN) gives
-    the numbers a batch of 1,000 gives: only the summation order of the losses differs."""
+    """The automatic eval batch (on the CPU, members mapped one after another: 150 images per
+    member for the CNN) gives the numbers a batch of 1,000 gives: only the summation order of
+    the losses differs."""
     auto = CNN_CFG.replace(eval_batch_size=None, epochs=0)
     assert jax.default_backend() != "cpu" or auto.eval_batch(3) == 50
     assert auto.eval_batch(3) != CNN_CFG.eval_batch(3)  # the runs below really differ in batching
