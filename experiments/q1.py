@@ -19,7 +19,7 @@ import math
 from experiments import common
 from fmnist_jax.train import OptimizerConfig, TrainConfig
 
-TUNED_EPOCHS = 15
+TUNED_EPOCHS = 10
 
 
 def base_config(args) -> TrainConfig:
@@ -31,11 +31,12 @@ def base_config(args) -> TrainConfig:
 
 
 def tuned_spec(args) -> common.Spec:
-    """The tuned recipe, chosen on validation only: 15 epochs, Adam 2e-3 with a cosine schedule
-    and half an epoch of warm-up. One seed: without augmentation 98.03% val vs 97.93% with
-    online rotation + noise and 97.23% with flips added. Then seeds 0 and 1 (val mean): label
-    smoothing 0.1 98.07% vs 98.00% without it and 97.97% with AdamW weight decay 0.05 instead.
-    So: no augmentation, label smoothing 0.1."""
+    """The tuned recipe, chosen on validation only: Adam 2e-3 with a cosine schedule and half
+    an epoch of warm-up. With 15 epochs, one seed: without augmentation 98.03% val vs 97.93%
+    with online rotation + noise and 97.23% with flips added. Then seeds 0 and 1 (val mean):
+    label smoothing 0.1 98.07% vs 98.00% without it and 97.97% with AdamW weight decay 0.05
+    instead. So: no augmentation, label smoothing 0.1. Then the length, same two seeds: 10
+    epochs 98.07% val (98.13, 98.00), as 15 epochs (98.20, 97.93): 10, a third less training."""
     base = base_config(args)
     cfg = base.replace(
         epochs=1 if args.quick else TUNED_EPOCHS, augment="none", label_smoothing=0.1,
