@@ -160,7 +160,7 @@ def test_full_size_specs():
     assert opts["sgd"].cfg.optimizer.learning_rate == 1e-3 and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
     assert aug["tuned"].cfg == eps["tuned"].cfg == opts["tuned"].cfg
     tuned = aug["tuned"].cfg
-    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.label_smoothing) == ("avg", 100, 15, 0.1)
+    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.label_smoothing) == ("avg", 100, 10, 0.1)
     assert aug["online"].cfg.label_smoothing == 0.0  # the faithful rows keep plain cross-entropy
 
 
