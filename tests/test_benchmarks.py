@@ -44,6 +44,8 @@ def test_quick_run_writes_the_json_contract(tmp_path):
         assert math.isfinite(value) and (key.startswith("step_share") or value > 0), (key, value)
     assert math.isfinite(ratios["scan_over_loop"]) and ratios["scan_over_loop"] > 0
     assert any(k.startswith("cnn_seeds_vmap_N2_over") for k in ratios)
+    assert any(k.startswith("cnn_seeds_map_N2_over") for k in ratios)  # members one after another
+    assert rows["cnn_seeds_map_N2"]["n_members"] == 2
     if env["backend"] == "cpu":  # two host devices, forced in a subprocess
         assert any(k.startswith("cnn_dev2_seeds_N2_over") for k in ratios), result["skipped"]
 
