@@ -114,6 +114,8 @@ class TrainConfig:
 
     def eval_batch(self, n_members: int = 1) -> int:
         """Images per member in one evaluation call: `eval_batch_size` when set, else automatic.
+        `n_members`: the members whose images one op sees together (all of them when vmapped,
+        1 when `fit` maps them one after another: `fit.side_by_side`).
 
         Automatic: 1000, except the CNN on the CPU, where the members' images per call are kept
         near `CPU_CNN_EVAL_IMAGES`: measured on 2-core AMD EPYC hosts, the vmapped eval forward
@@ -204,7 +206,7 @@ def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
 
 
 # ----------------------------------------------------------------------------------------------
-# Losses and steps (single member; vmapped by the callers).
+# Losses and steps (single member; vmapped or mapped over members by the callers).
 
 
 def _forward(cfg: TrainConfig, model, params, batch_stats, inputs, *, train: bool, dropout_key=None):
