@@ -106,8 +106,8 @@ def resolve_member_map(member_map: str, mode: str) -> str:
     batched over the member axis) or `map` (`lax.map`: one member after another, unbatched ops).
 
     `auto` is `map` on the CPU when the run is not sharded (`mode` "none"), `vmap` otherwise.
-    Why: on 2-core CPU hosts the vmapped CNN epoch ran at 0.86-0.88x the throughput of the same
-    members one after another (1,900-1,970 vs 2,190-2,260 images/s for 3 members, interleaved
+    Why: on 2-core CPU hosts the vmapped CNN epoch ran at 0.86-0.90x the throughput of the same
+    members one after another (1,890-1,940 vs 2,100-2,260 images/s for 3 members, interleaved
     rounds; the encoder classifier alike, the autoencoder about even): the batched convolution
     matmuls and BatchNorm passes are slower than three plain ones. Accelerators want the wide
     batched ops, and the sharded modes split the member or batch axis over devices.
@@ -115,6 +115,10 @@ def resolve_member_map(member_map: str, mode: str) -> str:
     """
     if member_map not in MEMBER_MAPS:
         raise ValueError(f"unknown member_map {member_map!r}; choose one of {MEMBER_MAPS}")
+    if member_map == "map" and mode != "none":
+        raise ValueError(f"member_map 'map' runs the members one after another on one device; "
+                         f"parallel mode {mode!r} spreads them over devices: use member_map "
+                         f"'vmap' or 'auto' with it, or parallel 'none'")
     if member_map != "auto":
         return member_map
     return "map" if mode == "none" and jax.default_backend() == "cpu" else "vmap"
@@ -133,7 +137,7 @@ def _over_members(fn, member_map: str):
 
 
 @functools.lru_cache(maxsize=64)
-def _member_programs(prog: Program, batch_sharding, member_map: str = "vmap"):
+def _member_programs(prog: Program, batch_sharding, member_map: str):
     """(epoch_fn, eval_fn) over stacked member states, jitted; `member_map` resolved."""
     train_members = _over_members(
         functools.partial(train_epoch, prog, batch_sharding=_unbatched(batch_sharding)), member_map)

@@ -264,6 +264,8 @@ def test_member_map_is_resolved_per_backend_and_mode():
     assert fit_lib.side_by_side(3, "vmap") == 3 and fit_lib.side_by_side(3, "map") == 1
     with pytest.raises(ValueError, match="member_map 'pmap'; choose one of"):
         fit_lib.resolve_member_map("pmap", "none")
+    with pytest.raises(ValueError, match="parallel mode 'seeds'.*use member_map 'vmap'"):
+        fit_lib.resolve_member_map("map", "seeds")
 
 
 def test_same_seed_gives_identical_results(three_seeds_twice):
