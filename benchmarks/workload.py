@@ -19,7 +19,7 @@ from fmnist_jax.fit import (
     _member_programs, init_states, make_placement, padded_members, resolve_member_map,
     resolve_parallel, side_by_side,
 )
-from fmnist_jax.train import TrainConfig, pad_for_eval, program
+from fmnist_jax.train import TrainConfig, epoch_lr_scales, pad_for_eval, program
 
 from benchmarks.timing import timed
 
@@ -78,11 +78,13 @@ def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray
     states = place.state(init_states(prog, list(range(trained))))
     d_images = place.data(jnp.asarray(images, jnp.float32))
     d_labels = place.data(jnp.asarray(labels, jnp.int32))
-    compiled, compile_s = timed(lambda: epoch_fn.lower(states, d_images, d_labels, 0).compile())
+    compiled, compile_s = timed(
+        lambda: epoch_fn.lower(states, d_images, d_labels, 0, epoch_lr_scales(prog, 0)).compile())
     box = {"states": states, "epoch": 0}
 
     def run():
-        box["states"], metrics = compiled(box["states"], d_images, d_labels, box["epoch"])
+        box["states"], metrics = compiled(box["states"], d_images, d_labels, box["epoch"],
+                                          epoch_lr_scales(prog, box["epoch"]))
         box["epoch"] += 1
         return box["states"], metrics
 

@@ -17,7 +17,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from fmnist_jax import augment, checkpoint
 from fmnist_jax.train import (
-    Program, TrainConfig, TrainState, eval_step, init_state, pad_for_eval, program, train_epoch,
+    Program, TrainConfig, TrainState, epoch_lr_scales, eval_step, init_state, pad_for_eval, program,
+    train_epoch,
 )
 
 PARALLEL_MODES = ("auto", "none", "seeds", "data")
@@ -140,11 +141,12 @@ def _over_members(fn, member_map: str):
 def _member_programs(prog: Program, batch_sharding, member_map: str):
     """(epoch_fn, eval_fn) over stacked member states, jitted; `member_map` resolved."""
     train_members = _over_members(
-        functools.partial(train_epoch, prog, batch_sharding=_unbatched(batch_sharding)), member_map)
+        lambda state, images, labels, epoch, lr_scales: train_epoch(
+            prog, state, images, labels, epoch, _unbatched(batch_sharding), lr_scales), member_map)
     eval_members = _over_members(functools.partial(eval_step, prog), member_map)
 
-    def epoch_fn(states, images, labels, epoch):
-        states, per_step = train_members(states, images, labels, epoch)
+    def epoch_fn(states, images, labels, epoch, lr_scales):
+        states, per_step = train_members(states, images, labels, epoch, lr_scales)
         # Epoch means per member (per_step leaves are [members, steps]).
         return states, {k: jnp.mean(v, axis=1) for k, v in per_step.items()}
 
@@ -237,9 +239,9 @@ def fit(
       should_stop: polled between epochs; when it returns True, `Interrupted` is raised after
         the epoch's checkpoint is written.
       on_epoch: called after every trained epoch (before its checkpoint is written) with the
-        run so far, as the FitResult a run of that many epochs would return when the trajectory
-        does not depend on `cfg.epochs` (see `train.epochs_free`): e.g. to write the results of
-        shorter runs from one long run.
+        run so far: the FitResult a run of that many epochs would return, where the learning
+        rate up to that epoch does not depend on `cfg.epochs` (see `train.starts_with`): e.g.
+        to write the results of shorter runs from one long run.
     """
     t_start = time.perf_counter()
     seeds = [int(s) for s in seeds]
@@ -331,12 +333,13 @@ def fit(
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
+            lr_scales = epoch_lr_scales(prog, epoch)
             if epoch == start_epoch:
                 # Compile ahead of time so compile time and steady-state time are separate numbers.
-                compiled = epoch_fn.lower(states, d_train_images, d_train_labels, epoch).compile()
+                compiled = epoch_fn.lower(states, d_train_images, d_train_labels, epoch, lr_scales).compile()
                 timing["compile_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-            states, epoch_metrics = compiled(states, d_train_images, d_train_labels, epoch)
+            states, epoch_metrics = compiled(states, d_train_images, d_train_labels, epoch, lr_scales)
             epoch_metrics = jax.device_get(epoch_metrics)  # one host read per epoch
             timing["train_s"] += time.perf_counter() - t0
             t1 = time.perf_counter()

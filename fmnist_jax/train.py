@@ -36,7 +36,7 @@ from fmnist_jax.models import (
 
 MODELS = ("cnn", "autoencoder", "encoder_classifier")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
-SCHEDULES = ("constant", "cosine")
+SCHEDULES = ("constant", "cosine", "wsd")
 IMAGE_SHAPE = (28, 28, 1)
 
 # fold_in constants naming the key streams.
@@ -57,8 +57,11 @@ class OptimizerConfig:
     learning_rate: float = 1e-3
     momentum: float = 0.0  # sgd only (PyTorch convention: buf = m * buf + g)
     weight_decay: float = 0.0  # adamw only
+    # constant | cosine (to 0 over the run, after the warm-up) | wsd: warm-up, stable, decay
+    # (constant, then linearly to 0 over the last `decay_epochs` epochs)
     schedule: str = "constant"
     warmup_epochs: float = 0.0
+    decay_epochs: float = 0.0  # wsd only
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -73,6 +76,11 @@ class OptimizerConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.warmup_epochs < 0:
             raise ValueError(f"warmup epochs must be >= 0, got {self.warmup_epochs}")
+        if not self.decay_epochs >= 0:
+            raise ValueError(f"decay epochs must be >= 0, got {self.decay_epochs}")
+        if self.decay_epochs and self.schedule != "wsd":
+            raise ValueError(f"decay epochs ({self.decay_epochs}) belong to the 'wsd' schedule, "
+                             f"not {self.schedule!r}: set schedule='wsd' or decay_epochs=0")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +119,11 @@ class TrainConfig:
         if not 0 <= self.label_smoothing < 1:
             raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         resolve_conv_impl(self.conv_impl)  # validates
+        opt = self.optimizer
+        if self.epochs and opt.warmup_epochs + opt.decay_epochs > self.epochs:
+            raise ValueError(
+                f"warm-up ({opt.warmup_epochs}) plus decay ({opt.decay_epochs}) epochs exceed the "
+                f"run's {self.epochs} epochs; shorten them or train longer")
 
     def eval_batch(self, n_members: int = 1) -> int:
         """Images per member in one evaluation call: `eval_batch_size` when set, else automatic.
@@ -161,6 +174,10 @@ def _lr_multiplier(opt: OptimizerConfig, total_steps: int, steps_per_epoch: int)
     warmup = int(round(opt.warmup_epochs * steps_per_epoch))
     if opt.schedule == "constant":
         main = optax.constant_schedule(1.0)
+    elif opt.schedule == "wsd":
+        decay = int(round(opt.decay_epochs * steps_per_epoch))
+        main = optax.join_schedules([optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, decay)],
+                                    [total_steps - decay - warmup])
     else:
         main = optax.cosine_decay_schedule(1.0, max(total_steps - warmup, 1))
     if warmup == 0:
@@ -174,6 +191,33 @@ def epochs_free(cfg: TrainConfig) -> bool:
     (shuffling, augmentation and dropout keys depend on the seed and step only); a cosine
     schedule decays over the whole run, so its early steps depend on the total."""
     return cfg.optimizer.schedule == "constant"
+
+
+def stable_epochs(cfg: TrainConfig) -> float:
+    """How many leading epochs of a run have the multiplier a constant schedule would give
+    (1 after the same warm-up): all of them for `constant`, all but the decay for `wsd`, none
+    for `cosine`."""
+    schedule = cfg.optimizer.schedule
+    if schedule == "constant":
+        return float(cfg.epochs)
+    if schedule == "wsd":
+        return cfg.epochs - cfg.optimizer.decay_epochs
+    return 0.0
+
+
+def as_constant(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with a constant schedule after its warm-up (what its stable phase trains)."""
+    return cfg.replace(optimizer=dataclasses.replace(cfg.optimizer, schedule="constant", decay_epochs=0.0))
+
+
+def starts_with(host: TrainConfig, run: TrainConfig) -> bool:
+    """Whether `run` is exactly the first `run.epochs` epochs of `host` with the same seeds
+    (tested bit for bit): `run` has a constant schedule, `host` is the same configuration but
+    for its length and a schedule that stays constant at least that long (`constant` or the
+    stable phase of `wsd`). E.g. a 5-epoch constant run starts a 7-epoch `wsd` run whose last
+    2 epochs decay."""
+    return (epochs_free(run) and run.epochs <= stable_epochs(host)
+            and as_constant(host).replace(epochs=run.epochs) == run)
 
 
 def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -289,8 +333,10 @@ def init_state(prog: Program, seed_key: jax.Array, learning_rate=None) -> TrainS
     )
 
 
-def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array):
-    """One optimisation step on a batch: (state, images [B,28,28,1], labels [B]) -> (state, metrics)."""
+def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array,
+               lr_scale: jax.Array | None = None):
+    """One optimisation step on a batch: (state, images [B,28,28,1], labels [B]) -> (state, metrics).
+    `lr_scale`: the schedule's multiplier for this step; by default computed from `state.step`."""
     cfg, model = prog.cfg, prog.model
     chex.assert_shape(images, (None, *IMAGE_SHAPE))
     step_key = jax.random.fold_in(state.key, state.step)
@@ -305,7 +351,9 @@ def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.
 
     (loss, (outputs, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     direction, opt_state = prog.direction.update(grads, state.opt_state, state.params)
-    scale = -state.learning_rate * prog.lr_multiplier(state.step)
+    if lr_scale is None:
+        lr_scale = prog.lr_multiplier(state.step)
+    scale = -state.learning_rate * lr_scale
     updates = jax.tree_util.tree_map(lambda d: scale * d, direction)
     params = optax.apply_updates(state.params, updates)
     out = {
@@ -335,18 +383,38 @@ def epoch_batches(prog: Program, state: TrainState, epoch, n: int) -> jax.Array:
     return perm[:used].reshape(prog.steps_per_epoch, prog.cfg.batch_size)
 
 
-def train_epoch(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array, epoch,
-                batch_sharding=None):
-    """One epoch as one `lax.scan` over device-resident data -> (state, per-step metrics)."""
-    idx = epoch_batches(prog, state, epoch, images.shape[0])
+def epoch_lr_scales(prog: Program, epoch: int) -> jax.Array:
+    """The schedule's multipliers for the steps of epoch `epoch`: float32 [steps_per_epoch].
 
-    def body(state, batch_idx):
+    `fit` computes them outside its compiled epoch and passes them in, so the program does not
+    depend on the schedule: a constant run and one that decays only later compile to the same
+    program and agree bit for bit until the decay (`starts_with`)."""
+    return _scales(prog, epoch * prog.steps_per_epoch)
+
+
+def _scales(prog: Program, first_step) -> jax.Array:
+    steps = first_step + jnp.arange(prog.steps_per_epoch)
+    # broadcast: optax's constant schedule returns a scalar whatever the steps' shape
+    return jnp.broadcast_to(jnp.asarray(prog.lr_multiplier(steps), jnp.float32), steps.shape)
+
+
+def train_epoch(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array, epoch,
+                batch_sharding=None, lr_scales: jax.Array | None = None):
+    """One epoch as one `lax.scan` over device-resident data -> (state, per-step metrics).
+    `lr_scales` [steps_per_epoch]: the schedule's multipliers (`epoch_lr_scales`); by default
+    computed in the program from `state.step`."""
+    idx = epoch_batches(prog, state, epoch, images.shape[0])
+    if lr_scales is None:
+        lr_scales = _scales(prog, state.step)
+
+    def body(state, batch):
+        batch_idx, lr_scale = batch
         batch_images, batch_labels = images[batch_idx], labels[batch_idx]
         if batch_sharding is not None:
             batch_images = jax.lax.with_sharding_constraint(batch_images, batch_sharding)
-        return train_step(prog, state, batch_images, batch_labels)
+        return train_step(prog, state, batch_images, batch_labels, lr_scale)
 
-    return jax.lax.scan(body, state, idx)
+    return jax.lax.scan(body, state, (idx, lr_scales))
 
 
 def eval_step(prog: Program, state: TrainState, images, labels, mask, key):

@@ -163,6 +163,21 @@ def test_first_epochs_of_a_longer_run_are_the_shorter_run(small, uninterrupted):
     _assert_same_run(snapshots[3], longer)
 
 
+def test_a_constant_run_is_the_start_of_a_run_that_decays_later(small, uninterrupted):
+    """A wsd schedule keeps the constant rate until its decay: a 2-epoch constant run is
+    exactly the first 2 epochs of a 3-epoch run whose last epoch decays (what lets the tuned
+    Q1 run write the `none` row), and that last epoch differs from a constant third epoch."""
+    wsd = CFG.replace(epochs=3, optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1))
+    assert train_lib.starts_with(wsd, CFG)
+    snapshots = {}
+    decayed = fit_lib.fit(wsd, *small, seeds=SEEDS, parallel="none",
+                          on_epoch=lambda r: snapshots.setdefault(r.epochs_run, r))
+    _assert_same_run(snapshots[2], uninterrupted)
+    constant = fit_lib.fit(CFG.replace(epochs=3), *small, seeds=SEEDS, parallel="none")
+    assert [row[:2] for row in decayed.history["train_loss"]] == [row[:2] for row in constant.history["train_loss"]]
+    assert [row[2] for row in decayed.history["train_loss"]] != [row[2] for row in constant.history["train_loss"]]
+
+
 def test_a_cosine_schedule_depends_on_the_run_length(small, uninterrupted):
     cosine = CFG.replace(optimizer=train_lib.OptimizerConfig(schedule="cosine"))
     assert not train_lib.epochs_free(cosine)

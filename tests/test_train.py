@@ -502,6 +502,38 @@ def test_label_smoothing_reports_the_plain_training_loss(task_data):
     assert abs(float(smooth["smoothed_loss"]) - float(smooth["loss"])) > 1e-4
 
 
+def test_wsd_schedule_warms_up_holds_then_falls_linearly_to_zero():
+    """5 epochs of 10 steps: 1 epoch of warm-up, constant to the last 2 epochs, then linear
+    towards 0 (the formula written out here, independently of optax's schedules)."""
+    opt = OptimizerConfig(schedule="wsd", warmup_epochs=1, decay_epochs=2)
+    multiplier = train_lib._lr_multiplier(opt, total_steps=50, steps_per_epoch=10)
+    want = [s / 10 for s in range(10)] + [1.0] * 20 + [1 - (s - 30) / 20 for s in range(30, 50)]
+    np.testing.assert_allclose([float(multiplier(s)) for s in range(50)], want, atol=1e-6)
+    assert float(multiplier(49)) > 0  # the last step still learns
+
+
+def test_which_runs_start_which():
+    """`starts_with(host, run)`: `run` is the first epochs of `host` only while host's rate is
+    the constant one and everything else is equal."""
+    constant = TrainConfig(epochs=5, augment="none")
+    wsd = constant.replace(epochs=7, optimizer=OptimizerConfig(schedule="wsd", decay_epochs=2))
+    assert train_lib.stable_epochs(wsd) == 5 and train_lib.stable_epochs(constant) == 5
+    assert train_lib.starts_with(wsd, constant)
+    assert train_lib.starts_with(constant.replace(epochs=10), constant)
+    assert not train_lib.starts_with(wsd, constant.replace(epochs=6))  # epoch 6 decays in wsd
+    assert not train_lib.starts_with(wsd, constant.replace(augment="online"))
+    assert not train_lib.starts_with(wsd, constant.replace(label_smoothing=0.1))
+    assert not train_lib.starts_with(wsd, constant.replace(optimizer=OptimizerConfig(learning_rate=2e-3)))
+    assert not train_lib.starts_with(wsd, wsd.replace(epochs=6))  # a decaying run starts nothing
+    cosine = wsd.replace(optimizer=OptimizerConfig(schedule="cosine"))
+    assert train_lib.stable_epochs(cosine) == 0 and not train_lib.starts_with(cosine, constant)
+    warm = OptimizerConfig(warmup_epochs=0.5)
+    assert train_lib.starts_with(
+        wsd.replace(optimizer=OptimizerConfig(schedule="wsd", warmup_epochs=0.5, decay_epochs=2)),
+        constant.replace(optimizer=warm))
+    assert not train_lib.starts_with(wsd, constant.replace(optimizer=warm))
+
+
 def test_bad_configs_raise_clear_errors(task_data):
     with pytest.raises(ValueError, match="adam, adamw, sgd, rmsprop"):
         OptimizerConfig(name="lion")
@@ -512,6 +544,12 @@ def test_bad_configs_raise_clear_errors(task_data):
         OptimizerConfig(name="sgd", momentum=1.0)
     with pytest.raises(ValueError, match="schedule"):
         OptimizerConfig(schedule="step")
+    with pytest.raises(ValueError, match="decay epochs must be >= 0"):
+        OptimizerConfig(schedule="wsd", decay_epochs=-1)
+    with pytest.raises(ValueError, match="belong to the 'wsd' schedule"):
+        OptimizerConfig(schedule="cosine", decay_epochs=2)
+    with pytest.raises(ValueError, match="exceed the run's 3 epochs"):
+        TrainConfig(epochs=3, optimizer=OptimizerConfig(schedule="wsd", warmup_epochs=1, decay_epochs=2.5))
     with pytest.raises(ValueError, match="cnn, autoencoder, encoder_classifier"):
         TrainConfig(model="rnn")
     with pytest.raises(ValueError, match="none, expand, online"):
