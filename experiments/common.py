@@ -354,42 +354,53 @@ def plan_sweep(ctx: Context, experiment: str, specs: Sequence[Spec]) -> list[tup
     return plan
 
 
-def _without_epochs(spec: Spec) -> tuple:
-    return (spec.cfg.replace(epochs=0), tuple(sorted(spec.extra.items())), spec.learning_rates)
+def _stable_key(spec: Spec) -> tuple:
+    """What must be equal for one run to start another (`train.starts_with`): the configuration
+    without its length and decay, and everything else that changes the numbers."""
+    from fmnist_jax.train import as_constant
+    return (as_constant(spec.cfg).replace(epochs=0), tuple(sorted(spec.extra.items())),
+            spec.learning_rates)
 
 
 def plan_snapshots(ctx: Context, plan: list[tuple]) -> list[tuple]:
-    """Let the longest of configurations that differ only in epochs write the shorter ones.
+    """Let the longest of configurations that share their first epochs write the shorter ones.
 
-    With a constant schedule a k-epoch run is exactly the first k epochs of a longer run with
-    the same seeds (`train.epochs_free`, tested bit for bit), so a sweep over 3/5/8/10 epochs
-    trains 10 epochs, not 26. Only configurations still to be trained from scratch, with no
-    identical completed run elsewhere to reuse, become snapshots; the host is moved before the
-    first of them. A snapshot the host did not reach (it was resumed past that epoch, or every
-    seed diverged first) is trained on its own afterwards. -> the plan, reordered, with hosts'
-    specs carrying their snapshots.
+    With a constant learning rate a k-epoch run is exactly the first k epochs of a longer run
+    with the same seeds, also of one whose schedule decays only after epoch k (`wsd`;
+    `train.starts_with`, tested bit for bit), so a sweep over 3/5/8/10 epochs trains 10 epochs,
+    not 26. Only configurations still to be trained from scratch, with no identical completed
+    run elsewhere to reuse, become snapshots; the host is moved before the first of them. A
+    snapshot the host did not reach (it was resumed past that epoch, or every seed diverged
+    first) is trained on its own afterwards. -> the plan, reordered, with hosts' specs carrying
+    their snapshots.
     """
-    from fmnist_jax.train import epochs_free
+    from fmnist_jax.train import starts_with, stable_epochs
 
     todo = [i for i, (spec, _, _, status) in enumerate(plan)
-            if status != "skip" and epochs_free(spec.cfg)]
+            if status != "skip" and stable_epochs(spec.cfg) > 0]
     groups: dict[tuple, list[int]] = {}
     for i in todo:
-        groups.setdefault(_without_epochs(plan[i][0]), []).append(i)
+        groups.setdefault(_stable_key(plan[i][0]), []).append(i)
     plan = list(plan)
     host_of: dict[int, int] = {}
     for members in groups.values():
-        host = max(members, key=lambda i: plan[i][0].cfg.epochs)
-        spec, run_dir, config, status = plan[host]
-        targets = []
-        for i in members:
-            g_spec, g_dir, g_config, g_status = plan[i]
-            if (g_status == "new" and g_spec.cfg.epochs < spec.cfg.epochs
-                    and find_completed(ctx.out, g_config["fingerprint"], g_dir) is None):
-                targets.append(SnapshotTarget(g_spec.cfg.epochs, g_spec, g_dir, g_config))
-                host_of[i] = host
-        if targets:
-            plan[host] = (dataclasses.replace(spec, snapshots=tuple(targets)), run_dir, config, status)
+        # Longest first: each becomes a host unless an earlier host already writes it.
+        for host in sorted(members, key=lambda i: -plan[i][0].cfg.epochs):
+            if host in host_of:
+                continue
+            spec, run_dir, config, status = plan[host]
+            targets = []
+            for i in members:
+                g_spec, g_dir, g_config, g_status = plan[i]
+                if (i != host and i not in host_of and g_status == "new"
+                        and g_spec.cfg.epochs < spec.cfg.epochs and starts_with(spec.cfg, g_spec.cfg)
+                        # One target per epoch: an identical row of another sweep is copied.
+                        and all(t.epochs != g_spec.cfg.epochs for t in targets)
+                        and find_completed(ctx.out, g_config["fingerprint"], g_dir) is None):
+                    targets.append(SnapshotTarget(g_spec.cfg.epochs, g_spec, g_dir, g_config))
+                    host_of[i] = host
+            if targets:
+                plan[host] = (dataclasses.replace(spec, snapshots=tuple(targets)), run_dir, config, status)
     order, placed = [], set()
     for i in range(len(plan)):
         for j in ([host_of[i]] if i in host_of else []) + [i]:
@@ -397,6 +408,18 @@ def plan_snapshots(ctx: Context, plan: list[tuple]) -> list[tuple]:
                 order.append(plan[j])
                 placed.add(j)
     return order
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One sweep: its configurations, how each is run, and how its summary.md is laid out."""
+
+    experiment: str
+    specs: Sequence[Spec]
+    execute: Callable[[Context, Spec, Path], None]
+    title: str
+    extra_columns: Mapping[str, Callable[[dict], str]] = field(default_factory=dict)
+    curve_metrics: Sequence[str] = ("val_accuracy", "val_loss")
 
 
 def run_sweep(ctx: Context, experiment: str, specs: Sequence[Spec],
@@ -409,44 +432,72 @@ def run_sweep(ctx: Context, experiment: str, specs: Sequence[Spec],
     `snapshots`: configurations that are the first epochs of a longer one are written from it
     (see `plan_snapshots`; `execute` must pass `spec.snapshots` on, as `train_classifier` does).
     """
-    sweep_dir = ctx.out / experiment
-    results.clean_stale_temporaries(sweep_dir)  # summary files of a process killed mid-write
+    sweep = Sweep(experiment, specs, execute, title, extra_columns or {}, curve_metrics)
+    return run_sweeps(ctx, [sweep], snapshots=snapshots)[experiment]
+
+
+def run_sweeps(ctx: Context, sweeps: Sequence[Sweep], *, snapshots: bool = False,
+               after_sweep: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
+    """`run_sweep` for several sweeps planned together: every folder is checked before anything
+    is trained, and with `snapshots` a run may write the shorter configurations of any of them
+    (e.g. one sweep's row that is the first epochs of another sweep's). Each sweep's summary.md
+    is written (and `after_sweep(experiment)` called) once its last configuration is done.
+    -> experiment -> its summary rows."""
+    for sweep in sweeps:
+        results.clean_stale_temporaries(ctx.out / sweep.experiment)  # a killed summary write
     # Decide for every configuration before training anything, so a refusal loses no work.
-    plan = plan_sweep(ctx, experiment, specs)
+    plan, sweep_of = [], {}
+    for sweep in sweeps:
+        for entry in plan_sweep(ctx, sweep.experiment, sweep.specs):
+            plan.append(entry)
+            sweep_of[entry[1]] = sweep
     if snapshots:
         plan = plan_snapshots(ctx, plan)
+    left = {sweep.experiment: sum(sweep_of[e[1]] is sweep for e in plan) for sweep in sweeps}
 
     from experiments import interrupt
-    interrupt.set_message(f"completed configurations are kept in {sweep_dir}; rerun the same "
+    interrupt.set_message(f"completed configurations are kept in {ctx.out}; rerun the same "
                           "command to resume (a run in progress continues from its last epoch)")
+    rows: dict[str, list[dict]] = {}
     for spec, run_dir, config, status in plan:
-        if status == "new" and results.is_complete(run_dir):
-            written = io.read_json(run_dir / "config.json").get("snapshot_of")
-            ctx.log(f"[{experiment}] {spec.name}: written from epoch {spec.cfg.epochs} of {written}")
-            continue
-        if status == "skip":
-            if not ctx.args.keep_checkpoints:
-                # A process stopped between writing the results and removing its checkpoint.
-                results.remove_tree(run_dir / "checkpoint")
-            ctx.log(f"[{experiment}] {spec.name}: complete, skipped")
-            continue
-        if status == "replace":
-            results.remove_tree(run_dir)
-        source = find_completed(ctx.out, config["fingerprint"], run_dir)
-        if source is not None:
-            reuse_run(source, run_dir, {**io.read_json(source / "config.json"), "experiment": experiment,
-                                        "name": spec.name, "label": spec.label, "reused_from": str(source)})
-            ctx.log(f"[{experiment}] {spec.name}: identical to {source}, reused")
-            continue
-        ctx.log(f"[{experiment}] {spec.name}: {'resuming' if status == 'resume' else 'training'}")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        results.clean_stale_temporaries(run_dir)
-        io.write_json(run_dir / "config.json", config)
-        execute(ctx, spec, run_dir)
-
-    rows = [summary_row(sweep_dir / spec.name, spec) for spec in specs]
-    write_summary(ctx, experiment, title, rows, extra_columns or {}, curve_metrics)
+        sweep = sweep_of[run_dir]
+        _run_entry(ctx, sweep, spec, run_dir, config, status)
+        left[sweep.experiment] -= 1
+        if left[sweep.experiment] == 0:
+            sweep_dir = ctx.out / sweep.experiment
+            rows[sweep.experiment] = [summary_row(sweep_dir / s.name, s) for s in sweep.specs]
+            write_summary(ctx, sweep.experiment, sweep.title, rows[sweep.experiment],
+                          sweep.extra_columns, sweep.curve_metrics)
+            if after_sweep is not None:
+                after_sweep(sweep.experiment)
     return rows
+
+
+def _run_entry(ctx: Context, sweep: Sweep, spec: Spec, run_dir: Path, config: dict, status: str) -> None:
+    experiment = sweep.experiment
+    if status == "new" and results.is_complete(run_dir):
+        written = io.read_json(run_dir / "config.json").get("snapshot_of")
+        ctx.log(f"[{experiment}] {spec.name}: written from epoch {spec.cfg.epochs} of {written}")
+        return
+    if status == "skip":
+        if not ctx.args.keep_checkpoints:
+            # A process stopped between writing the results and removing its checkpoint.
+            results.remove_tree(run_dir / "checkpoint")
+        ctx.log(f"[{experiment}] {spec.name}: complete, skipped")
+        return
+    if status == "replace":
+        results.remove_tree(run_dir)
+    source = find_completed(ctx.out, config["fingerprint"], run_dir)
+    if source is not None:
+        reuse_run(source, run_dir, {**io.read_json(source / "config.json"), "experiment": experiment,
+                                    "name": spec.name, "label": spec.label, "reused_from": str(source)})
+        ctx.log(f"[{experiment}] {spec.name}: identical to {source}, reused")
+        return
+    ctx.log(f"[{experiment}] {spec.name}: {'resuming' if status == 'resume' else 'training'}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results.clean_stale_temporaries(run_dir)
+    io.write_json(run_dir / "config.json", config)
+    sweep.execute(ctx, spec, run_dir)
 
 
 def train_classifier(
