@@ -23,6 +23,7 @@ import pytest
 from _results_checks import check_png, check_run_folder, check_sweep_folder, read_json
 from experiments import common, q1
 from fmnist_jax import augment
+from fmnist_jax import train as train_lib
 from fmnist_jax.fit import prepare_train_set
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +88,8 @@ def parse(argv=()):
 
 def check_sweep(sweep_dir: Path, experiment: str) -> None:
     for name in NAMES[experiment]:
-        config = check_run_folder(sweep_dir / name, N_SEEDS, epochs=1)
+        # --quick: 1 epoch; the tuned row is its 1 stable epoch plus 1 of decay
+        config = check_run_folder(sweep_dir / name, N_SEEDS, epochs=2 if name == "tuned" else 1)
         tc = config["train_config"]
         assert tc["model"] == "cnn" and tc["pool"] == "avg" and tc["batch_size"] == 100
         assert config["data"]["quick"] is True and config["data"]["counts"]["test"] == 5000
@@ -127,11 +129,18 @@ def test_tuned_row_is_shared_and_reused(augmentation, epochs, optimizers):
     trained = augmentation / "tuned"
     first = read_json(trained / "config.json")
     assert "reused_from" not in first
+    # Its first epoch is the `none` row: written from it, not trained again.
+    none = read_json(augmentation / "none" / "config.json")
+    assert Path(none["snapshot_of"]).resolve() == trained.resolve() and none["snapshot_epoch"] == 1
+    tuned_history, none_history = read_json(trained / "history.json"), read_json(augmentation / "none" / "history.json")
+    for key, rows in none_history.items():
+        if key != "epoch":
+            assert rows == [row[:1] for row in tuned_history[key]], key
     for sweep_dir, log in (epochs, optimizers):
         config = read_json(sweep_dir / "tuned" / "config.json")
         assert config["fingerprint"] == first["fingerprint"]
         assert config["train_config"] == first["train_config"]
-        assert config["train_config"]["optimizer"]["schedule"] == "cosine"
+        assert config["train_config"]["optimizer"]["schedule"] == "wsd"
         assert Path(config["reused_from"]).resolve() == trained.resolve()
         assert "tuned: identical to" in log and "reused" in log
         assert (sweep_dir / "tuned" / "metrics.json").read_bytes() == (trained / "metrics.json").read_bytes()
@@ -160,7 +169,10 @@ def test_full_size_specs():
     assert opts["sgd"].cfg.optimizer.learning_rate == 1e-3 and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
     assert aug["tuned"].cfg == eps["tuned"].cfg == opts["tuned"].cfg
     tuned = aug["tuned"].cfg
-    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.label_smoothing) == ("avg", 100, 10, 0.1)
+    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.augment) == ("avg", 100, 7, "none")
+    assert (tuned.optimizer.schedule, tuned.optimizer.decay_epochs) == ("wsd", 2)
+    # The tuned run starts as the `none` row, which the study therefore writes from it.
+    assert train_lib.starts_with(tuned, aug["none"].cfg)
     assert aug["online"].cfg.label_smoothing == 0.0  # the faithful rows keep plain cross-entropy
 
 
@@ -174,7 +186,7 @@ def test_epochs_sweep_trains_only_its_longest_run(tmp_path):
     limit = ["--limit", "200", "--seeds", "2"]
     log = run_in_process("q1_epochs", [*limit, "--out", str(tmp_path / "out")])
     sweep = tmp_path / "out" / "q1_epochs"
-    assert "epochs_10: training" in log and "tuned: training" in log  # cosine: not a prefix
+    assert "epochs_10: training" in log and "tuned: training" in log  # no augmentation: no prefix
     longest = read_json(sweep / "epochs_10" / "history.json")
     for e in (3, 5, 8):
         assert f"epochs_{e}: written from epoch {e} of" in log and f"epochs_{e}: training" not in log
@@ -255,7 +267,7 @@ def test_maxpool_writes_separate_folders(maxpool, epochs):
     avg_dir, _ = epochs
     max_dir = maxpool / "q1_epochs_maxpool"
     for name in ("epochs_1_maxpool", "tuned_maxpool"):
-        config = check_run_folder(max_dir / name, 1, epochs=1)
+        config = check_run_folder(max_dir / name, 1, epochs=2 if name.startswith("tuned") else 1)
         assert config["train_config"]["pool"] == "max"
         assert config["label"].endswith("[max pool]")
     check_sweep_folder(max_dir, ["epochs_1_maxpool", "tuned_maxpool"])
