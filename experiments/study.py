@@ -31,12 +31,7 @@ from pathlib import Path
 from experiments import common, q1, q2
 from fmnist_jax import io, report, results
 
-# Planned together (`q1.run_all`), the epochs sweep first: its 10-epoch run writes the 3/5/8-epoch
-# results on the way, and the 5-epoch one is the augmentation sweep's `online` row and the
-# optimizer sweep's `adam` row, which are then reused instead of trained again; its tuned run
-# (7 epochs) writes the augmentation sweep's `none` row (its first 5).
-Q1_SWEEPS = ("q1_epochs", "q1_augmentation", "q1_optimizers")
-assert set(Q1_SWEEPS) == set(q1.SWEEPS)
+Q1_SWEEPS = q1.ORDER  # planned together (`q1.run_all`): see there for the order
 Q2_SWEEPS = q2.SWEEPS
 INFERENCE_BATCH = 1000
 

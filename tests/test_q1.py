@@ -327,3 +327,17 @@ def test_roughness_cell_handles_undefined_roughness():
     assert q1.roughness_cell({"val_loss_roughness": {"mean": "nan", "std": "nan", "per_seed": ["nan"]}}) == "–"
     assert q1.roughness_cell({}) == "–"
     assert q1.roughness_cell({"val_loss_roughness": {"mean": 0.01234, "std": 0.001}}) == "0.0123 ± 0.0010"
+
+
+def test_q1_all_runs_the_three_sweeps_planned_together(tmp_path, monkeypatch):
+    """`python -m experiments.q1_all` hands all three sweeps, in the study's order, to one plan
+    (what that plan does is tested through the study); its flags are the sweeps' own."""
+    calls = []
+    monkeypatch.setattr(q1, "run_all", lambda experiments, ctx: calls.append((tuple(experiments), ctx.args)))
+    q1.main_all(["--quick", "--quiet", "--seeds", "2", "--out", str(tmp_path / "out")])
+    [(experiments, args)] = calls
+    assert experiments == q1.ORDER == ("q1_epochs", "q1_augmentation", "q1_optimizers")
+    assert args.quick and args.seeds == 2 and args.out == tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        q1.main_all(["--quick", "--lr", "0", "--out", str(tmp_path / "bad")])
+    assert exc.value.code == 2 and len(calls) == 1
