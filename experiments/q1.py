@@ -120,10 +120,6 @@ def sweep(experiment: str, args) -> common.Sweep:
     return common.Sweep(experiment, specs, execute, title, columns)
 
 
-def run(experiment: str, ctx: common.Context) -> list[dict]:
-    return next(iter(run_all([experiment], ctx).values()))
-
-
 def run_all(experiments, ctx: common.Context, after_sweep=None) -> dict[str, list[dict]]:
     """The given sweeps, planned together: a run in one may write another's shorter rows (the
     tuned run writes the augmentation sweep's `none` row, wherever the tuned row first appears).
