@@ -17,8 +17,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from fmnist_jax import augment, checkpoint
 from fmnist_jax.train import (
-    Program, TrainConfig, TrainState, epoch_lr_scales, eval_step, init_state, pad_for_eval, program,
-    train_epoch,
+    Program, TrainConfig, TrainState, epoch_lr_scales, eval_step, init_state, pad_for_eval,
+    phase_config, program, train_epoch,
 )
 
 PARALLEL_MODES = ("auto", "none", "seeds", "data")
@@ -289,6 +289,22 @@ def fit(
     timing = {"compile_s": 0.0, "train_s": 0.0, "eval_s": 0.0}
     final: dict[str, dict] = {}
     epochs_run = start_epoch
+    images_trained = 0  # per member, in this call's epochs
+
+    # What each epoch trains on: one phase, or with a decay augmentation (`train.phase_config`)
+    # a second one for the decay epochs, its set, program and compiled epoch built when reached.
+    phases: dict[TrainConfig, list] = {cfg: [prog, epoch_fn, d_train_images, d_train_labels, None]}
+
+    def phase(epoch: int) -> list:
+        phase_cfg = phase_config(cfg, epoch)
+        if phase_cfg not in phases:
+            images, labels = prepare_train_set(phase_cfg, *train, data_seed=data_seed)
+            phase_prog = program(phase_cfg, int(images.shape[0]))
+            phases[phase_cfg] = [
+                phase_prog, _member_programs(phase_prog, place.batch_sharding, member_map)[0],
+                place.data(jnp.asarray(images, jnp.float32)), place.data(jnp.asarray(labels, jnp.int32)),
+                None]
+        return phases[phase_cfg]
 
     def record(name: str, values):
         values = np.asarray(values, np.float64)
@@ -315,11 +331,9 @@ def fit(
         states) cannot delete; history and metrics are always copies."""
         keep = len(seeds)
         t = {**timing, "wall_s": time.perf_counter() - t_start}
-        n_images = int(train_images.shape[0]) // cfg.batch_size * cfg.batch_size
-        trained_epochs = epochs_run - start_epoch
-        if t["train_s"] > 0 and trained_epochs > 0:
+        if t["train_s"] > 0 and images_trained > 0:
             # Throughput of the real models only (padding members excluded).
-            t["train_images_per_s"] = keep * n_images * trained_epochs / t["train_s"]
+            t["train_images_per_s"] = keep * images_trained / t["train_s"]
         return FitResult(
             cfg=cfg, seeds=seeds,
             states=jax.tree_util.tree_map(lambda x: jnp.copy(x[:keep]) if copy_states else x[:keep],
@@ -333,15 +347,18 @@ def fit(
     try:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.perf_counter()
-            lr_scales = epoch_lr_scales(prog, epoch)
-            if epoch == start_epoch:
+            current = phase(epoch)
+            epoch_prog, epoch_program, images, labels, compiled = current
+            lr_scales = epoch_lr_scales(epoch_prog, epoch)
+            if compiled is None:
                 # Compile ahead of time so compile time and steady-state time are separate numbers.
-                compiled = epoch_fn.lower(states, d_train_images, d_train_labels, epoch, lr_scales).compile()
+                compiled = current[4] = epoch_program.lower(states, images, labels, epoch, lr_scales).compile()
                 timing["compile_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
-            states, epoch_metrics = compiled(states, d_train_images, d_train_labels, epoch, lr_scales)
+            states, epoch_metrics = compiled(states, images, labels, epoch, lr_scales)
             epoch_metrics = jax.device_get(epoch_metrics)  # one host read per epoch
             timing["train_s"] += time.perf_counter() - t0
+            images_trained += epoch_prog.steps_per_epoch * cfg.batch_size
             t1 = time.perf_counter()
             evals = run_eval()
             timing["eval_s"] += time.perf_counter() - t1

@@ -96,6 +96,9 @@ class TrainConfig:
     batch_size: int = 100
     epochs: int = 5
     augment: str = "online"  # none | expand | online (CNN); the expand set is built by the caller
+    # The augmentation of a `wsd` schedule's decay epochs (None: `augment` throughout), e.g.
+    # train on the expanded set, then decay on the originals (see `phase_config`).
+    decay_augment: str | None = None
     aug: augment_lib.AugmentConfig = field(default_factory=augment_lib.AugmentConfig)
     denoise_std: float = 0.3  # autoencoder: sigma of the corrupting noise (noisy input, clean target)
     label_smoothing: float = 0.0  # classifiers: the training objective only (reported losses are plain CE)
@@ -120,6 +123,16 @@ class TrainConfig:
             raise ValueError(f"label smoothing must be in [0, 1), got {self.label_smoothing}")
         resolve_conv_impl(self.conv_impl)  # validates
         opt = self.optimizer
+        if self.decay_augment is not None:
+            if self.decay_augment not in augment_lib.AUG_MODES:
+                raise ValueError(f"unknown decay augmentation {self.decay_augment!r}; choose one "
+                                 f"of {', '.join(augment_lib.AUG_MODES)}")
+            if opt.schedule != "wsd" or not opt.decay_epochs:
+                raise ValueError("a decay augmentation needs decay epochs: use the 'wsd' schedule "
+                                 "with decay_epochs > 0, or leave decay_augment unset")
+            if opt.decay_epochs != int(opt.decay_epochs):
+                raise ValueError(f"with a decay augmentation the decay must last whole epochs (the "
+                                 f"training set changes between epochs), got {opt.decay_epochs}")
         if self.epochs and opt.warmup_epochs + opt.decay_epochs > self.epochs:
             raise ValueError(
                 f"warm-up ({opt.warmup_epochs}) plus decay ({opt.decay_epochs}) epochs exceed the "
@@ -207,7 +220,18 @@ def stable_epochs(cfg: TrainConfig) -> float:
 
 def as_constant(cfg: TrainConfig) -> TrainConfig:
     """`cfg` with a constant schedule after its warm-up (what its stable phase trains)."""
-    return cfg.replace(optimizer=dataclasses.replace(cfg.optimizer, schedule="constant", decay_epochs=0.0))
+    return cfg.replace(optimizer=dataclasses.replace(cfg.optimizer, schedule="constant", decay_epochs=0.0),
+                       decay_augment=None)
+
+
+def phase_config(cfg: TrainConfig, epoch: int) -> TrainConfig:
+    """The configuration epoch `epoch` (0-based) trains: `cfg` itself, or in the decay epochs of
+    a run with a `decay_augment`, `cfg` with that augmentation. Its program's schedule is the
+    same `wsd` counted in the decay set's steps, so the rate falls linearly from 1 to 0 over
+    the decay epochs whatever the two sets' sizes."""
+    if cfg.decay_augment is None or epoch < stable_epochs(cfg):
+        return cfg
+    return cfg.replace(augment=cfg.decay_augment, decay_augment=None)
 
 
 def starts_with(host: TrainConfig, run: TrainConfig) -> bool:

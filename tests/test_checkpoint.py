@@ -178,6 +178,45 @@ def test_a_constant_run_is_the_start_of_a_run_that_decays_later(small, uninterru
     assert [row[2] for row in decayed.history["train_loss"]] != [row[2] for row in constant.history["train_loss"]]
 
 
+def test_a_decay_on_another_training_set_continues_the_constant_run(small, tmp_path):
+    """Q1's tuned recipe: train on the expanded set, then decay on the originals. Its first
+    epoch is the 1-epoch constant `expand` run, and its decay epoch is what a run on the
+    originals with the same wsd schedule trains when resumed from that epoch's checkpoint."""
+    train, evals = small
+    expand = CFG.replace(augment="expand", epochs=1)
+    wsd = train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1)
+    tuned = expand.replace(epochs=2, optimizer=wsd, decay_augment="none")
+    assert train_lib.starts_with(tuned, expand)
+    snapshots = {}
+    run = fit_lib.fit(tuned, train, evals, seeds=SEEDS, parallel="none",
+                      on_epoch=lambda r: snapshots.setdefault(r.epochs_run, r))
+    first = fit_lib.fit(expand, train, evals, seeds=SEEDS, parallel="none", checkpoint_dir=tmp_path / "ck")
+    _assert_same_run(snapshots[1], first)
+    # Resumed from the expand run's epoch: one epoch on the 500 originals, rate falling to 0.
+    originals = fit_lib.fit(CFG.replace(augment="none", optimizer=wsd), train, evals, seeds=SEEDS,
+                            parallel="none", checkpoint_dir=tmp_path / "ck")
+    _assert_same_run(run, originals)
+    assert run.timing["train_images_per_s"] > 0
+    # Decaying on the expanded set instead is another run.
+    on_expanded = fit_lib.fit(tuned.replace(decay_augment=None), train, evals, seeds=SEEDS, parallel="none")
+    assert on_expanded.history["train_loss"] != run.history["train_loss"]
+
+
+def test_a_decay_augmentation_needs_whole_decay_epochs():
+    wsd = train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1)
+    with pytest.raises(ValueError, match="needs decay epochs"):
+        CFG.replace(decay_augment="none")
+    with pytest.raises(ValueError, match="whole epochs"):
+        CFG.replace(epochs=3, decay_augment="none",
+                    optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1.5))
+    with pytest.raises(ValueError, match="unknown decay augmentation 'flip'"):
+        CFG.replace(optimizer=wsd, decay_augment="flip")
+    tuned = CFG.replace(augment="expand", epochs=3, optimizer=wsd, decay_augment="none")
+    assert [train_lib.phase_config(tuned, e).augment for e in range(3)] == ["expand", "expand", "none"]
+    assert train_lib.phase_config(tuned, 2).decay_augment is None
+    assert train_lib.phase_config(CFG, 1) is CFG
+
+
 def test_a_cosine_schedule_depends_on_the_run_length(small, uninterrupted):
     cosine = CFG.replace(optimizer=train_lib.OptimizerConfig(schedule="cosine"))
     assert not train_lib.epochs_free(cosine)
