@@ -33,6 +33,14 @@ class UsageError(Exception):
     """A mistake in the command line or the output folder: exit status 2, nothing trained."""
 
 
+class WorkerFailed(Exception):
+    """A worker process (experiments.workers) failed; it printed why. Exit with its status."""
+
+    def __init__(self, message: str, exit_status: int = 1):
+        super().__init__(message)
+        self.exit_status = exit_status
+
+
 # ----------------------------------------------------------------------------------------------
 # Flags
 
@@ -115,6 +123,8 @@ class Context:
     out: Path
     seeds: list[int]
     log: Callable[[str], None]
+    # Called after every trained epoch with (spec, the run so far), e.g. a worker's progress line.
+    on_epoch: Callable[[Any, FitResult], None] | None = None
 
     @property
     def quick(self) -> bool:
@@ -220,6 +230,9 @@ def main_guard(run: Callable[[], Any]) -> None:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except WorkerFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_status)
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -437,27 +450,35 @@ def run_sweep(ctx: Context, experiment: str, specs: Sequence[Spec],
 
 
 def run_sweeps(ctx: Context, sweeps: Sequence[Sweep], *, snapshots: bool = False,
-               after_sweep: Callable[[str], None] | None = None) -> dict[str, list[dict]]:
+               after_sweep: Callable[[str], None] | None = None,
+               workers: str | int = 1) -> dict[str, list[dict]]:
     """`run_sweep` for several sweeps planned together: every folder is checked before anything
     is trained, and with `snapshots` a run may write the shorter configurations of any of them
     (e.g. one sweep's row that is the first epochs of another sweep's). Each sweep's summary.md
     is written (and `after_sweep(experiment)` called) once its last configuration is done.
+    `workers` ('auto' or N, see `experiments.workers.cpu_sets`): train the configurations in
+    that many processes at once first; then every summary is written.
     -> experiment -> its summary rows."""
     for sweep in sweeps:
         results.clean_stale_temporaries(ctx.out / sweep.experiment)  # a killed summary write
     # Decide for every configuration before training anything, so a refusal loses no work.
-    plan, sweep_of = [], {}
-    for sweep in sweeps:
-        for entry in plan_sweep(ctx, sweep.experiment, sweep.specs):
-            plan.append(entry)
-            sweep_of[entry[1]] = sweep
-    if snapshots:
-        plan = plan_snapshots(ctx, plan)
-    left = {sweep.experiment: sum(sweep_of[e[1]] is sweep for e in plan) for sweep in sweeps}
+    plan, sweep_of = _plan(ctx, sweeps, snapshots)
 
     from experiments import interrupt
     interrupt.set_message(f"completed configurations are kept in {ctx.out}; rerun the same "
                           "command to resume (a run in progress continues from its last epoch)")
+    if workers != 1:
+        from experiments import workers as workers_lib
+        jobs = [workers_lib.Job(sweep_of[run_dir].experiment, sweep_of[run_dir].execute, spec,
+                                run_dir, config, status)
+                for spec, run_dir, config, status in to_train(ctx, plan)]
+        sets = workers_lib.resolve(workers, len(jobs),
+                                   small=ctx.quick or bool(getattr(ctx.args, "limit", None)))
+        if len(sets) > 1:
+            workers_lib.train(ctx, jobs, sets)
+            plan, sweep_of = _plan(ctx, sweeps, snapshots)  # what they trained is complete now
+
+    left = {sweep.experiment: sum(sweep_of[e[1]] is sweep for e in plan) for sweep in sweeps}
     rows: dict[str, list[dict]] = {}
     for spec, run_dir, config, status in plan:
         sweep = sweep_of[run_dir]
@@ -471,6 +492,37 @@ def run_sweeps(ctx: Context, sweeps: Sequence[Sweep], *, snapshots: bool = False
             if after_sweep is not None:
                 after_sweep(sweep.experiment)
     return rows
+
+
+def _plan(ctx: Context, sweeps: Sequence[Sweep], snapshots: bool) -> tuple[list[tuple], dict]:
+    """-> (the plan of every sweep's configurations, run_dir -> its sweep)."""
+    plan, sweep_of = [], {}
+    for sweep in sweeps:
+        for entry in plan_sweep(ctx, sweep.experiment, sweep.specs):
+            plan.append(entry)
+            sweep_of[entry[1]] = sweep
+    if snapshots:
+        plan = plan_snapshots(ctx, plan)
+    return plan, sweep_of
+
+
+def to_train(ctx: Context, plan: Sequence[tuple]) -> list[tuple]:
+    """The entries of a plan that train (each writing its snapshots on the way): not complete,
+    not written by a longer run, not a copy of an identical run (complete elsewhere, or trained
+    or written earlier in this plan)."""
+    targets = {t.run_dir for spec, *_ in plan for t in spec.snapshots}
+    seen = {config["fingerprint"] for _, run_dir, config, _ in plan if run_dir in targets}
+    out = []
+    for entry in plan:
+        spec, run_dir, config, status = entry
+        fingerprint = config["fingerprint"]
+        if status == "skip" or run_dir in targets or fingerprint in seen:
+            seen.add(fingerprint)
+            continue
+        seen.add(fingerprint)
+        if find_completed(ctx.out, fingerprint, run_dir) is None:
+            out.append(entry)
+    return out
 
 
 def _run_entry(ctx: Context, sweep: Sweep, spec: Spec, run_dir: Path, config: dict, status: str) -> None:
@@ -515,6 +567,8 @@ def train_classifier(
     wanted = {t.epochs: t for t in spec.snapshots}
 
     def on_epoch(partial: FitResult) -> None:
+        if ctx.on_epoch is not None:
+            ctx.on_epoch(spec, partial)
         target = wanted.get(partial.epochs_run)
         if target is None:
             return
@@ -529,7 +583,7 @@ def train_classifier(
         {"val": (data.val_images, data.val_labels), "test": (data.test_images, data.test_labels)},
         ctx.seeds, learning_rates=spec.learning_rates, init_hook=init_hook, checkpoint_dir=ckpt,
         parallel=ctx.args.parallel, progress=ctx.progress, desc=spec.name,
-        on_epoch=on_epoch if wanted else None,
+        on_epoch=on_epoch if wanted or ctx.on_epoch is not None else None,
     )
     write_classifier_run(ctx, spec, run_dir, result, extra_history=extra_history,
                          extra_metrics=extra_metrics, extra_figures=extra_figures)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from experiments import common
+from experiments import common, workers
 from fmnist_jax.train import OptimizerConfig, TrainConfig
 
 TUNED_STABLE_EPOCHS = 5  # the `none` row's run ...
@@ -122,10 +122,16 @@ def sweep(experiment: str, args) -> common.Sweep:
 
 def run_all(experiments, ctx: common.Context, after_sweep=None) -> dict[str, list[dict]]:
     """The given sweeps, planned together: a run in one may write another's shorter rows (the
-    tuned run writes the augmentation sweep's `none` row, wherever the tuned row first appears).
+    tuned run writes the augmentation sweep's `none` row, wherever the tuned row first appears);
+    with `--workers` the configurations to train are shared out to worker processes first.
     -> sweep folder name -> its summary rows."""
     return common.run_sweeps(ctx, [sweep(e, ctx.args) for e in experiments], snapshots=True,
-                             after_sweep=after_sweep)
+                             after_sweep=after_sweep, workers=getattr(ctx.args, "workers", 1))
+
+
+def add_flags(p) -> None:
+    """Question 1's own flags, beside common.parser's."""
+    workers.add_flag(p)
 
 
 def execute(ctx: common.Context, spec: common.Spec, run_dir) -> None:
@@ -152,7 +158,9 @@ def main_all(argv=None) -> None:
 
 def _main(experiments, description: str, argv) -> None:
     def go():
-        args = common.parser(description).parse_args(argv)
+        p = common.parser(description)
+        add_flags(p)
+        args = p.parse_args(argv)
         run_all(experiments, common.make_context(args))
 
     common.main_guard(go)

@@ -41,6 +41,7 @@ def parser() -> argparse.ArgumentParser:
                       "inference speed, then <out>/REPORT.md. Completed configurations are skipped "
                       "(rerun to resume).", epochs=None, lr=None)
     p.prog = "python -m experiments.study"
+    q1.add_flags(p)  # --workers (Question 1's CNN configurations)
     p.add_argument("--report-only", action="store_true",
                    help="rebuild REPORT.md from the results under --out, training nothing")
     return p
@@ -49,7 +50,9 @@ def parser() -> argparse.ArgumentParser:
 def _question_defaults(question: str) -> dict:
     """The defaults of a question's own entry points (so they cannot drift apart)."""
     if question == "q1":
-        return vars(common.parser("q1").parse_args([]))
+        p = common.parser("q1")
+        q1.add_flags(p)
+        return vars(p.parse_args([]))
     p = common.parser("q2", epochs=10, lr=1e-3)
     q2.add_flags(p)
     return vars(p.parse_args([]))

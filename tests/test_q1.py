@@ -341,3 +341,66 @@ def test_q1_all_runs_the_three_sweeps_planned_together(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         q1.main_all(["--quick", "--lr", "0", "--out", str(tmp_path / "bad")])
     assert exc.value.code == 2 and len(calls) == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker processes (--workers): the same bits as one process, a failure stops them all
+
+
+def test_workers_train_the_same_numbers_as_one_process(tmp_path, optimizers):
+    """The optimizer sweep trained by 2 worker processes (each pinned to one core) gives the
+    results of the in-process run of the `optimizers` fixture bit for bit."""
+    sequential, _ = optimizers
+    out = tmp_path / "out"
+    log = run_in_process("q1_optimizers", [*QUICK, "--workers", "2", "--out", str(out)])
+    assert "training 4 configurations in 2 worker processes" in log
+    check_sweep(out / "q1_optimizers", "q1_optimizers")
+    for name in NAMES["q1_optimizers"]:
+        a, b = sequential / name, out / "q1_optimizers" / name
+        assert read_json(b / "config.json")["fingerprint"] == read_json(a / "config.json")["fingerprint"]
+        assert np.array_equal(np.load(a / "test_predictions.npy"), np.load(b / "test_predictions.npy")), name
+        assert read_json(a / "history.json") == read_json(b / "history.json"), name
+        ma, mb = read_json(a / "metrics.json"), read_json(b / "metrics.json")
+        for key in ("test_accuracy", "val_accuracy", "per_class_test_accuracy", "classification_report"):
+            assert ma[key] == mb[key], (name, key)
+    # Rerun: everything is complete, so no worker is started.
+    again = run_in_process("q1_optimizers", [*QUICK, "--workers", "2", "--out", str(out)])
+    assert "worker" not in again and again.count("complete, skipped") == 4
+
+
+def test_a_failed_worker_stops_the_others_and_keeps_their_work(tmp_path, monkeypatch, capsys):
+    """Worker 2 exits with status 2 at once: the parent stops worker 1, writes no summary and
+    exits with that status and a message that says how to resume."""
+    from experiments import workers
+
+    real = workers.worker_command
+    started = []
+
+    def command(job_file):
+        started.append(job_file.name)
+        if job_file.name == "worker2.pkl":
+            return [sys.executable, "-c", "import sys; sys.exit(2)"]
+        return real(job_file)
+
+    stopped = []
+    real_stop = workers._stop
+    monkeypatch.setattr(workers, "worker_command", command)
+    monkeypatch.setattr(workers, "_stop", lambda procs, **kw: (stopped.extend(procs), real_stop(procs, **kw)))
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exc:
+        q1.main("q1_optimizers", [*QUICK, "--quiet", "--workers", "2", "--out", str(out)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "worker 2 of 2 failed (exit status 2" in err and "rerun the same command to resume" in err
+    assert started == ["worker1.pkl", "worker2.pkl"]
+    assert stopped and all(p.poll() is not None for p in stopped)  # worker 1 was stopped, and ended
+    assert not (out / "q1_optimizers" / "summary.md").exists()
+
+
+def test_bad_workers_value_is_a_usage_error(tmp_path, capsys):
+    for value in ("0", "-1", "two"):
+        with pytest.raises(SystemExit) as exc:
+            q1.main("q1_optimizers", ["--quick", "--workers", value, "--out", str(tmp_path / "out")])
+        assert exc.value.code == 2
+        assert "--workers must be 'auto' or an integer >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
