@@ -4,7 +4,7 @@
 
 Same folders as the three `q1_<sweep>` commands, but every configuration is trained once: the
 epochs sweep's 10-epoch run writes its shorter rows and the `online`/`adam` rows, and the tuned
-run writes the augmentation sweep's `none` row (its first 5 epochs). With --workers (auto: one
+run writes the augmentation sweep's `expand` row (its first 5 epochs). With --workers (auto: one
 per core on a CPU-only machine) the configurations to train are shared out to worker processes.
 """
 

@@ -552,8 +552,8 @@ DIFFERENCES = """## Differences from the original report
   3× expanded set / fresh augmentation per batch.
 - **Under/over-fitting and "noisy curves" are computed criteria** (see the fit tables), not
   impressions read off single curves.
-- **Added rows**: every Question 1 sweep carries one tuned CNN recipe (no augmentation, two more
-  epochs while the learning rate falls to 0; chosen on validation), and Question 2 adds a
+- **Added rows**: every Question 1 sweep carries one tuned CNN recipe (the expanded set, then
+  two epochs on the originals while the learning rate falls to 0; chosen on validation), and Question 2 adds a
   frozen-encoder probe and the same classifier without pretraining, which measure what the
   denoising pretraining contributes.
 - **Question 2's classes**: all five target classes; the original's text says "1 3 7 9" once.

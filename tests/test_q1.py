@@ -100,7 +100,8 @@ def test_augmentation_sweep_outputs(augmentation):
     check_sweep(augmentation, "q1_augmentation")
     augment = {n: read_json(augmentation / n / "config.json")["train_config"]["augment"]
                for n in NAMES["q1_augmentation"]}
-    assert augment == {"none": "none", "expand": "expand", "online": "online", "tuned": "none"}
+    assert augment == {"none": "none", "expand": "expand", "online": "online", "tuned": "expand"}
+    assert read_json(augmentation / "tuned" / "config.json")["train_config"]["decay_augment"] == "none"
 
 
 def test_epochs_sweep_outputs(epochs):
@@ -129,11 +130,12 @@ def test_tuned_row_is_shared_and_reused(augmentation, epochs, optimizers):
     trained = augmentation / "tuned"
     first = read_json(trained / "config.json")
     assert "reused_from" not in first
-    # Its first epoch is the `none` row: written from it, not trained again.
-    none = read_json(augmentation / "none" / "config.json")
-    assert Path(none["snapshot_of"]).resolve() == trained.resolve() and none["snapshot_epoch"] == 1
-    tuned_history, none_history = read_json(trained / "history.json"), read_json(augmentation / "none" / "history.json")
-    for key, rows in none_history.items():
+    # Its first epoch is the `expand` row: written from it, not trained again.
+    expand = read_json(augmentation / "expand" / "config.json")
+    assert Path(expand["snapshot_of"]).resolve() == trained.resolve() and expand["snapshot_epoch"] == 1
+    tuned_history = read_json(trained / "history.json")
+    expand_history = read_json(augmentation / "expand" / "history.json")
+    for key, rows in expand_history.items():
         if key != "epoch":
             assert rows == [row[:1] for row in tuned_history[key]], key
     for sweep_dir, log in (epochs, optimizers):
@@ -164,15 +166,16 @@ def test_full_size_specs():
         assert (cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.schedule) == ("adam", 1e-3, "constant")
         assert (cfg.aug.max_degrees, cfg.aug.noise_std) == (10.0, 0.1)
     assert aug["online"].cfg == opts["adam"].cfg == eps["epochs_5"].cfg  # one run, reused
-    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online", "none"]
+    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online", "expand"]
     assert [s.cfg.epochs for n, s in eps.items() if n != "tuned"] == [3, 5, 8, 10]
     assert opts["sgd"].cfg.optimizer.learning_rate == 1e-3 and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
     assert aug["tuned"].cfg == eps["tuned"].cfg == opts["tuned"].cfg
     tuned = aug["tuned"].cfg
-    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.augment) == ("avg", 100, 7, "none")
-    assert (tuned.optimizer.schedule, tuned.optimizer.decay_epochs) == ("wsd", 2)
-    # The tuned run starts as the `none` row, which the study therefore writes from it.
-    assert train_lib.starts_with(tuned, aug["none"].cfg)
+    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.augment) == ("avg", 100, 7, "expand")
+    assert (tuned.optimizer.schedule, tuned.optimizer.decay_epochs, tuned.decay_augment) == ("wsd", 2, "none")
+    # The tuned run starts as the `expand` row, which the study therefore writes from it.
+    assert train_lib.starts_with(tuned, aug["expand"].cfg)
+    assert not train_lib.starts_with(tuned, aug["none"].cfg)
     assert aug["online"].cfg.label_smoothing == 0.0  # the faithful rows keep plain cross-entropy
 
 

@@ -116,14 +116,14 @@ def test_study_writes_report_and_study_json(study):
 @pytest.mark.slow
 def test_question_1_sweeps_are_planned_together(study):
     """The tuned row first appears in the epochs sweep; planned with the others, its run there
-    writes the augmentation sweep's `none` row (its first epoch), which is not trained again."""
+    writes the augmentation sweep's `expand` row (its first epoch), which is not trained again."""
     out = study["out"]
-    none = json.loads((out / "q1_augmentation" / "none" / "config.json").read_text())
-    assert Path(none["snapshot_of"]).resolve() == (out / "q1_epochs" / "tuned").resolve()
-    assert "[q1_augmentation] none: written from epoch 1 of" in study["stdout"]
-    assert "[q1_augmentation] none: training" not in study["stdout"]
+    expand = json.loads((out / "q1_augmentation" / "expand" / "config.json").read_text())
+    assert Path(expand["snapshot_of"]).resolve() == (out / "q1_epochs" / "tuned").resolve()
+    assert "[q1_augmentation] expand: written from epoch 1 of" in study["stdout"]
+    assert "[q1_augmentation] expand: training" not in study["stdout"]
     tuned = json.loads((out / "q1_epochs" / "tuned" / "history.json").read_text())
-    history = json.loads((out / "q1_augmentation" / "none" / "history.json").read_text())
+    history = json.loads((out / "q1_augmentation" / "expand" / "history.json").read_text())
     assert history["val_loss"] == [row[:1] for row in tuned["val_loss"]]
 
 
