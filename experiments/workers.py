@@ -8,8 +8,9 @@ measures both in the same run). The numbers do not change: a worker splits each 
 its parent does (see `pin`), so a configuration's results are the same bits whichever process
 trained it (tested).
 
-Only the configurations a plan must train go to workers (each with the shorter runs it writes
-on its way); the parent then runs the plan as usual, which finds them complete and only copies
+Only the configurations a plan must train go to workers, one process per configuration (with
+the shorter runs it writes on its way), as many at a time as there are core sets, longest
+first; the parent then runs the plan as usual, which finds them complete and only copies
 identical rows and writes the summaries. A worker that fails stops the others (each keeps its
 last epoch's checkpoint) and the parent exits with an error; rerunning resumes.
 
@@ -110,22 +111,16 @@ def resolve(requested: str | int, n_jobs: int, *, small: bool) -> list[tuple[int
                     n_devices=jax.device_count(), small=small)
 
 
-def partition(costs: Sequence[float], n: int) -> list[list[int]]:
-    """Indices of `costs` split into `n` groups of near-equal total (longest first onto the
-    least-loaded group); each group keeps the original order, so a worker trains its
-    configurations in the plan's order."""
-    groups: list[list[int]] = [[] for _ in range(n)]
-    loads = [0.0] * n
-    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
-        g = min(range(n), key=lambda g: (loads[g], g))
-        groups[g].append(i)
-        loads[g] += costs[i]
-    return [sorted(g) for g in groups if g]
-
-
 def cost(spec) -> float:
-    """Epochs times the training set's size relative to the originals (`expand` triples it)."""
-    return spec.cfg.epochs * (3 if spec.cfg.augment == "expand" else 1)
+    """Epochs times their training set's size relative to the originals (`expand` triples it),
+    the decay epochs of a run with a `decay_augment` counted on their own set."""
+    cfg = spec.cfg
+
+    def size(augment: str) -> int:
+        return 3 if augment == "expand" else 1
+
+    decay = cfg.optimizer.decay_epochs if cfg.decay_augment is not None else 0
+    return (cfg.epochs - decay) * size(cfg.augment) + decay * size(cfg.decay_augment)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +139,9 @@ def worker_command(job_file: Path) -> list[str]:
     return [sys.executable, "-m", "experiments.workers", str(job_file)]
 
 
-def _environment(cpus: tuple[int, ...]) -> dict[str, str]:
+def worker_environment(cpus: tuple[int, ...]) -> dict[str, str]:
+    """A worker's environment: this package importable, the cores to pin to (`CPUS_ENV`, read
+    by `pin_from_environment`) and, on one core, XLA's Eigen kernels single-threaded."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)  # so `-m experiments.workers` imports
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -159,51 +156,49 @@ def _environment(cpus: tuple[int, ...]) -> dict[str, str]:
 
 
 def train(ctx, jobs: Sequence[Job], sets: Sequence[tuple[int, ...]]) -> None:
-    """Train `jobs` in len(sets) worker processes and wait for all of them.
+    """Train `jobs`, len(sets) at a time, each in its own worker process on the next free core
+    set, longest first (so the last to start are the short ones and the cores finish
+    together), and wait for all of them.
 
-    Raises common.WorkerFailed (after stopping the other workers) when one exits with an error.
+    Raises common.WorkerFailed (after stopping the other workers) when one exits with an error;
+    no further job is started then.
     """
     from experiments.common import WorkerFailed
 
-    groups = partition([cost(j.spec) for j in jobs], len(sets))
-    where = ", ".join(f"CPU {','.join(map(str, s))}" if s else "shared CPUs" for s in sets[:len(groups)])
-    ctx.log(f"training {len(jobs)} configurations in {len(groups)} worker processes ({where}); "
-            "their lines start with [worker k]")
-    procs: list[tuple[int, subprocess.Popen]] = []
+    pending = sorted(range(len(jobs)), key=lambda i: (-cost(jobs[i].spec), i))
+    where = ", ".join(f"CPU {','.join(map(str, s))}" if s else "shared CPUs" for s in sets)
+    ctx.log(f"training {len(jobs)} configurations, {len(sets)} at a time in worker processes "
+            f"({where}), longest first; their lines start with [worker k]")
+    free = list(range(len(sets)))  # worker slots whose cores are idle
+    running: dict[subprocess.Popen, tuple[int, int]] = {}  # -> (job, slot)
+    failed = None
     with tempfile.TemporaryDirectory(prefix="fmnist-workers-") as tmp:
         try:
-            for k, (group, cpus) in enumerate(zip(groups, sets), 1):
-                job_file = Path(tmp) / f"worker{k}.pkl"
-                job_file.write_bytes(pickle.dumps({
-                    "args": ctx.args, "jobs": [jobs[i] for i in group],
-                    "name": f"worker {k}/{len(groups)}",
-                }))
-                procs.append((k, subprocess.Popen(worker_command(job_file), env=_environment(cpus))))
-            failed = _wait(procs)
+            while (pending or running) and failed is None:
+                while pending and free:
+                    i, slot = pending.pop(0), free.pop(0)
+                    job_file = Path(tmp) / f"job{i}.pkl"
+                    job_file.write_bytes(pickle.dumps({
+                        "args": ctx.args, "jobs": [jobs[i]], "name": f"worker {slot + 1}"}))
+                    proc = subprocess.Popen(worker_command(job_file),
+                                            env=worker_environment(sets[slot]))
+                    running[proc] = (i, slot)
+                time.sleep(POLL_S)
+                for proc in [p for p in running if p.poll() is not None]:
+                    i, slot = running.pop(proc)
+                    if proc.returncode != 0:
+                        failed = (jobs[i], proc.returncode)
+                        break
+                    free.append(slot)
         finally:
-            _stop([p for _, p in procs if p.poll() is None])
+            _stop([p for p in running if p.poll() is None])
     if failed is not None:
-        k, rc = failed
+        job, rc = failed
         raise WorkerFailed(
-            f"worker {k} of {len(groups)} failed (exit status {rc}; its message is above) and the "
-            f"others were stopped. Completed configurations are kept in {ctx.out} and a run in "
-            "progress keeps its last epoch: rerun the same command to resume "
-            "(--workers 1 trains in this process)", exit_status=rc if rc in (1, 2) else 1)
-
-
-def _wait(procs) -> tuple[int, int] | None:
-    """Until every worker has exited -> (k, exit status) of the first that failed, or None."""
-    running = dict(procs)
-    while running:
-        for k, proc in list(running.items()):
-            rc = proc.poll()
-            if rc is None:
-                continue
-            del running[k]
-            if rc != 0:
-                return k, rc
-        time.sleep(POLL_S)
-    return None
+            f"the worker training {job.experiment}/{job.spec.name} failed (exit status {rc}; its "
+            f"message is above) and the others were stopped. Completed configurations are kept "
+            f"in {ctx.out} and a run in progress keeps its last epoch: rerun the same command "
+            "to resume (--workers 1 trains in this process)", exit_status=rc if rc in (1, 2) else 1)
 
 
 def _stop(procs: Sequence[subprocess.Popen], grace_s: float = 30.0) -> None:
@@ -251,15 +246,21 @@ def pin(cpus: set[int]) -> None:
             pass
 
 
-def run_jobs(job_file: Path) -> None:
-    import jax
-
-    from experiments import common
-
+def pin_from_environment() -> None:
+    """In a worker: create JAX's CPU client (its pools sized for the parent's cores), then pin
+    to the cores in `CPUS_ENV`, if any."""
     cpus = os.environ.get(CPUS_ENV)
     if cpus:
-        jax.devices()  # creates the CPU client and its pools, sized for the parent's cores
+        import jax
+
+        jax.devices()
         pin({int(c) for c in cpus.split(",")})
+
+
+def run_jobs(job_file: Path) -> None:
+    from experiments import common
+
+    pin_from_environment()
     payload = pickle.loads(Path(job_file).read_bytes())
     args, name = payload["args"], payload["name"]
     quiet = bool(args.quiet)

@@ -355,8 +355,16 @@ def test_workers_train_the_same_numbers_as_one_process(tmp_path, optimizers):
     results of the in-process run of the `optimizers` fixture bit for bit."""
     sequential, _ = optimizers
     out = tmp_path / "out"
-    log = run_in_process("q1_optimizers", [*QUICK, "--workers", "2", "--out", str(out)])
-    assert "training 4 configurations in 2 worker processes" in log
+    proc = subprocess.run(  # a subprocess, so the workers' lines are captured too
+        [sys.executable, "-m", "experiments.q1_optimizers", *QUICK, "--workers", "2", "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    log = proc.stdout
+    assert "training 4 configurations, 2 at a time in worker processes" in log
+    # Longest first: the tuned run (1 + 1 epochs) starts before the 1-epoch ones.
+    starts = [line for line in log.splitlines() if line.endswith(": training")]
+    assert len(starts) == 4 and all(line.startswith("[worker ") for line in starts), starts
+    assert "tuned" in starts[0] or "tuned" in starts[1], starts  # the first two start together
     check_sweep(out / "q1_optimizers", "q1_optimizers")
     for name in NAMES["q1_optimizers"]:
         a, b = sequential / name, out / "q1_optimizers" / name
@@ -372,8 +380,8 @@ def test_workers_train_the_same_numbers_as_one_process(tmp_path, optimizers):
 
 
 def test_a_failed_worker_stops_the_others_and_keeps_their_work(tmp_path, monkeypatch, capsys):
-    """Worker 2 exits with status 2 at once: the parent stops worker 1, writes no summary and
-    exits with that status and a message that says how to resume."""
+    """The second worker exits with status 2 at once: the parent stops the first, starts no
+    other, writes no summary and exits with that status and a message saying how to resume."""
     from experiments import workers
 
     real = workers.worker_command
@@ -381,7 +389,7 @@ def test_a_failed_worker_stops_the_others_and_keeps_their_work(tmp_path, monkeyp
 
     def command(job_file):
         started.append(job_file.name)
-        if job_file.name == "worker2.pkl":
+        if len(started) == 2:
             return [sys.executable, "-c", "import sys; sys.exit(2)"]
         return real(job_file)
 
@@ -394,8 +402,9 @@ def test_a_failed_worker_stops_the_others_and_keeps_their_work(tmp_path, monkeyp
         q1.main("q1_optimizers", [*QUICK, "--quiet", "--workers", "2", "--out", str(out)])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "worker 2 of 2 failed (exit status 2" in err and "rerun the same command to resume" in err
-    assert started == ["worker1.pkl", "worker2.pkl"]
+    assert "error: the worker training q1_optimizers/" in err and "failed (exit status 2" in err
+    assert "rerun the same command to resume" in err
+    assert len(started) == 2  # of 4 configurations: none started after the failure
     assert stopped and all(p.poll() is not None for p in stopped)  # worker 1 was stopped, and ended
     assert not (out / "q1_optimizers" / "summary.md").exists()
 

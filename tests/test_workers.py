@@ -34,11 +34,14 @@ def test_a_number_of_workers_is_honoured_on_the_cpu():
     assert sets(1, 5, backend="gpu") == []
 
 
-def test_partition_balances_the_work_and_keeps_the_plan_order():
-    costs = [10, 7, 15, 5, 5]  # Q1: epochs 10, tuned 7, expand 5x3, SGD, SGD + momentum
-    groups = workers.partition(costs, 2)
-    assert sorted(i for g in groups for i in g) == list(range(len(costs)))
-    assert all(g == sorted(g) for g in groups)
-    loads = sorted(sum(costs[i] for i in g) for g in groups)
-    assert loads == [20, 22]  # the best split of 42 is 21/21, not reachable here; 20/22 is next
-    assert workers.partition([3, 1], 4) == [[0], [1]]  # no empty groups
+def test_cost_counts_each_epoch_on_its_own_training_set():
+    """What orders the configurations (longest first): epochs x their set's size."""
+    from experiments import q1
+
+    args = common.parser("test").parse_args([])
+    specs = {s.name: s for s in [*q1.augmentation_specs(args), *q1.epochs_specs(args),
+                                 *q1.optimizer_specs(args)]}
+    assert workers.cost(specs["none"]) == workers.cost(specs["online"]) == 5
+    assert workers.cost(specs["expand"]) == 15  # the expanded set is 3x the originals
+    assert workers.cost(specs["epochs_10"]) == 10
+    assert workers.cost(specs["tuned"]) == 5 * 3 + 2  # 5 on the expanded set, 2 on the originals
