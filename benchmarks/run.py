@@ -2,8 +2,9 @@
 
 Measures training and inference images/s of both models, the CNN epoch's compile time, the scan
 epoch vs a Python loop of jitted steps, N seeds vmapped vs N sequential runs, where a step's time
-goes, and scaling over devices; writes JSON (DESIGN.md §6) and a Markdown table of ratios against
-baselines measured in the same run. Runs unchanged on CPU, GPU or TPU.
+goes, scaling over devices, and one process vs one worker process per core (`--workers`);
+writes JSON (DESIGN.md §6) and a Markdown table of ratios against baselines measured in the
+same run. Runs unchanged on CPU, GPU or TPU.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from fmnist_jax.io import write_json, write_text  # noqa: E402
 
-from benchmarks import cases, scaling  # noqa: E402
+from benchmarks import cases, processes, scaling  # noqa: E402
 from benchmarks.timing import environment  # noqa: E402
 from benchmarks.workload import load_workload  # noqa: E402
 
@@ -36,6 +37,7 @@ GROUPS = {  # run in this order
     "ae_train": cases.ae_train,
     "ae_infer": cases.ae_infer,
     "devices": None,  # subprocesses, see scaling.py
+    "workers": None,  # subprocesses, see processes.py
 }
 DIAGNOSTIC_GROUPS = ("split",)  # left out of --quick unless asked for with --only
 
@@ -155,6 +157,11 @@ def main(argv=None) -> dict:
             got, lost, env["device_workers"] = scaling.run_workers(
                 plan, random_data=workload.source == "random",
                 timeout_s=300 if plan.quick else 1200)
+            rows += got
+            skipped += lost
+        elif group == "workers":
+            got, lost = processes.measure(plan, random_data=workload.source == "random",
+                                          timeout_s=300 if plan.quick else 900)
             rows += got
             skipped += lost
         else:
