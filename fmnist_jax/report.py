@@ -674,7 +674,8 @@ def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[Swe
         lines.append("Total wall time of the study: not recorded (no `study.json`).")
     lines.append(f"Training wall time summed over the distinct configurations trained (fine-tuning/"
                  f"classifier stage, all seeds at once; rows written from a longer run count with "
-                 f"it): {fmt_num(config_s)} s.")
+                 f"it; configurations trained side by side by `--workers` processes each count "
+                 f"in full, so the sum can exceed the study's wall time): {fmt_num(config_s)} s.")
     if study.get("command"):
         lines += ["", f"Command: `{study['command']}`"]
     return lines + [""]
