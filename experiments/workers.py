@@ -1,10 +1,12 @@
 """Train a plan's configurations in several processes at once, each on its own CPU cores.
 
-On a small CPU one process training one small CNN leaves cores idle: XLA's ops on a 100-image
-batch are too small to split well over threads. Several processes, each pinned to its own core
-and training its own configurations, keep every core busy: on a 2-core machine two workers
-train ~10% more images/s than one process on both cores (`benchmarks.run --only workers`
-measures both in the same run). The numbers do not change: a worker splits each op's work as
+On a small CPU one process training one small CNN splits its ops over the cores, and its
+serial parts (compilation, evaluation, writing results) leave cores idle; several processes,
+each pinned to its own core and training its own configurations, need no split and overlap
+those parts. Whether that is faster depends on the machine: on the 2-core VM this was built
+on, `benchmarks.run --only workers` (both measured in the same rounds) gave 0.91-1.27x per
+round, median 0.96x and 1.00x in two runs, within its noise; Question 1 took 25.6 min with two
+workers and 29.0 / 31.9 min in one process on other days. The numbers do not change: a worker splits each op's work as
 its parent does (see `pin`), so a configuration's results are the same bits whichever process
 trained it (tested).
 
