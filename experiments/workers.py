@@ -59,9 +59,9 @@ def parse_workers(text: str) -> str | int:
 def add_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--workers", type=parse_workers, default="auto", metavar="auto|N",
-        help="train configurations in N processes at once, each on its own CPU cores (same "
-             "numbers, more images/s on a small CPU); auto: one per core on a CPU-only machine "
-             "with 2 or more cores, 1 with --quick or --limit, on GPU/TPU and with several devices")
+        help="train configurations in N processes at once, each on its own CPU cores (the same "
+             "numbers bit for bit); auto: one per core on a CPU-only machine with 2 or more "
+             "cores, 1 with --quick or --limit, on GPU/TPU and with several devices")
 
 
 def cpu_sets(requested: str | int, n_jobs: int, *, cpus: Sequence[int], backend: str,
