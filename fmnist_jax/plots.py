@@ -26,16 +26,9 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from fmnist_jax.io import atomic_path
-
-__all__ = [
-    "learning_curves",
-    "overlay_curves",
-    "confusion_matrix",
-    "denoising_rows",
-    "bar_comparison",
-]
 
 DPI = 110
 
@@ -60,8 +53,11 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
     return fig
 
 
-def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    """Write `fig` as PNG to `path` atomically; return the final path."""
+def _finish(fig: Figure, path: str | os.PathLike | None) -> Path | Figure:
+    """Write `fig` as PNG to `path` atomically and return the path; with no path, return the
+    figure itself (to inspect it)."""
+    if path is None:
+        return fig
     path = Path(path)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
@@ -162,25 +158,20 @@ def _plot_mean_band(ax, raw: np.ndarray, label: str, color, linestyle="-", per_s
     return True
 
 
-def _integer_epochs(ax) -> None:
-    from matplotlib.ticker import MaxNLocator
-
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-
-
-def _check_history(history: Any, what: str = "history") -> Mapping:
-    if not isinstance(history, Mapping):
-        raise ValueError(f"{what} must be a dict name -> per-seed lists, got {type(history).__name__}")
-    return history
-
-
 # --------------------------------------------------------------------------- learning curves
 
 
-def _build_learning_curves(history, *, title: str, metrics=("loss", "accuracy"),
-                           sets=("train", "val", "test"), ylabels: dict | None = None) -> Figure:
-    """The learning-curves figure (one panel per metric present in `history`)."""
-    history = _check_history(history)
+def learning_curves(history, path, *, title: str, metrics=("loss", "accuracy"),
+                    sets=("train", "val", "test"), ylabels: dict | None = None) -> Path | Figure:
+    """One panel per metric present in `history`; per set the mean over seeds vs epoch
+    (1-based) with a mean ± std band (and thin per-seed lines when there are <= 5 seeds).
+    Missing metrics/sets are skipped.
+
+    Raises:
+      ValueError: nothing at all is plottable.
+    """
+    if not isinstance(history, Mapping):
+        raise ValueError(f"history must be a dict name -> per-seed lists, got {type(history).__name__}")
     labels = dict(_DEFAULT_YLABELS)
     labels.update(ylabels or {})
     panels = []  # (metric, [(set, raw, lengths)])
@@ -217,34 +208,30 @@ def _build_learning_curves(history, *, title: str, metrics=("loss", "accuracy"),
         ax.set_ylabel(labels.get(metric, metric))
         ax.set_title(metric.replace("_", " "))
         ax.grid(True, alpha=0.3)
-        _integer_epochs(ax)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8, loc="best")
     seeds = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
     band = ", mean ± std" if n_seeds > 1 else ""
     fig.suptitle(f"{title} ({seeds}{band})")
-    return fig
-
-
-def learning_curves(history, path, *, title: str, metrics=("loss", "accuracy"),
-                    sets=("train", "val", "test"), ylabels: dict | None = None) -> Path:
-    """One panel per metric present in `history`; per set the mean over seeds vs epoch
-    (1-based) with a mean ± std band (and thin per-seed lines when there are <= 5 seeds).
-    Missing metrics/sets are skipped; ValueError if nothing at all is plottable."""
-    fig = _build_learning_curves(history, title=title, metrics=metrics, sets=sets, ylabels=ylabels)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
 # --------------------------------------------------------------------------- overlay
 
 
-def _build_overlay_curves(curves: dict[str, dict], *, title: str, metric: str = "val_accuracy",
-                          ylabel: str | None = None) -> Figure:
+def overlay_curves(curves: dict[str, dict], path, *, title: str, metric: str = "val_accuracy",
+                   ylabel: str | None = None) -> Path | Figure:
+    """One mean line + band per configuration for `metric` (configs may differ in epochs).
+    Configurations without `metric` are skipped.
+
+    Raises:
+      ValueError: no configuration has `metric`.
+    """
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty dict config label -> history")
     series = []
     for label, hist in curves.items():
-        hist = _check_history(hist, f"curves[{label!r}]")
-        if metric not in hist:
+        if not isinstance(hist, Mapping) or metric not in hist:
             continue
         raw = _seed_matrix(hist[metric], f"{label}:{metric}")
         if raw.size == 0:
@@ -266,25 +253,23 @@ def _build_overlay_curves(curves: dict[str, dict], *, title: str, metric: str = 
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel or metric.replace("_", " "))
     ax.grid(True, alpha=0.3)
-    _integer_epochs(ax)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="best", ncol=2 if len(series) > 6 else 1)
     band = ", mean ± std over seeds" if n_max > 1 else ""
     ax.set_title(f"{title}{band}")
-    return fig
-
-
-def overlay_curves(curves: dict[str, dict], path, *, title: str, metric: str = "val_accuracy",
-                   ylabel: str | None = None) -> Path:
-    """One mean line + band per configuration for `metric` (configs may differ in epochs).
-    Configurations without `metric` are skipped; ValueError if none has it."""
-    fig = _build_overlay_curves(curves, title=title, metric=metric, ylabel=ylabel)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
 # --------------------------------------------------------------------------- confusion matrix
 
 
-def _build_confusion_matrix(cm, class_names, *, title: str, normalise: bool = True) -> Figure:
+def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = True) -> Path | Figure:
+    """Heatmap of `cm` (rows true, cols predicted) with per-cell text: row-normalised %
+    (and the count) if `normalise`, else counts.
+
+    Raises:
+      ValueError: a non-square matrix, negative counts, or a class-name count mismatch.
+    """
     cm = np.asarray(cm)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
         raise ValueError(f"confusion matrix must be square [C, C], got shape {cm.shape}")
@@ -324,15 +309,7 @@ def _build_confusion_matrix(cm, class_names, *, title: str, normalise: bool = Tr
     acc = np.trace(cm) / cm.sum() if cm.sum() > 0 else float("nan")
     what = "row-normalised" if normalise else "counts"
     ax.set_title(f"{title}\n({what}; n={total}, accuracy {100 * acc:.1f}%)", fontsize=10)
-    return fig
-
-
-def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = True) -> Path:
-    """Heatmap of `cm` (rows true, cols predicted) with per-cell text: row-normalised %
-    (and the count) if `normalise`, else counts. ValueError on a non-square matrix or a
-    class-name count mismatch."""
-    fig = _build_confusion_matrix(cm, class_names, title=title, normalise=normalise)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
 # --------------------------------------------------------------------------- denoising rows
@@ -340,21 +317,19 @@ def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = Tru
 
 def _as_images(x, what: str) -> np.ndarray:
     a = np.asarray(x, dtype=float)
-    if a.ndim == 4 and a.shape[-1] == 1:
-        a = a[..., 0]
-    elif a.ndim == 2 and a.shape[1] == 784:
-        a = a.reshape(-1, 28, 28)
-    elif a.ndim == 1 and a.shape[0] == 784:
-        a = a.reshape(1, 28, 28)
-    elif a.ndim == 2 and a.shape == (28, 28):
-        a = a[None]
-    if a.ndim != 3:
+    if a.ndim < 2 or a.size != len(a) * 784:
         raise ValueError(f"{what}: expected images [n, 28, 28], [n, 784] or [n, 28, 28, 1], got shape {np.shape(x)}")
-    return a
+    return a.reshape(len(a), 28, 28)
 
 
-def _build_denoising_rows(noisy, reconstructed, clean, *, title: str,
-                          labels: list[str] | None = None) -> Figure:
+def denoising_rows(noisy, reconstructed, clean, path, *, title: str,
+                   labels: list[str] | None = None) -> Path | Figure:
+    """Three rows (noisy input / reconstruction / clean target) of n greyscale images
+    (vmin 0, vmax 1, no ticks); column titles from `labels`.
+
+    Raises:
+      ValueError: mismatched image counts or sizes, or as many labels as images.
+    """
     rows = [
         ("noisy input", _as_images(noisy, "noisy")),
         ("reconstruction", _as_images(reconstructed, "reconstructed")),
@@ -388,15 +363,7 @@ def _build_denoising_rows(noisy, reconstructed, clean, *, title: str,
             if r == 0 and labels is not None:
                 ax.set_title(labels[j], fontsize=9)
     fig.suptitle(title)
-    return fig
-
-
-def denoising_rows(noisy, reconstructed, clean, path, *, title: str,
-                   labels: list[str] | None = None) -> Path:
-    """Three rows (noisy input / reconstruction / clean target) of n greyscale images
-    (vmin 0, vmax 1, no ticks); column titles from `labels`. ValueError on mismatched counts."""
-    fig = _build_denoising_rows(noisy, reconstructed, clean, title=title, labels=labels)
-    return _save(fig, path)
+    return _finish(fig, path)
 
 
 # --------------------------------------------------------------------------- bar comparison
@@ -419,8 +386,15 @@ def _mean_std(v: Any, where: str) -> tuple[float, float]:
     return m, abs(s)
 
 
-def _build_bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], *, title: str,
-                          ylabel: str) -> Figure:
+def bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], path, *, title: str,
+                   ylabel: str) -> Path | Figure:
+    """Grouped bars (one colour per series, one group per category) with ±std error bars;
+    the y axis is zoomed to the data (up to 1.0 for accuracy-like values in [0, 1]).
+    Values may be (mean, std) tuples, {"mean", "std"} dicts, or bare numbers.
+
+    Raises:
+      ValueError: no groups or categories, or a value that is not (mean, std).
+    """
     if not isinstance(groups, Mapping) or not groups:
         raise ValueError("groups must be a non-empty dict series label -> {category: (mean, std)}")
     categories: list[str] = []
@@ -470,13 +444,4 @@ def _build_bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], *, 
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    return fig
-
-
-def bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], path, *, title: str,
-                   ylabel: str) -> Path:
-    """Grouped bars (one colour per series, one group per category) with ±std error bars;
-    the y axis is zoomed to the data (up to 1.0 for accuracy-like values in [0, 1]).
-    Values may be (mean, std) tuples, {"mean", "std"} dicts, or bare numbers."""
-    fig = _build_bar_comparison(groups, title=title, ylabel=ylabel)
-    return _save(fig, path)
+    return _finish(fig, path)

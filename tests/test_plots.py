@@ -102,7 +102,7 @@ def test_learning_curves_diverged_seed(tmp_path, rng):
     h["train_loss"][1][3:] = [float("nan")] * 3
     h["val_loss"][1][2] = float("inf")
     h["val_accuracy"][1] = ["nan"] * 6  # as io.write_json stores non-finite floats
-    fig = plots._build_learning_curves(h, title="x")
+    fig = plots.learning_curves(h, None, title="x")
     legends = [t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()]
     assert "train (1 diverged)" in legends and "val (1 diverged)" in legends
     assert "test" in legends
@@ -119,14 +119,14 @@ def test_learning_curves_all_nan_and_ragged(tmp_path, rng):
     h = _history(rng, n_seeds=2)
     h["test_loss"] = [[float("nan")] * 6, [float("nan")] * 6]
     h["train_accuracy"] = [[0.5, 0.6, 0.7], [0.5, 0.6, 0.7, 0.8, 0.85]]  # one seed stopped early
-    fig = plots._build_learning_curves(h, title="x")
+    fig = plots.learning_curves(h, None, title="x")
     legends = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
     assert "train" in legends  # a shorter seed is not "diverged"
     _assert_png(plots.learning_curves(h, tmp_path / "lc.png", title="x"))
 
 
 def test_learning_curves_panels(rng):
-    fig = plots._build_learning_curves(_ae_history(rng), title="AE", ylabels={"loss": "MSE"},
+    fig = plots.learning_curves(_ae_history(rng), None, title="AE", ylabels={"loss": "MSE"},
                                        sets=("train", "val", "test", "val_noisy", "test_noisy"))
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 1
@@ -134,32 +134,32 @@ def test_learning_curves_panels(rng):
     assert len(fig.axes[0].get_legend().get_texts()) == 5
     assert "3 seeds" in fig.get_suptitle()
 
-    full = plots._build_learning_curves(_history(rng, n_seeds=4), title="CNN")
+    full = plots.learning_curves(_history(rng, n_seeds=4), None, title="CNN")
     assert len(full.axes) == 2
     assert [ax.get_xlabel() for ax in full.axes] == ["epoch", "epoch"]
     assert "4 seeds" in full.get_suptitle()
     # epochs are 1-based
     assert full.axes[0].get_lines()[0].get_xdata()[0] == 1
 
-    only_val = plots._build_learning_curves(_history(rng), title="x", sets=("val",), metrics=("accuracy",))
+    only_val = plots.learning_curves(_history(rng), None, title="x", sets=("val",), metrics=("accuracy",))
     assert len(only_val.axes) == 1 and len(only_val.axes[0].get_legend().get_texts()) == 1
 
     with pytest.raises(ValueError, match="no curves"):
-        plots._build_learning_curves({"foo": [[1.0]]}, title="x")
+        plots.learning_curves({"foo": [[1.0]]}, None, title="x")
 
 
 def test_overlay_curves_different_lengths_and_missing_metric(rng):
     curves = {"a": _history(rng, n_epochs=10), "b": _history(rng, n_epochs=4), "no metric": {"train_loss": [[1.0]]}}
-    fig = plots._build_overlay_curves(curves, title="t", metric="val_accuracy")
+    fig = plots.overlay_curves(curves, None, title="t", metric="val_accuracy")
     lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
     assert [len(line.get_xdata()) for line in lines] == [10, 4]
     with pytest.raises(ValueError, match="val_f1"):
-        plots._build_overlay_curves(curves, title="t", metric="val_f1")
+        plots.overlay_curves(curves, None, title="t", metric="val_f1")
 
 
 def test_confusion_matrix_text_and_counts(tmp_path):
     cm = np.array([[8, 2], [0, 0]])
-    fig = plots._build_confusion_matrix(cm, ["a", "b"], title="t")
+    fig = plots.confusion_matrix(cm, ["a", "b"], None, title="t")
     texts = [t.get_text() for t in fig.axes[0].texts]
     assert texts[0].startswith("80.0%") and texts[1].startswith("20.0%")
     assert texts[2].startswith("0.0%")  # an empty row does not divide by zero
@@ -169,7 +169,7 @@ def test_confusion_matrix_text_and_counts(tmp_path):
     ax = fig.axes[0]
     assert ax.get_xlabel() == "predicted" and ax.get_ylabel() == "true"
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
-    counts = plots._build_confusion_matrix(cm, ["a", "b"], title="t", normalise=False)
+    counts = plots.confusion_matrix(cm, ["a", "b"], None, title="t", normalise=False)
     assert [t.get_text() for t in counts.axes[0].texts] == ["8", "2", "0", "0"]
     _assert_png(plots.confusion_matrix(cm, ["a", "b"], tmp_path / "cm.png", title="t", normalise=False))
 
@@ -189,7 +189,7 @@ def test_confusion_matrix_bad_input(tmp_path, rng):
 @pytest.mark.parametrize("shape", [(4, 28, 28), (4, 784), (4, 28, 28, 1)])
 def test_denoising_rows_shapes(shape, rng):
     x = rng.random(shape)
-    fig = plots._build_denoising_rows(x, x, x, title="t")
+    fig = plots.denoising_rows(x, x, x, None, title="t")
     assert len(fig.axes) == 12
     im = fig.axes[0].images[0]
     assert im.get_array().shape == (28, 28)
@@ -210,7 +210,7 @@ def test_denoising_rows_bad_input(tmp_path, rng):
 
 
 def test_bar_comparison_zoom_and_inputs(rng):
-    fig = plots._build_bar_comparison(_bars(), title="t", ylabel="acc")
+    fig = plots.bar_comparison(_bars(), None, title="t", ylabel="acc")
     ax = fig.axes[0]
     lo, hi = ax.get_ylim()
     assert hi == pytest.approx(1.0)
@@ -218,14 +218,14 @@ def test_bar_comparison_zoom_and_inputs(rng):
     assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES + ["overall"]
     assert len(ax.patches) == 12
     # non-accuracy data (e.g. MSE) is not forced up to 1.0; dict form and bare numbers accepted
-    mse = plots._build_bar_comparison(
+    mse = plots.bar_comparison(
         {"a": {"x": {"mean": 0.02, "std": 0.001}, "y": 0.03}, "b": {"x": (0.025, float("nan"))}},
-        title="t", ylabel="MSE")
+        None, title="t", ylabel="MSE")
     assert mse.axes[0].get_ylim()[1] < 0.1
     with pytest.raises(ValueError):
-        plots._build_bar_comparison({}, title="t", ylabel="y")
+        plots.bar_comparison({}, None, title="t", ylabel="y")
     with pytest.raises(ValueError, match="mean, std"):
-        plots._build_bar_comparison({"a": {"x": (1, 2, 3)}}, title="t", ylabel="y")
+        plots.bar_comparison({"a": {"x": (1, 2, 3)}}, None, title="t", ylabel="y")
 
 
 def _failing_savefig(monkeypatch):
