@@ -1,10 +1,9 @@
 """`python -m benchmarks.run [--quick] [--json PATH] [--markdown PATH] [--only GROUP ...]`
 
 Measures training and inference images/s of both models, the CNN epoch's compile time, the scan
-epoch vs a Python loop of jitted steps, N seeds vmapped vs N sequential runs, where a step's time
-goes, scaling over devices, and one process vs one worker process per core (`--workers`);
-writes JSON (DESIGN.md §6) and a Markdown table of ratios against baselines measured in the
-same run. Runs unchanged on CPU, GPU or TPU.
+epoch vs a Python loop of jitted steps, N seeds vmapped vs N sequential runs, and scaling over
+devices; writes JSON (DESIGN.md §6) and a Markdown table of ratios against baselines measured in
+the same run. Runs unchanged on CPU, GPU or TPU.
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from fmnist_jax.io import write_json, write_text  # noqa: E402
 
-from benchmarks import cases, processes, scaling  # noqa: E402
+from benchmarks import cases, scaling  # noqa: E402
 from benchmarks.timing import environment  # noqa: E402
 from benchmarks.workload import load_workload  # noqa: E402
 
@@ -31,15 +30,12 @@ REQUIRED_ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
 GROUPS = {  # run in this order
     "cnn_train": cases.cnn_train,
     "scan_vs_loop": cases.scan_vs_loop,
-    "split": cases.step_split,
     "seeds": cases.seeds,
     "cnn_infer": cases.cnn_infer,
     "ae_train": cases.ae_train,
     "ae_infer": cases.ae_infer,
     "devices": None,  # subprocesses, see scaling.py
-    "workers": None,  # subprocesses, see processes.py
 }
-DIAGNOSTIC_GROUPS = ("split",)  # left out of --quick unless asked for with --only
 
 
 def _ratio(row: dict, base: dict) -> float:
@@ -63,11 +59,8 @@ def ratios(rows: list[dict]) -> dict[str, float]:
             r["ratio"] = _ratio(r, base)
             if base is not r:
                 out[f"{r['name']}_over_{base['name']}"] = r["ratio"]
-    for scan in ("cnn_train_scan", "cnn_train_scan_novmap"):
-        if {scan, "cnn_train_loop"} <= by_name.keys():
-            key = scan.replace("cnn_train_", "") + "_over_loop"
-            out[key] = _ratio(by_name[scan], by_name["cnn_train_loop"])
-    out.update(cases.split_shares(by_name))
+    if {"cnn_train_scan", "cnn_train_loop"} <= by_name.keys():
+        out["scan_over_loop"] = _ratio(by_name["cnn_train_scan"], by_name["cnn_train_loop"])
     return out
 
 
@@ -76,6 +69,7 @@ def _fmt(x, spec: str) -> str:
 
 
 def markdown(result: dict) -> str:
+    """The result as a Markdown table of rows and ratios."""
     env = result["env"]
     load_before = _fmt((env["load_average"] or [None])[0], ".2f")
     lines = [
@@ -132,6 +126,7 @@ def check(result: dict) -> None:
 
 
 def main(argv=None) -> dict:
+    """`python -m benchmarks.run`: measure, check, write the JSON and the table. -> the result."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
@@ -146,8 +141,7 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
     plan = cases.Plan.make(args.quick)
-    selected = [g for g in GROUPS if (g in args.only if args.only else
-                                      plan.diagnostics or g not in DIAGNOSTIC_GROUPS)]
+    selected = [g for g in GROUPS if not args.only or g in args.only]
     workload = load_workload(random_data=args.random_data)
     env = {**environment(), "data": workload.source, "plan": plan.__dict__}
     rows, skipped = [], []
@@ -159,19 +153,11 @@ def main(argv=None) -> dict:
                 timeout_s=300 if plan.quick else 1200)
             rows += got
             skipped += lost
-        elif group == "workers":
-            got, lost = processes.measure(plan, random_data=workload.source == "random",
-                                          timeout_s=300 if plan.quick else 900)
-            rows += got
-            skipped += lost
         else:
             rows += GROUPS[group](plan, workload)
         print(f"[benchmarks] {group}: {time.perf_counter() - t0:.1f} s", file=sys.stderr,
               flush=True)
 
-    by_name = {r["name"]: r for r in rows}
-    if (note := cases.loop_note(by_name)) is not None:
-        by_name["cnn_train_loop"]["note"] += ". " + note
     result = {"env": env, "quick": plan.quick, "rows": rows, "ratios": ratios(rows),
               "skipped": skipped}
     env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None

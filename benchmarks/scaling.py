@@ -30,6 +30,7 @@ _FORCE_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S+")
 
 
 def row_name(devices: int, mode: str, members: int) -> str:
+    """e.g. `cnn_dev2_seeds_N4`: the device count, parallel mode and members of a row."""
     return f"cnn_dev{devices}_{mode}_N{members}"
 
 
@@ -45,6 +46,7 @@ def _cases(devices: int, members: tuple[int, ...], data_parallel: bool):
 
 
 def worker(args) -> dict:
+    """The device-scaling rows of this process's devices (run in a subprocess)."""
     wl = load_workload(random_data=args.random_data)
     plan = Plan.make(args.quick)
     images, labels = wl.train_images[:plan.n_small], wl.train_labels[:plan.n_small]
@@ -128,6 +130,7 @@ def run_workers(plan: Plan, *, random_data: bool, timeout_s: float) -> tuple[lis
 
 
 def main(argv=None):
+    """`python -m benchmarks.scaling --out PATH`: a worker's entry point."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--quick", action="store_true")

@@ -49,6 +49,7 @@ class Measurement:
 
     @property
     def median_s(self) -> float:
+        """The median wall seconds of one repetition."""
         return statistics.median(self.wall_s)
 
     def summary(self, images_per_rep: int) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """What the benchmarks run: the task's arrays and the engine's own compiled programs.
 
-Training goes through exactly the pieces `fit` uses (`program`, `init_states`, `make_placement`,
-`_member_programs`), so `cnn_train` measures the engine's default path, not a benchmark-only copy of it.
-This module is the one place that knows those engine names.
+Training goes through exactly the public pieces `fit` uses (`program`, `init_states`,
+`make_placement`, `member_programs`, `lr_scales`), so `cnn_train` measures the engine's default
+path, not a benchmark-only copy of it.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from fmnist_jax import data
-from fmnist_jax.fit import (
-    _member_programs, init_states, make_placement, padded_members, resolve_member_map,
-    resolve_parallel, side_by_side,
+from fmnist_jax.fit import init_states, member_programs
+from fmnist_jax.placement import (
+    make_placement, padded_members, resolve_member_map, resolve_parallel, side_by_side,
 )
-from fmnist_jax.train import TrainConfig, epoch_lr_scales, pad_for_eval, program
+from fmnist_jax.train import TrainConfig, lr_scales, pad_for_eval, program
 
 from benchmarks.timing import timed
 
@@ -74,17 +74,20 @@ def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray
     trained = padded_members(n_members, mode)
     prog = program(cfg, int(images.shape[0]))
     place = make_placement(mode)
-    epoch_fn = _member_programs(prog, place.batch_sharding, resolve_member_map(member_map, mode))[0]
+    epoch_fn = member_programs(prog, place.batch_sharding, resolve_member_map(member_map, mode))[0]
     states = place.state(init_states(prog, list(range(trained))))
     d_images = place.data(jnp.asarray(images, jnp.float32))
     d_labels = place.data(jnp.asarray(labels, jnp.int32))
+    def scales(epoch):
+        return lr_scales(cfg, prog.steps_per_epoch, epoch)
+
     compiled, compile_s = timed(
-        lambda: epoch_fn.lower(states, d_images, d_labels, 0, epoch_lr_scales(prog, 0)).compile())
+        lambda: epoch_fn.lower(states, d_images, d_labels, 0, scales(0)).compile())
     box = {"states": states, "epoch": 0}
 
     def run():
         box["states"], metrics = compiled(box["states"], d_images, d_labels, box["epoch"],
-                                          epoch_lr_scales(prog, box["epoch"]))
+                                          scales(box["epoch"]))
         box["epoch"] += 1
         return box["states"], metrics
 
@@ -99,7 +102,7 @@ def eval_program(cfg: TrainConfig, train_size: int, images: np.ndarray,
     members on each padded, masked batch of its automatic size, sums kept on the device."""
     prog = program(cfg, train_size)
     member_map = resolve_member_map(member_map, "none")
-    eval_fn = _member_programs(prog, None, member_map)[1]
+    eval_fn = member_programs(prog, None, member_map)[1]
     states = init_states(prog, list(range(n_members)))
     batch = cfg.eval_batch(side_by_side(n_members, member_map))
     padded_images, padded_labels = pad_for_eval(np.asarray(images, np.float32),

@@ -20,84 +20,59 @@ if __name__ == "__main__":
 
     interrupt.install()
 
-import argparse
-import dataclasses
 import datetime as _dt
-import os
-import sys
 import time
 from pathlib import Path
 
-from experiments import common, q1, q2
+from experiments import cli, q1, q2, sweep as sweep_lib
+from experiments.cli import Options, UsageError
+from experiments.context import Context, command_line, make_context
 from fmnist_jax import io, report, results
 
-Q1_SWEEPS = q1.ORDER  # planned together (`q1.run_all`): see there for the order
-Q2_SWEEPS = q2.SWEEPS
 INFERENCE_BATCH = 1000
 
 
-def parser() -> argparse.ArgumentParser:
-    p = common.parser("The whole study: Question 1's CNN sweeps, Question 2's autoencoder sweeps, "
-                      "inference speed, then <out>/REPORT.md. Completed configurations are skipped "
-                      "(rerun to resume).", epochs=None, lr=None)
+def parser():
+    """The study's flags: the common ones (each question keeps its own epochs and rate)."""
+    p = cli.parser("The whole study: Question 1's CNN sweeps, Question 2's autoencoder sweeps, "
+                   "inference speed, then <out>/REPORT.md. Completed configurations are skipped "
+                   "(rerun to resume).")
     p.prog = "python -m experiments.study"
-    q1.add_flags(p)  # --workers (Question 1's CNN configurations)
     p.add_argument("--report-only", action="store_true",
                    help="rebuild REPORT.md from the results under --out, training nothing")
     return p
 
 
-def _question_defaults(question: str) -> dict:
-    """The defaults of a question's own entry points (so they cannot drift apart)."""
-    if question == "q1":
-        p = common.parser("q1")
-        q1.add_flags(p)
-        return vars(p.parse_args([]))
-    p = common.parser("q2", epochs=10, lr=1e-3)
-    q2.add_flags(p)
-    return vars(p.parse_args([]))
+def sweeps(opts: Options) -> list[sweep_lib.Sweep]:
+    """Every sweep of the study, in the order they run (see `q1.ORDER` and `q2.SWEEPS`)."""
+    return [q1.sweep(e, opts) for e in q1.ORDER] + [q2.sweep(s, opts) for s in q2.SWEEPS]
 
 
-def question_args(args: argparse.Namespace, question: str) -> argparse.Namespace:
-    """The question's defaults, overridden by every flag the study shares with it."""
-    values = _question_defaults(question)
-    values.update({k: v for k, v in vars(args).items() if k in values})
-    return argparse.Namespace(**values)
+def snapshot(out: Path) -> dict[str, int]:
+    """Modification times of every results folder's metrics.json (to tell what a run wrote)."""
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("*/*/metrics.json")}
 
 
-# ----------------------------------------------------------------------------------------------
-# What changed on disk (so a rerun that trains nothing leaves study.json alone)
-
-
-def snapshot(out: Path) -> dict[str, float]:
-    files = [*out.glob("*/*/metrics.json")]
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
-
-
-def changed(before: dict[str, float], after: dict[str, float]) -> list[str]:
-    """Result folders (`<experiment>/<config>`) whose metrics.json appeared or changed."""
-    return sorted(str(Path(k).parent) for k, v in after.items() if before.get(k) != v)
-
-
-def split_written(out: Path, folders: list[str]) -> tuple[list[str], list[str], list[str]]:
-    """(trained, snapshots, reused): a snapshot was written from a longer run of the same
-    configuration as it passed its epochs; a reused folder is a copy of an identical completed run."""
-    trained, snapshots, reused = [], [], []
-    for folder in folders:
-        try:
-            config = io.read_json(out / folder / "config.json")
-        except (OSError, ValueError):
-            config = {}
-        (reused if config.get("reused_from") else snapshots if config.get("snapshot_of")
-         else trained).append(folder)
-    return trained, snapshots, reused
+def written(out: Path, before: dict[str, int]) -> tuple[list[str], list[str]]:
+    """(trained, reused): the result folders whose metrics.json appeared or changed since
+    `before`, split by whether they were copied from an identical completed run."""
+    trained, reused = [], []
+    for key, mtime in sorted(snapshot(out).items()):
+        if before.get(key) != mtime:
+            folder = str(Path(key).parent)
+            try:
+                copied = io.read_json(out / folder / "config.json").get("reused_from")
+            except (OSError, ValueError):
+                copied = None
+            (reused if copied else trained).append(folder)
+    return trained, reused
 
 
 # ----------------------------------------------------------------------------------------------
 # Inference speed
 
 
-def measure_inference(ctx: common.Context, pool: str) -> dict:
+def measure_inference(ctx: Context, pool: str) -> dict:
     """Images/s of one model's forward pass (eval mode) over the test images, batch 1000,
     after a warm-up pass; parameters are freshly initialised (speed does not depend on them)."""
     import jax
@@ -110,7 +85,7 @@ def measure_inference(ctx: common.Context, pool: str) -> dict:
     n = len(images) // INFERENCE_BATCH * INFERENCE_BATCH or len(images)
     batch = min(INFERENCE_BATCH, n)
     batches = [jnp.asarray(images[i:i + batch]) for i in range(0, n, batch)]
-    repeats = 1 if ctx.quick else 3
+    repeats = 1 if ctx.opts.quick else 3
     models = {"cnn": CNN(pool=pool)}
     models.update({f"encoder_classifier_{a}": EncoderClassifier(widths=w) for a, w in ARCHITECTURES.items()})
     out = {}
@@ -143,95 +118,82 @@ def _now() -> str:
 class StudyRecord:
     """`<out>/study.json`: kept as it is unless this invocation trains something."""
 
-    def __init__(self, out: Path, args: argparse.Namespace):
+    def __init__(self, out: Path, opts: Options):
         self.path = out / report.STUDY_JSON
         try:
             self.previous = io.read_json(self.path)
         except (OSError, ValueError):
             self.previous = None
-        self.args = args
+        self.opts = opts
         self.t0 = time.perf_counter()
-        self.invocation = {"started": _now(), "wall_s": 0.0, "trained": [], "snapshots": [], "reused": []}
+        self.invocation = {"started": _now(), "wall_s": 0.0, "trained": [], "reused": []}
 
-    def write(self, written: list[str], *, complete: bool, inference: dict | None = None) -> None:
+    def write(self, trained: list[str], reused: list[str], *, complete: bool,
+              inference: dict | None = None) -> None:
+        """Record this invocation (wall time, folders written) beside the earlier ones."""
         prev = self.previous or {}
-        trained, snapshots, reused = split_written(self.path.parent, written)
-        self.invocation.update(wall_s=time.perf_counter() - self.t0, trained=trained,
-                               snapshots=snapshots, reused=reused,
+        self.invocation.update(wall_s=time.perf_counter() - self.t0, trained=trained, reused=reused,
                                finished=_now() if complete else None)
         invocations = [*prev.get("invocations", []), self.invocation]
-        record = {
+        io.write_json(self.path, {
             "complete": complete,
             "total_wall_s": sum(float(i.get("wall_s", 0.0)) for i in invocations),
             "invocations": invocations,
-            "seeds": self.args.seeds, "quick": bool(self.args.quick), "pool": self.args.pool,
-            "command": " ".join([os.path.basename(sys.executable), "-m", "experiments.study", *sys.argv[1:]]),
+            "seeds": self.opts.seeds, "quick": self.opts.quick, "pool": self.opts.pool,
+            "command": command_line(),
             "environment": results.environment(),
             "inference": inference if inference is not None else prev.get("inference"),
-        }
-        io.write_json(self.path, record)
+        })
 
     @property
     def needs_writing(self) -> bool:
+        """Whether study.json is missing, unfinished or lacks the inference timing."""
         prev = self.previous
         return not prev or not prev.get("complete") or not prev.get("inference")
 
 
-def run_study(args: argparse.Namespace) -> Path:
-    record = StudyRecord(args.out, args)
-    ctx = common.make_context(args)
-    base_log = ctx.log
-    ctx1 = dataclasses.replace(ctx, args=question_args(args, "q1"))
-    ctx2 = dataclasses.replace(ctx, args=question_args(args, "q2"))
-
-    before = snapshot(args.out)
-    written: list[str] = []
-
-    def checkpoint_record():
-        nonlocal written
-        written = changed(before, snapshot(args.out))
-        if written:  # keep the time spent so far should the study be interrupted
-            record.write(written, complete=False)
-
-    base_log(f"\n== {', '.join(Q1_SWEEPS)} ==")
-    q1.run_all(Q1_SWEEPS, ctx1, after_sweep=lambda experiment: checkpoint_record())
-    base_log("\n== q2_pretrain (shared) ==")
-    q2.pretrain_shared(ctx2, Q2_SWEEPS)  # e.g. the 2- and 10-epoch encoders from the 20-epoch run
-    checkpoint_record()
-    for sweep in Q2_SWEEPS:
-        base_log(f"\n== {q2.EXPERIMENT[sweep]} ==")
-        q2.run(ctx2, [sweep])
-        checkpoint_record()
-
-    if written or record.needs_writing:
-        base_log("\nmeasuring inference speed ...")
-        record.write(written, complete=True, inference=measure_inference(ctx, args.pool))
+def run_study(opts: Options) -> Path:
+    """Every sweep (skipping what is complete), the inference timing, study.json, REPORT.md."""
+    record = StudyRecord(opts.out, opts)
+    ctx = make_context(opts)
+    all_sweeps = sweeps(opts)
+    sweep_lib.check_all(ctx, all_sweeps)
+    before = snapshot(opts.out)
+    trained, reused = [], []
+    for s in all_sweeps:
+        ctx.log(f"\n== {s.experiment} ==")
+        sweep_lib.run_sweep(ctx, s)
+        trained, reused = written(opts.out, before)
+        if trained or reused:  # keep the time spent so far should the study be interrupted
+            record.write(trained, reused, complete=False)
+    if trained or reused or record.needs_writing:
+        ctx.log("\nmeasuring inference speed ...")
+        record.write(trained, reused, complete=True, inference=measure_inference(ctx, opts.pool))
     else:
-        base_log("\nnothing trained: study.json kept as it was")
-    path = report.write_report(args.out)
-    wall = time.perf_counter() - record.t0
-    n_trained, n_snapshots, n_reused = map(len, split_written(args.out, written))
-    print(f"study: {n_trained} run(s) trained, {n_snapshots} written from a longer run, "
-          f"{n_reused} reused from identical runs, the rest complete and skipped; {wall:.0f} s; "
-          f"report: {path}", flush=True)
+        ctx.log("\nnothing trained: study.json kept as it was")
+    path = report.write_report(opts.out)
+    print(f"study: {len(trained)} run(s) trained, {len(reused)} copied from identical runs, the "
+          f"rest complete and skipped; {time.perf_counter() - record.t0:.0f} s; report: {path}",
+          flush=True)
     return path
 
 
 def main(argv=None) -> None:
+    """`python -m experiments.study`."""
     def go():
-        args = parser().parse_args(argv)
-        if args.report_only:
-            if not args.out.is_dir():
-                raise common.UsageError(f"no results in {args.out}; run the study first, or pass --out DIR")
-            try:
-                path = report.write_report(args.out)
-            except FileNotFoundError as e:
-                raise common.UsageError(str(e)) from None
-            print(f"report: {path}")
+        opts = cli.parse(parser(), argv)
+        if not opts.report_only:
+            run_study(opts)
             return
-        run_study(args)
+        if not opts.out.is_dir():
+            raise UsageError(f"no results in {opts.out}; run the study first, or pass --out DIR")
+        try:
+            path = report.write_report(opts.out)
+        except FileNotFoundError as e:
+            raise UsageError(str(e)) from None
+        print(f"report: {path}")
 
-    common.main_guard(go)
+    cli.main_guard(go)
 
 
 if __name__ == "__main__":

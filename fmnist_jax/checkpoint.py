@@ -63,37 +63,38 @@ def _require_dir(directory) -> None:
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
+    """The newest checkpoint step in `directory`, None if there is none (or no folder)."""
     if not Path(directory).exists():
         return None
     with _manager(directory) as mngr:
         return mngr.latest_step()
 
 
+def _restore(directory, step: int | None, items: dict):
+    _require_dir(directory)
+    with _manager(directory) as mngr:
+        step = mngr.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"no checkpoint found in {directory}")
+        return mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore(), **items))
+
+
 def restore(directory: str | os.PathLike, target: Any, step: int | None = None) -> tuple[Any, dict]:
     """Restore (state, extra) from checkpoint `step` (latest if None) onto `target`'s structure.
 
     `target` is a pytree of arrays or of `jax.ShapeDtypeStruct` (see `abstract_like`).
+
+    Raises:
+      FileNotFoundError: no such folder, or no checkpoint in it.
     """
-    _require_dir(directory)
-    with _manager(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint found in {directory}")
-        restored = mngr.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract_like(target)), extra=ocp.args.JsonRestore()
-            ),
-        )
+    restored = _restore(directory, step, {"state": ocp.args.StandardRestore(abstract_like(target))})
     return restored["state"], dict(restored["extra"] or {})
 
 
 def restore_extra(directory: str | os.PathLike, step: int | None = None) -> dict:
-    """Only the JSON sidecar of a checkpoint (e.g. to learn the shapes needed to restore it)."""
-    _require_dir(directory)
-    with _manager(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint found in {directory}")
-        restored = mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
-    return dict(restored["extra"] or {})
+    """Only the JSON sidecar of a checkpoint (e.g. to learn the shapes needed to restore it).
+
+    Raises:
+      FileNotFoundError: no such folder, or no checkpoint in it.
+    """
+    return dict(_restore(directory, step, {})["extra"] or {})

@@ -13,6 +13,8 @@ from pathlib import Path
 
 
 def enable(directory: str | os.PathLike | None = None) -> Path | None:
+    """Turn on JAX's persistent compilation cache (see the module doc); -> its folder, or None when
+    off or unwritable."""
     import jax
 
     setting = os.environ.get("FMNIST_JAX_CACHE", "")

@@ -92,7 +92,7 @@ class RawSplit:
 
 @dataclass(frozen=True)
 class TaskData:
-    """The 5-class task: float32 images [N, 28, 28, 1] in [0, 1] (unless standardised)."""
+    """The 5-class task: float32 images [N, 28, 28, 1] in [0, 1], int32 labels 0..4 [N]."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -397,8 +397,8 @@ def to_float(images_uint8: np.ndarray) -> np.ndarray:
 
 def load_task(data_dir: str | os.PathLike | None = None, source: str = "idx", *,
               split_seed: int = 0, val_fraction: float = 0.1, limit: int | None = None,
-              standardise: bool = False, verify: bool = True) -> TaskData:
-    """Load → 5 classes → stratified train/val split → (limit) → float (→ standardise).
+              verify: bool = True) -> TaskData:
+    """Load → 5 classes → stratified train/val split → (limit) → float in [0, 1].
 
     With `limit=None` the test set is all 5,000 test-subset images in file order.
     `limit=n` keeps train[:n], val[:max(n//5, 50)], test[:max(n//5, 50)] (file order).
@@ -423,15 +423,8 @@ def load_task(data_dir: str | os.PathLike | None = None, source: str = "idx", *,
         "val_fraction": val_fraction,
         "counts": {"train": len(x_train), "val": len(x_val), "test": len(x_test)},
         "verified": bool(verify),
-        "standardised": bool(standardise),
         "limit": limit,
         "file_order": source != "tfds",
     }
-    if standardise:
-        # Train statistics only, so nothing about val/test leaks into the inputs.
-        mean, std = float(x_train.mean()), float(x_train.std())
-        x_train, x_val, x_test = ((x - np.float32(mean)) / np.float32(std)
-                                  for x in (x_train, x_val, x_test))
-        info.update(mean=mean, std=std)
     return TaskData(x_train, labels[train_idx], x_val, labels[val_idx], x_test,
                     test_labels, CLASS_NAMES, info)

@@ -56,11 +56,13 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write `data` to `path` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically, as UTF-8."""
     write_bytes(path, text.encode("utf-8"))
 
 
@@ -80,15 +82,18 @@ def _to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write `obj` to `path` atomically as indented JSON (NaN/inf as strings, arrays as lists)."""
     write_text(path, json.dumps(_to_jsonable(obj), indent=2, sort_keys=False) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON document at `path`."""
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write `array` to `path` atomically in NumPy's .npy format."""
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(array))

@@ -137,6 +137,7 @@ class Autoencoder(nn.Module):
     widths: tuple[int, ...] = BASE_WIDTHS
 
     def setup(self):
+        """The encoder and its mirrored decoder."""
         self.encoder = Encoder(self.widths)
         self.decoder = Decoder(self.widths)
 
@@ -145,6 +146,7 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
     def encode(self, x: jax.Array) -> jax.Array:
+        """The encoder's code [B, widths[-1]] of images [B, 28, 28, 1] or [B, 784]."""
         return self.encoder(x)
 
 
@@ -162,7 +164,11 @@ class EncoderClassifier(nn.Module):
 
 
 def with_pretrained_encoder(classifier_params: dict, encoder_params: dict) -> dict:
-    """Return classifier params whose encoder is replaced by `encoder_params` (shapes must match)."""
+    """Return classifier params whose encoder is replaced by `encoder_params`.
+
+    Raises:
+      ValueError: the encoder's shapes are not the classifier's (another architecture).
+    """
     target = classifier_params["encoder"]
     got = jax.tree_util.tree_map(jnp.shape, encoder_params)
     want = jax.tree_util.tree_map(jnp.shape, target)
@@ -175,4 +181,5 @@ def with_pretrained_encoder(classifier_params: dict, encoder_params: dict) -> di
 
 
 def count_params(params) -> int:
+    """The number of scalars in a pytree of parameters."""
     return int(sum(x.size for x in jax.tree_util.tree_leaves(params)))

@@ -5,21 +5,21 @@
 Every number in the report is read from a `metrics.json`, `choice.json`, `config.json` or
 `study.json` under `out` (the original report's figures quoted in "Differences from the
 original report" excepted, and marked as such), so the same files always give the same
-report: a rerun of the study that trains nothing reproduces it byte for byte.
-
-Sweeps are found on disk: every folder `<out>/<experiment>/` holding configuration folders
-(`<config>/config.json`). A sweep's title and row order come from its `summary.md`, its choice
-from `choice.json`; the rows are one per configuration folder, complete or not.
+report: a rerun of the study that trains nothing reproduces it byte for byte. Each sweep is
+presented by `fmnist_jax.summaries.sweep_section`, as in its own summary.md.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
-from fmnist_jax import io
+from fmnist_jax import io, plots
+from fmnist_jax.summaries import (
+    Row, SweepResult, choose, class_names_of, distinct, diverged_cell, fmt, fmt_num, image,
+    link_text, md_table, num, read_sweep, sweep_section,
+)
 
 REPORT_NAME = "REPORT.md"
 STUDY_JSON = "study.json"
@@ -28,308 +28,18 @@ PRETRAIN_CACHE = "q2_pretrain"
 # Known sweeps first, in the study's order; anything else found on disk follows, sorted.
 SWEEP_ORDER = ("q1_augmentation", "q1_epochs", "q1_optimizers", "q2_lr", "q2_arch", "q2_epochs",
                "q2_pretraining", "q2_finetune")
-ROW_FIGURES = (("learning_curves.png", "learning curves"), ("confusion_matrix.png", "test confusion"),
-               ("reconstruction_curves.png", "reconstruction MSE"), ("denoising.png", "denoising"))
 ORIGINAL_RECIPE = {"q1": ("q1_optimizers", "adam"), "q2": ("q2_pretraining", "finetuned")}
 
 
-# ----------------------------------------------------------------------------------------------
-# Formatting (shared with the tests, which compare the report's cells with these)
-
-
-def num(value: Any) -> float:
-    """A JSON number, or NaN for null / 'nan' strings / anything unreadable."""
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return math.nan
-
-
-def fmt(ms: Mapping | None, scale: float = 100.0, digits: int = 2) -> str:
-    """'mean ± std' of a {"mean", "std"} entry (percent by default); '–' when missing."""
-    if not ms or not isinstance(ms, Mapping) or "mean" not in ms:
-        return "–"
-    mean, std = num(ms["mean"]), num(ms.get("std"))
-    if not math.isfinite(mean):
-        return "–"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
-
-
-def fmt_num(value: Any, digits: int = 0, *, thousands: bool = True) -> str:
-    v = num(value)
-    if not math.isfinite(v):
-        return "–"
-    return f"{v:,.{digits}f}" if thousands else f"{v:.{digits}f}"
-
-
-def md_table(head: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
-    """A Markdown table; `align` per column: 'l' (default) or 'r'."""
-    align = align or ["l"] * len(head)
-    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
-    clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return "\n".join(["| " + " | ".join(map(clean, head)) + " |", rule,
-                      *["| " + " | ".join(map(clean, r)) + " |" for r in rows]])
-
-
-def link_text(text: str) -> str:
-    return text.replace("[", "\\[").replace("]", "\\]")
-
-
-def image(path: str, alt: str) -> str:
-    return f"![{link_text(alt)}]({path})"
-
-
-# ----------------------------------------------------------------------------------------------
-# Reading results
-
-
-@dataclass
-class Row:
-    experiment: str
-    name: str
-    dir: Path
-    rel: str  # "<experiment>/<name>", relative to the report
-    config: dict
-    metrics: dict | None  # None: incomplete (no metrics.json)
-
-    @property
-    def label(self) -> str:
-        return str(self.config.get("label", self.name))
-
-    @property
-    def complete(self) -> bool:
-        return bool(self.metrics and self.metrics.get("complete"))
-
-    @property
-    def fingerprint(self) -> str | None:
-        return self.config.get("fingerprint")
-
-    @property
-    def n_seeds(self) -> int:
-        return len((self.metrics or {}).get("seeds") or self.config.get("seeds") or [])
-
-
-@dataclass
-class Sweep:
-    name: str
-    dir: Path
-    title: str
-    rows: list[Row]
-    choice: dict | None
-    overlays: list[str] = field(default_factory=list)
-
-    @property
-    def question(self) -> str:
-        return self.name.split("_", 1)[0]
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return io.read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def _summary_title_and_labels(sweep_dir: Path) -> tuple[str | None, list[str]]:
-    try:
-        lines = (sweep_dir / "summary.md").read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return None, []
-    title = next((ln[2:].strip() for ln in lines if ln.startswith("# ")), None)
-    labels, in_table = [], False
-    for ln in lines:
-        if ln.startswith("| configuration"):
-            in_table = True
-            continue
-        if in_table:
-            if not ln.startswith("|"):
-                break
-            if ln.startswith("|---"):
-                continue
-            labels.append(ln.strip("|").split(" | ")[0].strip())
-    return title, labels
-
-
-def find_sweeps(out: Path) -> list[Sweep]:
-    out = Path(out)
-    names = sorted({p.parent.parent.name for p in out.glob("*/*/config.json")} - {PRETRAIN_CACHE})
+def find_sweeps(out: Path) -> list[SweepResult]:
+    """Every sweep folder under `out` (one holding `<config>/config.json`), in the study's order."""
+    names = sorted({p.parent.parent.name for p in Path(out).glob("*/*/config.json")} - {PRETRAIN_CACHE})
     names = [n for n in SWEEP_ORDER if n in names] + [n for n in names if n not in SWEEP_ORDER]
-    sweeps = []
-    for name in names:
-        sweep_dir = out / name
-        rows = []
-        for config_path in sorted(sweep_dir.glob("*/config.json")):
-            run_dir = config_path.parent
-            config = _read_json(config_path) or {}
-            metrics = _read_json(run_dir / "metrics.json")
-            if metrics is not None and not metrics.get("complete"):
-                metrics = None
-            rows.append(Row(name, run_dir.name, run_dir, f"{name}/{run_dir.name}", config, metrics))
-        title, labels = _summary_title_and_labels(sweep_dir)
-        order = {label: i for i, label in enumerate(labels)}
-        rows.sort(key=lambda r: (order.get(r.label, len(order)), r.name))
-        choice = _read_json(sweep_dir / "choice.json")
-        if choice is not None and choice.get("choice") not in {r.name for r in rows}:
-            choice = None
-        overlays = [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))]
-        sweeps.append(Sweep(name, sweep_dir, title or name, rows, choice, overlays))
-    return sweeps
-
-
-# ----------------------------------------------------------------------------------------------
-# Tables
-
-
-def _ms(metrics: Mapping | None, key: str) -> Mapping | None:
-    return (metrics or {}).get(key)
-
-
-def class_names_of(sweeps: Sequence[Sweep]) -> list[str]:
-    for sweep in sweeps:
-        for row in sweep.rows:
-            if row.complete:
-                return list(row.metrics.get("per_class_test_accuracy", {}))
-    return []
-
-
-def diverged_cell(m: Mapping) -> str:
-    n_div = int(num(m.get("n_diverged", 0)) or 0)
-    n = len(m.get("diverged", []))
-    return f"⚠ {n_div}/{n} diverged" if n_div else f"0/{n}"
-
-
-def train_time_cell(m: Mapping) -> str:
-    """Wall seconds of training (all seeds together); Q2 rows: pretraining + fine-tuning."""
-    fine = fmt_num(m.get("timing", {}).get("wall_s"))
-    pre = m.get("pretrain")
-    if pre:
-        return f"{fmt_num(pre.get('timing', {}).get('wall_s'))} + {fine}"
-    return fine
-
-
-def delta_cell(m: Mapping, chosen: Mapping | None, is_chosen: bool) -> str:
-    """Validation difference to the chosen row, and whether it exceeds the combined seed spread."""
-    if is_chosen:
-        return "**chosen**"
-    if not chosen:
-        return "–"
-    a, b = m.get("val_accuracy") or {}, chosen.get("val_accuracy") or {}
-    diff = num(a.get("mean")) - num(b.get("mean"))
-    spread = math.hypot(num(a.get("std")), num(b.get("std")))
-    if not (math.isfinite(diff) and math.isfinite(spread)):
-        return "–"
-    beyond = "beyond" if abs(diff) > spread else "within"
-    return f"{diff * 100:+.2f} (spread {spread * 100:.2f}, {beyond})"
-
-
-def sweep_table(sweep: Sweep, class_names: Sequence[str]) -> str:
-    chosen = next((r.metrics for r in sweep.rows if sweep.choice and r.name == sweep.choice["choice"]
-                   and r.complete), None)
-    head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names],
-            "Δ val vs chosen, points", "train time s", "diverged"]
-    rows = []
-    for r in sweep.rows:
-        label = f"[{link_text(r.label)}]({r.rel}/metrics.json)"
-        if not r.complete:
-            rows.append([f"{link_text(r.label)} (`{r.rel}/`)", "incomplete: no metrics.json",
-                         *["–"] * (len(head) - 2)])
-            continue
-        m = r.metrics
-        pc = m.get("per_class_test_accuracy", {})
-        rows.append([label, fmt(m.get("test_accuracy")), fmt(m.get("val_accuracy")),
-                     *[fmt(pc.get(c), digits=1) for c in class_names],
-                     delta_cell(m, chosen, sweep.choice is not None and r.name == sweep.choice["choice"]),
-                     train_time_cell(m), diverged_cell(m)])
-    return md_table(head, rows, ["l", "r", "r", *["r"] * len(class_names), "l", "r", "l"])
-
-
-def _percent(value: Any) -> str:
-    v = num(value)
-    return f"{v * 100:.1f}%" if math.isfinite(v) else "–"
-
-
-def diagnosis_table(sweep: Sweep) -> str:
-    """Fit verdicts with the numbers behind them; Q1 epochs: the val-loss roughness;
-    Q2: pretraining fit and reconstruction MSE against the noisy input's."""
-    q2 = sweep.question == "q2"
-    head = ["configuration", "epochs", "fit", "best val epoch", "val loss rise from min",
-            "final train acc %", "val − train loss"]
-    if sweep.name == "q1_epochs" or not q2:
-        head.append("val-loss roughness")
-    if q2:
-        head += ["params (autoencoder)", "pretraining fit", "test recon MSE", "noisy-input MSE"]
-    rows = []
-    for r in sweep.rows:
-        if not r.complete:
-            continue
-        m = r.metrics
-        d = m.get("fit_diagnosis", {})
-        cells = [link_text(r.label), str(m.get("epochs_run", "–")), str(d.get("verdict", "–")),
-                 str(d.get("best_val_epoch", "–")), _percent(d.get("val_loss_rise_from_min")),
-                 fmt_num(num(d.get("final_train_accuracy")) * 100, 2),
-                 fmt_num(d.get("final_val_minus_train_loss"), 3)]
-        if sweep.name == "q1_epochs" or not q2:
-            cells.append(fmt(m.get("val_loss_roughness"), scale=1.0, digits=4))
-        if q2:
-            pre = m.get("pretrain")
-            if pre:
-                cells += [fmt_num(pre.get("n_params")), str(pre.get("fit_diagnosis", {}).get("verdict", "–")),
-                          fmt(pre.get("test_mse"), scale=1.0, digits=4),
-                          fmt(pre.get("test_noisy_mse"), scale=1.0, digits=4)]
-            else:
-                cells += ["– (no pretraining)", "–", "–", "–"]
-        rows.append(cells)
-    return md_table(head, rows)
-
-
-def choice_text(sweep: Sweep) -> str:
-    c = sweep.choice
-    if not c:
-        return "No choice recorded (no `choice.json`)."
-    text = (f"**Choice on validation: {link_text(str(c.get('label')))}** (val {fmt(c.get('val'))}%, "
-            f"test {fmt(c.get('test'))}%): the highest mean validation accuracy among the runs that "
-            "did not diverge.")
-    if "runner_up" in c:
-        beyond = bool(c.get("significant"))
-        text += (f" Runner-up: {link_text(str(c.get('runner_up_label')))}. The validation difference, "
-                 f"{num(c.get('difference')) * 100:.2f} points, is "
-                 f"{'larger' if beyond else 'not larger'} than the seed-to-seed spread "
-                 f"(√(s₁² + s₂²) = {num(c.get('spread')) * 100:.2f} points)")
-        text += (": the choice is supported by the data." if beyond else
-                 ": with these seeds the two are not distinguishable, and the choice is a tie-break.")
-    return text
-
-
-def row_figures(sweep: Sweep) -> str:
-    lines = ["<details><summary>Per-configuration figures</summary>", ""]
-    for r in sweep.rows:
-        figs = [(f, t) for f, t in ROW_FIGURES if (r.dir / f).is_file()]
-        if not figs:
-            continue
-        lines += [f"**{link_text(r.label)}** (`{r.rel}/`)", "",
-                  " ".join(image(f"{r.rel}/{f}", f"{r.label}: {t}") for f, t in figs), ""]
-    lines += ["</details>", ""]
-    return "\n".join(lines)
+    return [read_sweep(Path(out) / n) for n in names]
 
 
 # ----------------------------------------------------------------------------------------------
 # CNN vs autoencoder
-
-
-def unique_complete(rows: Sequence[Row]) -> list[Row]:
-    seen, out = set(), []
-    for r in rows:
-        if r.complete and (r.fingerprint is None or r.fingerprint not in seen):
-            seen.add(r.fingerprint)
-            out.append(r)
-    return out
-
-
-def best_on_validation(rows: Sequence[Row]) -> Row | None:
-    ok = [r for r in rows if not r.metrics.get("n_diverged")] or list(rows)
-    if not ok:
-        return None
-    return max(ok, key=lambda r: num(r.metrics["val_accuracy"]["mean"]))
 
 
 def _arch(row: Row) -> str | None:
@@ -352,7 +62,7 @@ def _inference(study: Mapping, row: Row) -> Mapping:
 def _epochs_cell(r: Row) -> str:
     m = r.metrics
     if m.get("pretrain"):
-        pre = (r.config.get("extra") or {}).get("pretrain_config") or {}
+        pre = r.config.get("pretrain_config") or {}
         return f"{pre.get('epochs', '?')} + {m.get('epochs_run', '–')}"
     return str(m.get("epochs_run", "–"))
 
@@ -375,11 +85,15 @@ def _train_speed_cell(r: Row) -> str:
     return own
 
 
-def comparison(out: Path, sweeps: Sequence[Sweep], study: Mapping, class_names: Sequence[str]) -> list[str]:
-    q1 = unique_complete([r for s in sweeps if s.question == "q1" for r in s.rows])
-    q2 = unique_complete([r for s in sweeps if s.question == "q2" for r in s.rows
-                          if r.complete and r.metrics.get("pretrain")])
-    cnn, ae = best_on_validation(q1), best_on_validation(q2)
+def comparison(out: Path, sweeps: Sequence[SweepResult], study: Mapping, class_names: Sequence[str]) -> list[str]:
+    """The CNN-vs-autoencoder section: the best row of each question on validation, side by side,
+    and the conclusion (draws the comparison figure)."""
+    q1 = distinct([r for s in sweeps if s.question == "q1" for r in s.rows])
+    q2 = distinct([r for s in sweeps if s.question == "q2" for r in s.rows
+                   if r.complete and r.metrics.get("pretrain")])
+    best = {q: choose(rows) for q, rows in (("q1", q1), ("q2", q2))}
+    cnn, ae = (next((r for r in rows if c and r.name == c["choice"]), None)
+               for rows, c in ((q1, best["q1"]), (q2, best["q2"])))
     lines = ["## CNN vs autoencoder", ""]
     if cnn is None or ae is None:
         lines += ["Not available: this needs completed Question 1 and Question 2 (pretrained) runs.", ""]
@@ -408,7 +122,7 @@ def comparison(out: Path, sweeps: Sequence[Sweep], study: Mapping, class_names: 
             return [f(r) for _, r in cols]
 
         ms = lambda r: r.metrics  # noqa: E731
-        yield ["configuration", *each(lambda r: f"[{link_text(r.label)}]({r.rel}/metrics.json)")]
+        yield ["configuration", *each(lambda r: f"[{link_text(r.label)}]({r.experiment}/{r.name}/metrics.json)")]
         yield ["test accuracy %", *each(lambda r: fmt(ms(r).get("test_accuracy")))]
         yield ["validation accuracy %", *each(lambda r: fmt(ms(r).get("val_accuracy")))]
         for c in class_names:
@@ -426,8 +140,6 @@ def comparison(out: Path, sweeps: Sequence[Sweep], study: Mapping, class_names: 
         yield ["diverged", *each(lambda r: diverged_cell(ms(r)))]
 
     table = md_table(["measure", *[t for t, _ in cols]], list(cell_rows()), ["l", *["r"] * len(cols)])
-
-    from fmnist_jax import plots
 
     groups = {}
     for title, r in cols:
@@ -489,7 +201,7 @@ def comparison(out: Path, sweeps: Sequence[Sweep], study: Mapping, class_names: 
 # The report
 
 
-def _first_complete(sweeps: Sequence[Sweep]) -> Row | None:
+def _first_complete(sweeps: Sequence[SweepResult]) -> Row | None:
     return next((r for s in sweeps for r in s.rows if r.complete), None)
 
 
@@ -514,7 +226,7 @@ def _data_section(row: Row | None) -> list[str]:
         f"Validation is a stratified {fmt_num(num(info.get('val_fraction')) * 100)}% of the training "
         f"subset (split seed {info.get('split_seed', '?')}); every choice is made on it and the test "
         "split is only reported. Pixels are float32 scaled to [0, 1]"
-        + (", then standardised." if info.get("standardised") else " (not standardised)."),
+        + ".",
     ]
     if info.get("quick"):
         lines += ["", "⚠ **Quick (smoke) run**: a few hundred training and validation images and one epoch "
@@ -566,8 +278,11 @@ def write_report(out: str | Path) -> Path:
     sweeps = find_sweeps(out)
     if not sweeps:
         raise FileNotFoundError(f"no results under {out}: no <experiment>/<config>/config.json")
-    study = _read_json(out / STUDY_JSON) or {}
-    class_names = class_names_of(sweeps)
+    try:
+        study = io.read_json(out / STUDY_JSON)
+    except (OSError, ValueError):
+        study = {}
+    class_names = class_names_of([r for s in sweeps for r in s.rows])
     first = _first_complete(sweeps)
     pool = next((r.config.get("train_config", {}).get("pool") for s in sweeps if s.question == "q1"
                  for r in s.rows if r.config.get("train_config", {}).get("model") == "cnn"), "avg")
@@ -609,17 +324,8 @@ def write_report(out: str | Path) -> Path:
                       "head (cross-entropy). Train time is pretraining + fine-tuning seconds; rows that "
                       "share an autoencoder share its pretraining (one cached run).", ""]
         for s in qs:
-            n_seeds = max((r.n_seeds for r in s.rows), default=0)
-            lines += [f"### {s.title}", "", f"Folder `{s.name}/`; {n_seeds} seeds per configuration, "
-                      "accuracies in % as mean ± std over seeds.", "",
-                      sweep_table(s, class_names), "", choice_text(s), "",
-                      "Fit diagnosis" + (" and reconstruction (test MSE of the reconstruction vs. of the "
-                                         "noisy input itself, against the clean image)" if question == "q2"
-                                         else "") + ":", "",
-                      diagnosis_table(s), ""]
-            if s.overlays:
-                lines += [" ".join(image(f"{s.name}/{f}", f"{s.title}: {f}") for f in s.overlays), ""]
-            lines += [row_figures(s)]
+            lines += [f"### {s.title}", "", f"Folder `{s.name}/`.", "",
+                      *sweep_section(s, class_names, prefix=f"{s.name}/")]
         lines += ["Fit criteria: " + _criteria(qs), ""]
 
     lines += compared
@@ -631,7 +337,7 @@ def write_report(out: str | Path) -> Path:
     return path
 
 
-def _criteria(sweeps: Sequence[Sweep]) -> str:
+def _criteria(sweeps: Sequence[SweepResult]) -> str:
     for s in sweeps:
         for r in s.rows:
             if r.complete and r.metrics.get("fit_diagnosis", {}).get("criteria"):
@@ -644,7 +350,7 @@ def _hardware(backend: str | None) -> str:
     return {"gpu": "GPU", "cuda": "GPU", "rocm": "GPU", "tpu": "TPU", "cpu": "CPU only"}.get(backend or "", "?")
 
 
-def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[Sweep]) -> list[str]:
+def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[SweepResult]) -> list[str]:
     env = study.get("environment") or (first.config.get("environment") if first else None) or {}
     lines = ["## Environment and wall time", ""]
     if env:
@@ -656,15 +362,10 @@ def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[Swe
             ["device", f"{env.get('device_count', '?')} × {env.get('device_kind', '?')}"],
             ["platform", str(env.get("platform", "?"))],
         ]), ""]
-    config_s = 0.0
-    seen = set()
-    for s in sweeps:
-        for r in unique_complete(s.rows):
-            # A row written from a longer run as it passed its epochs took no time of its own.
-            if r.fingerprint in seen or r.config.get("snapshot_of"):
-                continue
-            seen.add(r.fingerprint)
-            config_s += num(r.metrics.get("timing", {}).get("wall_s")) or 0.0
+    # Each distinct configuration counts its own training time (a run that continued another
+    # counts only its own epochs: `own_wall_s`).
+    config_s = sum(num(r.metrics.get("timing", {}).get("own_wall_s", r.metrics.get("timing", {}).get("wall_s"))) or 0.0
+                   for r in distinct([r for s in sweeps for r in s.rows]))
     if study.get("total_wall_s") is not None:
         inv = study.get("invocations", [])
         lines.append(f"Total wall time of the study: **{fmt_num(study['total_wall_s'])} s** "
@@ -673,9 +374,8 @@ def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[Swe
     else:
         lines.append("Total wall time of the study: not recorded (no `study.json`).")
     lines.append(f"Training wall time summed over the distinct configurations trained (fine-tuning/"
-                 f"classifier stage, all seeds at once; rows written from a longer run count with "
-                 f"it; configurations trained side by side by `--workers` processes each count "
-                 f"in full, so the sum can exceed the study's wall time): {fmt_num(config_s)} s.")
+                 f"classifier stage, all seeds at once; a run that continued another counts only "
+                 f"its own epochs): {fmt_num(config_s)} s.")
     if study.get("command"):
         lines += ["", f"Command: `{study['command']}`"]
     return lines + [""]

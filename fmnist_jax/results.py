@@ -39,6 +39,7 @@ def versions() -> dict[str, str]:
 
 
 def environment() -> dict[str, Any]:
+    """The versions, backend and devices a result was made with (recorded beside it)."""
     import jax
 
     devices = jax.devices()
@@ -52,6 +53,7 @@ def environment() -> dict[str, Any]:
 
 
 def config_to_dict(cfg) -> dict:
+    """A (nested) config dataclass as plain JSON data."""
     return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
 
 
@@ -62,6 +64,7 @@ def config_fingerprint(payload: Mapping) -> str:
 
 
 def is_complete(run_dir: str | Path) -> bool:
+    """Whether a results folder holds every required file and a metrics.json marked complete."""
     run_dir = Path(run_dir)
     if not all((run_dir / name).is_file() for name in REQUIRED_FILES):
         return False
@@ -69,6 +72,11 @@ def is_complete(run_dir: str | Path) -> bool:
         return bool(io.read_json(run_dir / "metrics.json").get("complete"))
     except (OSError, ValueError):
         return False
+
+
+def is_temporary(path: Path) -> bool:
+    """A temporary name of fmnist_jax.io's atomic writes (`.<name>.<random>.tmp`)."""
+    return path.name.startswith(".") and path.name.endswith(".tmp")
 
 
 def clean_stale_temporaries(run_dir: str | Path) -> None:
@@ -103,26 +111,24 @@ def classifier_metrics(
     return out
 
 
-def write_run(
-    run_dir: str | Path, *, config: Mapping, history: Mapping, test_predictions: np.ndarray,
-    metrics_payload: Mapping, figures: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write one configuration's results; metrics.json goes last and marks completion.
+def write_run(run_dir: str | Path, *, history: Mapping, test_predictions: np.ndarray,
+              metrics: Mapping, figures: Mapping[str, Any] | None = None) -> Path:
+    """Write one configuration's results beside its config.json; metrics.json goes last and
+    marks completion.
 
-    `figures` maps a file name to a callable(path) drawing it (so nothing is drawn when a
-    figure is not wanted, and every figure is written atomically by `fmnist_jax.plots`).
+    `test_predictions` int [n_seeds, n_test]; `figures` maps a file name to a callable(path)
+    drawing it (every figure is written atomically by `fmnist_jax.plots`).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    io.write_json(run_dir / "config.json", config)
     io.write_json(run_dir / "history.json", history)
-    preds = np.asarray(test_predictions)
-    io.write_npy(run_dir / "test_predictions.npy", preds.astype(np.int64))
+    io.write_npy(run_dir / "test_predictions.npy", np.asarray(test_predictions).astype(np.int64))
     for name, draw in (figures or {}).items():
         draw(run_dir / name)
-    io.write_json(run_dir / "metrics.json", {**metrics_payload, "complete": True})
+    io.write_json(run_dir / "metrics.json", {**metrics, "complete": True})
     return run_dir
 
 
 def remove_tree(path: str | Path) -> None:
+    """Remove a folder and everything in it, if it exists."""
     shutil.rmtree(path, ignore_errors=True)

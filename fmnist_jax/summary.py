@@ -32,6 +32,8 @@ from fmnist_jax.models import ARCHITECTURES, CNN, Autoencoder, EncoderClassifier
 
 @dataclass(frozen=True)
 class Layer:
+    """One row of a layer table."""
+
     name: str  # e.g. "conv_1 (Conv3x3)", "ReLU", "AvgPool 2x2"
     output_shape: tuple[int, ...]  # batch dimension included (printed as -1)
     params: int
@@ -39,6 +41,8 @@ class Layer:
 
 @dataclass(frozen=True)
 class ModelSummary:
+    """A model's layer table and parameter totals."""
+
     title: str
     input_shape: tuple[int, ...]
     layers: tuple[Layer, ...]
@@ -157,6 +161,7 @@ def _totals(s: ModelSummary) -> list[str]:
 
 
 def text_table(s: ModelSummary) -> str:
+    """The table as torchsummary prints it."""
     rows = [(layer.name, _shape_text(layer.output_shape), f"{layer.params:,}") for layer in s.layers]
     w0 = max(len("Layer (type)"), *(len(r[0]) for r in rows))
     w1 = max(len("Output Shape"), *(len(r[1]) for r in rows))
@@ -169,6 +174,7 @@ def text_table(s: ModelSummary) -> str:
 
 
 def markdown_table(s: ModelSummary) -> str:
+    """The table in Markdown, with the input shape and totals."""
     lines = ["| layer (type) | output shape | parameters |", "|---|---|---:|"]
     lines += [f"| {layer.name} | {_shape_text(layer.output_shape)} | {layer.params:,} |" for layer in s.layers]
     lines.append(f"| **total** | | **{s.trainable:,}** |")
@@ -181,6 +187,7 @@ def model_tables(pool: str = "avg") -> dict[str, str]:
 
 
 def titles(pool: str = "avg") -> dict[str, str]:
+    """Each model's title, by key."""
     return {key: s.title for key, s in summaries(pool).items()}
 
 
@@ -189,6 +196,7 @@ NOTE = ("Output shapes are NHWC, batch first (-1): the original report's PyTorch
 
 
 def main(argv=None) -> None:
+    """`python -m fmnist_jax.summary`: print every model's layer table."""
     import argparse
 
     from fmnist_jax.models import POOLS

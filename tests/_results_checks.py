@@ -123,26 +123,39 @@ def fmt(ms, scale=100.0, digits=2) -> str:
     return f"{ms['mean'] * scale:.{digits}f} ± {ms['std'] * scale:.{digits}f}"
 
 
+def first_table(text: str) -> list[list[str]]:
+    """The cells of the body rows of the first Markdown table in `text`."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])
+    return rows
+
+
 def check_sweep_folder(sweep_dir: Path, names) -> dict:
-    """summary.md has one row per configuration whose numbers are its metrics.json's;
-    choice.json names the configuration with the best mean validation accuracy."""
+    """summary.md has one row per configuration, linked to its folder, whose numbers are its
+    metrics.json's; choice.json lists the rows and names the one with the best mean validation
+    accuracy."""
     sweep_dir = Path(sweep_dir)
     for name in SWEEP_FILES:
         assert (sweep_dir / name).is_file(), f"missing {sweep_dir / name}"
     check_png(sweep_dir / "sweep_val_accuracy.png")
-    table_rows = [line for line in (sweep_dir / "summary.md").read_text().splitlines()
-                  if line.startswith("| ") and not line.startswith("| configuration")]
+    table_rows = first_table((sweep_dir / "summary.md").read_text())
     assert len(table_rows) == len(names), table_rows
     vals = {}
-    for name, line in zip(names, table_rows):
+    for name, cells in zip(names, table_rows):
         run_dir = sweep_dir / name
         m = read_json(run_dir / "metrics.json")
         label = read_json(run_dir / "config.json")["label"]
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert cells[0] == label, (cells[0], label)
-        assert cells[1] == fmt(m["test_accuracy"]) and cells[2] == fmt(m["val_accuracy"]), line
+        escaped = label.replace("[", "\\[").replace("]", "\\]")  # inside a Markdown link
+        assert cells[0] == f"[{escaped}]({name}/metrics.json)", (cells[0], label)
+        assert cells[1] == fmt(m["test_accuracy"]) and cells[2] == fmt(m["val_accuracy"]), cells
         vals[name] = m["val_accuracy"]["mean"]
     choice = read_json(sweep_dir / "choice.json")
+    assert choice["rows"] == list(names)
     assert choice["choice"] == max(vals, key=vals.get)
-    assert re.search(r"Choice on validation: \*\*", (sweep_dir / "summary.md").read_text())
+    assert re.search(r"\*\*Choice on validation: ", (sweep_dir / "summary.md").read_text())
     return choice

@@ -41,18 +41,13 @@ def test_quick_run_writes_the_json_contract(tmp_path):
     ratios = result["ratios"]
     assert isinstance(ratios, dict) and ratios
     for key, value in ratios.items():
-        assert math.isfinite(value) and (key.startswith("step_share") or value > 0), (key, value)
+        assert math.isfinite(value) and value > 0, (key, value)
     assert math.isfinite(ratios["scan_over_loop"]) and ratios["scan_over_loop"] > 0
     assert any(k.startswith("cnn_seeds_vmap_N2_over") for k in ratios)
     assert any(k.startswith("cnn_seeds_map_N2_over") for k in ratios)  # members one after another
     assert rows["cnn_seeds_map_N2"]["n_members"] == 2
     if env["backend"] == "cpu":  # two host devices, forced in a subprocess
         assert any(k.startswith("cnn_dev2_seeds_N2_over") for k in ratios), result["skipped"]
-    if env["backend"] == "cpu" and env["cpu_count"] >= 2:  # one pinned worker process per core
-        workers = f"cnn_train_{env['cpu_count']}workers"
-        assert rows[workers]["processes"] == env["cpu_count"] and rows[workers]["n_members"] == 3
-        assert rows[workers]["images_per_rep"] == env["cpu_count"] * rows["cnn_train_1process"]["images_per_rep"]
-        assert ratios[f"{workers}_over_cnn_train_1process"] > 0
 
     table = out.with_suffix(".md").read_text()
     assert "| cnn_train |" in table and "scan_over_loop" in table

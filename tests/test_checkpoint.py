@@ -128,101 +128,52 @@ def test_resume_continues_exactly(small, uninterrupted, tmp_path):
     assert "train_images_per_s" not in again.timing
 
 
-def test_interrupted_run_resumes_exactly(small, uninterrupted, tmp_path):
-    directory = tmp_path / "run"
-    polls = []
-
-    def stop_after_first_epoch():
-        polls.append(1)
-        return True
-
-    with pytest.raises(fit_lib.Interrupted):
-        fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory,
-                    should_stop=stop_after_first_epoch)
-    assert len(polls) == 1
-    assert checkpoint.latest_step(directory) == 1
-
-    resumed = fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory,
-                          should_stop=lambda: False)
-    _assert_same_run(resumed, uninterrupted)
+def test_a_run_continued_from_a_shorter_one_is_the_longer_run(small, uninterrupted):
+    """`start`: a 1-epoch run continued to 2 epochs gives the 2-epoch run bit for bit (what lets
+    the epochs sweep train 3, then 2 more epochs for its 5-epoch row, ...). The run it continues
+    is left intact: the epoch program donates copies, not its states."""
+    first = fit_lib.fit(CFG.replace(epochs=1), *small, seeds=SEEDS, parallel="none")
+    kept = jax.tree_util.tree_map(np.asarray, first.states)
+    for _ in range(2):  # continued twice from the same run: the same result
+        continued = fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", start=first)
+        _assert_same_run(continued, uninterrupted)
+    chex.assert_trees_all_equal(jax.tree_util.tree_map(np.asarray, first.states), kept)
+    assert first.epochs_run == 1 and len(first.history["train_loss"][0]) == 1
+    assert continued.timing["own_wall_s"] < continued.timing["wall_s"]  # counts the first epoch too
+    with pytest.raises(ValueError, match="either `init`"):
+        fit_lib.fit(CFG, *small, seeds=SEEDS, start=first, init=first.states)
 
 
-def test_first_epochs_of_a_longer_run_are_the_shorter_run(small, uninterrupted):
-    """With a constant schedule, epoch k's snapshot of a longer run is exactly a k-epoch run:
-    what lets a sweep over epochs train only its longest configuration."""
-    assert train_lib.epochs_free(CFG)
-    snapshots = {}
-
-    def keep(result):
-        snapshots[result.epochs_run] = result
-
-    longer = fit_lib.fit(CFG.replace(epochs=3), *small, seeds=SEEDS, parallel="none", on_epoch=keep)
-    assert sorted(snapshots) == [1, 2, 3]
-    # The states of epoch 2 survived epoch 3 (whose program donates its input states).
-    _assert_same_run(snapshots[2], uninterrupted)
-    _assert_same_run(snapshots[3], longer)
-
-
-def test_a_constant_run_is_the_start_of_a_run_that_decays_later(small, uninterrupted):
-    """A wsd schedule keeps the constant rate until its decay: a 2-epoch constant run is
-    exactly the first 2 epochs of a 3-epoch run whose last epoch decays (what lets the tuned
-    Q1 run write the `none` row), and that last epoch differs from a constant third epoch."""
+def test_a_schedule_that_decays_later_continues_the_constant_run(small, uninterrupted):
+    """A wsd schedule keeps the constant rate until its decay: the 3-epoch run whose last epoch
+    decays, trained in one go, is the 2-epoch constant run continued (the multipliers come from
+    the host, so the compiled program is the same), and its last epoch differs from a constant
+    one."""
     wsd = CFG.replace(epochs=3, optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1))
-    assert train_lib.starts_with(wsd, CFG)
-    snapshots = {}
-    decayed = fit_lib.fit(wsd, *small, seeds=SEEDS, parallel="none",
-                          on_epoch=lambda r: snapshots.setdefault(r.epochs_run, r))
-    _assert_same_run(snapshots[2], uninterrupted)
-    constant = fit_lib.fit(CFG.replace(epochs=3), *small, seeds=SEEDS, parallel="none")
+    decayed = fit_lib.fit(wsd, *small, seeds=SEEDS, parallel="none")
+    _assert_same_run(fit_lib.fit(wsd, *small, seeds=SEEDS, parallel="none", start=uninterrupted), decayed)
+    constant = fit_lib.fit(CFG.replace(epochs=3), *small, seeds=SEEDS, parallel="none", start=uninterrupted)
     assert [row[:2] for row in decayed.history["train_loss"]] == [row[:2] for row in constant.history["train_loss"]]
     assert [row[2] for row in decayed.history["train_loss"]] != [row[2] for row in constant.history["train_loss"]]
 
 
-def test_a_decay_on_another_training_set_continues_the_constant_run(small, tmp_path):
-    """Q1's tuned recipe: train on the expanded set, then decay on the originals. Its first
-    epoch is the 1-epoch constant `expand` run, and its decay epoch is what a run on the
-    originals with the same wsd schedule trains when resumed from that epoch's checkpoint."""
+def test_a_stage_on_another_training_set_continues_from_the_last_checkpoint(small, tmp_path):
+    """Q1's tuned recipe as two stages: one epoch on the expanded set, then one on the originals
+    while the rate falls to 0. Continuing the first stage's result in memory (`start`) and
+    resuming from its last checkpoint give the same run; the second stage trains the originals'
+    steps, not the expanded set's."""
     train, evals = small
     expand = CFG.replace(augment="expand", epochs=1)
-    wsd = train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1)
-    tuned = expand.replace(epochs=2, optimizer=wsd, decay_augment="none")
-    assert train_lib.starts_with(tuned, expand)
-    snapshots = {}
-    run = fit_lib.fit(tuned, train, evals, seeds=SEEDS, parallel="none",
-                      on_epoch=lambda r: snapshots.setdefault(r.epochs_run, r))
+    tuned = CFG.replace(augment="none", epochs=2,
+                        optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1))
     first = fit_lib.fit(expand, train, evals, seeds=SEEDS, parallel="none", checkpoint_dir=tmp_path / "ck")
-    _assert_same_run(snapshots[1], first)
-    # Resumed from the expand run's epoch: one epoch on the 500 originals, rate falling to 0.
-    originals = fit_lib.fit(CFG.replace(augment="none", optimizer=wsd), train, evals, seeds=SEEDS,
-                            parallel="none", checkpoint_dir=tmp_path / "ck")
-    _assert_same_run(run, originals)
-    assert run.timing["train_images_per_s"] > 0
-    # Decaying on the expanded set instead is another run.
-    on_expanded = fit_lib.fit(tuned.replace(decay_augment=None), train, evals, seeds=SEEDS, parallel="none")
+    steps = N_TRAIN // BATCH
+    np.testing.assert_array_equal(np.asarray(first.states.step), 3 * steps)
+    run = fit_lib.fit(tuned, train, evals, seeds=SEEDS, parallel="none", start=first)
+    np.testing.assert_array_equal(np.asarray(run.states.step), 4 * steps)
+    _assert_same_run(fit_lib.fit(tuned, train, evals, seeds=SEEDS, parallel="none",
+                                 checkpoint_dir=tmp_path / "ck"), run)
+    # Continuing on the expanded set instead is another run.
+    on_expanded = fit_lib.fit(tuned.replace(augment="expand"), train, evals, seeds=SEEDS,
+                              parallel="none", start=first)
     assert on_expanded.history["train_loss"] != run.history["train_loss"]
-
-
-def test_a_decay_augmentation_needs_whole_decay_epochs():
-    wsd = train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1)
-    with pytest.raises(ValueError, match="needs decay epochs"):
-        CFG.replace(decay_augment="none")
-    with pytest.raises(ValueError, match="whole epochs"):
-        CFG.replace(epochs=3, decay_augment="none",
-                    optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1.5))
-    with pytest.raises(ValueError, match="unknown decay augmentation 'flip'"):
-        CFG.replace(optimizer=wsd, decay_augment="flip")
-    tuned = CFG.replace(augment="expand", epochs=3, optimizer=wsd, decay_augment="none")
-    assert [train_lib.phase_config(tuned, e).augment for e in range(3)] == ["expand", "expand", "none"]
-    assert train_lib.phase_config(tuned, 2).decay_augment is None
-    assert train_lib.phase_config(CFG, 1) is CFG
-
-
-def test_a_cosine_schedule_depends_on_the_run_length(small, uninterrupted):
-    cosine = CFG.replace(optimizer=train_lib.OptimizerConfig(schedule="cosine"))
-    assert not train_lib.epochs_free(cosine)
-    snapshots = {}
-    fit_lib.fit(cosine.replace(epochs=3), *small, seeds=SEEDS, parallel="none",
-                on_epoch=lambda r: snapshots.setdefault(r.epochs_run, r))
-    two = fit_lib.fit(cosine, *small, seeds=SEEDS, parallel="none")
-    # Same seeds, but the learning rate decays over 3 epochs in one and 2 in the other.
-    assert snapshots[2].history["train_loss"] != two.history["train_loss"]

@@ -3,7 +3,7 @@
 One results root is shared by the three sweeps, as a user's `results/` is: the augmentation
 sweep runs through its real command line (a subprocess), the epochs and optimizer sweeps
 in-process after it, so the tuned row (and every other configuration two sweeps share) is
-trained once and reused. Metrics are checked against predictions recomputed with sklearn from
+trained once and copied. Metrics are checked against predictions recomputed with sklearn from
 the raw test labels (tests/_results_checks.py).
 """
 
@@ -21,10 +21,11 @@ import numpy as np
 import pytest
 
 from _results_checks import check_png, check_run_folder, check_sweep_folder, read_json
-from experiments import common, q1
+from experiments import cli, q1, sweep as sweep_lib
+from experiments.context import make_context
 from fmnist_jax import augment
-from fmnist_jax import train as train_lib
-from fmnist_jax.fit import prepare_train_set
+from fmnist_jax.fit import FitResult, prepare_train_set
+from fmnist_jax.train import OptimizerConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 N_SEEDS = 2
@@ -79,7 +80,7 @@ def maxpool(out_root, epochs) -> Path:
 
 
 def parse(argv=()):
-    return common.parser("test").parse_args(list(argv))
+    return cli.parse(cli.parser("test", epochs=q1.EPOCHS, lr=q1.LR), list(argv))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,8 +101,10 @@ def test_augmentation_sweep_outputs(augmentation):
     check_sweep(augmentation, "q1_augmentation")
     augment = {n: read_json(augmentation / n / "config.json")["train_config"]["augment"]
                for n in NAMES["q1_augmentation"]}
-    assert augment == {"none": "none", "expand": "expand", "online": "online", "tuned": "expand"}
-    assert read_json(augmentation / "tuned" / "config.json")["train_config"]["decay_augment"] == "none"
+    # The tuned row's own stage trains the originals; the run it continues, the expanded set.
+    assert augment == {"none": "none", "expand": "expand", "online": "online", "tuned": "none"}
+    tuned = read_json(augmentation / "tuned" / "config.json")
+    assert tuned["start"]["train_config"] == read_json(augmentation / "expand" / "config.json")["train_config"]
 
 
 def test_epochs_sweep_outputs(epochs):
@@ -111,6 +114,8 @@ def test_epochs_sweep_outputs(epochs):
     m = read_json(sweep_dir / "epochs_1" / "metrics.json")
     assert "val_loss_roughness" in m and "verdict" in m["fit_diagnosis"]
     assert "val-loss roughness" in (sweep_dir / "summary.md").read_text()
+    # Identical to the augmentation sweep's `online` row (5 epochs here 1): copied, not trained.
+    assert Path(read_json(sweep_dir / "epochs_1" / "config.json")["reused_from"]).name == "online"
 
 
 def test_optimizer_sweep_outputs(optimizers):
@@ -126,13 +131,11 @@ def test_optimizer_sweep_outputs(optimizers):
 # Reuse: the tuned row is one configuration, trained once
 
 
-def test_tuned_row_is_shared_and_reused(augmentation, epochs, optimizers):
+def test_tuned_row_continues_the_expand_row_and_is_reused(augmentation, epochs, optimizers):
     trained = augmentation / "tuned"
     first = read_json(trained / "config.json")
     assert "reused_from" not in first
-    # Its first epoch is the `expand` row: written from it, not trained again.
-    expand = read_json(augmentation / "expand" / "config.json")
-    assert Path(expand["snapshot_of"]).resolve() == trained.resolve() and expand["snapshot_epoch"] == 1
+    # Its first epoch is the `expand` row's run, continued (not trained again) for 1 epoch.
     tuned_history = read_json(trained / "history.json")
     expand_history = read_json(augmentation / "expand" / "history.json")
     for key, rows in expand_history.items():
@@ -166,60 +169,59 @@ def test_full_size_specs():
         assert (cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.schedule) == ("adam", 1e-3, "constant")
         assert (cfg.aug.max_degrees, cfg.aug.noise_std) == (10.0, 0.1)
     assert aug["online"].cfg == opts["adam"].cfg == eps["epochs_5"].cfg  # one run, reused
-    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online", "expand"]
+    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online", "none"]
     assert [s.cfg.epochs for n, s in eps.items() if n != "tuned"] == [3, 5, 8, 10]
     assert opts["sgd"].cfg.optimizer.learning_rate == 1e-3 and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
-    assert aug["tuned"].cfg == eps["tuned"].cfg == opts["tuned"].cfg
+    assert aug["tuned"] == eps["tuned"] == opts["tuned"]
     tuned = aug["tuned"].cfg
-    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.augment) == ("avg", 100, 7, "expand")
-    assert (tuned.optimizer.schedule, tuned.optimizer.decay_epochs, tuned.decay_augment) == ("wsd", 2, "none")
-    # The tuned run starts as the `expand` row, which the study therefore writes from it.
-    assert train_lib.starts_with(tuned, aug["expand"].cfg)
-    assert not train_lib.starts_with(tuned, aug["none"].cfg)
-    assert aug["online"].cfg.label_smoothing == 0.0  # the faithful rows keep plain cross-entropy
+    assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.augment) == ("avg", 100, 7, "none")
+    assert (tuned.optimizer.schedule, tuned.optimizer.decay_epochs) == ("wsd", 2)
+    # Two stages: the `expand` row's run, continued for 2 epochs on the originals.
+    assert aug["tuned"].start == aug["expand"]
 
 
 # ----------------------------------------------------------------------------------------------
-# Epochs: the shorter runs are the first epochs of the longest
+# Epochs: each row continues the one before
 
 
-def test_epochs_sweep_trains_only_its_longest_run(tmp_path):
-    """3, 5 and 8 epochs are written from the 10-epoch run (constant learning rate), and equal
-    the same configuration trained on its own: same fingerprint, predictions and metrics."""
+def test_epochs_sweep_continues_each_run_from_the_shorter_one(tmp_path):
+    """3, 5, 8 and 10 epochs: each continues the previous one (constant learning rate), and
+    equals the same configuration trained alone: fingerprint, history, predictions, metrics."""
     limit = ["--limit", "200", "--seeds", "2"]
     log = run_in_process("q1_epochs", [*limit, "--out", str(tmp_path / "out")])
     sweep = tmp_path / "out" / "q1_epochs"
-    assert "epochs_10: training" in log and "tuned: training" in log  # no augmentation: no prefix
-    longest = read_json(sweep / "epochs_10" / "history.json")
-    for e in (3, 5, 8):
-        assert f"epochs_{e}: written from epoch {e} of" in log and f"epochs_{e}: training" not in log
-        run_dir = sweep / f"epochs_{e}"
-        config = read_json(run_dir / "config.json")
-        assert Path(config["snapshot_of"]).resolve() == (sweep / "epochs_10").resolve()
-        assert config["snapshot_epoch"] == e == config["train_config"]["epochs"]
-        history = read_json(run_dir / "history.json")
-        assert history["epoch"] == list(range(1, e + 1))
-        for key, rows in longest.items():
-            if key != "epoch":
-                assert history[key] == [row[:e] for row in rows], key
-        assert read_json(run_dir / "metrics.json")["epochs_run"] == e
-
-    args = common.parser("test").parse_args([*limit, "--quiet", "--out", str(tmp_path / "alone")])
-    ctx = common.make_context(args)
-    spec = next(s for s in q1.epochs_specs(args) if s.name == "epochs_3")
-    common.run_sweep(ctx, "alone", [spec], q1.execute, title="alone")  # no snapshots: trained
-    alone = tmp_path / "alone" / "alone" / "epochs_3"
-    assert "snapshot_of" not in read_json(alone / "config.json")
-    assert read_json(alone / "config.json")["fingerprint"] == read_json(sweep / "epochs_3" / "config.json")["fingerprint"]
-    assert np.array_equal(np.load(alone / "test_predictions.npy"),
-                          np.load(sweep / "epochs_3" / "test_predictions.npy"))
-    got, want = read_json(sweep / "epochs_3" / "metrics.json"), read_json(alone / "metrics.json")
-    for m in (got, want):
-        m.pop("timing")
+    for before, e in ((3, 5), (5, 8), (8, 10)):
+        assert f"epochs_{e}: continues the {before}-epoch run" in log
+    assert "epochs_3: continues" not in log and "tuned: continues the 5-epoch run" in log
+    opts = parse([*limit, "--quiet", "--out", str(tmp_path / "alone")])
+    spec = next(s for s in q1.epochs_specs(opts) if s.name == "epochs_5")
+    sweep_lib.run_sweep(make_context(opts), sweep_lib.Sweep("alone", "alone", (spec,)))
+    alone, chained = tmp_path / "alone" / "alone" / "epochs_5", sweep / "epochs_5"
+    assert read_json(alone / "config.json")["fingerprint"] == read_json(chained / "config.json")["fingerprint"]
+    assert read_json(alone / "history.json") == read_json(chained / "history.json")
+    assert np.array_equal(np.load(alone / "test_predictions.npy"), np.load(chained / "test_predictions.npy"))
+    got, want = read_json(chained / "metrics.json"), read_json(alone / "metrics.json")
+    assert got.pop("timing")["own_wall_s"] < want.pop("timing")["own_wall_s"]  # 2 epochs, not 5
     assert got == want
 
     again = run_in_process("q1_epochs", [*limit, "--out", str(tmp_path / "out")])
     assert "training" not in again and again.count("complete, skipped") == 5
+
+
+def test_which_runs_continue_which():
+    """Only a longer run of the same configuration at a constant rate continues a finished one."""
+    def done(cfg, epochs_run=None):
+        return FitResult(cfg=cfg, seeds=[0], states=None, history={}, diverged=[False], final={},
+                         epochs_run=cfg.epochs if epochs_run is None else epochs_run)
+
+    three = TrainConfig(epochs=3)
+    assert sweep_lib._continues(done(three), three.replace(epochs=5))
+    assert not sweep_lib._continues(done(three), three)  # the same run: returned, not continued
+    assert not sweep_lib._continues(done(three.replace(epochs=5)), three)
+    assert not sweep_lib._continues(done(three, epochs_run=2), three.replace(epochs=5))  # stopped early
+    assert not sweep_lib._continues(done(three), three.replace(epochs=5, augment="none"))
+    wsd = OptimizerConfig(schedule="wsd", decay_epochs=1)
+    assert not sweep_lib._continues(done(three), three.replace(epochs=5, optimizer=wsd))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +313,7 @@ def test_bad_flag_through_the_command_line(tmp_path):
 def test_batch_larger_than_the_training_split_is_a_usage_error(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        q1.main("q1_epochs", ["--quick", "--quiet", "--batch-size", str(common.QUICK_TRAIN + 1), "--out", str(out)])
+        q1.main("q1_epochs", ["--quick", "--quiet", "--batch-size", str(cli.QUICK_TRAIN + 1), "--out", str(out)])
     assert exc.value.code == 2
     assert "--batch-size" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())
@@ -323,96 +325,3 @@ def test_png_check_rejects_non_png(tmp_path):
     bogus.write_bytes(b"not a png" * 1000)
     with pytest.raises(AssertionError):
         check_png(bogus)
-
-
-def test_roughness_cell_handles_undefined_roughness():
-    """Fewer than 3 epochs: the roughness is NaN, stored in JSON as "nan"; the table shows '–'."""
-    assert q1.roughness_cell({"val_loss_roughness": {"mean": "nan", "std": "nan", "per_seed": ["nan"]}}) == "–"
-    assert q1.roughness_cell({}) == "–"
-    assert q1.roughness_cell({"val_loss_roughness": {"mean": 0.01234, "std": 0.001}}) == "0.0123 ± 0.0010"
-
-
-def test_q1_all_runs_the_three_sweeps_planned_together(tmp_path, monkeypatch):
-    """`python -m experiments.q1_all` hands all three sweeps, in the study's order, to one plan
-    (what that plan does is tested through the study); its flags are the sweeps' own."""
-    calls = []
-    monkeypatch.setattr(q1, "run_all", lambda experiments, ctx: calls.append((tuple(experiments), ctx.args)))
-    q1.main_all(["--quick", "--quiet", "--seeds", "2", "--out", str(tmp_path / "out")])
-    [(experiments, args)] = calls
-    assert experiments == q1.ORDER == ("q1_epochs", "q1_augmentation", "q1_optimizers")
-    assert args.quick and args.seeds == 2 and args.out == tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        q1.main_all(["--quick", "--lr", "0", "--out", str(tmp_path / "bad")])
-    assert exc.value.code == 2 and len(calls) == 1
-
-
-# ----------------------------------------------------------------------------------------------
-# Worker processes (--workers): the same bits as one process, a failure stops them all
-
-
-def test_workers_train_the_same_numbers_as_one_process(tmp_path, optimizers):
-    """The optimizer sweep trained by 2 worker processes (each pinned to one core) gives the
-    results of the in-process run of the `optimizers` fixture bit for bit."""
-    sequential, _ = optimizers
-    out = tmp_path / "out"
-    proc = subprocess.run(  # a subprocess, so the workers' lines are captured too
-        [sys.executable, "-m", "experiments.q1_optimizers", *QUICK, "--workers", "2", "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    log = proc.stdout
-    assert "training 4 configurations, 2 at a time in worker processes" in log
-    # Longest first: the tuned run (1 + 1 epochs) starts before the 1-epoch ones.
-    starts = [line for line in log.splitlines() if line.endswith(": training")]
-    assert len(starts) == 4 and all(line.startswith("[worker ") for line in starts), starts
-    assert "tuned" in starts[0] or "tuned" in starts[1], starts  # the first two start together
-    check_sweep(out / "q1_optimizers", "q1_optimizers")
-    for name in NAMES["q1_optimizers"]:
-        a, b = sequential / name, out / "q1_optimizers" / name
-        assert read_json(b / "config.json")["fingerprint"] == read_json(a / "config.json")["fingerprint"]
-        assert np.array_equal(np.load(a / "test_predictions.npy"), np.load(b / "test_predictions.npy")), name
-        assert read_json(a / "history.json") == read_json(b / "history.json"), name
-        ma, mb = read_json(a / "metrics.json"), read_json(b / "metrics.json")
-        for key in ("test_accuracy", "val_accuracy", "per_class_test_accuracy", "classification_report"):
-            assert ma[key] == mb[key], (name, key)
-    # Rerun: everything is complete, so no worker is started.
-    again = run_in_process("q1_optimizers", [*QUICK, "--workers", "2", "--out", str(out)])
-    assert "worker" not in again and again.count("complete, skipped") == 4
-
-
-def test_a_failed_worker_stops_the_others_and_keeps_their_work(tmp_path, monkeypatch, capsys):
-    """The second worker exits with status 2 at once: the parent stops the first, starts no
-    other, writes no summary and exits with that status and a message saying how to resume."""
-    from experiments import workers
-
-    real = workers.worker_command
-    started = []
-
-    def command(job_file):
-        started.append(job_file.name)
-        if len(started) == 2:
-            return [sys.executable, "-c", "import sys; sys.exit(2)"]
-        return real(job_file)
-
-    stopped = []
-    real_stop = workers._stop
-    monkeypatch.setattr(workers, "worker_command", command)
-    monkeypatch.setattr(workers, "_stop", lambda procs, **kw: (stopped.extend(procs), real_stop(procs, **kw)))
-    out = tmp_path / "out"
-    with pytest.raises(SystemExit) as exc:
-        q1.main("q1_optimizers", [*QUICK, "--quiet", "--workers", "2", "--out", str(out)])
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert "error: the worker training q1_optimizers/" in err and "failed (exit status 2" in err
-    assert "rerun the same command to resume" in err
-    assert len(started) == 2  # of 4 configurations: none started after the failure
-    assert stopped and all(p.poll() is not None for p in stopped)  # worker 1 was stopped, and ended
-    assert not (out / "q1_optimizers" / "summary.md").exists()
-
-
-def test_bad_workers_value_is_a_usage_error(tmp_path, capsys):
-    for value in ("0", "-1", "two"):
-        with pytest.raises(SystemExit) as exc:
-            q1.main("q1_optimizers", ["--quick", "--workers", value, "--out", str(tmp_path / "out")])
-        assert exc.value.code == 2
-        assert "--workers must be 'auto' or an integer >= 1" in capsys.readouterr().err
-    assert not (tmp_path / "out").exists()

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from _results_checks import check_png, check_run_folder, check_sweep_folder, read_json
-from experiments import common, q2
+from experiments import cli as cli_lib, q2, sweep as sweep_lib
+from experiments.cli import UsageError
+from experiments.context import Context
 from fmnist_jax import augment, fit as fit_lib, train as train_lib
 from fmnist_jax.models import ARCHITECTURES, Autoencoder, Encoder
 
@@ -29,9 +31,7 @@ BASE = ARCHITECTURES["base"]
 
 
 def q2_args(argv):
-    p = common.parser("test", epochs=10, lr=1e-3)
-    q2.add_flags(p)
-    return p.parse_args(list(argv))
+    return cli_lib.parse(cli_lib.parser("test", epochs=q2.EPOCHS, lr=q2.LR, question2=True), list(argv))
 
 
 def as_numpy(tree):
@@ -54,7 +54,7 @@ def tree_distance(a, b) -> float:
 
 
 @pytest.fixture(scope="module")
-def ctx(task_data, tmp_path_factory) -> common.Context:
+def ctx(task_data, tmp_path_factory) -> Context:
     out = tmp_path_factory.mktemp("q2_stages")
     args = q2_args(["--quiet", "--seeds", str(len(SEEDS)), "--out", str(out), "--pretrain-epochs", "2",
                     "--epochs", "1"])
@@ -65,17 +65,17 @@ def ctx(task_data, tmp_path_factory) -> common.Context:
         test_images=task_data.test_images[:N_TEST], test_labels=task_data.test_labels[:N_TEST],
         info={**task_data.info, "counts": {"train": N_TRAIN, "val": N_VAL, "test": N_TEST}})
     log: list[str] = []
-    return common.Context(args=args, data=data, out=out, seeds=SEEDS, log=log.append)
+    return Context(opts=args, data=data, seeds=SEEDS, log=log.append)
 
 
 @pytest.fixture(scope="module")
 def pretrained(ctx):
     """q2.pretrain, with the engine's result and the encoder handed to the checkpoint captured."""
     seen = {}
-    real_fit, real_save = q2.fit, q2.checkpoint.save
+    real_train, real_save = sweep_lib.train, q2.checkpoint.save
 
-    def spy_fit(*a, **k):
-        seen["result"] = result = real_fit(*a, **k)
+    def spy_train(*a, **k):
+        seen["result"] = result = real_train(*a, **k)
         return result
 
     def spy_save(directory, step, state, extra=None, **k):
@@ -83,9 +83,9 @@ def pretrained(ctx):
             seen["saved"] = as_numpy(state)
         return real_save(directory, step, state, extra, **k)
 
-    cfg = q2.pretrain_config(ctx.args, arch="base", lr=1e-3, epochs=2)
+    cfg = q2.pretrain_config(ctx.opts, arch="base", lr=1e-3, epochs=2)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(q2, "fit", spy_fit)
+        mp.setattr(sweep_lib, "train", spy_train)
         mp.setattr(q2.checkpoint, "save", spy_save)
         folder = q2.pretrain(ctx, cfg)
     return folder, cfg, seen["result"], seen["saved"]
@@ -112,7 +112,7 @@ def test_pretraining_denoises_real_images(pretrained, ctx):
     assert all(row[-1] < row[0] for row in h["train_loss"])
     for name in ("reconstruction_curves.png", "denoising.png"):
         check_png(folder / name)
-    assert read_json(folder / "config.json")["pretrain"]["denoise_std"] == cfg.denoise_std
+    assert read_json(folder / "config.json")["train_config"]["denoise_std"] == cfg.denoise_std
 
 
 def test_restored_encoder_gives_identical_outputs(pretrained, ctx):
@@ -131,11 +131,11 @@ def test_restored_encoder_gives_identical_outputs(pretrained, ctx):
 
 def test_encoder_checkpoint_that_does_not_fit_is_a_usage_error(pretrained):
     folder = pretrained[0]
-    with pytest.raises(common.UsageError, match="--arch"):
+    with pytest.raises(UsageError, match="--arch"):
         q2.restore_encoder(folder / "encoder", ARCHITECTURES["thick"], len(SEEDS))
-    with pytest.raises(common.UsageError, match="--seeds"):
+    with pytest.raises(UsageError, match="--seeds"):
         q2.restore_encoder(folder / "encoder", BASE, 3)
-    with pytest.raises(common.UsageError, match="no encoder checkpoint"):
+    with pytest.raises(UsageError, match="no encoder checkpoint"):
         q2.restore_encoder(folder / "missing", BASE, len(SEEDS))
     assert not (folder / "missing").exists()
 
@@ -145,30 +145,27 @@ def finetuned(ctx, pretrained):
     """The pretraining sweep (fine-tuned, frozen probe, no pretraining) on the small context, with
     every classifier fit observed: the states it starts from and the states it ends with."""
     calls = {}
-    real_fit = common.fit
+    real_fit = sweep_lib.fit
 
-    def spy_fit(cfg, train, eval_sets, seeds, *, init_hook=None, **k):
-        prog = train_lib.program(cfg, len(train[1]))
-        fresh = fit_lib.init_states(prog, seeds)
-        start = init_hook(fresh) if init_hook is not None else fresh
-        call = {"cfg": cfg, "hooked": init_hook is not None, "fresh": as_numpy(fresh.params),
+    def spy_fit(cfg, train, eval_sets, seeds, *, init=None, **k):
+        if cfg.model == "autoencoder":
+            raise AssertionError("the autoencoder was pretrained again instead of reused")
+        fresh = fit_lib.init_states(train_lib.program(cfg, len(train[1])), seeds)
+        start = init if init is not None else fresh
+        call = {"cfg": cfg, "hooked": init is not None, "fresh": as_numpy(fresh.params),
                 "start": as_numpy(start.params)}
-        result = real_fit(cfg, train, eval_sets, seeds, init_hook=init_hook, **k)
+        result = real_fit(cfg, train, eval_sets, seeds, init=init, **k)
         call["end"] = as_numpy(result.states.params)
-        # The engine donates the states it trains: the pretrained weights the hook holds must
-        # not be among them (the hook stays usable, e.g. for a second run or a resume).
-        call["hook_arrays_alive"] = init_hook is None or not any(
-            x.is_deleted() for x in jax.tree_util.tree_leaves(init_hook.args))
+        # The engine donates the states it trains: the states it was given must not be among
+        # them (they stay usable, e.g. for a second run or a resume).
+        call["init_arrays_alive"] = init is None or not any(
+            x.is_deleted() for x in jax.tree_util.tree_leaves(init))
         calls[Path(k["checkpoint_dir"]).parent.name] = call
         return result
 
-    def no_pretraining(*a, **k):
-        raise AssertionError("the autoencoder was pretrained again instead of reused")
-
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(common, "fit", spy_fit)
-        mp.setattr(q2, "fit", no_pretraining)
-        q2.run(ctx, sweeps=("pretraining",))
+        mp.setattr(sweep_lib, "fit", spy_fit)
+        sweep_lib.run_sweep(ctx, q2.sweep("pretraining", ctx.opts))
     return calls
 
 
@@ -177,7 +174,7 @@ def test_finetuning_starts_from_the_pretrained_encoder(finetuned, pretrained, ct
     assert sorted(finetuned) == ["finetuned", "frozen_probe", "no_pretraining"]
     for name in ("finetuned", "frozen_probe"):
         run = finetuned[name]
-        assert run["hooked"] and run["hook_arrays_alive"]
+        assert run["hooked"] and run["init_arrays_alive"]
         assert trees_equal(run["start"]["encoder"], checkpoint_encoder)
         assert not trees_equal(run["fresh"]["encoder"], checkpoint_encoder)
         # The head is the classifier's own fresh one.
@@ -214,97 +211,65 @@ def test_sweep_specs():
     lr = q2.sweep_specs(args, "lr")
     assert [s.name for s in lr] == ["lr_0.001", "lr_0.01"]
     assert [s.cfg.optimizer.learning_rate for s in lr] == [1e-3, 1e-2]
-    assert [s.extra["pretrain_config"]["optimizer"]["learning_rate"] for s in lr] == [1e-3, 1e-2]
+    assert [s.pretrain.optimizer.learning_rate for s in lr] == [1e-3, 1e-2]
 
     arch = q2.sweep_specs(args, "arch")
     assert [s.name for s in arch] == ["base", "thick"]
     assert [s.cfg.widths for s in arch] == [(512, 256, 64), (600, 550, 512)]
-    assert [tuple(s.extra["pretrain_config"]["widths"]) for s in arch] == [(512, 256, 64), (600, 550, 512)]
+    assert [s.pretrain.widths for s in arch] == [(512, 256, 64), (600, 550, 512)]
 
     epochs = q2.sweep_specs(args, "epochs")
     assert [s.cfg.epochs for s in epochs] == [2, 10, 20]
-    assert [s.extra["pretrain_config"]["epochs"] for s in epochs] == [2, 10, 20]
+    assert [s.pretrain.epochs for s in epochs] == [2, 10, 20]
 
     value = {s.name: s for s in q2.sweep_specs(args, "pretraining")}
     assert sorted(value) == ["finetuned", "frozen_probe", "no_pretraining"]
     assert value["frozen_probe"].cfg.freeze_encoder and not value["finetuned"].cfg.freeze_encoder
-    assert value["no_pretraining"].extra["pretrain_config"] is None
+    assert value["no_pretraining"].pretrain is None
     assert not value["no_pretraining"].cfg.freeze_encoder
 
     # Every row: the report's defaults where not swept, on both stages.
     for spec in [*lr, *arch, *epochs, *value.values()]:
-        cfg, pre = spec.cfg, spec.extra["pretrain_config"]
+        cfg, pre = spec.cfg, spec.pretrain
         assert (cfg.model, cfg.batch_size, cfg.optimizer.name, cfg.augment) == ("encoder_classifier", 100, "adam", "none")
         if spec not in lr:
             assert cfg.optimizer.learning_rate == 1e-3
         if spec not in epochs:
             assert cfg.epochs == 10
         if pre is not None:
-            assert (pre["model"], pre["batch_size"], pre["denoise_std"], tuple(pre["widths"])) == (
+            assert (pre.model, pre.batch_size, pre.denoise_std, pre.widths) == (
                 "autoencoder", 100, 0.3, cfg.widths)
-            assert pre["optimizer"]["learning_rate"] == cfg.optimizer.learning_rate
-            assert pre["epochs"] == cfg.epochs
+            assert pre.optimizer.learning_rate == cfg.optimizer.learning_rate
+            assert pre.epochs == cfg.epochs
     # The default row is one configuration shared by the sweeps (trained once, reused).
     assert lr[0].cfg == arch[0].cfg == epochs[1].cfg == value["finetuned"].cfg
-    assert lr[0].extra == arch[0].extra == epochs[1].extra == value["finetuned"].extra
+    assert lr[0].pretrain == arch[0].pretrain == epochs[1].pretrain == value["finetuned"].pretrain
 
 
-def test_shorter_pretrainings_are_written_from_the_longest(ctx, tmp_path):
-    """A 3-epoch pretraining writes the 1- and 2-epoch ones on the way; each equals that
-    configuration pretrained on its own: fingerprint, encoder, history and metrics."""
-    host_ctx = dataclasses.replace(ctx, out=tmp_path / "shared")
-    cfg = q2.pretrain_config(ctx.args, arch="base", lr=1e-3, epochs=3)
-    host = q2.pretrain(host_ctx, cfg, snapshot_epochs=[1, 2])
-    alone_ctx = dataclasses.replace(ctx, out=tmp_path / "alone")
-    for e in (1, 2):
-        folder = q2._pretrain_folder(host_ctx, cfg.replace(epochs=e))[0]
-        config = read_json(folder / "config.json")
-        assert Path(config["snapshot_of"]) == host and config["snapshot_epoch"] == e
-        assert config["pretrain"]["epochs"] == e
-        alone = q2.pretrain(alone_ctx, cfg.replace(epochs=e))
-        assert alone.name == folder.name  # the same fingerprint
-        assert trees_equal(q2.restore_encoder(folder / "encoder", BASE, len(SEEDS)),
-                           q2.restore_encoder(alone / "encoder", BASE, len(SEEDS)))
-        history = read_json(folder / "history.json")
-        assert history["epoch"] == [*range(1, e + 1)]
-        assert history == read_json(alone / "history.json")
-        got, want = read_json(folder / "metrics.json"), read_json(alone / "metrics.json")
-        for m in (got, want):
-            m.pop("timing")
-        assert got == want and got["epochs_run"] == e
-    assert read_json(host / "history.json")["epoch"] == [1, 2, 3]
-    # A second call finds everything complete and trains nothing.
+def test_a_longer_pretraining_continues_the_shorter_one(ctx, tmp_path):
+    """In one process, a 2-epoch pretraining continues the 1-epoch one (the epochs sweep's 2, 10
+    and 20 alike), and equals that configuration pretrained on its own in a fresh process:
+    fingerprint, encoder, history and metrics."""
     log: list[str] = []
-    q2.pretrain(dataclasses.replace(host_ctx, log=log.append), cfg, snapshot_epochs=[1, 2])
-    assert log == [f"[q2_pretrain] {host.name}: complete, reused"]
-
-
-def test_pretrain_shared_trains_the_longest_of_each_epochs_group(ctx, monkeypatch, tmp_path):
-    """Over the four sweeps: base at 1e-3 is pretrained for 2, 10 and 20 epochs (one run of 20);
-    lr 1e-2 and thick (10 epochs each) are left to the rows that need them."""
-    args = q2_args([])
-    configs = q2.pretraining_configs(args, q2.SWEEPS)
-    assert sorted((c.widths, c.optimizer.learning_rate, c.epochs) for c in configs) == sorted([
-        (BASE, 1e-3, 10), (BASE, 1e-2, 10), (ARCHITECTURES["thick"], 1e-3, 10), (BASE, 1e-3, 2),
-        (BASE, 1e-3, 20)])
-    calls = []
-    monkeypatch.setattr(q2, "pretrain", lambda c, cfg, snapshot_epochs=(): calls.append(
-        (cfg.widths, cfg.optimizer.learning_rate, cfg.epochs, sorted(snapshot_epochs))))
-    q2.pretrain_shared(dataclasses.replace(ctx, args=args, out=tmp_path), q2.SWEEPS)
-    assert calls == [(BASE, 1e-3, 20, [2, 10])]
-    calls.clear()
-    q2.pretrain_shared(dataclasses.replace(ctx, args=args, out=tmp_path), ["lr", "arch"])
-    assert calls == []  # nothing to share: each pretraining is one row's
-
-
-def test_summary_columns_survive_a_diverged_run():
-    """A diverged run stores NaN as the string "nan" (JSON has no NaN): the table still renders."""
-    m = {"n_params": 550021, "fit_diagnosis": {"final_val_minus_train_loss": "nan", "verdict": "diverged"},
-         "pretrain": {"n_params": 1100112, "test_mse": {"mean": "nan"}, "test_noisy_mse": {"mean": 0.05}}}
-    cells = {name: f(m) for name, f in q2.COLUMNS.items()}
-    assert cells["AE params"] == "1,100,112" and cells["classifier params"] == "550,021"
-    assert cells["val−train loss"] == "nan" and cells["recon MSE (noisy)"] == "nan (0.0500)"
-    assert q2.COLUMNS["AE params"]({"n_params": 550021}) == "–"
+    chained = dataclasses.replace(ctx, opts=ctx.opts.replace(out=tmp_path / "chained"), runs={},
+                                  log=log.append)
+    cfg = q2.pretrain_config(ctx.opts, arch="base", lr=1e-3, epochs=2)
+    q2.pretrain(chained, cfg.replace(epochs=1))
+    folder = q2.pretrain(chained, cfg)
+    assert "  pretrain: continues the 1-epoch run" in log
+    alone = q2.pretrain(dataclasses.replace(ctx, opts=ctx.opts.replace(out=tmp_path / "alone"), runs={}), cfg)
+    assert alone.name == folder.name  # the same fingerprint
+    assert trees_equal(q2.restore_encoder(folder / "encoder", BASE, len(SEEDS)),
+                       q2.restore_encoder(alone / "encoder", BASE, len(SEEDS)))
+    assert read_json(folder / "history.json") == read_json(alone / "history.json")
+    got, want = read_json(folder / "metrics.json"), read_json(alone / "metrics.json")
+    for m in (got, want):
+        m.pop("timing")
+    assert got == want and got["epochs_run"] == 2
+    # A second call finds it complete and trains nothing.
+    log.clear()
+    q2.pretrain(chained, cfg)
+    assert log == [f"[q2_pretrain] {folder.name}: complete, reused"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +334,7 @@ def test_pretrain_stage_then_finetune_stage(quick_sweep, tmp_path, capsys):
     assert proc.returncode == 0, proc.stderr[-4000:]
     (run_dir,) = [p for p in (out / "q2_finetune").iterdir() if p.is_dir()]
     config = check_run_folder(run_dir, 2, epochs=1)
-    assert config["extra"]["encoder_checkpoint"] == str(encoder)
+    assert config["encoder_checkpoint"] == str(encoder)
     assert trees_equal(q2.restore_encoder(run_dir / "encoder", BASE, 2), q2.restore_encoder(encoder, BASE, 2))
     # The same pretraining and fine-tuning as the sweep's fine-tuned row, in two commands: the
     # same predictions.
@@ -421,4 +386,4 @@ def test_encoder_row_names_keep_probe_and_finetuning_apart():
     probe = q2.encoder_spec(q2_args(["--stage", "finetune", "--encoder", enc, "--freeze-encoder"]))
     assert (full.name, probe.name) == ("from_abc_base", "from_abc_base_frozen")
     assert probe.cfg.freeze_encoder and not full.cfg.freeze_encoder
-    assert full.extra == {"pretrain_config": None, "encoder_checkpoint": enc}
+    assert full.pretrain is None and full.encoder == Path(enc)

@@ -36,6 +36,7 @@ import pytest
 
 from fmnist_jax import data as data_lib
 from fmnist_jax import io
+from fmnist_jax.compare import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--quick", "--limit", "200", "--seeds", "2"]
@@ -448,15 +449,14 @@ def test_a_diverging_configuration_is_flagged_and_the_sweep_continues(reference)
     diverged = metrics(out / "q1_epochs" / "epochs_1")
     assert diverged["diverged"] == [True, True] and diverged["n_diverged"] == 2
     assert diverged["complete"] is True
-    # The sweep went on: the tuned row (lr fixed, shared with q1_optimizers) is healthy; here it is
-    # reused from the reference sweep, an identical configuration.
+    # The sweep went on to its end: the tuned row (which continues the `expand` run at the same
+    # rate, so diverged too) is complete, and the summary names both.
     tuned = metrics(out / "q1_epochs" / "tuned")
-    assert tuned["n_diverged"] == 0 and tuned["diverged"] == [False, False]
-    assert "tuned: identical to" in proc.stdout
+    assert tuned["complete"] is True and tuned["diverged"] == [True, True]
     summary = (out / "q1_epochs" / "summary.md").read_text()
     assert "**Diverged**" in summary and "1 epochs (2/2 seeds)" in summary, summary
-    assert "| 2/2 |" in summary
-    assert json.loads((out / "q1_epochs" / "choice.json").read_text())["choice"] == "tuned"
+    assert "⚠ 2/2 diverged" in summary
+    assert json.loads((out / "q1_epochs" / "choice.json").read_text())["choice"] in ("epochs_1", "tuned")
     assert "Diverged" in proc.stdout
 
 
@@ -540,14 +540,12 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
     assert not list(sweep.glob("*/checkpoint")), "resume checkpoints are removed once complete"
     check_final_files(out)
     for config in Q1_CONFIGS:
-        got, want = sweep / config, reference["out"] / "q1_optimizers" / config
-        assert_complete(got)
-        for key in ("test_accuracy", "val_accuracy"):
-            assert metrics(got)[key]["per_seed"] == metrics(want)[key]["per_seed"], (config, key)
-        assert metrics(got)["diverged"] == metrics(want)["diverged"]
-        np.testing.assert_array_equal(np.load(got / "test_predictions.npy"),
-                                      np.load(want / "test_predictions.npy"), err_msg=config)
-        h_got, h_want = (json.loads((d / "history.json").read_text()) for d in (got, want))
+        assert_complete(sweep / config)
+    # Every metric (timings aside) and every prediction equals the uninterrupted reference's.
+    assert compare(out, reference["out"], ignore=("q1_epochs/*",)) == []
+    for config in Q1_CONFIGS:
+        h_got, h_want = (json.loads((d / "q1_optimizers" / config / "history.json").read_text())
+                         for d in (out, reference["out"]))
         assert h_got["val_loss"] == h_want["val_loss"], config
     print("\n".join(log))
 
@@ -568,7 +566,7 @@ def test_device_and_disk_faults_are_clear_errors(tmp_path, monkeypatch, capsys, 
     import jax
     import jax.numpy as jnp
 
-    from experiments import common, q1
+    from experiments import q1, sweep
 
     def failing_fit(*args, **kwargs):
         if fault == "oom":
@@ -576,7 +574,7 @@ def test_device_and_disk_faults_are_clear_errors(tmp_path, monkeypatch, capsys, 
             raise AssertionError("a 512 TiB allocation succeeded")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "metrics.json"))
 
-    monkeypatch.setattr(common, "fit", failing_fit)
+    monkeypatch.setattr(sweep, "fit", failing_fit)
     with pytest.raises(SystemExit) as exc:
         q1.main("q1_optimizers", ["--out", str(tmp_path / "out"), *SMALL, "--quiet"])
     err = capsys.readouterr().err
@@ -591,14 +589,14 @@ def test_device_and_disk_faults_are_clear_errors(tmp_path, monkeypatch, capsys, 
 def test_other_errors_keep_their_traceback():
     import jax
 
-    from experiments import common
+    from experiments import cli
 
     for error in (RuntimeError("a bug"), jax.errors.JaxRuntimeError("INTERNAL: something else")):
         def run():
             raise error
 
         with pytest.raises(type(error)):
-            common.main_guard(run)
+            cli.main_guard(run)
 
 
 def test_atomic_write_failure_keeps_the_old_file(tmp_path):

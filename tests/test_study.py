@@ -114,17 +114,18 @@ def test_study_writes_report_and_study_json(study):
 
 
 @pytest.mark.slow
-def test_question_1_sweeps_are_planned_together(study):
-    """The tuned row first appears in the epochs sweep; planned with the others, its run there
-    writes the augmentation sweep's `expand` row (its first epoch), which is not trained again."""
-    out = study["out"]
-    expand = json.loads((out / "q1_augmentation" / "expand" / "config.json").read_text())
-    assert Path(expand["snapshot_of"]).resolve() == (out / "q1_epochs" / "tuned").resolve()
-    assert "[q1_augmentation] expand: written from epoch 1 of" in study["stdout"]
-    assert "[q1_augmentation] expand: training" not in study["stdout"]
+def test_each_configuration_is_trained_once(study):
+    """The tuned row first appears in the epochs sweep: it trains the `expand` run it continues
+    there, and the augmentation sweep's `expand` row is then written from that run, not trained
+    again; Question 2's epochs sweep pretrains 1 epoch (--quick) once for all its rows."""
+    out, log = study["out"], study["stdout"]
+    assert "  tuned: continues the 1-epoch run" in log
+    assert "  expand: the same run as one trained earlier in this invocation" in log
     tuned = json.loads((out / "q1_epochs" / "tuned" / "history.json").read_text())
     history = json.loads((out / "q1_augmentation" / "expand" / "history.json").read_text())
     assert history["val_loss"] == [row[:1] for row in tuned["val_loss"]]
+    assert len(list((out / PRETRAIN_CACHE).iterdir())) == 3  # base, lr 1e-2, thick
+    assert log.count(": pretraining 784-") == 3
 
 
 @pytest.mark.slow
@@ -258,9 +259,9 @@ def test_report_flags_a_diverged_run(study, tmp_path):
 TRAINING_SUM = re.compile(r"Training wall time summed over the distinct configurations trained .*?: ([\d,]+) s\.")
 
 
-def test_rows_written_from_a_longer_run_add_no_training_time(study, tmp_path):
-    """The environment section's training-time sum counts each trained run once: a row written
-    from a longer run (snapshot_of) adds nothing."""
+def test_a_run_that_continued_another_adds_only_its_own_time(study, tmp_path):
+    """The environment section's training-time sum counts each distinct run's own time once:
+    a run that continued another (`own_wall_s` < `wall_s`) adds only its own epochs."""
     from fmnist_jax import report
 
     out = tmp_path / "results"
@@ -271,11 +272,12 @@ def test_rows_written_from_a_longer_run_add_no_training_time(study, tmp_path):
         return int(TRAINING_SUM.search(text).group(1).replace(",", ""))
 
     before = summed()
-    path = out / "q1_optimizers" / "sgd" / "config.json"
-    wall = json.loads((path.parent / "metrics.json").read_text())["timing"]["wall_s"]
-    assert wall >= 1
-    config = json.loads(path.read_text())
-    path.write_text(json.dumps({**config, "snapshot_of": "elsewhere", "snapshot_epoch": 1}))
+    path = out / "q1_optimizers" / "sgd" / "metrics.json"
+    m = json.loads(path.read_text())
+    wall = m["timing"]["own_wall_s"]
+    assert wall >= 1 and m["timing"]["wall_s"] == wall  # trained from scratch
+    m["timing"].update(own_wall_s=0.0, wall_s=wall + 100)
+    path.write_text(json.dumps(m))
     assert abs(before - summed() - wall) <= 1  # rounding to whole seconds
 
 
@@ -286,16 +288,18 @@ def test_report_only_without_results_is_a_usage_error(tmp_path):
 
 
 def test_written_folders_are_told_apart(tmp_path):
-    """study.json's trained / snapshots / reused lists come from each folder's config.json."""
-    from experiments.study import split_written
+    """study.json's trained / reused lists: the folders whose metrics.json appeared since, told
+    apart by their config.json."""
+    from experiments.study import snapshot, written
 
-    configs = {"a/trained": {"fingerprint": "f1"},
-               "a/snapshot": {"fingerprint": "f2", "snapshot_of": "x/a/long", "snapshot_epoch": 3},
-               "b/copy": {"fingerprint": "f1", "reused_from": "a/trained"},
+    (tmp_path / "a" / "old").mkdir(parents=True)
+    (tmp_path / "a" / "old" / "metrics.json").write_text("{}")
+    before = snapshot(tmp_path)
+    configs = {"a/trained": {"fingerprint": "f1"}, "b/copy": {"fingerprint": "f1", "reused_from": "a/trained"},
                "b/unreadable": None}
     for folder, config in configs.items():
         (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "metrics.json").write_text("{}")
         if config is not None:
             (tmp_path / folder / "config.json").write_text(json.dumps(config))
-    assert split_written(tmp_path, list(configs)) == (
-        ["a/trained", "b/unreadable"], ["a/snapshot"], ["b/copy"])
+    assert written(tmp_path, before) == (["a/trained", "b/unreadable"], ["b/copy"])

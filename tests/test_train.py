@@ -15,6 +15,7 @@ from sklearn.metrics import accuracy_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from fmnist_jax import fit as fit_lib
+from fmnist_jax import placement
 from fmnist_jax import train as train_lib
 from fmnist_jax.models import CNN, with_pretrained_encoder
 from fmnist_jax.train import OptimizerConfig, TrainConfig
@@ -175,7 +176,7 @@ def test_scan_epoch_equals_a_python_loop_of_train_steps(task_data, augment):
     epoch_fn = jax.jit(functools.partial(train_lib.train_epoch, prog))
     scanned, scan_losses = state0, []
     for epoch in range(2):
-        scanned, per_step = epoch_fn(scanned, images, labels, epoch)
+        scanned, per_step = epoch_fn(scanned, images, labels, epoch, jnp.ones(n // batch))
         chex.assert_shape(per_step["loss"], (n // batch,))
         scan_losses.append(per_step["loss"])
 
@@ -186,14 +187,14 @@ def test_scan_epoch_equals_a_python_loop_of_train_steps(task_data, augment):
         assert idx.shape == (n // batch, batch)
         assert len(np.unique(idx)) == n  # a permutation: every image once
         for row in idx:
-            looped, m = step(looped, images[row], labels[row])
+            looped, m = step(looped, images[row], labels[row], jnp.float32(1.0))
             loop_losses.append(m["loss"])
 
     assert int(scanned.step) == int(looped.step) == 2 * n // batch
     np.testing.assert_allclose(np.concatenate(scan_losses), np.stack(loop_losses), rtol=1e-5)
     leaves_close(scanned.params, looped.params, rtol=1e-5, atol=1e-7, what="params")
     leaves_close(scanned.batch_stats, looped.batch_stats, rtol=1e-5, atol=1e-7, what="batch_stats")
-    leaves_close(scanned.opt_state, looped.opt_state, rtol=1e-5, atol=1e-9, what="opt_state")
+    leaves_close(scanned.opt_state, looped.opt_state, rtol=1e-5, atol=1e-7, what="opt_state")
     # And training moved the params at all.
     assert not np.allclose(scanned.params["fc1"]["kernel"], state0.params["fc1"]["kernel"])
 
@@ -257,15 +258,15 @@ def test_members_mapped_one_after_another_equal_vmapped_ones(tiny, short_three, 
 
 def test_member_map_is_resolved_per_backend_and_mode():
     cpu = jax.default_backend() == "cpu"
-    assert fit_lib.resolve_member_map("auto", "none") == ("map" if cpu else "vmap")
+    assert placement.resolve_member_map("auto", "none") == ("map" if cpu else "vmap")
     for mode in ("seeds", "data"):  # sharded runs split the member or batch axis: always vmap
-        assert fit_lib.resolve_member_map("auto", mode) == "vmap"
-    assert fit_lib.resolve_member_map("map", "none") == "map"
-    assert fit_lib.side_by_side(3, "vmap") == 3 and fit_lib.side_by_side(3, "map") == 1
+        assert placement.resolve_member_map("auto", mode) == "vmap"
+    assert placement.resolve_member_map("map", "none") == "map"
+    assert placement.side_by_side(3, "vmap") == 3 and placement.side_by_side(3, "map") == 1
     with pytest.raises(ValueError, match="member_map 'pmap'; choose one of"):
-        fit_lib.resolve_member_map("pmap", "none")
+        placement.resolve_member_map("pmap", "none")
     with pytest.raises(ValueError, match="parallel mode 'seeds'.*use member_map 'vmap'"):
-        fit_lib.resolve_member_map("map", "seeds")
+        placement.resolve_member_map("map", "seeds")
 
 
 def test_same_seed_gives_identical_results(three_seeds_twice):
@@ -350,8 +351,7 @@ def test_automatic_eval_batch_changes_no_result(three_seeds, small):
     auto = CNN_CFG.replace(eval_batch_size=None, epochs=0)
     assert jax.default_backend() != "cpu" or auto.eval_batch(3) == 50
     assert auto.eval_batch(3) != CNN_CFG.eval_batch(3)  # the runs below really differ in batching
-    res = fit_lib.fit(auto, *small, seeds=[0, 1, 2], parallel="none",
-                      init_hook=lambda _: three_seeds.states)
+    res = fit_lib.fit(auto, *small, seeds=[0, 1, 2], parallel="none", init=three_seeds.states)
     assert res.epochs_run == 0
     for name in ("val", "test"):
         got, want = res.final[name], three_seeds.final[name]
@@ -444,26 +444,24 @@ def test_autoencoder_denoises(autoencoder_run):
 def test_frozen_encoder_stays_exactly_as_loaded(small, autoencoder_run):
     train, evals = small
     pretrained = autoencoder_run.states.params["encoder"]  # stacked [1, ...]
-    initial = {}
-
-    def load_encoder(states):
-        states = states.replace(params=with_pretrained_encoder(states.params, pretrained))
-        initial["params"] = states.params
-        return states
-
     cfg = TrainConfig(model="encoder_classifier", freeze_encoder=True, batch_size=BATCH, epochs=1,
                       optimizer=OptimizerConfig(learning_rate=1e-2))
-    res = fit_lib.fit(cfg, train, {"val": evals["val"]}, seeds=[5], init_hook=load_encoder,
-                      parallel="none")
+    def start_of(cfg):
+        fresh = fit_lib.init_states(train_lib.program(cfg, N_TRAIN), [5])
+        return fresh.replace(params=with_pretrained_encoder(fresh.params, pretrained))
+
+    start = start_of(cfg)
+    res = fit_lib.fit(cfg, train, {"val": evals["val"]}, seeds=[5], init=start, parallel="none")
     chex.assert_trees_all_equal(res.states.params["encoder"], pretrained)
-    head_before, head_after = initial["params"]["head"], res.states.params["head"]
+    head_before, head_after = start.params["head"], res.states.params["head"]
     assert not np.allclose(head_before["kernel"], head_after["kernel"])
     assert not np.allclose(head_before["bias"], head_after["bias"])
     assert res.history["val_accuracy"][0][-1] > 0.5  # a linear probe on denoising features learns
 
     # Without freezing, the same start fine-tunes the encoder too.
-    unfrozen = fit_lib.fit(cfg.replace(freeze_encoder=False), train, {"val": evals["val"]}, seeds=[5],
-                           init_hook=load_encoder, parallel="none")
+    unfrozen_cfg = cfg.replace(freeze_encoder=False)
+    unfrozen = fit_lib.fit(unfrozen_cfg, train, {"val": evals["val"]}, seeds=[5],
+                           init=start_of(unfrozen_cfg), parallel="none")
     assert not np.allclose(unfrozen.states.params["encoder"]["dense_0"]["kernel"],
                            pretrained["dense_0"]["kernel"])
 
@@ -471,71 +469,30 @@ def test_frozen_encoder_stays_exactly_as_loaded(small, autoencoder_run):
 # --------------------------------------------------------------------------- bad configs
 
 
-def test_label_smoothing_changes_the_training_loss_only():
-    """Smoothed cross-entropy = (1 - a) * CE(label) + a * mean over classes of -log p, written
-    out by hand; evaluation reports the plain cross-entropy."""
-    rng = np.random.default_rng(0)
-    logits = jnp.asarray(rng.normal(size=(7, 5)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 5, 7), jnp.int32)
-    a = 0.1
-    cfg = TrainConfig(label_smoothing=a)
-    logp = np.asarray(jax.nn.log_softmax(logits))
-    plain = -logp[np.arange(7), np.asarray(labels)]
-    want = (1 - a) * plain + a * -logp.mean(axis=1)
-    np.testing.assert_allclose(train_lib._loss(cfg, logits, labels, train=True), want, rtol=1e-5)
-    np.testing.assert_allclose(train_lib._loss(cfg, logits, labels), plain, rtol=1e-5)
-    np.testing.assert_allclose(train_lib._loss(TrainConfig(), logits, labels, train=True), plain, rtol=1e-5)
+def test_wsd_schedule_holds_then_falls_linearly_to_zero():
+    """5 epochs of 10 steps decaying over the last 2: 1 for 30 steps, then 1 - (s - 30) / 20
+    (the formula written out here, independently of optax's schedules); constant: all 1."""
+    cfg = TrainConfig(epochs=5, optimizer=OptimizerConfig(schedule="wsd", decay_epochs=2))
+    got = np.concatenate([train_lib.lr_scales(cfg, 10, e) for e in range(5)])
+    want = [1.0] * 30 + [1 - (s - 30) / 20 for s in range(30, 50)]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert got[-1] > 0  # the last step still learns
+    # The schedule of the first epochs does not depend on the run's length.
+    np.testing.assert_array_equal(train_lib.lr_scales(cfg.replace(epochs=9), 10, 2),
+                                  train_lib.lr_scales(cfg, 10, 2))
+    np.testing.assert_array_equal(train_lib.lr_scales(TrainConfig(epochs=5), 10, 4), np.ones(10))
 
 
-def test_label_smoothing_reports_the_plain_training_loss(task_data):
-    """The step's `loss` stays the plain cross-entropy (comparable with val/test losses); the
-    smoothed objective is `smoothed_loss`. Same state, batch and keys: same forward pass."""
-    images, labels = task_data.train_images[:50], task_data.train_labels[:50]
-    plain_cfg = TrainConfig(augment="none", batch_size=50, epochs=1)
-    smooth_cfg = plain_cfg.replace(label_smoothing=0.1)
-    state = train_lib.init_state(train_lib.program(plain_cfg, 50), jax.random.PRNGKey(0))
-    _, plain = train_lib.train_step(train_lib.program(plain_cfg, 50), state, images, labels)
-    state = train_lib.init_state(train_lib.program(smooth_cfg, 50), jax.random.PRNGKey(0))
-    _, smooth = train_lib.train_step(train_lib.program(smooth_cfg, 50), state, images, labels)
-    assert "smoothed_loss" not in plain
-    np.testing.assert_allclose(smooth["loss"], plain["loss"], rtol=1e-6)
-    assert abs(float(smooth["smoothed_loss"]) - float(smooth["loss"])) > 1e-4
-
-
-def test_wsd_schedule_warms_up_holds_then_falls_linearly_to_zero():
-    """5 epochs of 10 steps: 1 epoch of warm-up, constant to the last 2 epochs, then linear
-    towards 0 (the formula written out here, independently of optax's schedules)."""
-    opt = OptimizerConfig(schedule="wsd", warmup_epochs=1, decay_epochs=2)
-    multiplier = train_lib._lr_multiplier(opt, total_steps=50, steps_per_epoch=10)
-    want = [s / 10 for s in range(10)] + [1.0] * 20 + [1 - (s - 30) / 20 for s in range(30, 50)]
-    np.testing.assert_allclose([float(multiplier(s)) for s in range(50)], want, atol=1e-6)
-    assert float(multiplier(49)) > 0  # the last step still learns
-
-
-def test_which_runs_start_which():
-    """`starts_with(host, run)`: `run` is the first epochs of `host` only while host's rate is
-    the constant one and everything else is equal."""
-    constant = TrainConfig(epochs=5, augment="none")
-    wsd = constant.replace(epochs=7, optimizer=OptimizerConfig(schedule="wsd", decay_epochs=2))
-    assert train_lib.stable_epochs(wsd) == 5 and train_lib.stable_epochs(constant) == 5
-    assert train_lib.starts_with(wsd, constant)
-    assert train_lib.starts_with(constant.replace(epochs=10), constant)
-    assert not train_lib.starts_with(wsd, constant.replace(epochs=6))  # epoch 6 decays in wsd
-    assert not train_lib.starts_with(wsd, constant.replace(augment="online"))
-    assert not train_lib.starts_with(wsd, constant.replace(label_smoothing=0.1))
-    assert not train_lib.starts_with(wsd, constant.replace(optimizer=OptimizerConfig(learning_rate=2e-3)))
-    assert not train_lib.starts_with(wsd, wsd.replace(epochs=6))  # a decaying run starts nothing
-    cosine = wsd.replace(optimizer=OptimizerConfig(schedule="cosine"))
-    assert train_lib.stable_epochs(cosine) == 0 and not train_lib.starts_with(cosine, constant)
-    warm = OptimizerConfig(warmup_epochs=0.5)
-    assert train_lib.starts_with(
-        wsd.replace(optimizer=OptimizerConfig(schedule="wsd", warmup_epochs=0.5, decay_epochs=2)),
-        constant.replace(optimizer=warm))
-    assert not train_lib.starts_with(wsd, constant.replace(optimizer=warm))
+def test_configs_that_differ_in_length_or_schedule_share_one_program():
+    cfg = TrainConfig(epochs=5)
+    wsd = cfg.replace(epochs=7, optimizer=OptimizerConfig(schedule="wsd", decay_epochs=2))
+    assert train_lib.program(wsd, 1000) is train_lib.program(cfg, 1000)
+    assert train_lib.program(cfg.replace(augment="none"), 1000) is not train_lib.program(cfg, 1000)
+    assert train_lib.program(cfg, 2000) is not train_lib.program(cfg, 1000)
 
 
 def test_bad_configs_raise_clear_errors(task_data):
-    with pytest.raises(ValueError, match="adam, adamw, sgd, rmsprop"):
+    with pytest.raises(ValueError, match="adam, sgd"):
         OptimizerConfig(name="lion")
     for lr in (0.0, -1e-3, float("nan")):
         with pytest.raises(ValueError, match="learning rate"):
@@ -547,9 +504,9 @@ def test_bad_configs_raise_clear_errors(task_data):
     with pytest.raises(ValueError, match="decay epochs must be >= 0"):
         OptimizerConfig(schedule="wsd", decay_epochs=-1)
     with pytest.raises(ValueError, match="belong to the 'wsd' schedule"):
-        OptimizerConfig(schedule="cosine", decay_epochs=2)
+        OptimizerConfig(schedule="constant", decay_epochs=2)
     with pytest.raises(ValueError, match="exceed the run's 3 epochs"):
-        TrainConfig(epochs=3, optimizer=OptimizerConfig(schedule="wsd", warmup_epochs=1, decay_epochs=2.5))
+        TrainConfig(epochs=3, optimizer=OptimizerConfig(schedule="wsd", decay_epochs=3.5))
     with pytest.raises(ValueError, match="cnn, autoencoder, encoder_classifier"):
         TrainConfig(model="rnn")
     with pytest.raises(ValueError, match="none, expand, online"):
@@ -560,9 +517,6 @@ def test_bad_configs_raise_clear_errors(task_data):
         TrainConfig(batch_size=0)
     with pytest.raises(ValueError, match="conv_impl"):
         TrainConfig(conv_impl="fft")
-    for a in (-0.1, 1.0):
-        with pytest.raises(ValueError, match="label smoothing"):
-            TrainConfig(label_smoothing=a)
 
     train = (task_data.train_images[:60], task_data.train_labels[:60])
     evals = {"val": (task_data.val_images[:10], task_data.val_labels[:10])}

@@ -1,0 +1,202 @@
+"""The command line: flags -> one frozen `Options`, and foreseeable failures -> one `error:` line
+and an exit status (2: usage, 1: data / device / disk).
+
+Every entry point builds its parser with `parser(...)`, reads it with `parse(...)` and runs its
+work under `main_guard`; nothing below the entry point sees argparse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import errno
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fmnist_jax.data import SOURCES, DataError
+from fmnist_jax.models import ARCHITECTURES, POOLS
+from fmnist_jax.placement import PARALLEL_MODES
+
+DEFAULT_OUT = Path("results")
+QUICK_TRAIN, QUICK_VAL = 600, 300  # --quick: a few hundred images, one epoch, full test set
+Q2_SWEEPS = ("epochs", "lr", "arch", "pretraining")  # run in this order (see experiments.q2)
+
+
+class UsageError(Exception):
+    """A mistake in the command line or the output folder: exit status 2, nothing trained."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Options:
+    """Every flag of every entry point, parsed and checked. `epochs` and `lr` are None where the
+    entry point has no such flag (the study): each question then uses its own default."""
+
+    seeds: int = 3
+    out: Path = DEFAULT_OUT
+    quick: bool = False
+    quiet: bool = False
+    data_dir: Path | None = None
+    source: str = "idx"
+    allow_unverified_data: bool = False
+    split_seed: int = 0
+    overwrite: bool = False
+    parallel: str = "auto"
+    keep_checkpoints: bool = False
+    pool: str = "avg"
+    epochs: int | None = None
+    batch_size: int = 100
+    lr: float | None = None
+    noise_std: float = 0.1
+    rotation_degrees: float = 10.0
+    limit: int | None = None
+    # Question 2
+    sweep: str = "all"
+    stage: str = "both"
+    encoder: Path | None = None
+    arch: str = "base"
+    pretrain_epochs: int = 10
+    denoise_std: float = 0.3
+    freeze_encoder: bool = False
+    # The study
+    report_only: bool = False
+
+    def replace(self, **changes) -> "Options":
+        """A copy with `changes` applied."""
+        return dataclasses.replace(self, **changes)
+
+
+def number(kind, name: str, *, low=None, high=None, low_open=False) -> Callable[[str], Any]:
+    """An argparse `type` that parses `kind` (int or float) and checks finiteness and bounds,
+    so a bad value is one usage line and exit status 2 before anything is loaded or written."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be {what}, got {text!r}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
+        if low is not None and (value <= low if low_open else value < low):
+            raise argparse.ArgumentTypeError(
+                f"{name} must be {'>' if low_open else '>='} {low}, got {text}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{name} must be <= {high}, got {text}")
+        return value
+    return parse
+
+
+def parser(description: str, *, epochs: int | None = None, lr: float | None = None,
+           question2: bool = False) -> argparse.ArgumentParser:
+    """The flags every experiment takes (DESIGN §5); `--epochs`/`--lr` only when given their
+    defaults, Question 2's own flags with `question2`."""
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("common")
+    g.add_argument("--seeds", type=number(int, "--seeds", low=1), default=3,
+                   help="models trained together (seeds 0..N-1), reported as mean ± std")
+    g.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root")
+    g.add_argument("--quick", action="store_true",
+                   help=f"smoke run: {QUICK_TRAIN} train / {QUICK_VAL} val images, 1 epoch (full test set)")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--data-dir", type=Path, default=None, help="folder with the four IDX files")
+    g.add_argument("--source", choices=SOURCES, default="idx", help="where the data comes from")
+    g.add_argument("--allow-unverified-data", action="store_true",
+                   help="accept IDX files whose sha256 differs from Fashion-MNIST's")
+    g.add_argument("--split-seed", type=number(int, "--split-seed", low=0), default=0)
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace existing results of a different configuration instead of refusing")
+    g.add_argument("--parallel", choices=PARALLEL_MODES, default="auto",
+                   help="how members use several devices")
+    g.add_argument("--keep-checkpoints", action="store_true",
+                   help="keep each run's final Orbax checkpoint (the resume checkpoint is removed otherwise)")
+    t = p.add_argument_group("training overrides")
+    t.add_argument("--pool", choices=POOLS, default="avg", help="CNN pooling (the report's table used max)")
+    if epochs is not None:
+        t.add_argument("--epochs", type=number(int, "--epochs", low=1), default=epochs)
+    t.add_argument("--batch-size", type=number(int, "--batch-size", low=1), default=100)
+    if lr is not None:
+        t.add_argument("--lr", type=number(float, "--lr", low=0, low_open=True), default=lr,
+                       help="learning rate of the fixed (not swept) runs")
+    t.add_argument("--noise-std", type=number(float, "--noise-std", low=0, high=1), default=0.1,
+                   help="sigma of the Gaussian-noise augmentation")
+    t.add_argument("--rotation-degrees", type=number(float, "--rotation-degrees", low=0, high=180),
+                   default=10.0, help="rotation augmentation range ±degrees")
+    if question2:
+        q = p.add_argument_group("question 2")
+        q.add_argument("--sweep", choices=(*Q2_SWEEPS, "all"), default="all")
+        q.add_argument("--stage", choices=("pretrain", "finetune", "both"), default="both",
+                       help="pretrain only (writes an encoder checkpoint), fine-tune only (needs "
+                            "--encoder), or both")
+        q.add_argument("--encoder", type=Path, default=None,
+                       help="fine-tune from this encoder checkpoint folder")
+        q.add_argument("--arch", choices=tuple(ARCHITECTURES), default="base")
+        q.add_argument("--pretrain-epochs", type=number(int, "--pretrain-epochs", low=1), default=10)
+        q.add_argument("--denoise-std", type=number(float, "--denoise-std", low=0, high=1),
+                       default=0.3, help="sigma of the corrupting noise in pretraining (noisy "
+                                         "input, clean target)")
+        q.add_argument("--freeze-encoder", action="store_true",
+                       help="train only the head on top of the pretrained encoder (a linear probe)")
+    d = p.add_argument_group("debugging and tests")
+    d.add_argument("--limit", type=number(int, "--limit", low=1), default=None, metavar="N",
+                   help="use only the first N training images and max(N//5, 50) validation and test "
+                        "images (file order): a tiny but complete run for tests and debugging (unlike "
+                        "--quick it keeps --epochs; the two combine); not comparable with full runs")
+    return p
+
+
+def parse(p: argparse.ArgumentParser, argv=None) -> Options:
+    """The parsed flags as `Options` (argparse exits with status 2 on a bad flag)."""
+    return Options(**vars(p.parse_args(argv)))
+
+
+OOM_HINT = ("Use a smaller --batch-size, or fewer --seeds (all seeds train in one program, so "
+            "memory grows with --seeds); on several devices --parallel seeds spreads the seeds over "
+            "them. Completed configurations are kept: rerun with the same --out to continue (a "
+            "changed --batch-size or --seeds is a different configuration: use a new --out, or "
+            "--overwrite to replace the old results).")
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """A device allocation failure (XLA's RESOURCE_EXHAUSTED), whatever JAX version raised it."""
+    if isinstance(e, MemoryError):
+        return True
+    names = {cls.__name__ for cls in type(e).__mro__}
+    if not names & {"JaxRuntimeError", "XlaRuntimeError"}:
+        return False
+    text = str(e)
+    return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+
+
+def main_guard(run: Callable[[], Any]) -> None:
+    """Run an entry point: foreseeable failures become one clear message and an exit status.
+
+    2: usage (bad flags, output folder, batch size, a different configuration in the way);
+    1: data (missing, corrupt, unverified), device out of memory, disk full or not writable.
+    Anything else is a bug and keeps its traceback.
+    """
+    try:
+        run()
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - only the kinds below are handled, the rest re-raised
+        if is_out_of_memory(e):
+            first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+            print(f"error: the device ran out of memory ({first}).\n{OOM_HINT}", file=sys.stderr)
+            sys.exit(1)
+        if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+            where = f" writing {e.filename}" if e.filename else ""
+            print(f"error: {e.strerror or e}{where}. Free space or fix permissions (or choose "
+                  "another --out), then rerun the same command: completed configurations are "
+                  "kept and files are written atomically, so nothing half-written is left.",
+                  file=sys.stderr)
+            sys.exit(1)
+        raise

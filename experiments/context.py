@@ -1,0 +1,130 @@
+"""What one invocation works with: its options, the data (loaded once), the seeds, a log, and
+the runs it has trained so far (kept in memory so that later rows can build on them).
+
+`make_context` checks, in this order, that the output folder can be written, loads the data
+and checks the batch size against it: a refusal costs seconds and writes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from experiments.cli import QUICK_TRAIN, QUICK_VAL, Options, UsageError
+from fmnist_jax import compilation_cache
+from fmnist_jax.data import TaskData, load_task
+from fmnist_jax.fit import FitResult
+
+
+@dataclass
+class Context:
+    """An invocation's options, data, seeds and log, and `runs`: the results it trained, by
+    the fingerprint of their configuration without its length (see `experiments.sweep.train`)."""
+
+    opts: Options
+    data: TaskData
+    seeds: list[int]
+    log: Callable[[str], None]
+    runs: dict[str, FitResult] = field(default_factory=dict)
+
+    @property
+    def out(self) -> Path:
+        """The results root (`--out`)."""
+        return self.opts.out
+
+    @property
+    def progress(self) -> bool:
+        """Whether to draw progress bars (not with `--quiet`)."""
+        return not self.opts.quiet
+
+
+def check_writable(out: Path) -> None:
+    """Fail before any work if `out` cannot hold results; leave no trace when it can.
+
+    Probes by really creating the folder and a file in it (permission bits alone say nothing
+    when running as root, nor about read-only mounts), then removes whatever the probe created,
+    so a run refused later (bad batch size, a different configuration in the way) writes nothing.
+
+    Raises:
+      UsageError: `out` is a file, or the folder cannot be created or written.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder; choose another with --out DIR")
+    created = []
+    try:
+        missing = [parent for parent in (out, *out.parents) if not parent.exists()]
+        for folder in reversed(missing):
+            folder.mkdir()
+            created.append(folder)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise UsageError(f"the output folder {out} is not writable ({e.strerror or e}"
+                         f"{': ' + str(e.filename) if e.filename else ''}); "
+                         "choose another with --out DIR") from None
+    finally:
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+
+def load_data(opts: Options) -> TaskData:
+    """The task's data as the options ask: `--limit`, then `--quick`'s first images.
+
+    Raises:
+      fmnist_jax.data.DataError: the data is missing, damaged or not verified.
+    """
+    data = load_task(opts.data_dir, opts.source, split_seed=opts.split_seed,
+                     verify=not opts.allow_unverified_data, limit=opts.limit)
+    if opts.quick:
+        data = dataclasses.replace(
+            data, train_images=data.train_images[:QUICK_TRAIN], train_labels=data.train_labels[:QUICK_TRAIN],
+            val_images=data.val_images[:QUICK_VAL], val_labels=data.val_labels[:QUICK_VAL])
+        data.info.update(quick=True)
+    data.info["counts"] = {"train": len(data.train_labels), "val": len(data.val_labels),
+                           "test": len(data.test_labels)}
+    return data
+
+
+def check_batch_size(opts: Options, data: TaskData) -> None:
+    """A batch larger than the training split would give zero steps per epoch: refuse early.
+
+    Raises:
+      UsageError: `--batch-size` exceeds the training images.
+    """
+    n = len(data.train_labels)
+    if opts.batch_size > n:
+        how = " (--quick)" if opts.quick else f" (--limit {opts.limit})" if opts.limit else ""
+        raise UsageError(f"--batch-size {opts.batch_size} is larger than the training split{how}, "
+                         f"which has {n} images; use a smaller batch, e.g. --batch-size {min(100, n)}")
+
+
+def make_context(opts: Options) -> Context:
+    """Check the output folder, turn on the compilation cache, load the data, check the batch.
+
+    Raises:
+      UsageError, fmnist_jax.data.DataError: see `check_writable`, `load_data`, `check_batch_size`.
+    """
+    check_writable(opts.out)
+    compilation_cache.enable()
+    log = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, flush=True))
+    data = load_data(opts)
+    check_batch_size(opts, data)
+    return Context(opts=opts, data=data, seeds=list(range(opts.seeds)), log=log)
+
+
+def command_line() -> str:
+    """How this process was started, as `python -m package.module args...`, quoted for a shell."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    entry = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    return shlex.join([os.path.basename(sys.executable), *entry, *sys.argv[1:]])

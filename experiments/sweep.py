@@ -1,0 +1,313 @@
+"""A sweep: its configurations (`Spec`), the plan for each (`Planned`: train, resume, skip, copy
+or replace), training one row, and writing its results folder and the sweep's summary.
+
+Nothing is trained twice. A configuration whose fingerprint matches a completed folder anywhere
+under `--out` is copied from it. Within one invocation (`Context.runs`), a configuration this
+process already trained is written from memory, and a longer run of a constant-rate
+configuration continues the longest shorter one: the epochs sweep trains 3 epochs, then 2 more
+for its 5-epoch row, and so on (bit for bit the numbers of separate runs: tested). A `Spec` with
+a `start` continues that run's end (Question 1's tuned row continues the `expand` row).
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import jax
+import numpy as np
+
+from experiments import interrupt
+from experiments.cli import UsageError
+from experiments.context import Context, command_line
+from fmnist_jax import curves, io, plots, results, summaries
+from fmnist_jax.fit import FitResult, fit
+from fmnist_jax.models import count_params
+from fmnist_jax.train import TrainConfig, TrainState
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One configuration of a sweep: a results folder `name`, its table `label`, and what its
+    numbers depend on besides the data and seeds."""
+
+    name: str
+    label: str
+    cfg: TrainConfig
+    start: "Spec | None" = None  # a run whose end this one continues
+    pretrain: TrainConfig | None = None  # Question 2: the pretraining its encoder comes from
+    encoder: Path | None = None  # Question 2: a given encoder checkpoint instead
+
+    def payload(self, ctx: Context) -> dict:
+        """What determines this configuration's numbers (its fingerprint is their hash)."""
+        data = {k: ctx.data.info.get(k) for k in ("source", "split_seed", "val_fraction", "counts",
+                                                   "quick")}
+        out = {"train_config": results.config_to_dict(self.cfg), "seeds": ctx.seeds, "data": data}
+        if self.start is not None:
+            out["start"] = self.start.payload(ctx)
+        if self.pretrain is not None:
+            out["pretrain_config"] = results.config_to_dict(self.pretrain)
+        if self.encoder is not None:
+            out["encoder_checkpoint"] = str(self.encoder)
+        return out
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep's folder name, title, configurations, and how one row is run (`execute(ctx,
+    spec, run_dir)`, which writes the folder)."""
+
+    experiment: str
+    title: str
+    specs: tuple[Spec, ...]
+    execute: Callable[[Context, Spec, Path], None] = field(default=None, compare=False)
+
+    def __post_init__(self):
+        if self.execute is None:
+            object.__setattr__(self, "execute", train_row)
+
+
+@dataclass(frozen=True)
+class Planned:
+    """What to do with one configuration: `status` is "new", "resume" (a partial run of the same
+    configuration), "skip" (complete) or "replace" (another configuration, --overwrite)."""
+
+    spec: Spec
+    run_dir: Path
+    config: dict  # its config.json
+    status: str
+
+    @property
+    def fingerprint(self) -> str:
+        """The hash of the configuration's payload."""
+        return self.config["fingerprint"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Planning
+
+
+def config_json(ctx: Context, experiment: str, spec: Spec) -> dict:
+    """A row's config.json: its payload and fingerprint, the data, versions and command."""
+    payload = spec.payload(ctx)
+    return {"experiment": experiment, "name": spec.name, "label": spec.label,
+            "fingerprint": results.config_fingerprint(payload), **payload,
+            "data_info": ctx.data.info, "environment": results.environment(),
+            "command": command_line()}
+
+
+def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
+    if not run_dir.exists() or not any(f for f in run_dir.iterdir() if not results.is_temporary(f)):
+        return "new"  # empty, or only what a process killed mid-write left (removed before use)
+    try:
+        existing = io.read_json(run_dir / "config.json").get("fingerprint")
+    except (OSError, ValueError):
+        existing = None
+    if existing == fingerprint:
+        return "skip" if results.is_complete(run_dir) else "resume"
+    if overwrite:
+        return "replace"
+    what = "complete results" if results.is_complete(run_dir) else "a partial run"
+    raise UsageError(
+        f"{run_dir} holds {what} of a different configuration (changed flags, seeds or data); "
+        "refused before training this sweep. Pass --overwrite to replace them, or --out DIR to "
+        "write elsewhere")
+
+
+def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
+    """What to do with each configuration, decided before anything trains.
+
+    Raises:
+      UsageError: a folder holds another configuration's results (and no --overwrite).
+    """
+    out = []
+    for spec in sweep.specs:
+        run_dir = ctx.out / sweep.experiment / spec.name
+        config = config_json(ctx, sweep.experiment, spec)
+        out.append(Planned(spec, run_dir, config, _status(run_dir, config["fingerprint"],
+                                                          ctx.opts.overwrite)))
+    return out
+
+
+def find_completed(out: Path, fingerprint: str, exclude: Path) -> Path | None:
+    """A complete results folder under `out` (other than `exclude`) with this fingerprint."""
+    for config in sorted(out.glob("*/*/config.json")):
+        run_dir = config.parent
+        if run_dir.resolve() == exclude.resolve():
+            continue
+        try:
+            if io.read_json(config).get("fingerprint") == fingerprint and results.is_complete(run_dir):
+                return run_dir
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def copy_run(source: Path, run_dir: Path, config: dict) -> None:
+    """Copy a completed identical run: its files and folders (an `encoder/` checkpoint), then its
+    config.json, then metrics.json last (its presence marks completion), each atomically."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for f in sorted(source.iterdir()):
+        if f.name.startswith(".") or f.name.startswith("checkpoint") or f.name in ("metrics.json", "config.json"):
+            continue
+        if f.is_dir():
+            results.remove_tree(run_dir / f.name)
+            shutil.copytree(f, run_dir / f.name)
+        else:
+            io.write_bytes(run_dir / f.name, f.read_bytes())
+    io.write_json(run_dir / "config.json", config)
+    io.write_bytes(run_dir / "metrics.json", (source / "metrics.json").read_bytes())
+
+
+# ----------------------------------------------------------------------------------------------
+# Training
+
+
+def _stem(ctx: Context, spec: Spec) -> str:
+    """The fingerprint of `spec` without its length: runs that differ only in epochs share it."""
+    return results.config_fingerprint(spec.payload(ctx) | {"train_config": results.config_to_dict(
+        spec.cfg.replace(epochs=0))})
+
+
+def _continues(done: FitResult, cfg: TrainConfig) -> bool:
+    """Whether `cfg` is `done` trained for longer at a constant rate (so continuing `done` is
+    exactly training `cfg` from the start)."""
+    constant = cfg.optimizer.schedule == "constant"
+    return (constant and done.epochs_run == done.cfg.epochs < cfg.epochs
+            and cfg.replace(epochs=done.cfg.epochs) == done.cfg)
+
+
+def train(ctx: Context, spec: Spec, checkpoint_dir: Path, *,
+          init: TrainState | None = None) -> FitResult:
+    """Fit `spec` on the context's data and seeds, building on what this process trained: the
+    same configuration again is returned as it is, a shorter one at a constant rate is continued,
+    and a `spec.start` is obtained the same way (trained if need be, checkpointing beside
+    `checkpoint_dir`) and continued. A rerun resumes from `checkpoint_dir`.
+
+    `init`: stacked states to start from (e.g. a pretrained encoder in fresh classifiers).
+    """
+    stem = _stem(ctx, spec)
+    done = ctx.runs.get(stem)
+    if done is not None and done.cfg == spec.cfg:
+        ctx.log(f"  {spec.name}: the same run as one trained earlier in this invocation")
+        return done
+    start = None
+    if spec.start is not None:
+        start = train(ctx, spec.start, checkpoint_dir.with_name(f"{checkpoint_dir.name}_{spec.start.name}"))
+        init = None
+    elif done is not None and _continues(done, spec.cfg):
+        start, init = done, None
+    if start is not None:
+        ctx.log(f"  {spec.name}: continues the {start.epochs_run}-epoch run")
+    data = ctx.data
+    result = fit(spec.cfg, (data.train_images, data.train_labels),
+                 {"val": (data.val_images, data.val_labels), "test": (data.test_images, data.test_labels)},
+                 ctx.seeds, init=init, start=start, checkpoint_dir=checkpoint_dir,
+                 parallel=ctx.opts.parallel, progress=ctx.progress, desc=spec.name)
+    if done is None or result.epochs_run >= done.epochs_run:
+        ctx.runs[stem] = result
+    return result
+
+
+def remove_checkpoints(ctx: Context, run_dir: Path) -> None:
+    """Remove a finished row's resume checkpoints (unless --keep-checkpoints)."""
+    if not ctx.opts.keep_checkpoints:
+        for folder in run_dir.glob("checkpoint*"):
+            results.remove_tree(folder)
+
+
+def train_row(ctx: Context, spec: Spec, run_dir: Path) -> None:
+    """Train a classifier row (see `train`) and write its results folder."""
+    write_row(ctx, spec, run_dir, train(ctx, spec, run_dir / "checkpoint"))
+    remove_checkpoints(ctx, run_dir)
+
+
+def write_row(ctx: Context, spec: Spec, run_dir: Path, result: FitResult, *,
+              extra_metrics: dict | None = None, extra_history: dict | None = None,
+              figures: dict | None = None) -> None:
+    """A classifier row's results folder from its run (config.json is already there):
+    history.json, test_predictions.npy [seeds, n_test], the figures, metrics.json last."""
+    data = ctx.data
+    test, val = result.final["test"], result.final["val"]
+    metrics = results.classifier_metrics(
+        test["confusion"], val["accuracy"], data.class_names, test_loss=test["loss"],
+        val_loss=val["loss"], diverged=result.diverged)
+    metrics.update({
+        "seeds": ctx.seeds,
+        "epochs_run": result.epochs_run,
+        "n_params": count_params(jax.tree_util.tree_map(lambda x: x[0], result.states.params)),
+        "val_loss_roughness": curves.roughness(result.history["val_loss"]),
+        "fit_diagnosis": curves.diagnose(result.history),
+        "timing": result.timing,
+        "parallel": result.parallel,
+        "member_map": result.member_map,
+        **(extra_metrics or {}),
+    })
+    history = {"epoch": list(range(1, result.epochs_run + 1)), **result.history, **(extra_history or {})}
+    confusion = np.asarray(test["confusion"]).sum(axis=0)
+    draw = {
+        "learning_curves.png": lambda p: plots.learning_curves(
+            result.history, p, title=f"{spec.label}: learning curves"),
+        "confusion_matrix.png": lambda p: plots.confusion_matrix(
+            confusion, data.class_names, p, title=f"{spec.label}: test confusion (sum over seeds)"),
+        **(figures or {}),
+    }
+    results.write_run(run_dir, history=history, test_predictions=test["predictions"],
+                      metrics=metrics, figures=draw)
+
+
+# ----------------------------------------------------------------------------------------------
+# Running a sweep
+
+
+def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
+    """Do what the plan says for one configuration, leaving its folder complete."""
+    where = f"[{sweep.experiment}] {item.spec.name}"
+    if item.status == "skip":
+        remove_checkpoints(ctx, item.run_dir)  # a process stopped between results and cleanup
+        ctx.log(f"{where}: complete, skipped")
+        return
+    if item.status == "replace":
+        results.remove_tree(item.run_dir)
+    source = find_completed(ctx.out, item.fingerprint, item.run_dir)
+    if source is not None:
+        copy_run(source, item.run_dir, {**io.read_json(source / "config.json"),
+                                        "experiment": sweep.experiment, "name": item.spec.name,
+                                        "label": item.spec.label, "reused_from": str(source)})
+        ctx.log(f"{where}: identical to {source}, reused")
+        return
+    ctx.log(f"{where}: {'resuming' if item.status == 'resume' else 'training'}")
+    item.run_dir.mkdir(parents=True, exist_ok=True)
+    results.clean_stale_temporaries(item.run_dir)
+    io.write_json(item.run_dir / "config.json", item.config)
+    sweep.execute(ctx, item.spec, item.run_dir)
+
+
+def run_sweep(ctx: Context, sweep: Sweep) -> dict:
+    """Run every configuration not already complete, then write the sweep's summary.md,
+    choice.json and overlay figures. -> the choice (see `fmnist_jax.summaries.choose`).
+
+    Raises:
+      UsageError: a folder holds another configuration's results (before anything trains).
+    """
+    sweep_dir = ctx.out / sweep.experiment
+    results.clean_stale_temporaries(sweep_dir)  # a killed summary write
+    planned = plan(ctx, sweep)
+    interrupt.set_message(f"completed configurations are kept in {ctx.out}; rerun the same "
+                          "command to resume (a run in progress continues from its last epoch)")
+    for item in planned:
+        run_planned(ctx, sweep, item)
+    summary = summaries.write_summary(sweep_dir, sweep.title, [s.name for s in sweep.specs])
+    for line in summary.warnings:
+        ctx.log(line)
+    # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).
+    print("\n" + summary.verdict, flush=True)
+    return summary.choice
+
+
+def check_all(ctx: Context, sweeps: Sequence[Sweep]) -> None:
+    """Plan every sweep before any trains, so that a refusal (UsageError) loses no work."""
+    for sweep in sweeps:
+        plan(ctx, sweep)

@@ -1,0 +1,361 @@
+"""A sweep's results read back from disk, the choice made on them, and the Markdown that both its
+`summary.md` and `REPORT.md` show (one path: the same rows, the same choice, the same tables).
+
+A sweep folder `<out>/<experiment>/` holds one folder per configuration and, once the sweep has
+run, `choice.json`: its title, its rows in order and the choice made on validation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from fmnist_jax import io, plots
+
+CHOICE_JSON = "choice.json"
+CURVE_METRICS = ("val_accuracy", "val_loss")
+ROW_FIGURES = (("learning_curves.png", "learning curves"), ("confusion_matrix.png", "test confusion"),
+               ("reconstruction_curves.png", "reconstruction MSE"), ("denoising.png", "denoising"))
+
+
+# ----------------------------------------------------------------------------------------------
+# Formatting
+
+
+def num(value: Any) -> float:
+    """A JSON number, or NaN for null / 'nan' strings / anything unreadable."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def fmt(ms: Mapping | None, scale: float = 100.0, digits: int = 2) -> str:
+    """'mean ± std' of a {"mean", "std"} entry (percent by default); '–' when missing or NaN."""
+    if not ms or not isinstance(ms, Mapping) or "mean" not in ms:
+        return "–"
+    mean, std = num(ms["mean"]), num(ms.get("std"))
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def fmt_num(value: Any, digits: int = 0) -> str:
+    """A number with thousands separators, '–' when missing or not finite."""
+    v = num(value)
+    return f"{v:,.{digits}f}" if math.isfinite(v) else "–"
+
+
+def md_table(head: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
+    """A Markdown table; `align` per column: 'l' (default) or 'r'."""
+    align = align or ["l"] * len(head)
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    return "\n".join(["| " + " | ".join(map(clean, head)) + " |", rule,
+                      *["| " + " | ".join(map(clean, r)) + " |" for r in rows]])
+
+
+def link_text(text: str) -> str:
+    """`text` safe inside a Markdown link."""
+    return text.replace("[", "\\[").replace("]", "\\]")
+
+
+def image(path: str, alt: str) -> str:
+    """A Markdown image."""
+    return f"![{link_text(alt)}]({path})"
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading results
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return io.read_json(path)
+    except (OSError, ValueError):
+        return None
+
+
+@dataclass
+class Row:
+    """One configuration folder: its config.json and, when complete, its metrics.json."""
+
+    experiment: str
+    name: str
+    dir: Path
+    config: dict
+    metrics: dict | None  # None: incomplete (no complete metrics.json)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> "Row":
+        """The row of a configuration folder (incomplete when its metrics.json is missing)."""
+        metrics = _read_json(run_dir / "metrics.json")
+        if metrics is not None and not metrics.get("complete"):
+            metrics = None
+        return cls(run_dir.parent.name, run_dir.name, run_dir,
+                   _read_json(run_dir / "config.json") or {}, metrics)
+
+    @property
+    def label(self) -> str:
+        """The row's label in tables (its folder name if none was recorded)."""
+        return str(self.config.get("label", self.name))
+
+    @property
+    def complete(self) -> bool:
+        """Whether the folder holds finished results."""
+        return self.metrics is not None
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The hash of what determines the row's numbers."""
+        return self.config.get("fingerprint")
+
+    @property
+    def n_seeds(self) -> int:
+        """How many seeds the row trained."""
+        return len((self.metrics or {}).get("seeds") or self.config.get("seeds") or [])
+
+    @property
+    def question(self) -> str:
+        """'q1' or 'q2', from the experiment's name."""
+        return self.experiment.split("_", 1)[0]
+
+
+@dataclass
+class SweepResult:
+    """A sweep folder: its title, rows in order, the choice (None before it is made)."""
+
+    name: str
+    dir: Path
+    title: str
+    rows: list[Row]
+    choice: dict | None
+    overlays: list[str] = field(default_factory=list)
+
+    @property
+    def question(self) -> str:
+        """'q1' or 'q2', from the sweep's name."""
+        return self.name.split("_", 1)[0]
+
+
+def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResult:
+    """The rows of a sweep folder: `names` in order, else the order its choice.json recorded
+    (then any other configuration folder, sorted)."""
+    sweep_dir = Path(sweep_dir)
+    recorded = _read_json(sweep_dir / CHOICE_JSON) or {}
+    order = list(names if names is not None else recorded.get("rows", []))
+    if names is None:
+        order += sorted(p.parent.name for p in sweep_dir.glob("*/config.json") if p.parent.name not in order)
+    rows = [Row.read(sweep_dir / n) for n in order if (sweep_dir / n).is_dir()]
+    choice = recorded if recorded.get("choice") in {r.name for r in rows} else None
+    overlays = [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))]
+    return SweepResult(sweep_dir.name, sweep_dir, recorded.get("title") or sweep_dir.name, rows,
+                       choice, overlays)
+
+
+def distinct(rows: Sequence[Row]) -> list[Row]:
+    """The complete rows, one per fingerprint (copies of an identical run dropped)."""
+    seen, out = set(), []
+    for r in rows:
+        if r.complete and (r.fingerprint is None or r.fingerprint not in seen):
+            seen.add(r.fingerprint)
+            out.append(r)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The choice
+
+
+def _val(row: Row) -> float:
+    v = num(row.metrics["val_accuracy"]["mean"])
+    return v if math.isfinite(v) else -math.inf
+
+
+def choose(rows: Sequence[Row]) -> dict | None:
+    """The complete row with the best mean validation accuracy (rows with a diverged seed only if
+    every row has one), compared with the runner-up: the difference counts as beyond the seeds'
+    spread when it exceeds sqrt(s1² + s2²). None when no row is complete."""
+    done = [r for r in rows if r.complete]
+    ranked = sorted([r for r in done if not r.metrics.get("n_diverged")] or done, key=lambda r: -_val(r))
+    if not ranked:
+        return None
+    best = ranked[0]
+    out = {"choice": best.name, "label": best.label, "val": best.metrics["val_accuracy"],
+           "test": best.metrics["test_accuracy"]}
+    if len(ranked) > 1:
+        second = ranked[1]
+        a, b = best.metrics["val_accuracy"], second.metrics["val_accuracy"]
+        diff, spread = num(a["mean"]) - num(b["mean"]), math.hypot(num(a["std"]), num(b["std"]))
+        out.update(runner_up=second.name, runner_up_label=second.label, difference=diff,
+                   spread=spread, significant=bool(diff > spread))
+    return out
+
+
+def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
+    """The verdict of a sweep in words."""
+    if not choice:
+        return "No choice: no configuration is complete."
+    b = "**" if markdown else ""
+    text = (f"{b}Choice on validation: {link_text(str(choice['label']))}{b} (val "
+            f"{fmt(choice['val'])}%, test {fmt(choice['test'])}%): the highest mean validation "
+            "accuracy among the runs that did not diverge.")
+    if "runner_up" in choice:
+        beyond = bool(choice["significant"])
+        text += (f" Runner-up: {link_text(str(choice['runner_up_label']))}. The validation "
+                 f"difference, {num(choice['difference']) * 100:.2f} points, is "
+                 f"{'larger' if beyond else 'not larger'} than the seed-to-seed spread "
+                 f"(√(s₁² + s₂²) = {num(choice['spread']) * 100:.2f} points)")
+        text += (": the choice is supported by the data." if beyond else
+                 ": with these seeds the two are not distinguishable, and the choice is a tie-break.")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Tables
+
+
+def class_names_of(rows: Sequence[Row]) -> list[str]:
+    """The class names, from the first complete row."""
+    return next((list(r.metrics.get("per_class_test_accuracy", {})) for r in rows if r.complete), [])
+
+
+def diverged_cell(m: Mapping) -> str:
+    """'0/3', or '⚠ 1/3 diverged'."""
+    n_div, n = int(num(m.get("n_diverged", 0)) or 0), len(m.get("diverged", []))
+    return f"⚠ {n_div}/{n} diverged" if n_div else f"0/{n}"
+
+
+def train_time_cell(m: Mapping) -> str:
+    """Wall seconds of training (all seeds together); Q2 rows: pretraining + fine-tuning."""
+    fine = fmt_num(m.get("timing", {}).get("wall_s"))
+    pre = m.get("pretrain")
+    return f"{fmt_num(pre.get('timing', {}).get('wall_s'))} + {fine}" if pre else fine
+
+
+def delta_cell(m: Mapping, chosen: Mapping | None, is_chosen: bool) -> str:
+    """Validation difference to the chosen row, and whether it exceeds the combined seed spread."""
+    if is_chosen:
+        return "**chosen**"
+    if not chosen:
+        return "–"
+    a, b = m.get("val_accuracy") or {}, chosen.get("val_accuracy") or {}
+    diff = num(a.get("mean")) - num(b.get("mean"))
+    spread = math.hypot(num(a.get("std")), num(b.get("std")))
+    if not (math.isfinite(diff) and math.isfinite(spread)):
+        return "–"
+    return f"{diff * 100:+.2f} (spread {spread * 100:.2f}, {'beyond' if abs(diff) > spread else 'within'})"
+
+
+def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> str:
+    """Accuracies (test, val, per class), the difference to the chosen row, train time and
+    divergence, one row per configuration; links are `prefix` + the row's folder."""
+    name = (sweep.choice or {}).get("choice")
+    chosen = next((r.metrics for r in sweep.rows if r.name == name and r.complete), None)
+    head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names],
+            "Δ val vs chosen, points", "train time s", "diverged"]
+    rows = []
+    for r in sweep.rows:
+        if not r.complete:
+            rows.append([f"{link_text(r.label)} (`{prefix}{r.name}/`)", "incomplete: no metrics.json",
+                         *["–"] * (len(head) - 2)])
+            continue
+        m, pc = r.metrics, r.metrics.get("per_class_test_accuracy", {})
+        rows.append([f"[{link_text(r.label)}]({prefix}{r.name}/metrics.json)",
+                     fmt(m.get("test_accuracy")), fmt(m.get("val_accuracy")),
+                     *[fmt(pc.get(c), digits=1) for c in class_names],
+                     delta_cell(m, chosen, r.name == name), train_time_cell(m), diverged_cell(m)])
+    return md_table(head, rows, ["l", "r", "r", *["r"] * len(class_names), "l", "r", "l"])
+
+
+def _percent(value: Any) -> str:
+    v = num(value)
+    return f"{v * 100:.1f}%" if math.isfinite(v) else "–"
+
+
+def diagnosis_table(sweep: SweepResult) -> str:
+    """Fit verdicts with the numbers behind them, the val-loss roughness, and for Question 2 the
+    pretraining's fit and reconstruction MSE against the noisy input's."""
+    q2 = sweep.question == "q2"
+    head = ["configuration", "epochs", "fit", "best val epoch", "val loss rise from min",
+            "final train acc %", "val − train loss", "val-loss roughness"]
+    if q2:
+        head += ["params (autoencoder)", "pretraining fit", "test recon MSE", "noisy-input MSE"]
+    rows = []
+    for r in (r for r in sweep.rows if r.complete):
+        m, d = r.metrics, r.metrics.get("fit_diagnosis", {})
+        cells = [link_text(r.label), str(m.get("epochs_run", "–")), str(d.get("verdict", "–")),
+                 str(d.get("best_val_epoch", "–")), _percent(d.get("val_loss_rise_from_min")),
+                 fmt_num(num(d.get("final_train_accuracy")) * 100, 2),
+                 fmt_num(d.get("final_val_minus_train_loss"), 3),
+                 fmt(m.get("val_loss_roughness"), scale=1.0, digits=4)]
+        pre = m.get("pretrain")
+        if q2 and pre:
+            cells += [fmt_num(pre.get("n_params")), str(pre.get("fit_diagnosis", {}).get("verdict", "–")),
+                      fmt(pre.get("test_mse"), scale=1.0, digits=4),
+                      fmt(pre.get("test_noisy_mse"), scale=1.0, digits=4)]
+        elif q2:
+            cells += ["– (no pretraining)", "–", "–", "–"]
+        rows.append(cells)
+    return md_table(head, rows)
+
+
+def divergence_lines(rows: Sequence[Row]) -> list[str]:
+    """A warning naming every configuration with a diverged (NaN/inf) seed ([] if none)."""
+    bad = [r for r in rows if r.complete and r.metrics.get("n_diverged")]
+    if not bad:
+        return []
+    names = "; ".join(f"{r.label} ({r.metrics['n_diverged']}/{len(r.metrics.get('diverged', []))} seeds)"
+                      for r in bad)
+    return [f"**Diverged** (loss became NaN/inf; those seeds stopped early and their numbers are "
+            f"meaningless; configurations with a diverged seed are not chosen unless all are): {names}.", ""]
+
+
+def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> list[str]:
+    """The Markdown lines that present a sweep (summary.md's body, and REPORT.md's section);
+    every path is `prefix` + a path relative to the sweep folder."""
+    lines = [f"{max((r.n_seeds for r in sweep.rows), default=0)} seeds per configuration, "
+             "accuracies in % as mean ± std over seeds; chosen on the validation split, test "
+             "reported.", "", sweep_table(sweep, class_names, prefix), "",
+             *divergence_lines(sweep.rows), choice_text(sweep.choice), "",
+             "Fit diagnosis" + (" and reconstruction (test MSE of the reconstruction vs. of the noisy "
+                                "input itself, against the clean image)" if sweep.question == "q2" else "")
+             + ":", "", diagnosis_table(sweep), ""]
+    if sweep.overlays:
+        lines += [" ".join(image(f"{prefix}{f}", f"{sweep.title}: {f}") for f in sweep.overlays), ""]
+    lines += ["<details><summary>Per-configuration figures</summary>", ""]
+    for r in sweep.rows:
+        figs = [(f, t) for f, t in ROW_FIGURES if (r.dir / f).is_file()]
+        if figs:
+            lines += [f"**{link_text(r.label)}** (`{prefix}{r.name}/`)", "",
+                      " ".join(image(f"{prefix}{r.name}/{f}", f"{r.label}: {t}") for f, t in figs), ""]
+    return lines + ["</details>", ""]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """What `write_summary` decided: the choice, its verdict in words, warnings to print."""
+
+    choice: dict | None
+    verdict: str
+    warnings: list[str]
+
+
+def write_summary(sweep_dir: Path, title: str, names: Sequence[str]) -> Summary:
+    """Write a finished sweep's choice.json (title, rows in order, the choice), its overlay
+    figures of the validation curves, and summary.md."""
+    sweep_dir = Path(sweep_dir)
+    rows = read_sweep(sweep_dir, names).rows
+    choice = choose(rows)
+    io.write_json(sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {})})
+    curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
+    for metric in CURVE_METRICS:
+        plots.overlay_curves(curves, sweep_dir / f"sweep_{metric}.png",
+                             title=f"{title}: {metric.replace('_', ' ')}", metric=metric)
+    sweep = read_sweep(sweep_dir, names)
+    io.write_text(sweep_dir / "summary.md", "\n".join(
+        [f"# {title}", "", *sweep_section(sweep, class_names_of(sweep.rows))]).rstrip() + "\n")
+    return Summary(choice, choice_text(choice, markdown=False),
+                   [line.replace("**", "") for line in divergence_lines(rows) if line])
