@@ -8,6 +8,7 @@ and checks the batch size against it: a refusal costs seconds and writes nothing
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import shlex
 import sys
@@ -15,6 +16,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
+
+import numpy as np
 
 from experiments.cli import QUICK_TRAIN, QUICK_VAL, Options, UsageError
 from fmnist_jax import compilation_cache
@@ -92,7 +95,17 @@ def load_data(opts: Options) -> TaskData:
         data.info.update(quick=True)
     data.info["counts"] = {"train": len(data.train_labels), "val": len(data.val_labels),
                            "test": len(data.test_labels)}
+    data.info["digest"] = digest(data)
     return data
+
+
+def digest(data: TaskData) -> str:
+    """sha256 (first 16 hex digits) of the images and labels actually used, every split."""
+    h = hashlib.sha256()
+    for array in (data.train_images, data.train_labels, data.val_images, data.val_labels,
+                  data.test_images, data.test_labels):
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
 
 
 def check_batch_size(opts: Options, data: TaskData) -> None:

@@ -1,4 +1,5 @@
-"""Q1: augmentation none vs expand vs online (plus the tuned row).
+"""Q1: augmentation none vs expand vs online; then, beyond the original, the tuned row (which
+continues the expand row) in <out>/q1_tuned/.
 
     python -m experiments.q1_augmentation [--seeds 3] [--out results] [--quick] [--pool max] ...
 """

@@ -1,4 +1,4 @@
-"""Q1: SGD vs SGD with momentum 0.9 vs Adam (plus the tuned row).
+"""Q1: SGD vs SGD with momentum 0.9 vs Adam.
 
     python -m experiments.q1_optimizers [--seeds 3] [--out results] [--quick] [--pool max] ...
 """

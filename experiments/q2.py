@@ -131,16 +131,34 @@ def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
                           title="denoising autoencoder: reconstruction MSE", metrics=("loss",),
                           sets=("train", "val", "test", "val_noisy", "test_noisy"), ylabels={"loss": "MSE"})
     draw_denoising(ctx, cfg, params0, folder / "denoising.png")
+    dead, background = dead_outputs(ctx, cfg, res.states.params)
     io.write_json(folder / "metrics.json", {
         "val_mse": mean_std(res.final["val"]["loss"]), "test_mse": mean_std(res.final["test"]["loss"]),
         "val_noisy_mse": mean_std(res.final["val"]["noisy_loss"]),
         "test_noisy_mse": mean_std(res.final["test"]["noisy_loss"]),
         "denoise_std": cfg.denoise_std, "n_params": count_params(params0),
+        "dead_outputs": mean_std(dead), "dead_outputs_on_background": mean_std(background),
         "diverged": res.diverged, "fit_diagnosis": curves.diagnose(res.history), "timing": res.timing,
         "epochs_run": res.epochs_run, "complete": True,
     })
     results.remove_tree(folder / "checkpoint")
     return folder
+
+
+def dead_outputs(ctx: Context, cfg: TrainConfig, params) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed (stacked `params`), how many of the 784 outputs are 0 for every noisy test image,
+    and the share of those on background pixels (mean clean test intensity < 0.05). The
+    architecture's final ReLU makes a unit whose input is negative for every image output 0
+    everywhere, and pass no gradient back: a dead unit, a black dot in every reconstruction."""
+    data = ctx.data
+    noisy = corrupt(jax.random.PRNGKey(EVAL_NOISE_SEED), jnp.asarray(data.test_images), cfg.denoise_std)
+    model = Autoencoder(widths=cfg.widths)
+    recon = jax.jit(jax.vmap(lambda p: model.apply({"params": p}, noisy)))(params)  # [S, N, 784]
+    dead = np.asarray(jnp.all(recon == 0, axis=1))  # [S, 784]
+    background = data.test_images.reshape(len(data.test_images), -1).mean(axis=0) < 0.05
+    counts = dead.sum(axis=1)
+    share = np.where(counts > 0, (dead & background).sum(axis=1) / np.maximum(counts, 1), 0.0)
+    return counts, share
 
 
 def draw_denoising(ctx: Context, cfg: TrainConfig, params, path: Path) -> None:
@@ -231,10 +249,15 @@ def check(opts: Options) -> None:
     """Flag combinations argparse cannot check; before any data is loaded or file written.
 
     Raises:
-      UsageError: `--stage finetune` without `--encoder`, or an encoder that does not fit.
+      UsageError: `--stage finetune` without `--encoder`, `--freeze-encoder` without it, or an
+        encoder that does not fit.
     """
     if opts.stage == "finetune" and not opts.encoder:
         raise UsageError("--stage finetune needs --encoder PATH (an `encoder` folder from a pretraining run)")
+    if opts.freeze_encoder and not opts.encoder:
+        raise UsageError("--freeze-encoder makes the fine-tuning of a given encoder a linear probe: use it "
+                         "with --stage finetune --encoder PATH. The sweeps have their own probe row "
+                         "(q2_pretraining/frozen_probe), and would otherwise report a probe as fine-tuned")
     if opts.encoder and opts.stage != "pretrain":
         encoder_metadata(opts.encoder, ARCHITECTURES[opts.arch], opts.seeds)
 

@@ -25,7 +25,7 @@ from experiments.context import Context, command_line
 from fmnist_jax import curves, io, plots, results, summaries
 from fmnist_jax.fit import FitResult, fit
 from fmnist_jax.models import count_params
-from fmnist_jax.train import TrainConfig, TrainState
+from fmnist_jax.train import TrainConfig, TrainState, n_trained_params
 
 
 @dataclass(frozen=True)
@@ -43,8 +43,9 @@ class Spec:
     def payload(self, ctx: Context) -> dict:
         """What determines this configuration's numbers (its fingerprint is their hash)."""
         data = {k: ctx.data.info.get(k) for k in ("source", "split_seed", "val_fraction", "counts",
-                                                   "quick")}
-        out = {"train_config": results.config_to_dict(self.cfg), "seeds": ctx.seeds, "data": data}
+                                                   "quick", "digest")}
+        out = {"results_version": results.RESULTS_VERSION,
+               "train_config": results.config_to_dict(self.cfg), "seeds": ctx.seeds, "data": data}
         if self.start is not None:
             out["start"] = self.start.payload(ctx)
         if self.pretrain is not None:
@@ -57,12 +58,14 @@ class Spec:
 @dataclass(frozen=True)
 class Sweep:
     """A sweep's folder name, title, configurations, and how one row is run (`execute(ctx,
-    spec, run_dir)`, which writes the folder)."""
+    spec, run_dir)`, which writes the folder). Rows reported beside the sweeps (a tuned recipe)
+    carry a `note` instead of a choice."""
 
     experiment: str
     title: str
     specs: tuple[Spec, ...]
     execute: Callable[[Context, Spec, Path], None] = field(default=None, compare=False)
+    note: str | None = None
 
     def __post_init__(self):
         if self.execute is None:
@@ -228,18 +231,21 @@ def write_row(ctx: Context, spec: Spec, run_dir: Path, result: FitResult, *,
               extra_metrics: dict | None = None, extra_history: dict | None = None,
               figures: dict | None = None) -> None:
     """A classifier row's results folder from its run (config.json is already there):
-    history.json, test_predictions.npy [seeds, n_test], the figures, metrics.json last."""
+    history.json, {val,test}_predictions.npy [seeds, n_images], labels.npz, the figures,
+    metrics.json last."""
     data = ctx.data
     test, val = result.final["test"], result.final["val"]
     metrics = results.classifier_metrics(
         test["confusion"], val["accuracy"], data.class_names, test_loss=test["loss"],
         val_loss=val["loss"], diverged=result.diverged)
+    params = jax.tree_util.tree_map(lambda x: x[0], result.states.params)
     metrics.update({
         "seeds": ctx.seeds,
         "epochs_run": result.epochs_run,
-        "n_params": count_params(jax.tree_util.tree_map(lambda x: x[0], result.states.params)),
+        "n_params": count_params(params),
+        "n_trained_params": n_trained_params(spec.cfg, params),
         "val_loss_roughness": curves.roughness(result.history["val_loss"]),
-        "fit_diagnosis": curves.diagnose(result.history),
+        "fit_diagnosis": curves.diagnose(result.history, decayed=spec.cfg.optimizer.schedule == "wsd"),
         "timing": result.timing,
         "parallel": result.parallel,
         "member_map": result.member_map,
@@ -254,8 +260,9 @@ def write_row(ctx: Context, spec: Spec, run_dir: Path, result: FitResult, *,
             confusion, data.class_names, p, title=f"{spec.label}: test confusion (sum over seeds)"),
         **(figures or {}),
     }
-    results.write_run(run_dir, history=history, test_predictions=test["predictions"],
-                      metrics=metrics, figures=draw)
+    results.write_run(run_dir, history=history, metrics=metrics, figures=draw,
+                      predictions={"val": val["predictions"], "test": test["predictions"]},
+                      labels={"val": data.val_labels, "test": data.test_labels})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -299,7 +306,7 @@ def run_sweep(ctx: Context, sweep: Sweep) -> dict:
                           "command to resume (a run in progress continues from its last epoch)")
     for item in planned:
         run_planned(ctx, sweep, item)
-    summary = summaries.write_summary(sweep_dir, sweep.title, [s.name for s in sweep.specs])
+    summary = summaries.write_summary(sweep_dir, sweep.title, [s.name for s in sweep.specs], sweep.note)
     for line in summary.warnings:
         ctx.log(line)
     # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).

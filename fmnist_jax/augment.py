@@ -1,8 +1,9 @@
 """Batched, jittable image augmentation with explicit PRNG keys.
 
 Images are float32 NHWC ``[B, H, W, C]`` in [0, 1]. ``augment_batch`` is the online
-augmentation used inside the compiled train step; ``expand_dataset`` is what the
-original report did (originals + one rotated copy + one noisy copy, drawn once).
+augmentation used inside the compiled train step; ``expanded_batch`` reads batches of what the
+original report trained on (originals + one rotated copy + one noisy copy, drawn once), each
+member of a run with its own draw.
 """
 
 from dataclasses import dataclass
@@ -119,32 +120,21 @@ def augment_batch(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.
     return images
 
 
-@jax.jit
-def _rotated_and_noisy(key, images, max_degrees, noise_std):
-    rotate_key = jax.random.fold_in(key, _ROTATE_STREAM)
-    noise_key = jax.random.fold_in(key, _NOISE_STREAM)
-    rotated = rotate(images, random_angles(rotate_key, images.shape[0], max_degrees))
-    return rotated, add_noise(noise_key, images, noise_std)
-
-
-def expand_dataset(
-    key: jax.Array, images, labels, cfg: AugmentConfig, *, chunk_size: int = 10_000
-) -> tuple[jax.Array, jax.Array]:
-    """The report's offline augmentation: [N,H,W,C], [N] -> [3N,H,W,C], [3N].
-
-    Order: originals, a rotated copy (angles up to cfg.max_degrees), a noisy copy
-    (cfg.noise_std); labels repeated to match. Always makes exactly these two copies;
-    the cfg.rotate/noise/flip switches belong to online mode. Works in chunks to bound
-    memory; chunk k uses fold_in(key, k), so the draws depend on chunk_size.
+def expanded_batch(key: jax.Array, images: jax.Array, index: jax.Array, cfg: AugmentConfig) -> jax.Array:
+    """Images `index` [B] of the expanded set of `images` [N, H, W, C]: index i < N is original
+    i, N + i its rotated copy (an angle up to cfg.max_degrees), 2N + i its noisy copy
+    (cfg.noise_std, clipped). The copy at index j is drawn from `fold_in(key, j)` alone, so the
+    expanded set is fixed by `key` (drawn once, whatever the batches), and the labels of a batch
+    are those of `index % N`. The cfg.rotate/noise/flip switches belong to online mode.
     """
-    images = jnp.asarray(images, jnp.float32)
-    labels = jnp.asarray(labels)
-    rotated, noisy = [], []
-    for k, start in enumerate(range(0, images.shape[0], chunk_size)):
-        r, n = _rotated_and_noisy(
-            jax.random.fold_in(key, k), images[start : start + chunk_size], cfg.max_degrees, cfg.noise_std
-        )
-        rotated.append(r)
-        noisy.append(n)
-    out_images = jnp.concatenate([images, *rotated, *noisy])
-    return out_images, jnp.concatenate([labels] * 3)
+    n = images.shape[0]
+    copy, originals = index // n, images[index % n]
+    keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(index)
+    angles = jax.vmap(lambda k: random_angles(jax.random.fold_in(k, _ROTATE_STREAM), 1,
+                                              cfg.max_degrees)[0])(keys)
+    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, _NOISE_STREAM),
+                                                 images.shape[1:], images.dtype))(keys)
+    rotated = rotate(originals, angles)
+    noisy = jnp.clip(originals + cfg.noise_std * noise, 0.0, 1.0)
+    copy = copy.reshape(-1, *([1] * (images.ndim - 1)))
+    return jnp.where(copy == 0, originals, jnp.where(copy == 1, rotated, noisy))

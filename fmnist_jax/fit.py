@@ -19,10 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fmnist_jax import augment, checkpoint, placement
+from fmnist_jax import checkpoint, placement
 from fmnist_jax.train import (
-    Program, TrainConfig, TrainState, eval_step, init_state, lr_scales, pad_for_eval, program,
-    train_epoch,
+    Program, TrainConfig, TrainState, epoch_size, eval_step, init_state, lr_scales, pad_for_eval,
+    program, train_epoch,
 )
 
 EVAL_NOISE_SEED = 1234  # fixed corruption of val/test images for the autoencoder's eval loss
@@ -103,14 +103,6 @@ def _init_fn(prog: Program):
     return jax.jit(jax.vmap(functools.partial(init_state, prog)))
 
 
-def prepare_train_set(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, data_seed: int = 0):
-    """The training arrays the engine sees: the originals, or for `expand` the originals + a
-    rotated + a noisy copy ([3N, ...], drawn once from PRNGKey(data_seed))."""
-    if cfg.model == "cnn" and cfg.augment == "expand":
-        return augment.expand_dataset(jax.random.PRNGKey(data_seed), images, labels, cfg.aug)
-    return images, labels
-
-
 def _summarise_eval(out: Mapping[str, jax.Array], classifier: bool) -> dict[str, np.ndarray]:
     out = jax.device_get(out)
     count = np.asarray(out["count"], np.float64)  # exact ratios such as 170/300 in float64
@@ -168,7 +160,8 @@ def fit(
     """Train len(seeds) members of `cfg` together up to epoch `cfg.epochs`.
 
     Args:
-      train: (images float32 [N, 28, 28, 1], labels int32 [N]); expanded here if cfg.augment == "expand".
+      train: (images float32 [N, 28, 28, 1], labels int32 [N]), the originals (an `expand` run
+        trains on their expanded set, 3N images per epoch: `train.epoch_size`).
       eval_sets: name -> (images, labels), evaluated after every epoch (e.g. "val", "test").
       learning_rates: one peak rate per seed instead of the config's (fresh states only).
       init: stacked states of the members to start from at epoch 0 instead of fresh ones.
@@ -194,8 +187,8 @@ def fit(
     member_map = placement.resolve_member_map(member_map, mode)
     n_real, n_members = len(seeds), placement.padded_members(len(seeds), mode)
 
-    train_images, train_labels = prepare_train_set(cfg, *train)
-    prog = program(cfg, int(train_images.shape[0]))
+    train_images, train_labels = train
+    prog = program(cfg, epoch_size(cfg, len(train_labels)))
     place = placement.make_placement(mode)
     epoch_fn, eval_fn = member_programs(prog, place.batch_sharding, member_map)
 
@@ -249,11 +242,13 @@ def fit(
             values = {f"train_{k}": v for k, v in epoch_metrics.items()}
             values.update({f"{s}_{k}": r[k] for s, r in final.items()
                            for k in ("loss", "accuracy", "noisy_loss") if k in r})
-            for name, v in values.items():
-                rows = history.setdefault(name, [[] for _ in range(n_members)])
-                for k in range(n_members):
+            for name, v in values.items():  # the real members' (padding members are dropped)
+                rows = history.setdefault(name, [[] for _ in range(n_real)])
+                for k in range(n_real):
                     rows[k].append(float(np.asarray(v, np.float64)[k]))
-            losses = np.stack([np.asarray(r["loss"]) for r in [epoch_metrics, *final.values()]])
+            # Train and validation only: test data never takes part in a decision.
+            losses = np.stack([np.asarray(r["loss"]) for name, r in [("train", epoch_metrics), *final.items()]
+                               if name != "test"])
             diverged |= ~np.all(np.isfinite(losses), axis=0)
             epochs_run = epoch + 1
             if checkpoint_dir is not None:
@@ -278,7 +273,7 @@ def fit(
         timing["train_images_per_s"] = n_real * own["images"] / own["train_s"]
     return FitResult(
         cfg=cfg, seeds=seeds, states=jax.tree_util.tree_map(lambda x: x[:n_real], states),
-        history={k: [list(row) for row in v[:n_real]] for k, v in history.items()},
+        history={k: [list(row) for row in v] for k, v in history.items()},
         diverged=diverged[:n_real].tolist(),
         final={s: {k: np.asarray(v)[:n_real] for k, v in res.items()} for s, res in final.items()},
         timing=timing, parallel=mode, member_map=member_map, epochs_run=epochs_run)

@@ -107,16 +107,17 @@ def classification_report_text(cm, class_names, digits: int = 2) -> str:
 
 
 def mean_std(values) -> dict:
-    """``{"mean", "std", "per_seed"}`` over seeds; std is the population std (ddof=0)."""
+    """``{"mean", "std", "per_seed"}`` over seeds; std is the sample std (ddof=1), 0 for one seed."""
     v = [float(x) for x in np.asarray(values, dtype=np.float64).ravel()]
-    return {"mean": float(np.mean(v)), "std": float(np.std(v)), "per_seed": v}
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+            "per_seed": v}
 
 
 def multi_seed_report(cms, class_names) -> dict:
     """Aggregate ``[S, C, C]`` per-seed confusion matrices.
 
     Same structure as :func:`report_from_confusion`, but every number is replaced by
-    :func:`mean_std` over seeds (mean, population std with ddof=0, per-seed values);
+    :func:`mean_std` over seeds (mean, sample std with ddof=1, per-seed values);
     adds ``"confusion_matrix_sum"`` (``[C, C]`` nested list of ints summed over seeds).
     """
     cms = np.asarray(cms, dtype=np.int64)
@@ -143,7 +144,7 @@ def multi_seed_report(cms, class_names) -> dict:
 
 def classification_report_text_multi(cms, class_names, digits: int = 2) -> str:
     """The classification-report table with each score cell ``"mean ± std"`` over seeds
-    (population std). Support is printed as an int (the mean over seeds, rounded; the
+    (sample std, ddof=1). Support is printed as an int (the mean over seeds, rounded; the
     seeds normally share one test set). With one seed, equals :func:`classification_report_text`."""
     cms = np.asarray(cms, dtype=np.int64)
     if cms.ndim != 3:

@@ -20,6 +20,10 @@ import numpy as np
 from fmnist_jax import io, metrics
 
 REQUIRED_FILES = ("config.json", "history.json", "test_predictions.npy", "metrics.json")
+# Part of every fingerprint: bump it with every change that moves a number, so that results of
+# older code are never skipped or copied as if they were this code's.
+# 2: per-stream key namespaces, a per-seed expanded set, divergence on train + val only.
+RESULTS_VERSION = 2
 
 
 def versions() -> dict[str, str]:
@@ -111,18 +115,25 @@ def classifier_metrics(
     return out
 
 
-def write_run(run_dir: str | Path, *, history: Mapping, test_predictions: np.ndarray,
-              metrics: Mapping, figures: Mapping[str, Any] | None = None) -> Path:
+def write_run(run_dir: str | Path, *, history: Mapping, predictions: Mapping[str, np.ndarray],
+              labels: Mapping[str, np.ndarray], metrics: Mapping,
+              figures: Mapping[str, Any] | None = None) -> Path:
     """Write one configuration's results beside its config.json; metrics.json goes last and
     marks completion.
 
-    `test_predictions` int [n_seeds, n_test]; `figures` maps a file name to a callable(path)
-    drawing it (every figure is written atomically by `fmnist_jax.plots`).
+    `predictions`: split ("val", "test") -> int [n_seeds, n_images], written as
+    `<split>_predictions.npy`; `labels`: split -> the true labels int [n_images], written
+    together as `labels.npz` (so that a folder's predictions can be scored on their own);
+    `figures` maps a file name to a callable(path) drawing it (atomically, `fmnist_jax.plots`).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_json(run_dir / "history.json", history)
-    io.write_npy(run_dir / "test_predictions.npy", np.asarray(test_predictions).astype(np.int64))
+    for split, preds in predictions.items():
+        io.write_npy(run_dir / f"{split}_predictions.npy", np.asarray(preds).astype(np.int64))
+    with io.atomic_path(run_dir / "labels.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **{split: np.asarray(y, np.int64) for split, y in labels.items()})
     for name, draw in (figures or {}).items():
         draw(run_dir / name)
     io.write_json(run_dir / "metrics.json", {**metrics, "complete": True})

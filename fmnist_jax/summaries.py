@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from fmnist_jax import io, plots
+import numpy as np
+
+from fmnist_jax import io, plots, stats
 
 CHOICE_JSON = "choice.json"
 CURVE_METRICS = ("val_accuracy", "val_loss")
@@ -122,10 +124,29 @@ class Row:
         """'q1' or 'q2', from the experiment's name."""
         return self.experiment.split("_", 1)[0]
 
+    def correct(self, split: str) -> np.ndarray | None:
+        """Whether each seed's model got each image of `split` ("val" or "test") right: bool
+        [n_seeds, n_images], from the saved predictions and labels (None if not saved)."""
+        try:
+            preds = np.load(self.dir / f"{split}_predictions.npy")
+            with np.load(self.dir / "labels.npz") as labels:
+                return preds == labels[split][None, :]
+        except (OSError, KeyError, ValueError):
+            return None
+
+
+def compare_rows(a: Row, b: Row, split: str) -> dict | None:
+    """`stats.compare` of two complete rows on `split`'s images (None if either lacks them)."""
+    ca, cb = a.correct(split), b.correct(split)
+    if ca is None or cb is None or ca.shape != cb.shape:
+        return None
+    return stats.compare(ca, cb)
+
 
 @dataclass
 class SweepResult:
-    """A sweep folder: its title, rows in order, the choice (None before it is made)."""
+    """A sweep folder: its title, rows in order, the choice (None before it is made, and for
+    rows reported beside the sweeps, which carry a `note` instead)."""
 
     name: str
     dir: Path
@@ -133,6 +154,7 @@ class SweepResult:
     rows: list[Row]
     choice: dict | None
     overlays: list[str] = field(default_factory=list)
+    note: str | None = None
 
     @property
     def question(self) -> str:
@@ -152,7 +174,7 @@ def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResu
     choice = recorded if recorded.get("choice") in {r.name for r in rows} else None
     overlays = [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))]
     return SweepResult(sweep_dir.name, sweep_dir, recorded.get("title") or sweep_dir.name, rows,
-                       choice, overlays)
+                       choice, overlays, recorded.get("note"))
 
 
 def distinct(rows: Sequence[Row]) -> list[Row]:
@@ -176,8 +198,8 @@ def _val(row: Row) -> float:
 
 def choose(rows: Sequence[Row]) -> dict | None:
     """The complete row with the best mean validation accuracy (rows with a diverged seed only if
-    every row has one), compared with the runner-up: the difference counts as beyond the seeds'
-    spread when it exceeds sqrt(s1² + s2²). None when no row is complete."""
+    every row has one), and how it compares with the runner-up on the validation images
+    (`stats.compare`). None when no row is complete."""
     done = [r for r in rows if r.complete]
     ranked = sorted([r for r in done if not r.metrics.get("n_diverged")] or done, key=lambda r: -_val(r))
     if not ranked:
@@ -186,16 +208,13 @@ def choose(rows: Sequence[Row]) -> dict | None:
     out = {"choice": best.name, "label": best.label, "val": best.metrics["val_accuracy"],
            "test": best.metrics["test_accuracy"]}
     if len(ranked) > 1:
-        second = ranked[1]
-        a, b = best.metrics["val_accuracy"], second.metrics["val_accuracy"]
-        diff, spread = num(a["mean"]) - num(b["mean"]), math.hypot(num(a["std"]), num(b["std"]))
-        out.update(runner_up=second.name, runner_up_label=second.label, difference=diff,
-                   spread=spread, significant=bool(diff > spread))
+        out.update(runner_up=ranked[1].name, runner_up_label=ranked[1].label,
+                   comparison=compare_rows(best, ranked[1], "val"), method=stats.METHOD)
     return out
 
 
 def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
-    """The verdict of a sweep in words."""
+    """The verdict of a sweep in words, worded by its statistics."""
     if not choice:
         return "No choice: no configuration is complete."
     b = "**" if markdown else ""
@@ -203,13 +222,15 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
             f"{fmt(choice['val'])}%, test {fmt(choice['test'])}%): the highest mean validation "
             "accuracy among the runs that did not diverge.")
     if "runner_up" in choice:
-        beyond = bool(choice["significant"])
-        text += (f" Runner-up: {link_text(str(choice['runner_up_label']))}. The validation "
-                 f"difference, {num(choice['difference']) * 100:.2f} points, is "
-                 f"{'larger' if beyond else 'not larger'} than the seed-to-seed spread "
-                 f"(√(s₁² + s₂²) = {num(choice['spread']) * 100:.2f} points)")
-        text += (": the choice is supported by the data." if beyond else
-                 ": with these seeds the two are not distinguishable, and the choice is a tie-break.")
+        c = choice.get("comparison")
+        text += f" Against the runner-up, {link_text(str(choice['runner_up_label']))}, on the validation images: "
+        if c is None:
+            text += "no saved predictions to compare."
+        elif c["verdict"] == "better":
+            text += f"better, {stats.describe(c)}: the data support the choice."
+        else:
+            text += (f"not distinguishable, {stats.describe(c)}: with these seeds and images the "
+                     "choice is a tie-break.")
     return text
 
 
@@ -235,27 +256,27 @@ def train_time_cell(m: Mapping) -> str:
     return f"{fmt_num(pre.get('timing', {}).get('wall_s'))} + {fine}" if pre else fine
 
 
-def delta_cell(m: Mapping, chosen: Mapping | None, is_chosen: bool) -> str:
-    """Validation difference to the chosen row, and whether it exceeds the combined seed spread."""
-    if is_chosen:
+def delta_cell(row: Row, chosen: Row | None) -> str:
+    """The validation difference to the chosen row (points, 95% CI) and its verdict."""
+    if chosen is None:
+        return "–"
+    if row.name == chosen.name:
         return "**chosen**"
-    if not chosen:
+    c = compare_rows(row, chosen, "val")
+    if c is None:
         return "–"
-    a, b = m.get("val_accuracy") or {}, chosen.get("val_accuracy") or {}
-    diff = num(a.get("mean")) - num(b.get("mean"))
-    spread = math.hypot(num(a.get("std")), num(b.get("std")))
-    if not (math.isfinite(diff) and math.isfinite(spread)):
-        return "–"
-    return f"{diff * 100:+.2f} (spread {spread * 100:.2f}, {'beyond' if abs(diff) > spread else 'within'})"
+    low, high = c["ci95"]
+    ci = f" [{low * 100:+.2f}, {high * 100:+.2f}]" if math.isfinite(low) else ""
+    return f"{c['difference'] * 100:+.2f}{ci}, {c['verdict']}"
 
 
 def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> str:
     """Accuracies (test, val, per class), the difference to the chosen row, train time and
     divergence, one row per configuration; links are `prefix` + the row's folder."""
     name = (sweep.choice or {}).get("choice")
-    chosen = next((r.metrics for r in sweep.rows if r.name == name and r.complete), None)
+    chosen = next((r for r in sweep.rows if r.name == name and r.complete), None)
     head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names],
-            "Δ val vs chosen, points", "train time s", "diverged"]
+            "Δ val vs chosen, points (95% CI)", "train time s", "diverged"]
     rows = []
     for r in sweep.rows:
         if not r.complete:
@@ -266,7 +287,7 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
         rows.append([f"[{link_text(r.label)}]({prefix}{r.name}/metrics.json)",
                      fmt(m.get("test_accuracy")), fmt(m.get("val_accuracy")),
                      *[fmt(pc.get(c), digits=1) for c in class_names],
-                     delta_cell(m, chosen, r.name == name), train_time_cell(m), diverged_cell(m)])
+                     delta_cell(r, chosen), train_time_cell(m), diverged_cell(m)])
     return md_table(head, rows, ["l", "r", "r", *["r"] * len(class_names), "l", "r", "l"])
 
 
@@ -275,29 +296,43 @@ def _percent(value: Any) -> str:
     return f"{v * 100:.1f}%" if math.isfinite(v) else "–"
 
 
+def _rise_cell(d: Mapping) -> str:
+    rise, threshold = num(d.get("val_loss_rise_from_min")), num(d.get("val_loss_turn_threshold"))
+    if not math.isfinite(rise):
+        return "–"
+    return f"{rise:.4f} (turn > {threshold:.4f})" if math.isfinite(threshold) else f"{rise:.4f}"
+
+
 def diagnosis_table(sweep: SweepResult) -> str:
-    """Fit verdicts with the numbers behind them, the val-loss roughness, and for Question 2 the
-    pretraining's fit and reconstruction MSE against the noisy input's."""
+    """Fit verdicts with the numbers behind them (`fmnist_jax.curves.diagnose`), and for
+    Question 2 the pretraining's fit, reconstruction MSE against the noisy input's, and its
+    dead output units."""
     q2 = sweep.question == "q2"
     head = ["configuration", "epochs", "fit", "best val epoch", "val loss rise from min",
-            "final train acc %", "val − train loss", "val-loss roughness"]
+            "val − train loss", "train − val acc, points", "final train acc %",
+            "last-epoch train loss drop", "val-loss roughness"]
     if q2:
-        head += ["params (autoencoder)", "pretraining fit", "test recon MSE", "noisy-input MSE"]
+        head += ["params (autoencoder)", "pretraining fit", "test recon MSE", "noisy-input MSE",
+                 "dead outputs (of 784)"]
     rows = []
     for r in (r for r in sweep.rows if r.complete):
         m, d = r.metrics, r.metrics.get("fit_diagnosis", {})
+        drop = _percent(d.get("train_loss_last_epoch_drop"))
         cells = [link_text(r.label), str(m.get("epochs_run", "–")), str(d.get("verdict", "–")),
-                 str(d.get("best_val_epoch", "–")), _percent(d.get("val_loss_rise_from_min")),
-                 fmt_num(num(d.get("final_train_accuracy")) * 100, 2),
+                 str(d.get("best_val_epoch", "–")), _rise_cell(d),
                  fmt_num(d.get("final_val_minus_train_loss"), 3),
+                 fmt_num(d.get("train_minus_val_accuracy_points"), 2),
+                 fmt_num(num(d.get("final_train_accuracy")) * 100, 2),
+                 drop + (" (rate decayed to 0)" if d.get("learning_rate_decayed") else ""),
                  fmt(m.get("val_loss_roughness"), scale=1.0, digits=4)]
         pre = m.get("pretrain")
         if q2 and pre:
             cells += [fmt_num(pre.get("n_params")), str(pre.get("fit_diagnosis", {}).get("verdict", "–")),
                       fmt(pre.get("test_mse"), scale=1.0, digits=4),
-                      fmt(pre.get("test_noisy_mse"), scale=1.0, digits=4)]
+                      fmt(pre.get("test_noisy_mse"), scale=1.0, digits=4),
+                      fmt(pre.get("dead_outputs"), scale=1.0, digits=1)]
         elif q2:
-            cells += ["– (no pretraining)", "–", "–", "–"]
+            cells += ["– (no pretraining)", "–", "–", "–", "–"]
         rows.append(cells)
     return md_table(head, rows)
 
@@ -309,8 +344,9 @@ def divergence_lines(rows: Sequence[Row]) -> list[str]:
         return []
     names = "; ".join(f"{r.label} ({r.metrics['n_diverged']}/{len(r.metrics.get('diverged', []))} seeds)"
                       for r in bad)
-    return [f"**Diverged** (loss became NaN/inf; those seeds stopped early and their numbers are "
-            f"meaningless; configurations with a diverged seed are not chosen unless all are): {names}.", ""]
+    return [f"**Diverged** (the training or validation loss became NaN/inf; such a seed's numbers "
+            f"are meaningless, it trains on with the others until every seed has diverged, and a "
+            f"configuration with a diverged seed is not chosen unless all are): {names}.", ""]
 
 
 def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> list[str]:
@@ -319,7 +355,7 @@ def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = 
     lines = [f"{max((r.n_seeds for r in sweep.rows), default=0)} seeds per configuration, "
              "accuracies in % as mean ± std over seeds; chosen on the validation split, test "
              "reported.", "", sweep_table(sweep, class_names, prefix), "",
-             *divergence_lines(sweep.rows), choice_text(sweep.choice), "",
+             *divergence_lines(sweep.rows), sweep.note or choice_text(sweep.choice), "",
              "Fit diagnosis" + (" and reconstruction (test MSE of the reconstruction vs. of the noisy "
                                 "input itself, against the clean image)" if sweep.question == "q2" else "")
              + ":", "", diagnosis_table(sweep), ""]
@@ -343,13 +379,15 @@ class Summary:
     warnings: list[str]
 
 
-def write_summary(sweep_dir: Path, title: str, names: Sequence[str]) -> Summary:
+def write_summary(sweep_dir: Path, title: str, names: Sequence[str], note: str | None = None) -> Summary:
     """Write a finished sweep's choice.json (title, rows in order, the choice), its overlay
-    figures of the validation curves, and summary.md."""
+    figures of the validation curves, and summary.md. With a `note`, the rows are reported
+    beside the sweeps and no choice is made on them: the note says why."""
     sweep_dir = Path(sweep_dir)
     rows = read_sweep(sweep_dir, names).rows
-    choice = choose(rows)
-    io.write_json(sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {})})
+    choice = None if note else choose(rows)
+    io.write_json(sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {}),
+                                            **({"note": note} if note else {})})
     curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
     for metric in CURVE_METRICS:
         plots.overlay_curves(curves, sweep_dir / f"sweep_{metric}.png",
@@ -357,5 +395,5 @@ def write_summary(sweep_dir: Path, title: str, names: Sequence[str]) -> Summary:
     sweep = read_sweep(sweep_dir, names)
     io.write_text(sweep_dir / "summary.md", "\n".join(
         [f"# {title}", "", *sweep_section(sweep, class_names_of(sweep.rows))]).rstrip() + "\n")
-    return Summary(choice, choice_text(choice, markdown=False),
+    return Summary(choice, note or choice_text(choice, markdown=False),
                    [line.replace("**", "") for line in divergence_lines(rows) if line])

@@ -155,6 +155,10 @@ def param_counts(pool: str = "avg") -> dict[str, int]:
 
 def _totals(s: ModelSummary) -> list[str]:
     lines = [f"Trainable params: {s.trainable:,}", "Non-trainable params: 0"]
+    biases = sum(layer.output_shape[-1] for layer in s.layers if "(Conv3x3)" in layer.name)
+    if biases:
+        lines.append(f"  of which held at 0 in training: the {biases:,} convolution biases (each "
+                     "feeds a BatchNorm that subtracts it: its gradient is exactly 0)")
     if s.non_trainable:
         lines.append(f"BatchNorm running statistics (state, not parameters): {s.non_trainable:,}")
     return lines

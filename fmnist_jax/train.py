@@ -5,10 +5,11 @@ one compiled program over stacked `TrainState`s (see `fmnist_jax.fit`), one `lax
 epoch over device-resident data, augmentation inside the step.
 
 Keys: member k's root key is `PRNGKey(seed_k)`; `fold_in(root, 0)` initialises the model and
-`fold_in(root, 1)` becomes `state.key`, from which every later key is derived:
-`fold_in(fold_in(state.key, SHUFFLE), epoch)` permutes an epoch, and
-`fold_in(state.key, step)` -> {augment, dropout} streams drives one step. So the same seed and
-config give the same numbers, and a run resumed from a checkpoint continues identically.
+`fold_in(root, 1)` becomes `state.key`, under which each stream has its own namespace:
+`fold_in(fold_in(state.key, SHUFFLE), epoch)` permutes an epoch,
+`fold_in(fold_in(state.key, STEP), step)` -> {augment, dropout} drives one step, and
+`fold_in(state.key, EXPAND)` draws the member's expanded set. No two streams can give the same
+key, the same seed and config give the same numbers, and a resumed run continues identically.
 
 Training drops the last partial batch of each epoch (a fresh permutation every epoch, so every
 image is still seen); evaluation pads the last batch and masks it, so every image counts.
@@ -38,9 +39,10 @@ OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "wsd")
 IMAGE_SHAPE = (28, 28, 1)
 
-# fold_in constants naming the key streams.
+# fold_in constants naming the key streams: under a member's root key, under `state.key`, and
+# under one step's key.
 _INIT, _TRAIN = 0, 1
-_SHUFFLE = 0x5F
+_SHUFFLE, _STEP, _EXPAND = 0, 1, 2
 _AUGMENT, _DROPOUT = 0, 1
 
 CPU_CNN_EVAL_IMAGES = 150  # see TrainConfig.eval_batch
@@ -100,7 +102,7 @@ class TrainConfig:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     batch_size: int = 100
     epochs: int = 5
-    augment: str = "online"  # none | expand | online (CNN); `fit.prepare_train_set` expands
+    augment: str = "online"  # none | expand (3x: see `epoch_size`) | online (CNN)
     aug: augment_lib.AugmentConfig = field(default_factory=augment_lib.AugmentConfig)
     denoise_std: float = 0.3  # autoencoder: sigma of the corrupting noise (noisy input, clean target)
     eval_batch_size: int | None = None  # None: `eval_batch(n_members)` picks it per backend
@@ -163,6 +165,23 @@ class TrainState:
     key: jax.Array  # uint32 [2], the member's training key
 
 
+def epoch_size(cfg: TrainConfig, n_images: int) -> int:
+    """Training images per epoch: 3x the originals for the CNN's `expand` mode (originals +
+    rotated + noisy copies, `augment.expanded_batch`), else the originals."""
+    return 3 * n_images if cfg.model == "cnn" and cfg.augment == "expand" else n_images
+
+
+def shuffle_key(state_key: jax.Array, epoch) -> jax.Array:
+    """The key that permutes epoch `epoch` (0-based) of a member with training key `state_key`."""
+    return jax.random.fold_in(jax.random.fold_in(state_key, _SHUFFLE), epoch)
+
+
+def step_keys(state_key: jax.Array, step) -> tuple[jax.Array, jax.Array]:
+    """The (augment, dropout) keys of step `step` of a member with training key `state_key`."""
+    step_key = jax.random.fold_in(jax.random.fold_in(state_key, _STEP), step)
+    return jax.random.fold_in(step_key, _AUGMENT), jax.random.fold_in(step_key, _DROPOUT)
+
+
 def build_model(cfg: TrainConfig):
     """The Flax module `cfg.model` names, with its settings."""
     if cfg.model == "cnn":
@@ -193,31 +212,42 @@ def lr_scales(cfg: TrainConfig, steps_per_epoch: int, epoch: int) -> jax.Array:
     return jnp.broadcast_to(jnp.asarray(multiplier(steps), jnp.float32), steps.shape)
 
 
+def held_fixed(cfg: TrainConfig, params) -> Any:
+    """Which parameters training holds at their initial value: a pytree of bools like `params`.
+
+    The frozen probe's encoder (it stays exactly as restored), and the CNN's convolution biases:
+    each feeds a train-mode BatchNorm that subtracts it again, so its exact gradient is 0 and the
+    computed one is float32 rounding noise, which Adam (dividing by its own size) would turn into
+    +-lr steps, leaking into BatchNorm's running means and making results depend on summation
+    order (vmap width, device count). They stay at 0.
+    """
+    def fixed(path, _):
+        names = [getattr(k, "key", str(k)) for k in path]
+        return bool((cfg.freeze_encoder and names[0] == "encoder")
+                    or (cfg.model == "cnn" and names[0].startswith("conv_") and names[-1] == "bias"))
+    return jax.tree_util.tree_map_with_path(fixed, params)
+
+
+def n_trained_params(cfg: TrainConfig, params) -> int:
+    """The number of scalars training updates (all but those `held_fixed`) in one member's params."""
+    return int(sum(x.size for x, fixed in zip(jax.tree_util.tree_leaves(params),
+                                               jax.tree_util.tree_leaves(held_fixed(cfg, params)))
+                   if not fixed))
+
+
 def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
-    """The optimizer without its learning rate: the engine scales by -lr * schedule(step)."""
+    """The optimizer without its learning rate (the engine scales by -lr * schedule(step)); the
+    parameters `held_fixed` get zero updates."""
     opt = cfg.optimizer
     if opt.name == "adam":
         tx = optax.scale_by_adam()
     else:
         tx = optax.trace(decay=opt.momentum) if opt.momentum else optax.identity()
-    if cfg.freeze_encoder:
-        # A linear probe: the encoder gets zero updates, so its weights stay exactly as restored.
-        def labels(params):
-            return {k: jax.tree_util.tree_map(lambda _: "frozen" if k == "encoder" else "train", v)
-                    for k, v in params.items()}
+    if cfg.freeze_encoder or cfg.model == "cnn":
+        labels = lambda params: jax.tree_util.tree_map(  # noqa: E731
+            lambda fixed: "frozen" if fixed else "train", held_fixed(cfg, params))
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
-    if cfg.model == "cnn":
-        # Each conv bias feeds a train-mode BatchNorm that subtracts it again: its exact gradient
-        # is 0 and the computed one is float32 rounding noise, which Adam (dividing by its own
-        # size) would turn into +-lr steps, leaking into BatchNorm's running means and making
-        # results depend on summation order (vmap width, device count). Hold them at 0.
-        def cnn_labels(params):
-            return {layer: {name: "frozen" if layer.startswith("conv_") and name == "bias" else "train"
-                            for name in leaves} for layer, leaves in params.items()}
-        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, cnn_labels)
     return tx
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -269,8 +299,9 @@ class Program(NamedTuple):
 
 
 def program(cfg: TrainConfig, n_train: int) -> Program:
-    """The `Program` of `cfg` for a training set of `n_train` images. Configurations that differ
-    only in their length or schedule share one (those enter as `lr_scales`).
+    """The `Program` of `cfg` for `n_train` training images per epoch (see `epoch_size`).
+    Configurations that differ only in their length or schedule share one (those enter as
+    `lr_scales`).
 
     Raises:
       ValueError: the batch is larger than the training set (no step per epoch).
@@ -316,9 +347,7 @@ def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.
     updates and parameters). `lr_scale`: the schedule's multiplier of the peak rate."""
     cfg, model = prog.cfg, prog.model
     chex.assert_shape(images, (None, *IMAGE_SHAPE))
-    step_key = jax.random.fold_in(state.key, state.step)
-    aug_key = jax.random.fold_in(step_key, _AUGMENT)
-    dropout_key = jax.random.fold_in(step_key, _DROPOUT)
+    aug_key, dropout_key = step_keys(state.key, state.step)
     inputs, targets = _inputs_targets(cfg, aug_key, images, labels, train=True)
 
     def loss_fn(params):
@@ -346,23 +375,29 @@ def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.
 
 
 def epoch_batches(prog: Program, state: TrainState, epoch, n: int) -> jax.Array:
-    """Indices [steps_per_epoch, batch] of one epoch: a device-side permutation, last partial batch dropped."""
-    key = jax.random.fold_in(jax.random.fold_in(state.key, _SHUFFLE), epoch)
-    perm = jax.random.permutation(key, n)
+    """Indices [steps_per_epoch, batch] into the epoch's `n` images: a device-side permutation,
+    last partial batch dropped."""
+    perm = jax.random.permutation(shuffle_key(state.key, epoch), n)
     used = prog.steps_per_epoch * prog.cfg.batch_size
     return perm[:used].reshape(prog.steps_per_epoch, prog.cfg.batch_size)
 
 
 def train_epoch(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array, epoch,
                 lr_scales: jax.Array, batch_sharding=None):
-    """One epoch as one `lax.scan` over device-resident data -> (state, per-step metrics
-    [steps_per_epoch]). `epoch` (0-based) keys the shuffle; `lr_scales` float32
-    [steps_per_epoch] are the schedule's multipliers (`lr_scales`)."""
-    idx = epoch_batches(prog, state, epoch, images.shape[0])
+    """One epoch as one `lax.scan` over device-resident data (the original images [N, 28, 28, 1]
+    and labels [N]) -> (state, per-step metrics [steps_per_epoch]). `epoch` (0-based) keys the
+    shuffle; `lr_scales` float32 [steps_per_epoch] are the schedule's multipliers."""
+    n, expand = images.shape[0], prog.cfg.model == "cnn" and prog.cfg.augment == "expand"
+    idx = epoch_batches(prog, state, epoch, epoch_size(prog.cfg, n))
 
     def body(state, batch):
         batch_idx, lr_scale = batch
-        batch_images, batch_labels = images[batch_idx], labels[batch_idx]
+        batch_labels = labels[batch_idx % n]
+        if expand:  # materialised once per batch, as online augmentation is (see _inputs_targets)
+            batch_images = jax.lax.optimization_barrier(augment_lib.expanded_batch(
+                jax.random.fold_in(state.key, _EXPAND), images, batch_idx, prog.cfg.aug))
+        else:
+            batch_images = images[batch_idx]
         if batch_sharding is not None:
             batch_images = jax.lax.with_sharding_constraint(batch_images, batch_sharding)
         return train_step(prog, state, batch_images, batch_labels, lr_scale)

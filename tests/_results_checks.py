@@ -69,7 +69,8 @@ def check_metrics_against_predictions(run_dir: Path, n_seeds: int) -> np.ndarray
     assert len(m["test_accuracy"]["per_seed"]) == n_seeds
     _close(m["test_accuracy"]["per_seed"], [accuracy_score(y, p) for p in preds], f"{run_dir}: test_accuracy")
     _close(m["test_accuracy"]["mean"], np.mean([accuracy_score(y, p) for p in preds]), "test mean")
-    _close(m["test_accuracy"]["std"], np.std([accuracy_score(y, p) for p in preds]), "test std")
+    accuracies = [accuracy_score(y, p) for p in preds]
+    _close(m["test_accuracy"]["std"], np.std(accuracies, ddof=1) if n_seeds > 1 else 0.0, "test std")
     assert len(m["val_accuracy"]["per_seed"]) == n_seeds
     assert all(0 <= v <= 1 for v in m["val_accuracy"]["per_seed"])
     assert m["diverged"] == [False] * n_seeds

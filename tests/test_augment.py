@@ -17,7 +17,7 @@ from fmnist_jax.augment import (
     add_noise,
     augment_batch,
     corrupt,
-    expand_dataset,
+    expanded_batch,
     random_angles,
     random_flip,
     rotate,
@@ -172,29 +172,40 @@ def test_augment_batch_under_jit_and_vmap():
     assert np.abs(stacked[0] - stacked[1]).mean() > 0.01
 
 
-def test_expand_dataset_triples_and_aligns():
+def test_the_expanded_set_is_originals_rotated_and_noisy_copies_drawn_once():
+    """Index i < N is original i, N + i its rotated copy, 2N + i its noisy copy; a copy depends
+    on its key and index only (the same in any batch, i.e. drawn once), and another key draws
+    another set (each member of a run its own)."""
     n, sigma = 50, 0.1
-    x, y = real_images(n), real_labels(n)
+    x = real_images(n)
     cfg = AugmentConfig(noise_std=sigma)
     key = jax.random.key(10)
-    # chunk_size 20 exercises two full chunks and a partial one.
-    images3, labels3 = expand_dataset(key, x, y, cfg, chunk_size=20)
-    assert isinstance(images3, jax.Array) and isinstance(labels3, jax.Array)
-    assert images3.shape == (3 * n, 28, 28, 1) and labels3.shape == (3 * n,)
-    np.testing.assert_array_equal(labels3, np.concatenate([y] * 3))
-    images3 = np.asarray(images3)
-    original, rotated, noisy = images3[:n], images3[n : 2 * n], images3[2 * n :]
+    batch = jax.jit(expanded_batch, static_argnames="cfg")
+    images3 = np.asarray(batch(key, jnp.asarray(x), jnp.arange(3 * n), cfg=cfg))
+    assert images3.shape == (3 * n, 28, 28, 1)
+    original, rotated, noisy = images3[:n], images3[n:2 * n], images3[2 * n:]
     np.testing.assert_array_equal(original, x)
-    # Rotated copy: changed, but a small rotation keeps the garment's total intensity.
-    assert np.all(np.abs(rotated - x).mean(axis=(1, 2, 3)) > 1e-3)
-    mass_ratio = rotated.sum(axis=(1, 2, 3)) / x.sum(axis=(1, 2, 3))
-    assert np.all(np.abs(mass_ratio - 1) < 0.1)
+    # Rotated copy i is original i turned by an angle within ±max_degrees: the best angle on a
+    # fine grid reproduces it (bilinear interpolation of a slightly different angle), far more
+    # closely than any other original comes, and the angles really differ from 0.
+    grid = np.linspace(-cfg.max_degrees, cfg.max_degrees, 81)
+    turned = jax.jit(jax.vmap(lambda a: rotate(jnp.asarray(x), jnp.full((n,), a))))(grid)
+    errors = ((np.asarray(turned) - rotated[None]) ** 2).mean(axis=(2, 3, 4))  # [angles, n]
+    best = errors.min(axis=0)
+    assert best.max() < 2e-3, best.max()
+    assert np.mean(np.abs(grid[errors.argmin(axis=0)])) > 1.0
+    others = ((rotated.reshape(n, 1, -1) - x.reshape(1, n, -1)) ** 2).mean(-1) + np.diag(np.full(n, np.inf))
+    assert np.all(best < others.min(axis=1))
     # Noisy copy: the originals plus (clipped) noise of about sigma, nothing geometric.
     assert np.abs(noisy - x).max() < 6 * sigma
     assert 0.5 * sigma < (noisy - x).std() < 1.1 * sigma
-    # Same key, jax input -> same draws.
-    again, _ = expand_dataset(key, jnp.asarray(x), jnp.asarray(y), cfg, chunk_size=20)
-    np.testing.assert_array_equal(again, images3)
+    # Drawn once: any batch of indices gives the same images.
+    order = np.random.default_rng(0).permutation(3 * n)[:40]
+    np.testing.assert_array_equal(batch(key, jnp.asarray(x), jnp.asarray(order), cfg=cfg), images3[order])
+    # Another key, another draw of the copies (the originals stay).
+    other = np.asarray(batch(jax.random.key(11), jnp.asarray(x), jnp.arange(3 * n), cfg=cfg))
+    np.testing.assert_array_equal(other[:n], x)
+    assert np.abs(other[n:] - images3[n:]).mean() > 0.01
 
 
 @pytest.mark.parametrize(

@@ -156,6 +156,10 @@ def test_load_task_limit():
     t = data.load_task(limit=400, split_seed=2)
     assert t.info["counts"] == {"train": 400, "val": 80, "test": 80}
     assert t.info["limit"] == 400 and t.info["split_seed"] == 2
+    # Standardising would break the [0, 1] clipping of the augmentation, its black rotation fill
+    # and the autoencoder's ReLU output: not an option.
+    with pytest.raises(TypeError):
+        data.load_task(limit=400, standardise=True)
     tiny = data.load_task(limit=20)
     assert tiny.info["counts"] == {"train": 20, "val": 50, "test": 50}
     with pytest.raises(ValueError):

@@ -167,8 +167,9 @@ def seed_predictions(y, n_seeds=3):
 def test_mean_std():
     ms = metrics.mean_std(np.array([0.5, 0.7, 0.9], dtype=np.float32))
     assert ms["mean"] == pytest.approx(0.7, abs=1e-7)
-    assert ms["std"] == pytest.approx(np.std([0.5, 0.7, 0.9]), abs=1e-7)  # ddof=0
-    assert ms["std"] != pytest.approx(np.std([0.5, 0.7, 0.9], ddof=1))
+    assert ms["std"] == pytest.approx(0.2, abs=1e-7)  # the sample std, ddof=1
+    assert ms["std"] != pytest.approx(np.std([0.5, 0.7, 0.9]))
+    assert metrics.mean_std([0.25])["std"] == 0.0  # one seed: no spread, not NaN
     assert ms["per_seed"] == pytest.approx([0.5, 0.7, 0.9], abs=1e-7)
     assert all(type(v) is float for v in [ms["mean"], ms["std"], *ms["per_seed"]])
 
@@ -183,7 +184,7 @@ def test_multi_seed_report_matches_numpy_over_sklearn(real_labels):
     def check(ms, values):
         values = np.asarray(values, dtype=np.float64)
         assert ms["mean"] == pytest.approx(values.mean(), abs=1e-12)
-        assert ms["std"] == pytest.approx(values.std(ddof=0), abs=1e-12)
+        assert ms["std"] == pytest.approx(values.std(ddof=1), abs=1e-12)
         assert ms["per_seed"] == pytest.approx(values.tolist(), abs=1e-12)
 
     check(rep["accuracy"], [r[3] for r in refs])
@@ -208,13 +209,13 @@ def test_classification_report_text_multi(real_labels):
     lines = {line.strip().split("  ")[0]: line for line in text.splitlines() if line.strip()}
     for i, cls in enumerate(NAMES):
         mean_p = np.mean([r[0][0][i] for r in refs])
-        std_p = np.std([r[0][0][i] for r in refs])
+        std_p = np.std([r[0][0][i] for r in refs], ddof=1)
         mean_f1 = np.mean([r[0][2][i] for r in refs])
         assert f"{mean_p:.2f} ± {std_p:.2f}" in lines[cls]
         assert f"{mean_f1:.2f} ± " in lines[cls]
         assert lines[cls].rstrip().endswith(" 1000")
     acc = [r[3] for r in refs]
-    assert f"{np.mean(acc):.2f} ± {np.std(acc):.2f}" in lines["accuracy"]
+    assert f"{np.mean(acc):.2f} ± {np.std(acc, ddof=1):.2f}" in lines["accuracy"]
     assert lines["accuracy"].rstrip().endswith(" 5000")
     # one seed: identical to the single-run table (and hence to sklearn's)
     one = metrics.classification_report_text_multi(cms[:1], NAMES, digits=4)

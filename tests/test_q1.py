@@ -2,8 +2,9 @@
 
 One results root is shared by the three sweeps, as a user's `results/` is: the augmentation
 sweep runs through its real command line (a subprocess), the epochs and optimizer sweeps
-in-process after it, so the tuned row (and every other configuration two sweeps share) is
-trained once and copied. Metrics are checked against predictions recomputed with sklearn from
+in-process after it, so every configuration two sweeps share is trained once and copied. The
+augmentation command also writes the tuned row (beyond the original, `q1_tuned/`), which
+continues its `expand` row. Metrics are checked against predictions recomputed with sklearn from
 the raw test labels (tests/_results_checks.py).
 """
 
@@ -23,17 +24,16 @@ import pytest
 from _results_checks import check_png, check_run_folder, check_sweep_folder, read_json
 from experiments import cli, q1, sweep as sweep_lib
 from experiments.context import make_context
-from fmnist_jax import augment
-from fmnist_jax.fit import FitResult, prepare_train_set
+from fmnist_jax.fit import FitResult
 from fmnist_jax.train import OptimizerConfig, TrainConfig
 
 REPO = Path(__file__).resolve().parent.parent
 N_SEEDS = 2
 QUICK = ["--quick", "--seeds", str(N_SEEDS)]
 NAMES = {
-    "q1_augmentation": ["none", "expand", "online", "tuned"],
-    "q1_epochs": ["epochs_1", "tuned"],
-    "q1_optimizers": ["sgd", "sgd_momentum", "adam", "tuned"],
+    "q1_augmentation": ["none", "expand", "online"],
+    "q1_epochs": ["epochs_1"],
+    "q1_optimizers": ["sgd", "sgd_momentum", "adam"],
 }
 
 
@@ -89,8 +89,7 @@ def parse(argv=()):
 
 def check_sweep(sweep_dir: Path, experiment: str) -> None:
     for name in NAMES[experiment]:
-        # --quick: 1 epoch; the tuned row is its 1 stable epoch plus 1 of decay
-        config = check_run_folder(sweep_dir / name, N_SEEDS, epochs=2 if name == "tuned" else 1)
+        config = check_run_folder(sweep_dir / name, N_SEEDS, epochs=1)  # --quick: 1 epoch
         tc = config["train_config"]
         assert tc["model"] == "cnn" and tc["pool"] == "avg" and tc["batch_size"] == 100
         assert config["data"]["quick"] is True and config["data"]["counts"]["test"] == 5000
@@ -101,10 +100,7 @@ def test_augmentation_sweep_outputs(augmentation):
     check_sweep(augmentation, "q1_augmentation")
     augment = {n: read_json(augmentation / n / "config.json")["train_config"]["augment"]
                for n in NAMES["q1_augmentation"]}
-    # The tuned row's own stage trains the originals; the run it continues, the expanded set.
-    assert augment == {"none": "none", "expand": "expand", "online": "online", "tuned": "none"}
-    tuned = read_json(augmentation / "tuned" / "config.json")
-    assert tuned["start"]["train_config"] == read_json(augmentation / "expand" / "config.json")["train_config"]
+    assert augment == {"none": "none", "expand": "expand", "online": "online"}
 
 
 def test_epochs_sweep_outputs(epochs):
@@ -128,37 +124,59 @@ def test_optimizer_sweep_outputs(optimizers):
 
 
 # ----------------------------------------------------------------------------------------------
-# Reuse: the tuned row is one configuration, trained once
+# The tuned row: beyond the original, beside the sweeps, never a sweep's answer
 
 
-def test_tuned_row_continues_the_expand_row_and_is_reused(augmentation, epochs, optimizers):
-    trained = augmentation / "tuned"
-    first = read_json(trained / "config.json")
-    assert "reused_from" not in first
-    # Its first epoch is the `expand` row's run, continued (not trained again) for 1 epoch.
-    tuned_history = read_json(trained / "history.json")
-    expand_history = read_json(augmentation / "expand" / "history.json")
-    for key, rows in expand_history.items():
+def test_the_tuned_row_continues_the_expand_row_beside_the_sweeps(augmentation, epochs, optimizers):
+    tuned_dir = augmentation.parent / "q1_tuned"
+    config = check_run_folder(tuned_dir / "tuned", N_SEEDS, epochs=2)  # --quick: 1 + 1 epochs
+    # Its own stage trains the originals; the run it continues is the expand row's.
+    assert config["train_config"]["augment"] == "none"
+    assert config["start"]["train_config"] == read_json(augmentation / "expand" / "config.json")["train_config"]
+    tuned_history = read_json(tuned_dir / "tuned" / "history.json")
+    for key, rows in read_json(augmentation / "expand" / "history.json").items():
         if key != "epoch":
             assert rows == [row[:1] for row in tuned_history[key]], key
-    for sweep_dir, log in (epochs, optimizers):
-        config = read_json(sweep_dir / "tuned" / "config.json")
-        assert config["fingerprint"] == first["fingerprint"]
-        assert config["train_config"] == first["train_config"]
-        assert config["train_config"]["optimizer"]["schedule"] == "wsd"
-        assert Path(config["reused_from"]).resolve() == trained.resolve()
-        assert "tuned: identical to" in log and "reused" in log
-        assert (sweep_dir / "tuned" / "metrics.json").read_bytes() == (trained / "metrics.json").read_bytes()
-        assert np.array_equal(np.load(sweep_dir / "tuned" / "test_predictions.npy"),
-                              np.load(trained / "test_predictions.npy"))
-    # The optimizer sweep trained only what it does not share (SGD rows); Adam is the online row.
+    # No choice is made on it, and it takes part in no sweep's choice.
+    choice = read_json(tuned_dir / "choice.json")
+    assert "choice" not in choice and "selected on the validation split" in choice["note"]
+    assert "17 candidates" in (tuned_dir / "summary.md").read_text()
+    for sweep_dir in (augmentation, epochs[0], optimizers[0]):
+        assert not (sweep_dir / "tuned").exists()
+        assert read_json(sweep_dir / "choice.json")["choice"] in NAMES[sweep_dir.name]
     _, log = optimizers
     assert "sgd: training" in log and "sgd_momentum: training" in log
-    assert "adam: identical to" in log
+    assert "adam: identical to" in log  # the online row's configuration
+
+
+def test_each_choice_is_tested_on_the_validation_images(augmentation):
+    """choice.json's comparison with the runner-up is Welch's t over the seeds' validation
+    accuracies and McNemar's exact test over the images, recomputed here from the saved
+    predictions and labels; summary.md words the verdict by it."""
+    from scipy import stats as sps
+
+    choice = read_json(augmentation / "choice.json")
+    c = choice["comparison"]
+
+    def correct(name):
+        with np.load(augmentation / name / "labels.npz") as labels:
+            return np.load(augmentation / name / "val_predictions.npy") == labels["val"][None]
+
+    best, second = correct(choice["choice"]), correct(choice["runner_up"])
+    assert best.shape == (N_SEEDS, 300)  # --quick: 300 validation images
+    welch = sps.ttest_ind(best.mean(1), second.mean(1), equal_var=False)
+    assert c["difference"] == pytest.approx(best.mean() - second.mean(), abs=1e-12)
+    assert c["p_seeds"] == pytest.approx(welch.pvalue, rel=1e-9)
+    b, d = int(np.sum(best & ~second)), int(np.sum(~best & second))
+    assert c["discordant"] == [b, d]
+    assert c["p_images"] == pytest.approx(sps.binomtest(b, b + d).pvalue, rel=1e-9)
+    summary = (augmentation / "summary.md").read_text()
+    word = "better" if c["p_seeds"] < 0.05 and c["p_images"] < 0.05 else "not distinguishable"
+    assert c["verdict"] == word and f"on the validation images: {word}," in summary
 
 
 def test_full_size_specs():
-    """The real (not --quick) configurations: the report's fixed values, one tuned row in each."""
+    """The real (not --quick) configurations: the report's fixed values, and the tuned row."""
     args = parse()
     aug = {s.name: s for s in q1.augmentation_specs(args)}
     eps = {s.name: s for s in q1.epochs_specs(args)}
@@ -169,15 +187,17 @@ def test_full_size_specs():
         assert (cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.schedule) == ("adam", 1e-3, "constant")
         assert (cfg.aug.max_degrees, cfg.aug.noise_std) == (10.0, 0.1)
     assert aug["online"].cfg == opts["adam"].cfg == eps["epochs_5"].cfg  # one run, reused
-    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online", "none"]
-    assert [s.cfg.epochs for n, s in eps.items() if n != "tuned"] == [3, 5, 8, 10]
+    assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online"]
+    assert [s.cfg.epochs for s in eps.values()] == [3, 5, 8, 10]
     assert opts["sgd"].cfg.optimizer.learning_rate == 1e-3 and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
-    assert aug["tuned"] == eps["tuned"] == opts["tuned"]
-    tuned = aug["tuned"].cfg
+    assert "tuned" not in {**aug, **eps, **opts}  # each sweep varies only its own question
+    tuned_spec = q1.tuned_spec(args)
+    tuned = tuned_spec.cfg
     assert (tuned.pool, tuned.batch_size, tuned.epochs, tuned.augment) == ("avg", 100, 7, "none")
     assert (tuned.optimizer.schedule, tuned.optimizer.decay_epochs) == ("wsd", 2)
     # Two stages: the `expand` row's run, continued for 2 epochs on the originals.
-    assert aug["tuned"].start == aug["expand"]
+    assert tuned_spec.start == aug["expand"]
+    assert q1.COMMANDS["q1_augmentation"] == ("q1_augmentation", "q1_tuned")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -192,7 +212,7 @@ def test_epochs_sweep_continues_each_run_from_the_shorter_one(tmp_path):
     sweep = tmp_path / "out" / "q1_epochs"
     for before, e in ((3, 5), (5, 8), (8, 10)):
         assert f"epochs_{e}: continues the {before}-epoch run" in log
-    assert "epochs_3: continues" not in log and "tuned: continues the 5-epoch run" in log
+    assert "epochs_3: continues" not in log
     opts = parse([*limit, "--quiet", "--out", str(tmp_path / "alone")])
     spec = next(s for s in q1.epochs_specs(opts) if s.name == "epochs_5")
     sweep_lib.run_sweep(make_context(opts), sweep_lib.Sweep("alone", "alone", (spec,)))
@@ -205,7 +225,7 @@ def test_epochs_sweep_continues_each_run_from_the_shorter_one(tmp_path):
     assert got == want
 
     again = run_in_process("q1_epochs", [*limit, "--out", str(tmp_path / "out")])
-    assert "training" not in again and again.count("complete, skipped") == 5
+    assert "training" not in again and again.count("complete, skipped") == 4
 
 
 def test_which_runs_continue_which():
@@ -225,59 +245,18 @@ def test_which_runs_continue_which():
 
 
 # ----------------------------------------------------------------------------------------------
-# The expand construction
-
-
-def test_expand_triples_the_training_set_with_aligned_labels(task_data):
-    spec = next(s for s in q1.augmentation_specs(parse()) if s.name == "expand")
-    n = 300
-    images, labels = task_data.train_images[:n], task_data.train_labels[:n]
-    big_images, big_labels = (np.asarray(a) for a in prepare_train_set(spec.cfg, images, labels))
-    assert big_images.shape == (3 * n, 28, 28, 1) and big_labels.shape == (3 * n,)
-    assert np.array_equal(big_labels, np.tile(labels, 3))
-    originals, rotated, noisy = big_images[:n], big_images[n:2 * n], big_images[2 * n:]
-    assert np.array_equal(originals, images)
-    assert not np.array_equal(rotated, images) and not np.array_equal(noisy, images)
-    assert rotated.min() >= 0 and noisy.min() >= 0 and noisy.max() <= 1
-    # Noise of the configured sigma (clipping at 0 and 1 only shrinks it).
-    residual = (noisy - images).std()
-    assert 0.05 < residual < 0.1 + 1e-3, residual
-
-    # Aligned: copy i is closest to original i (so label i is its label).
-    def nearest(copies):
-        flat = images.reshape(n, -1)
-        d = ((copies.reshape(n, 1, -1) - flat[None]) ** 2).sum(-1)
-        return d.argmin(axis=1)
-
-    assert np.array_equal(nearest(noisy), np.arange(n))
-    # Rotated copy i is original i turned by some angle within ±max_degrees: the best angle on a
-    # fine grid reproduces it almost exactly (bilinear interpolation of a slightly different
-    # angle), far closer than any other image comes.
-    grid = np.linspace(-spec.cfg.aug.max_degrees, spec.cfg.aug.max_degrees, 81)
-    turned = jax.jit(jax.vmap(lambda a: augment.rotate(jnp.asarray(images), jnp.full((n,), a))))(grid)
-    errors = ((np.asarray(turned) - rotated[None]) ** 2).mean(axis=(2, 3, 4))  # [angles, n]
-    best = errors.min(axis=0)
-    assert best.max() < 2e-3, best.max()
-    assert np.mean(np.abs(grid[errors.argmin(axis=0)])) > 1.0  # really rotated, not copied
-    flat = images.reshape(n, -1)
-    others = ((rotated.reshape(n, 1, -1) - flat[None]) ** 2).mean(-1) + np.diag(np.full(n, np.inf))
-    assert np.all(best < others.min(axis=1))
-
-
-# ----------------------------------------------------------------------------------------------
 # --pool max
 
 
 def test_maxpool_writes_separate_folders(maxpool, epochs):
     avg_dir, _ = epochs
     max_dir = maxpool / "q1_epochs_maxpool"
-    for name in ("epochs_1_maxpool", "tuned_maxpool"):
-        config = check_run_folder(max_dir / name, 1, epochs=2 if name.startswith("tuned") else 1)
-        assert config["train_config"]["pool"] == "max"
-        assert config["label"].endswith("[max pool]")
-    check_sweep_folder(max_dir, ["epochs_1_maxpool", "tuned_maxpool"])
+    config = check_run_folder(max_dir / "epochs_1_maxpool", 1, epochs=1)
+    assert config["train_config"]["pool"] == "max"
+    assert config["label"].endswith("[max pool]")
+    check_sweep_folder(max_dir, ["epochs_1_maxpool"])
     # The average-pooling sweep is untouched: its folders, its summary and its choice.
-    assert sorted(p.name for p in avg_dir.iterdir() if p.is_dir()) == ["epochs_1", "tuned"]
+    assert sorted(p.name for p in avg_dir.iterdir() if p.is_dir()) == ["epochs_1"]
     check_sweep_folder(avg_dir, NAMES["q1_epochs"])
     for name in NAMES["q1_epochs"]:
         assert read_json(avg_dir / name / "config.json")["train_config"]["pool"] == "avg"

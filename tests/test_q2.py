@@ -115,6 +115,21 @@ def test_pretraining_denoises_real_images(pretrained, ctx):
     assert read_json(folder / "config.json")["train_config"]["denoise_std"] == cfg.denoise_std
 
 
+def test_dead_output_units_are_counted(pretrained, ctx):
+    """The outputs that are 0 for every noisy test image, per seed: recomputed here from the
+    trained autoencoder (its last ReLU is why the reconstructions show black dots)."""
+    folder, cfg, result, _ = pretrained
+    m = read_json(folder / "metrics.json")
+    noisy = np.asarray(augment.corrupt(jax.random.PRNGKey(fit_lib.EVAL_NOISE_SEED), ctx.data.test_images,
+                                       cfg.denoise_std))
+    model = Autoencoder(widths=cfg.widths)
+    for k in range(len(SEEDS)):
+        params = jax.tree_util.tree_map(lambda x: x[k], result.states.params)
+        recon = np.asarray(model.apply({"params": params}, noisy))
+        assert m["dead_outputs"]["per_seed"][k] == int(np.all(recon == 0, axis=0).sum())
+    assert 0 <= m["dead_outputs_on_background"]["mean"] <= 1
+
+
 def test_restored_encoder_gives_identical_outputs(pretrained, ctx):
     folder, cfg, result, saved = pretrained
     assert trees_equal(saved, result.states.params["encoder"])
@@ -194,7 +209,11 @@ def test_finetuning_starts_from_the_pretrained_encoder(finetuned, pretrained, ct
     assert not (ctx.out / "q2_pretraining" / "no_pretraining" / "encoder").exists()
 
 
-def test_frozen_probe_leaves_the_encoder_exactly_unchanged(finetuned):
+def test_frozen_probe_leaves_the_encoder_exactly_unchanged(finetuned, ctx):
+    # Its trained parameters are the head's alone (64 x 5 + 5), not the frozen encoder's.
+    m = read_json(ctx.out / "q2_pretraining" / "frozen_probe" / "metrics.json")
+    assert (m["n_trained_params"], m["n_params"]) == (325, 550_021)
+    assert read_json(ctx.out / "q2_pretraining" / "finetuned" / "metrics.json")["n_trained_params"] == 550_021
     probe = finetuned["frozen_probe"]
     assert probe["cfg"].freeze_encoder and not finetuned["finetuned"]["cfg"].freeze_encoder
     assert trees_equal(probe["end"]["encoder"], probe["start"]["encoder"])
@@ -369,6 +388,8 @@ def test_encoder_of_another_architecture_exits_2(quick_sweep, tmp_path):
     (["--lr", "0"], "argument --lr"),
     (["--arch", "huge"], "argument --arch"),
     (["--stage", "both", "--sweep", "nope"], "argument --sweep"),
+    (["--freeze-encoder"], "--freeze-encoder makes the fine-tuning of a given encoder a linear probe"),
+    (["--sweep", "lr", "--freeze-encoder"], "--stage finetune --encoder PATH"),
 ])
 def test_bad_flags_exit_2(tmp_path, capsys, argv, flag):
     out = tmp_path / "out"

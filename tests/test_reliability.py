@@ -40,7 +40,7 @@ from fmnist_jax.compare import compare
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--quick", "--limit", "200", "--seeds", "2"]
-Q1_CONFIGS = ("sgd", "sgd_momentum", "adam", "tuned")
+Q1_CONFIGS = ("sgd", "sgd_momentum", "adam")
 CHILD_TIMEOUT = 600
 STOP_BOUND_S = 20.0  # generous: the watcher thread exits at once; this only guards against hangs
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -294,6 +294,20 @@ def test_unverified_data_is_accepted_with_the_override(mnist_like, tmp_path):
     assert_nothing_written(out)
 
 
+@pytest.mark.slow
+def test_results_of_other_data_are_never_taken_for_these(reference, mnist_like, tmp_path):
+    """Other data (here unverified IDX files) into a folder of Fashion-MNIST results: the
+    fingerprint holds a digest of the data used, so those results are another configuration,
+    refused, not reported as complete and skipped."""
+    out = tmp_path / "out"
+    shutil.copytree(reference["out"] / "q1_optimizers", out / "q1_optimizers")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    proc = cli("q1_optimizers", "--data-dir", mnist_like, "--allow-unverified-data", "--out", out, *SMALL)
+    assert_clean_failure(proc, 2, "different configuration", "--overwrite")
+    assert "complete, skipped" not in proc.stdout
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
 # ----------------------------------------------------------------------------------------------
 # 2. Arguments
 
@@ -409,7 +423,7 @@ def reference(tmp_path_factory) -> dict:
 def build_reference(out: Path) -> dict:
     """The uninterrupted sweep, run after a refused attempt: a complete result of another
     configuration sits in one of its folders; --overwrite then replaces it."""
-    foreign = out / "q1_optimizers" / "tuned"
+    foreign = out / "q1_optimizers" / "adam"
     foreign.mkdir(parents=True)
     (foreign / "config.json").write_text(json.dumps({"fingerprint": "another-configuration"}))
     (foreign / "metrics.json").write_text(json.dumps({"complete": True, "test_accuracy": 0.5}))
@@ -426,14 +440,14 @@ def build_reference(out: Path) -> dict:
 @pytest.mark.slow
 def test_results_of_another_configuration_are_never_overwritten_silently(reference):
     refused = subprocess.CompletedProcess([], **reference["refused"])
-    assert_clean_failure(refused, 2, str(reference["out"] / "q1_optimizers" / "tuned"),
+    assert_clean_failure(refused, 2, str(reference["out"] / "q1_optimizers" / "adam"),
                          "different configuration", "--overwrite")
     assert reference["foreign_untouched"]
-    assert reference["folders_after_refusal"] == ["tuned"]  # refused before training anything
+    assert reference["folders_after_refusal"] == ["adam"]  # refused before training anything
     # --overwrite replaces them.
-    tuned = reference["out"] / "q1_optimizers" / "tuned"
-    assert json.loads((tuned / "config.json").read_text())["fingerprint"] != "another-configuration"
-    assert_complete(tuned)
+    adam = reference["out"] / "q1_optimizers" / "adam"
+    assert json.loads((adam / "config.json").read_text())["fingerprint"] != "another-configuration"
+    assert_complete(adam)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -449,14 +463,11 @@ def test_a_diverging_configuration_is_flagged_and_the_sweep_continues(reference)
     diverged = metrics(out / "q1_epochs" / "epochs_1")
     assert diverged["diverged"] == [True, True] and diverged["n_diverged"] == 2
     assert diverged["complete"] is True
-    # The sweep went on to its end: the tuned row (which continues the `expand` run at the same
-    # rate, so diverged too) is complete, and the summary names both.
-    tuned = metrics(out / "q1_epochs" / "tuned")
-    assert tuned["complete"] is True and tuned["diverged"] == [True, True]
+    # The sweep went on to its end: its summary and choice are written, and name the divergence.
     summary = (out / "q1_epochs" / "summary.md").read_text()
     assert "**Diverged**" in summary and "1 epochs (2/2 seeds)" in summary, summary
     assert "⚠ 2/2 diverged" in summary
-    assert json.loads((out / "q1_epochs" / "choice.json").read_text())["choice"] in ("epochs_1", "tuned")
+    assert json.loads((out / "q1_epochs" / "choice.json").read_text())["choice"] == "epochs_1"
     assert "Diverged" in proc.stdout
 
 
@@ -525,7 +536,7 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
     # SIGKILL (no handler can run): once the moment a write starts (a checkpoint, a result or a
     # figure being written), once at a seeded random point.
     for name, kill in [("sigkill_write", lambda r: kill_at_first_write(r, out, "[q1_optimizers] adam:")),
-                       ("sigkill_random", lambda r: kill_after_random_delay(r, "[q1_optimizers] tuned:",
+                       ("sigkill_random", lambda r: kill_after_random_delay(r, "[q1_optimizers] adam:",
                                                                             random.Random(7)))]:
         run = Background(tmp_path, name, "q1_optimizers", *args)
         caught = kill(run)

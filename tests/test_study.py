@@ -9,6 +9,7 @@ and the rerun once; the tests only read what those produced.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -115,17 +116,62 @@ def test_study_writes_report_and_study_json(study):
 
 @pytest.mark.slow
 def test_each_configuration_is_trained_once(study):
-    """The tuned row first appears in the epochs sweep: it trains the `expand` run it continues
-    there, and the augmentation sweep's `expand` row is then written from that run, not trained
-    again; Question 2's epochs sweep pretrains 1 epoch (--quick) once for all its rows."""
+    """The tuned row continues the `expand` row trained in the same process (not trained again);
+    Question 2's epochs sweep pretrains 1 epoch (--quick) once for all its rows, and copied rows
+    carry their encoder checkpoint."""
     out, log = study["out"], study["stdout"]
     assert "  tuned: continues the 1-epoch run" in log
-    assert "  expand: the same run as one trained earlier in this invocation" in log
-    tuned = json.loads((out / "q1_epochs" / "tuned" / "history.json").read_text())
+    assert log.count("] expand: training") == 1
+    tuned = json.loads((out / "q1_tuned" / "tuned" / "history.json").read_text())
     history = json.loads((out / "q1_augmentation" / "expand" / "history.json").read_text())
     assert history["val_loss"] == [row[:1] for row in tuned["val_loss"]]
     assert len(list((out / PRETRAIN_CACHE).iterdir())) == 3  # base, lr 1e-2, thick
     assert log.count(": pretraining 784-") == 3
+    copied = out / "q2_lr" / "lr_0.001"
+    assert json.loads((copied / "config.json").read_text())["reused_from"]
+    assert (copied / "encoder").is_dir() and any((copied / "encoder").iterdir())
+
+
+@pytest.mark.slow
+def test_the_report_says_how_each_claim_was_tested(study):
+    """Every verdict is worded by its test (Statistics section); the tuned recipe has a section
+    of its own and takes part in no choice; the comparison's "original recipe" is the expand row;
+    the denoising figure's black dots are explained with their count."""
+    out, report = study["out"], study["report"]
+    assert "## Statistics" in report and "Welch's t-test" in report and "McNemar's exact test" in report
+    for exp in sweep_folders(out):
+        choice = json.loads((out / exp / "choice.json").read_text())
+        if "choice" in choice and "comparison" in choice:
+            word = choice["comparison"]["verdict"]
+            assert f"on the validation images: {word}," in report, exp
+    assert "### Q1 · beyond the original: a tuned recipe" in report
+    assert "no choice is made here" in report
+    [(head, rows)] = tables(report, "measure")
+    cells = {r[0]: r[1:] for r in rows}
+    columns = dict(zip(head[1:], cells["configuration"]))
+    if "CNN, original recipe" in columns:
+        assert "q1_augmentation/expand/metrics.json" in columns["CNN, original recipe"]
+    assert not any("q1_tuned" in c for t, c in columns.items() if t in ("CNN", "autoencoder"))
+    pre = read_metrics(out, "q2_pretraining/finetuned")["pretrain"]
+    assert len(pre["dead_outputs"]["per_seed"]) == 2
+    assert "black dots in the reconstructions" in report and f"{pre['dead_outputs']['mean']:.1f}" in report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [2, 3])
+def test_the_study_runs_on_several_devices(tmp_path, devices):
+    """3 seeds on 2 devices (the member axis padded to 4) and on 3: every entry point of the
+    study runs, the seeds spread over the devices ("seeds" mode)."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    out = tmp_path / "results"
+    done = subprocess.run([*COMMAND[:-1], "3", "--limit", "200", "--quiet", "--out", str(out)],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    record = json.loads((out / "study.json").read_text())
+    assert record["environment"]["device_count"] == devices
+    for rel in ("q1_tuned/tuned", "q2_pretraining/finetuned", "q2_pretraining/frozen_probe"):
+        m = read_metrics(out, rel)
+        assert m["parallel"] == "seeds" and len(m["test_accuracy"]["per_seed"]) == 3
 
 
 @pytest.mark.slow
@@ -190,7 +236,7 @@ def test_table_numbers_equal_metrics_json(study):
         m = read_metrics(out, rel)
         assert cells["test accuracy %"][i] == ms(m["test_accuracy"])
         assert cells["validation accuracy %"][i] == ms(m["val_accuracy"])
-        assert cells["trainable parameters (classifier)"][i] == f"{m['n_params']:,}"
+        assert cells["parameters of the classifier (trained)"][i] == f"{m['n_params']:,} ({m['n_trained_params']:,})"
     record = json.loads(study["study_json"])
     assert cells["inference images/s (one model, batch 1000)"][0] == f"{record['inference']['cnn']['images_per_s']:,.0f}"
 
@@ -200,6 +246,9 @@ def test_choice_and_fit_diagnoses_are_reported(study):
     out, report = study["out"], study["report"]
     for exp in sweep_folders(out):
         choice = json.loads((out / exp / "choice.json").read_text())
+        if "choice" not in choice:  # the tuned row: beside the sweeps, no choice
+            assert choice["note"] in report
+            continue
         assert f"val {ms(choice['val'])}%, test {ms(choice['test'])}%" in report
     m = read_metrics(out, "q2_lr/lr_0.001")
     assert f"| {ms(m['pretrain']['test_mse'], 1.0, 4)} | {ms(m['pretrain']['test_noisy_mse'], 1.0, 4)} |" in report

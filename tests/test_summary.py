@@ -29,6 +29,8 @@ def cli_output() -> str:
 def test_cli_prints_the_totals_with_separators(cli_output):
     for count in ("230,735", "1,100,112", "2,167,596"):
         assert f"Trainable params: {count}" in cli_output
+    # The CNN's 150 convolution biases are counted, and said to be held at 0 in training.
+    assert "held at 0 in training: the 150 convolution biases" in cli_output
     assert "NHWC" in cli_output
 
 

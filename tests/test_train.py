@@ -14,6 +14,7 @@ import pytest
 from sklearn.metrics import accuracy_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
+from fmnist_jax import augment
 from fmnist_jax import fit as fit_lib
 from fmnist_jax import placement
 from fmnist_jax import train as train_lib
@@ -29,14 +30,15 @@ BATCH = 50
 CNN_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=2, eval_batch_size=1000)
 
 # Comparisons between *different compiled programs* (3 members vs 1, stacked learning rates)
-# run 2 epochs of 3 steps. Training this CNN is chaotic at the level of rounding: programs that
+# run 1 epoch of 3 steps. Training this CNN is chaotic at the level of rounding: programs that
 # differ only in float summation order agree to ~1e-7 for a few steps, then a ReLU input within
 # ~1e-7 of zero flips in one and not the other, the gradients jump by ~1e-3, and after ~50 steps
 # the two runs differ by 1e-2 relative. Bugs (a wrong key, learning rate or member) show from
 # the first step, so a short horizon keeps the comparison both tight and meaningful.
 N_SHORT = 150
-SHORT_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=2, eval_batch_size=1000)
-PARAMS_RTOL = 3e-3  # of each leaf's largest magnitude; seen: <=3e-4; other seeds/rates: 0.1-2
+SHORT_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=1, eval_batch_size=1000)
+PARAMS_RTOL = 3e-3  # of each leaf's largest magnitude, for 99% of its elements; other seeds/rates: 0.1-2
+ADAM_STEP_SHARE = 0.05  # ... or 5% of one Adam step (lr); another rate differs by whole steps
 TRAIN_RTOL = 1e-5  # epoch-mean train loss/accuracy; seen: <=2e-7
 NORMS_RTOL = 1e-2  # epoch-mean gradient/update/param norms; seen: <=1e-4
 
@@ -76,7 +78,11 @@ def assert_same_trajectory(got: fit_lib.FitResult, k: int, want: fit_lib.FitResu
         if is_conv_bias(name):
             continue
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-        assert np.max(np.abs(x - y)) <= PARAMS_RTOL * np.max(np.abs(y)), name
+        # Adam's step is about lr whatever the gradient's size, so on near-zero gradients it
+        # turns rounding differences into a fraction of a step: allowed, as is 1% of units whose
+        # ReLU input flipped sign in one run only (see above).
+        tol = max(PARAMS_RTOL * np.max(np.abs(y)), ADAM_STEP_SHARE * SHORT_CFG.optimizer.learning_rate)
+        assert np.mean(np.abs(x - y) > tol) <= 0.01, name
     for layer, stats in b.batch_stats.items():
         np.testing.assert_allclose(a.batch_stats[layer]["var"], stats["var"], rtol=1e-4, err_msg=layer)
     for name in ("train_loss", "train_accuracy"):
@@ -286,7 +292,7 @@ def test_learning_rates_at_once_equal_separate_runs(tiny, short_seed_one):
                         seeds=[1], parallel="none")
     assert_same_member(together, 0, short_seed_one, 0)  # seed 1 at the config's rate
     assert_same_member(together, 1, alone, 0)
-    with pytest.raises(AssertionError):  # the tolerance tells 1e-3 from 3e-3 after 6 steps
+    with pytest.raises(AssertionError):  # the tolerance tells 1e-3 from 3e-3 after 3 steps
         assert_same_trajectory(together, 0, alone, 0)
 
 
@@ -303,6 +309,18 @@ def test_a_diverging_member_is_flagged_and_the_other_finishes(small):
     assert res.history["val_accuracy"][1][-1] > 0.8
     assert res.final["test"]["accuracy"][1] > 0.8
     assert np.all(np.isfinite(jax.tree_util.tree_leaves(member(res.states.params, 1))[0]))
+
+
+def test_a_test_set_is_never_a_reason_to_flag_divergence(task_data):
+    """Divergence is flagged from the training and validation losses only: test data takes no
+    part in any decision. Here the test labels lie outside the 5 classes, so the test loss is
+    NaN (an out-of-range class has no log-probability)."""
+    cfg = TrainConfig(augment="none", batch_size=BATCH, epochs=1)
+    bad_labels = np.full(50, 7, np.int32)
+    res = fit_lib.fit(cfg, (task_data.train_images[:200], task_data.train_labels[:200]),
+                      {"val": (task_data.val_images[:100], task_data.val_labels[:100]),
+                       "test": (task_data.test_images[:50], bad_labels)}, seeds=[0], parallel="none")
+    assert np.isnan(res.history["test_loss"][0][0]) and res.diverged == [False]
 
 
 def test_all_members_diverged_stops_early(task_data):
@@ -370,40 +388,36 @@ def test_eval_batch_is_automatic_unless_set():
         TrainConfig(eval_batch_size=0)
 
 
-def test_expand_mode_triples_the_training_set(task_data):
+def test_expand_mode_trains_each_member_on_its_own_expanded_set(task_data):
+    """An epoch of `expand` is 3x the originals' steps, and each member draws its own expanded
+    set from its own key stream: seeds 0 and 1 see different rotated and noisy copies."""
     n = 300
     images, labels = task_data.train_images[:n], task_data.train_labels[:n]
     cfg = TrainConfig(augment="expand", batch_size=BATCH, epochs=1)
-    big_images, big_labels = fit_lib.prepare_train_set(cfg, images, labels)
-    big_images, big_labels = np.asarray(big_images), np.asarray(big_labels)
-    assert big_images.shape == (3 * n, 28, 28, 1)
-    np.testing.assert_array_equal(big_labels, np.tile(labels, 3))
-    np.testing.assert_array_equal(big_images[:n], images)
-    rotated, noisy = big_images[n:2 * n], big_images[2 * n:]
-    assert not np.allclose(rotated, images) and not np.allclose(noisy, images)
-    # Each copy is of its own original (so its label is right), by L2 distance to the originals:
-    # the noisy copy's nearest original is its own; a rotated copy's own original is among the
-    # closest few (rotations move outlines, so a similar image of the same class can be closer).
-    flat = images.reshape(n, -1)
-
-    def distances(copies):
-        return ((copies.reshape(n, 1, -1) - flat[None]) ** 2).sum(-1)
-
-    assert np.all(distances(noisy).argmin(1) == np.arange(n))
-    d = distances(rotated)
-    share_closer = np.mean(d < np.diag(d)[:, None], axis=1)  # originals closer than its own
-    assert np.mean(share_closer == 0) > 0.5
-    assert np.quantile(share_closer, 0.95) < 0.05
-    # Other modes and models see the originals.
+    assert train_lib.epoch_size(cfg, n) == 3 * n
     for other in (cfg.replace(augment="none"), cfg.replace(augment="online"), cfg.replace(model="autoencoder")):
-        same_images, _ = fit_lib.prepare_train_set(other, images, labels)
-        assert np.asarray(same_images).shape == images.shape
-
+        assert train_lib.epoch_size(other, n) == n
     res = fit_lib.fit(cfg, (images, labels), {"val": (task_data.val_images[:100], task_data.val_labels[:100])},
-                      seeds=[0], parallel="none")
-    assert train_lib.program(cfg, 3 * n).steps_per_epoch == 3 * (n // BATCH)
-    assert int(res.states.step[0]) == 3 * (n // BATCH)  # one epoch = 3x the steps
-    assert np.isfinite(res.history["train_loss"][0][0])
+                      seeds=[0, 1], parallel="none")
+    np.testing.assert_array_equal(np.asarray(res.states.step), 3 * (n // BATCH))  # one epoch = 3x the steps
+    assert np.all(np.isfinite(res.history["train_loss"]))
+    states = fit_lib.init_states(train_lib.program(cfg, 3 * n), [0, 1])
+    copies = [np.asarray(augment.expanded_batch(jax.random.fold_in(states.key[k], train_lib._EXPAND),
+                                               jnp.asarray(images), jnp.arange(3 * n), cfg.aug)) for k in (0, 1)]
+    np.testing.assert_array_equal(copies[0][:n], copies[1][:n])  # the originals
+    assert np.abs(copies[0][n:] - copies[1][n:]).mean() > 0.01  # each seed its own copies
+
+
+def test_no_two_key_streams_meet():
+    """Shuffle keys (one per epoch), augmentation and dropout keys (one each per step) and the
+    expanded set's key live in separate fold_in namespaces: over 20 epochs and 5,000 steps no
+    key occurs twice (in the former scheme, step 95's augmentation key was epoch 0's shuffle key)."""
+    state_key = jax.random.fold_in(jax.random.PRNGKey(0), 1)
+    shuffles = jax.vmap(lambda e: train_lib.shuffle_key(state_key, e))(jnp.arange(20))
+    augments, dropouts = jax.vmap(lambda s: train_lib.step_keys(state_key, s))(jnp.arange(5000))
+    expand = jax.random.fold_in(state_key, train_lib._EXPAND)[None]
+    keys = np.concatenate([np.asarray(k) for k in (shuffles, augments, dropouts, expand)])
+    assert len({tuple(k) for k in keys.tolist()}) == len(keys) == 20 + 2 * 5000 + 1
 
 
 def test_conv_biases_before_batchnorm_are_not_moved_by_rounding_noise(short_seed_one):
