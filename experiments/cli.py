@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fmnist_jax.data import SOURCES, DataError
+from fmnist_jax.sources import SOURCES, DataError
 from fmnist_jax.models import ARCHITECTURES, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
 

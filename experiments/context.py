@@ -81,7 +81,7 @@ def load_data(opts: Options) -> TaskData:
     """The task's data as the options ask: `--limit`, then `--quick`'s first images.
 
     Raises:
-      fmnist_jax.data.DataError: the data is missing, damaged or not verified.
+      fmnist_jax.sources.DataError: the data is missing, damaged or not verified.
     """
     data = load_task(opts.data_dir, opts.source, split_seed=opts.split_seed,
                      verify=not opts.allow_unverified_data, limit=opts.limit)
@@ -112,7 +112,7 @@ def make_context(opts: Options) -> Context:
     """Check the output folder, turn on the compilation cache, load the data, check the batch.
 
     Raises:
-      UsageError, fmnist_jax.data.DataError: see `check_writable`, `load_data`, `check_batch_size`.
+      UsageError, fmnist_jax.sources.DataError: see `check_writable`, `load_data`, `check_batch_size`.
     """
     check_writable(opts.out)
     compilation_cache.enable()

@@ -13,13 +13,13 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import pytest  # noqa: E402
 
-from fmnist_jax import data  # noqa: E402
+from fmnist_jax import data, sources  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def raw_data() -> tuple[data.RawSplit, data.RawSplit]:
+def raw_data() -> tuple[sources.RawSplit, sources.RawSplit]:
     """(train, test) of the full, verified 10-class Fashion-MNIST."""
-    return data.load_fashion_mnist()
+    return sources.load_fashion_mnist()
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""fmnist_jax.data: real-data facts (DESIGN §1), the task contract, bad data, download, tfds."""
+"""fmnist_jax.sources and fmnist_jax.data: real-data facts (DESIGN §1), the task contract, bad data, download, tfds."""
 
 from __future__ import annotations
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import data
-from fmnist_jax.data import DataError
+from fmnist_jax import data, sources
+from fmnist_jax.sources import DataError
 
-REAL_DIR = data.DEBIAN_DIR
+REAL_DIR = sources.DEBIAN_DIR
 FIX_WORDS = ("apt-get install", "--source download")
 
 
@@ -32,7 +32,7 @@ def real_bytes(name: str) -> bytes:
 def make_dir(root: Path, overrides: dict[str, bytes] | None = None, *, gz: bool = True) -> Path:
     """A data folder: real .gz files symlinked, `overrides` (name -> raw bytes) written."""
     root.mkdir(parents=True, exist_ok=True)
-    for spec in data.FILES.values():
+    for spec in sources.FILES.values():
         if overrides and spec.name in overrides:
             payload = overrides[spec.name]
             if gz:
@@ -77,8 +77,8 @@ def test_real_data_counts_dtypes_and_first_labels(raw_data):
 def test_raw_and_gz_files_read_identically(tmp_path):
     raw = tmp_path / "t10k-labels-idx1-ubyte"
     raw.write_bytes(real_bytes(raw.name))
-    from_raw = data.read_idx(raw, expected_kind="labels", expected_count=10_000)
-    from_gz = data.read_idx(REAL_DIR / f"{raw.name}.gz", expected_kind="labels")
+    from_raw = sources.read_idx(raw, expected_kind="labels", expected_count=10_000)
+    from_gz = sources.read_idx(REAL_DIR / f"{raw.name}.gz", expected_kind="labels")
     np.testing.assert_array_equal(from_raw, from_gz)
     assert from_raw[:3].tolist() == [9, 2, 1]
 
@@ -164,14 +164,14 @@ def test_load_task_limit():
 
 def test_unknown_source_lists_valid_ones():
     with pytest.raises(DataError) as excinfo:
-        data.load_fashion_mnist("kaggle")
+        sources.load_fashion_mnist("kaggle")
     assert_clean_error(excinfo, "'kaggle'", "idx", "download", "tfds")
 
 
 def test_tfds_missing_is_a_data_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now fails
     with pytest.raises(DataError) as excinfo:
-        data.load_fashion_mnist("tfds")
+        sources.load_fashion_mnist("tfds")
     assert_clean_error(excinfo, "pip install 'fmnist-jax[tfds]'")
 
 
@@ -181,7 +181,7 @@ def test_tfds_missing_is_a_data_error(monkeypatch):
 def test_missing_explicit_folder(tmp_path):
     missing = tmp_path / "no-such-folder"
     with pytest.raises(DataError) as excinfo:
-        data.load_fashion_mnist(data_dir=missing)
+        sources.load_fashion_mnist(data_dir=missing)
     assert_clean_error(excinfo, str(missing), "does not exist", *FIX_WORDS)
 
 
@@ -189,7 +189,7 @@ def test_folder_missing_one_file(tmp_path):
     folder = make_dir(tmp_path / "d")
     (folder / "t10k-labels-idx1-ubyte.gz").unlink()
     with pytest.raises(DataError) as excinfo:
-        data.find_data_dir(folder)
+        sources.find_data_dir(folder)
     assert_clean_error(excinfo, str(folder), "missing t10k-labels-idx1-ubyte", *FIX_WORDS)
 
 
@@ -228,11 +228,11 @@ def _wrong_dims() -> tuple[str, bytes]:
 ])
 def test_malformed_file_is_a_clear_data_error(tmp_path, case, expected, gz):
     name, payload = case()
-    spec = next(f for f in data.FILES.values() if f.name == name)
+    spec = next(f for f in sources.FILES.values() if f.name == name)
     path = tmp_path / (f"{name}.gz" if gz else name)
     path.write_bytes(gzip.compress(payload, compresslevel=1) if gz else payload)
     with pytest.raises(DataError) as excinfo:  # as the loader calls it
-        data.read_idx(path, expected_kind=spec.kind, expected_count=spec.count)
+        sources.read_idx(path, expected_kind=spec.kind, expected_count=spec.count)
     assert_clean_error(excinfo, str(path), expected, "--source download")
 
 
@@ -240,7 +240,7 @@ def test_loader_checks_structure_even_unverified(tmp_path):
     name, payload = _truncated()
     folder = make_dir(tmp_path / "d", {name: payload})
     with pytest.raises(DataError) as excinfo:
-        data.load_fashion_mnist(data_dir=folder, verify=False)
+        sources.load_fashion_mnist(data_dir=folder, verify=False)
     assert_clean_error(excinfo, str(folder / f"{name}.gz"), "truncated", "apt-get install")
 
 
@@ -249,14 +249,14 @@ def test_truncated_gzip_stream(tmp_path):
     path = tmp_path / f"{name}.gz"
     path.write_bytes((REAL_DIR / f"{name}.gz").read_bytes()[:5_000])
     with pytest.raises(DataError) as excinfo:
-        data.read_idx(path, expected_kind="labels", expected_count=60_000)
+        sources.read_idx(path, expected_kind="labels", expected_count=60_000)
     assert_clean_error(excinfo, str(path), "gzip", "--source download")
 
 
 def test_read_idx_wrong_kind(tmp_path):
     path = REAL_DIR / "t10k-labels-idx1-ubyte.gz"
     with pytest.raises(DataError) as excinfo:
-        data.read_idx(path, expected_kind="images", expected_count=None)
+        sources.read_idx(path, expected_kind="images", expected_count=None)
     assert_clean_error(excinfo, str(path), "magic number 2049 is not 2051")
 
 
@@ -265,7 +265,7 @@ def test_read_idx_header_payload_mismatch(tmp_path):
     path = tmp_path / name
     path.write_bytes(payload)
     with pytest.raises(DataError) as excinfo:  # no expected count: the header is checked
-        data.read_idx(path, expected_kind="labels", expected_count=None)
+        sources.read_idx(path, expected_kind="labels", expected_count=None)
     assert_clean_error(excinfo, str(path), "needs 10009", "truncated")
 
 
@@ -275,10 +275,10 @@ def test_hash_mismatch_and_verify_false(tmp_path, raw_data):
     changed[16 + 1_000] ^= 0xFF  # one pixel; header and sizes stay valid
     folder = make_dir(tmp_path / "d", {name: bytes(changed)})
     with pytest.raises(DataError) as excinfo:
-        data.load_fashion_mnist(data_dir=folder)
-    assert_clean_error(excinfo, str(folder / f"{name}.gz"), data.FILES["test_images"].sha256,
+        sources.load_fashion_mnist(data_dir=folder)
+    assert_clean_error(excinfo, str(folder / f"{name}.gz"), sources.FILES["test_images"].sha256,
                        "MNIST", "verify=False", "--allow-unverified-data")
-    train, test = data.load_fashion_mnist(data_dir=folder, verify=False)
+    train, test = sources.load_fashion_mnist(data_dir=folder, verify=False)
     difference = np.argwhere(test.images != raw_data[1].images)
     assert difference.tolist() == [[1, 7, 20]]  # pixel 1000 = image 1, row 7, column 20
     np.testing.assert_array_equal(train.labels, raw_data[0].labels)
@@ -294,7 +294,7 @@ def no_default_places(tmp_path, monkeypatch):
     """Debian dir and user cache point at empty places; no $FMNIST_DATA_DIR."""
     debian, cache_home = tmp_path / "debian", tmp_path / "xdg"
     debian.mkdir()
-    monkeypatch.setattr(data, "DEBIAN_DIR", debian)
+    monkeypatch.setattr(sources, "DEBIAN_DIR", debian)
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     return debian, cache_home / "fmnist_jax"
@@ -303,7 +303,7 @@ def no_default_places(tmp_path, monkeypatch):
 def test_nothing_found_lists_places_and_fixes(no_default_places):
     debian, cache = no_default_places
     with pytest.raises(DataError) as excinfo:
-        data.find_data_dir()
+        sources.find_data_dir()
     assert_clean_error(excinfo, str(debian), str(cache), "dataset-fashion-mnist",
                        "--data-dir", "FMNIST_DATA_DIR", "--source download",
                        "fmnist-jax[tfds]", "t10k-images-idx3-ubyte")
@@ -312,25 +312,25 @@ def test_nothing_found_lists_places_and_fixes(no_default_places):
 def test_env_var_then_cache_are_used(no_default_places, tmp_path, monkeypatch):
     _, cache = no_default_places
     make_dir(cache)
-    assert data.find_data_dir() == cache
+    assert sources.find_data_dir() == cache
     env_dir = make_dir(tmp_path / "env")
     monkeypatch.setenv("FMNIST_DATA_DIR", str(env_dir))
-    assert data.find_data_dir() == env_dir
+    assert sources.find_data_dir() == env_dir
     explicit = make_dir(tmp_path / "explicit")
-    assert data.find_data_dir(explicit) == explicit
+    assert sources.find_data_dir(explicit) == explicit
     # A wrong explicit setting is an error, not a silent fallback to other data.
     monkeypatch.setenv("FMNIST_DATA_DIR", str(tmp_path / "typo"))
     with pytest.raises(DataError) as excinfo:
-        data.find_data_dir()
+        sources.find_data_dir()
     assert_clean_error(excinfo, str(tmp_path / "typo"), "$FMNIST_DATA_DIR")
 
 
 def test_user_cache_dir(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert data.user_cache_dir() == tmp_path / "fmnist_jax"
+    assert sources.user_cache_dir() == tmp_path / "fmnist_jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert data.user_cache_dir() == tmp_path / "home" / ".cache" / "fmnist_jax"
+    assert sources.user_cache_dir() == tmp_path / "home" / ".cache" / "fmnist_jax"
 
 
 # ----------------------------------------------------------------------------- download
@@ -363,23 +363,23 @@ def server(tmp_path):
 def test_download_lands_verified_files_once(server, tmp_path, raw_data):
     url, _, requests = server
     dest = tmp_path / "dest"
-    assert data.download(dest, base_url=url, timeout=10) == dest
+    assert sources.download(dest, base_url=url, timeout=10) == dest
     names = sorted(p.name for p in dest.iterdir())
-    assert names == sorted(f"{f.name}.gz" for f in data.FILES.values())  # no temp files
+    assert names == sorted(f"{f.name}.gz" for f in sources.FILES.values())  # no temp files
     assert len(requests) == 4
-    train, test = data.load_fashion_mnist(data_dir=dest)
+    train, test = sources.load_fashion_mnist(data_dir=dest)
     np.testing.assert_array_equal(train.labels, raw_data[0].labels)
     np.testing.assert_array_equal(test.images, raw_data[1].images)
     # Present and valid: nothing fetched again, so source="download" works offline.
-    data.download(dest, base_url=url)
-    train2, _ = data.load_fashion_mnist("download", dest)
+    sources.download(dest, base_url=url)
+    train2, _ = sources.load_fashion_mnist("download", dest)
     assert len(requests) == 4
     np.testing.assert_array_equal(train2.images, raw_data[0].images)
 
 
 def _seed_other_files(dest: Path, except_name: str) -> None:
     dest.mkdir()
-    for spec in data.FILES.values():
+    for spec in sources.FILES.values():
         if spec.name != except_name:
             (dest / f"{spec.name}.gz").symlink_to(REAL_DIR / f"{spec.name}.gz")
 
@@ -394,8 +394,8 @@ def test_corrupt_download_is_rejected_and_leaves_nothing(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        data.download(dest, base_url=url)
-    assert_clean_error(excinfo, f"{url}{name}.gz", data.FILES["test_labels"].sha256,
+        sources.download(dest, base_url=url)
+    assert_clean_error(excinfo, f"{url}{name}.gz", sources.FILES["test_labels"].sha256,
                        "Nothing was written")
     assert requests == [f"/{name}.gz"]  # the three valid seeded files were not fetched
     assert not [p for p in dest.iterdir() if name in p.name]  # neither final nor temp
@@ -408,7 +408,7 @@ def test_download_http_error(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        data.download(dest, base_url=url)
+        sources.download(dest, base_url=url)
     assert_clean_error(excinfo, f"{url}{name}.gz", "HTTP 404", "apt-get install")
     assert not [p for p in dest.iterdir() if name in p.name]
 
@@ -420,8 +420,10 @@ def test_download_http_error(server, tmp_path):
 def test_tfds_source_under_mock_data():
     if importlib.util.find_spec("tensorflow_datasets") is None:  # not imported here: see probe
         pytest.skip("install the tfds extra: pip install 'fmnist-jax[tfds]'")
+    # PYTHONPATH: the probe imports this checkout's fmnist_jax, whatever the environment installed.
+    root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu",
-           "CUDA_VISIBLE_DEVICES": ""}
+           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
     probe = Path(__file__).with_name("_tfds_probe.py")
     done = subprocess.run([sys.executable, str(probe), "40"], capture_output=True, text=True,
                           env=env, timeout=300)

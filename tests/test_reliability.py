@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import data as data_lib
+from fmnist_jax import sources
 from fmnist_jax import io
 from fmnist_jax.compare import compare
 
@@ -191,7 +191,7 @@ def test_no_data_names_the_places_searched_and_the_fixes(tmp_path):
                env=child_env(HOME=home, XDG_CACHE_HOME=home / ".cache", FMNIST_DATA_DIR=None))
     assert_clean_failure(proc, 1, str(empty), "not found", "train-images-idx3-ubyte",
                          "apt-get install dataset-fashion-mnist", "--data-dir", "FMNIST_DATA_DIR",
-                         "--source download", data_lib.OFFICIAL_BASE_URL)
+                         "--source download", sources.OFFICIAL_BASE_URL)
     assert_nothing_written(out)
 
 
@@ -200,22 +200,22 @@ def test_no_data_in_the_default_places(tmp_path, monkeypatch, capsys):
     (In-process: the Debian path cannot be hidden from a subprocess on a machine that has it.)"""
     from experiments import q1
 
-    monkeypatch.setattr(data_lib, "DEBIAN_DIR", tmp_path / "usr-share-datasets-fashion-mnist")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "usr-share-datasets-fashion-mnist")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     with pytest.raises(SystemExit) as exc:
         q1.main("q1_optimizers", ["--out", str(tmp_path / "out"), *SMALL, "--quiet"])
     err = capsys.readouterr().err
     assert exc.value.code == 1
-    for needle in (str(data_lib.DEBIAN_DIR), str(tmp_path / "cache" / "fmnist_jax"),
+    for needle in (str(sources.DEBIAN_DIR), str(tmp_path / "cache" / "fmnist_jax"),
                    "apt-get install dataset-fashion-mnist", "--data-dir", "--source download"):
         assert needle in err, (needle, err)
     assert_nothing_written(tmp_path / "out")
 
 
 def real_files() -> dict[str, Path]:
-    folder = data_lib.find_data_dir()
-    return {spec.name: data_lib._existing_file(folder, spec.name) for spec in data_lib.FILES.values()}
+    folder = sources.find_data_dir()
+    return {spec.name: sources._existing_file(folder, spec.name) for spec in sources.FILES.values()}
 
 
 def test_truncated_file_is_named_with_what_is_wrong(tmp_path):
@@ -248,7 +248,7 @@ def test_malformed_raw_file_is_named_with_what_is_wrong(tmp_path, capsys, damage
     folder.mkdir()
     for name, path in real_files().items():
         if name == "train-labels-idx1-ubyte":
-            raw = bytearray(data_lib._read_bytes(path))
+            raw = bytearray(sources._read_bytes(path))
             blob = bytes(raw[:-100]) if damage == "truncate" else b"\x00\x00\x08\x03" + bytes(raw[4:])
             (folder / name).write_bytes(blob)
         else:
@@ -267,7 +267,7 @@ def mnist_like(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mnist_like")
     for name, path in real_files().items():
         if "images" in name:
-            images = data_lib.read_idx(path, expected_kind="images")
+            images = sources.read_idx(path, expected_kind="images")
             header = np.array([2051, len(images), 28, 28], ">u4").tobytes()
             (folder / name).write_bytes(header + (255 - images).tobytes())
         else:
