@@ -70,10 +70,14 @@ def load_task(data_dir: str | os.PathLike | None = None, source: str = "idx", *,
 
     With `limit=None` the test set is all 5,000 test-subset images in file order.
     `limit=n` keeps train[:n], val[:max(n//5, 50)], test[:max(n//5, 50)] (file order).
+    `info["source"]` is "csv" when the folder held Kaggle's CSV files (another example order).
+
+    Raises:
+      DataError: see `fmnist_jax.sources.load_raw`.
     """
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
-    train_raw, test_raw, directory = load_raw(source, data_dir, verify)
+    train_raw, test_raw, where = load_raw(source, data_dir, verify)
     images, labels = select_classes(train_raw.images, train_raw.labels)
     test_images, test_labels = select_classes(test_raw.images, test_raw.labels)
     train_idx, val_idx = stratified_split(labels, val_fraction, split_seed)
@@ -84,15 +88,15 @@ def load_task(data_dir: str | os.PathLike | None = None, source: str = "idx", *,
     x_train, x_val, x_test = (to_float(a) for a in
                               (images[train_idx], images[val_idx], test_images))
     info = {
-        "source": source,
-        "directory": directory,
+        "source": where["source"],
+        "directory": where["directory"],
         "classes": list(CLASSES),
         "split_seed": split_seed,
         "val_fraction": val_fraction,
         "counts": {"train": len(x_train), "val": len(x_val), "test": len(x_test)},
         "verified": bool(verify),
         "limit": limit,
-        "file_order": source != "tfds",
+        "file_order": where["file_order"],
     }
     return TaskData(x_train, labels[train_idx], x_val, labels[val_idx], x_test,
                     test_labels, CLASS_NAMES, info)
