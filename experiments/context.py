@@ -123,8 +123,14 @@ def make_context(opts: Options) -> Context:
 
 
 def command_line() -> str:
-    """How this process was started, as `python -m package.module args...`, quoted for a shell."""
+    """How this process was started, as a shell command that reruns it as is from anywhere:
+    `cd <its folder> && <this Python> -m package.module args...`, every word quoted (a bare
+    `python` may be another interpreter, or none, in the next shell; relative paths need the
+    folder)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     entry = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
-    return shlex.join([os.path.basename(sys.executable), *entry, *sys.argv[1:]])
+    # Words the locale could not decode (held as surrogates) as the UTF-8 they most likely were.
+    cwd, *words = (os.fsencode(w).decode("utf-8", "surrogateescape")
+                   for w in (os.getcwd(), sys.executable, *entry, *sys.argv[1:]))
+    return f"cd {shlex.quote(cwd)} && {shlex.join(words)}"

@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fmnist_jax.io import write_bytes
+from fmnist_jax.io import user_cache_dir, write_bytes
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -163,10 +163,12 @@ def _seems(data: bytes) -> str:
 # ----------------------------------------------------------------------------- finding
 
 
-def user_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/fmnist_jax, else ~/.cache/fmnist_jax."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "fmnist_jax"
+def _expanded(path: Path) -> Path:
+    """`path` with a leading ~ expanded (kept as it is when no home folder is known)."""
+    try:
+        return path.expanduser()
+    except RuntimeError:
+        return path
 
 
 def _existing_file(directory: Path, name: str) -> Path | None:
@@ -248,7 +250,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
                   ("user cache", user_cache_dir())]
     report = []
     for label, directory in places:
-        directory = directory.expanduser()
+        directory = _expanded(directory)
         for sub in SUBFOLDERS:
             if (directory / sub).is_dir() and _data_files(directory / sub):
                 return directory / sub
@@ -441,7 +443,7 @@ def download(dest_dir: str | os.PathLike | None = None, *,
       DataError: the server cannot be reached or answers with an error, a file does not verify
         (nothing is written for it), or `dest_dir` is not writable.
     """
-    dest = Path(dest_dir).expanduser() if dest_dir is not None else user_cache_dir()
+    dest = _expanded(Path(dest_dir)) if dest_dir is not None else user_cache_dir()
     base = base_url if base_url.endswith("/") else base_url + "/"
     for spec in FILES.values():
         if _is_valid(_existing_file(dest, spec.name), spec):

@@ -478,7 +478,12 @@ def build_reference(out: Path) -> dict:
     refused = cli("q1_optimizers", "--out", out, *SMALL, "--quiet")
     after = {p.name: p.read_text() for p in foreign.iterdir()}
     others = sorted(p.name for p in (out / "q1_optimizers").iterdir())
-    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite")
+    # The data from a folder whose path needs quoting in a shell (issue 16: provenance).
+    data_dir = out.parent / "data dir ü"
+    data_dir.mkdir()
+    for path in real_files().values():
+        (data_dir / path.name).symlink_to(path)
+    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite", "--data-dir", data_dir)
     assert run.returncode == 0, run.stderr
     return {"refused": {"returncode": refused.returncode, "stdout": refused.stdout, "stderr": refused.stderr},
             "foreign_untouched": before == after, "folders_after_refusal": others}
@@ -495,6 +500,119 @@ def test_results_of_another_configuration_are_never_overwritten_silently(referen
     tuned = reference["out"] / "q1_optimizers" / "tuned"
     assert json.loads((tuned / "config.json").read_text())["fingerprint"] != "another-configuration"
     assert_complete(tuned)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3b. Environments the code did not assume; 6. provenance (issue 16)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "gpu", "tpu"])
+def test_a_backend_this_machine_lacks_is_one_error_line(tmp_path, platform):
+    import jax
+
+    try:
+        jax.devices(platform)
+    except Exception:  # noqa: BLE001 - not here: the case under test
+        pass
+    else:
+        pytest.skip(f"this machine has a {platform} backend")
+    out = tmp_path / "out"
+    proc = cli("q1_optimizers", "--out", out, *SMALL, env=child_env(JAX_PLATFORMS=platform))
+    assert_clean_failure(proc, 1, f"JAX_PLATFORMS={platform} asks JAX for a backend",
+                         "unset JAX_PLATFORMS", "JAX_PLATFORMS=cpu", "jax[cuda12]")
+    assert_nothing_written(out)
+
+
+def test_output_the_terminal_cannot_encode_is_spelt_in_ascii(monkeypatch):
+    import io as stdio
+
+    buffer = stdio.BytesIO()
+    monkeypatch.setattr(sys, "stdout", stdio.TextIOWrapper(buffer, encoding="ascii"))
+    io.tolerant_output()
+    print("98.1 ± 0.2 · σ → data dir ü")
+    sys.stdout.flush()
+    assert buffer.getvalue() == b"98.1 +/- 0.2 - sigma -> data dir \\xfc\n"
+
+
+def test_no_home_folder_falls_back_to_the_temporary_folder(monkeypatch, tmp_path):
+    """HOME unset for a user without a passwd entry (some containers): Path.home() raises."""
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cache = tmp_path / f"fmnist_jax-{os.getuid()}"
+    assert io.user_cache_dir() == cache
+    with pytest.raises(sources.DataError) as excinfo:  # a clear error, not a RuntimeError
+        sources.find_data_dir(tmp_path / "~" / "nothing")
+    assert str(cache) in str(excinfo.value)
+
+
+def test_an_unwritable_compilation_cache_is_turned_off_quietly():
+    """A cache folder that exists but takes no files (here /proc) would make JAX warn once per
+    compiled program; it is turned off instead (a subprocess: the test session's cache stays)."""
+    code = ("import jax; from fmnist_jax import compilation_cache as c; "
+            "print(c.enable(), jax.config.jax_compilation_cache_dir)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=child_env(FMNIST_JAX_CACHE="/proc"), timeout=CHILD_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "None"]
+
+
+ASCII_TERMINAL = {"PYTHONIOENCODING": "ascii"}
+# A C locale with Python's UTF-8 coercion and mode turned off: ASCII streams, argv undecodable.
+C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
+            "PYTHONIOENCODING": None}
+
+
+@pytest.mark.parametrize("module, shown", [
+    ("experiments.q1_optimizers", "Q1 - optimizer"), ("experiments.q2_autoencoder", "+/-"),
+    ("experiments.study", "mean +/- std"), ("benchmarks.run", "usage:"), ("fmnist_jax.compare", "usage:"),
+])
+def test_help_prints_on_an_ascii_terminal(module, shown):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
+                          text=True, env=child_env(**ASCII_TERMINAL), timeout=CHILD_TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert shown in proc.stdout
+
+
+def test_an_output_folder_name_the_locale_cannot_decode_is_refused(tmp_path):
+    """In a C locale without UTF-8 mode, 'ü' in --out reaches Python as undecodable bytes, which
+    Orbax's tensorstore cannot take: refused before anything is written, with the fix."""
+    out = tmp_path / "out ü"
+    proc = cli("q1_optimizers", "--out", out, *SMALL, env=child_env(**C_LOCALE))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--out" in proc.stderr and "LC_ALL=C.UTF-8" in proc.stderr and "PYTHONUTF8=1" in proc.stderr
+    assert not out.exists()
+
+
+def recorded_command(reference) -> str:
+    config = json.loads((reference["out"] / "q1_optimizers" / "sgd" / "config.json").read_text())
+    return config["command"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("terminal", [ASCII_TERMINAL, C_LOCALE], ids=["ascii", "c-locale"])
+def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, terminal):
+    """config.json's command, pasted into a shell elsewhere, reruns the sweep: everything is
+    complete, so it prints the verdict (with its '±') and exits 0, also where the terminal is
+    ASCII-only, HOME is not a folder and TMPDIR does not exist. The files stay UTF-8."""
+    command = recorded_command(reference)
+    assert "'" in command and "data dir ü" in command and "--data-dir" in command
+    env = child_env(**terminal, HOME=tmp_path / "no-home", XDG_CACHE_HOME=None,
+                    TMPDIR=tmp_path / "no-tmp", PATH="/usr/bin:/bin")
+    finished = {p: p.stat().st_mtime_ns for p in (reference["out"] / "q1_optimizers").glob("*/metrics.json")}
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=CHILD_TIMEOUT)
+    stdout, stderr = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")  # ASCII only
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "Choice on validation" in stdout and "+/-" in stdout
+    # The same configurations (same fingerprints): all found complete, none trained again.
+    assert len(finished) == len(Q1_CONFIGS)
+    assert finished == {p: p.stat().st_mtime_ns for p in finished}
+    summary = (reference["out"] / "q1_optimizers" / "summary.md").read_bytes().decode("utf-8")
+    assert "±" in summary
 
 
 # ----------------------------------------------------------------------------------------------
