@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from fmnist_jax import io
+from fmnist_jax.checkpoint import CheckpointError
 from fmnist_jax.models import ARCHITECTURES, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
 from fmnist_jax.sources import SOURCES, DataError
@@ -210,8 +211,8 @@ def main_guard(run: Callable[[], Any]) -> None:
     """Run an entry point: foreseeable failures become one clear message and an exit status.
 
     2: usage (bad flags, output folder, batch size, a different configuration in the way);
-    1: data (missing, corrupt, unverified), a JAX backend that cannot start, device out of
-    memory, disk full or not writable. Anything else is a bug and keeps its traceback.
+    1: data (missing, corrupt, unverified), a damaged checkpoint that cannot be set aside (an
+    encoder), a JAX backend that cannot start, device out of memory, disk full or not writable. Anything else is a bug and keeps its traceback.
     Output the terminal's encoding cannot hold is spelt in ASCII instead of failing.
     """
     io.tolerant_output()
@@ -220,7 +221,7 @@ def main_guard(run: Callable[[], Any]) -> None:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except DataError as e:
+    except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception as e:  # noqa: BLE001 - only the kinds below are handled, the rest re-raised

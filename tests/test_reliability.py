@@ -483,7 +483,8 @@ def build_reference(out: Path) -> dict:
     data_dir.mkdir()
     for path in real_files().values():
         (data_dir / path.name).symlink_to(path)
-    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite", "--data-dir", data_dir)
+    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite", "--data-dir", data_dir,
+              "--keep-checkpoints")  # each row's checkpoint: the damaged-checkpoint test's material
     assert run.returncode == 0, run.stderr
     return {"refused": {"returncode": refused.returncode, "stdout": refused.stdout, "stderr": refused.stderr},
             "foreign_untouched": before == after, "folders_after_refusal": others}
@@ -727,6 +728,70 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
                          for d in (out, reference["out"]))
         assert h_got["val_loss"] == h_want["val_loss"], config
     print("\n".join(log))
+
+
+# ----------------------------------------------------------------------------------------------
+# 5b. Saved state that cannot be used as it is (issue 16)
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(reference, tmp_path):
+    """Two runs stopped after their last checkpoint (no metrics.json), whose checkpoints were then
+    damaged as in the issue: `manifest.ocdbt` removed, the files under `state/d/` emptied. Rerunning
+    the same command trains both afresh, with a warning naming each folder, keeps the damaged
+    folders aside, never touches the finished rows, and ends with the uninterrupted numbers."""
+    out = tmp_path / "out"
+    shutil.copytree(reference["out"] / "q1_optimizers", out / "q1_optimizers", symlinks=True)
+    sweep = out / "q1_optimizers"
+    (sweep / "sgd" / "metrics.json").unlink()
+    (sweep / "sgd" / "checkpoint" / "1" / "state" / "manifest.ocdbt").unlink()
+    (sweep / "adam" / "metrics.json").unlink()
+    for f in (sweep / "adam" / "checkpoint" / "1" / "state" / "d").iterdir():
+        f.write_bytes(b"")
+    finished = {p: (p.read_bytes(), p.stat().st_mtime_ns)
+                for name in ("sgd_momentum", "tuned") for p in (sweep / name).iterdir() if p.is_file()}
+    args = ["--out", out, *SMALL, "--quiet", "--data-dir", reference["out"].parent / "data dir ü"]
+    proc = cli("q1_optimizers", *args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Event loop is closed" not in proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, proc.stderr
+    for name in ("sgd", "adam"):
+        assert any(f"checkpoint in {sweep / name / 'checkpoint'} cannot be restored" in w and
+                   str(sweep / name / ".checkpoint.damaged") in w for w in warnings), warnings
+        assert (sweep / name / ".checkpoint.damaged" / "1").is_dir()
+        assert_complete(sweep / name)
+    assert finished == {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished}
+    assert compare(out, reference["out"], ignore=("q1_epochs/*",)) == []
+    again = cli("q1_optimizers", *args)  # and the next rerun has nothing left to say
+    assert again.returncode == 0 and again.stderr.strip() == "", again.stderr
+
+
+def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
+    """An encoder checkpoint (--encoder, or a finished pretraining's) is a finished result: never
+    replaced silently. Its damage is one error line saying how to replace it (exit 1)."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import q2
+    from fmnist_jax import checkpoint
+    from fmnist_jax.models import ARCHITECTURES, Autoencoder
+
+    widths = ARCHITECTURES["base"]
+    params = Autoencoder(widths=widths).init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]
+    encoder = jax.tree_util.tree_map(lambda x: x[None], params["encoder"])  # 1 seed
+    given, pretrained = tmp_path / "mine" / "encoder", tmp_path / "out" / q2.PRETRAIN / "0123" / "encoder"
+    for path in (given, pretrained):
+        checkpoint.save(path, 0, encoder, {"widths": list(widths), "n_seeds": 1, "seeds": [0]})
+        (path / "0" / "state" / "manifest.ocdbt").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"mv .*/q2_pretrain/0123 .*/q2_pretrain/0123\.damaged && cd "):
+        q2.restore_encoder(pretrained, widths, 1)
+    with pytest.raises(SystemExit) as exc:
+        q2.main(["--stage", "finetune", "--encoder", str(given), "--out", str(tmp_path / "out"), "--quick",
+                 "--limit", "200", "--seeds", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.count("error:") == 1, err
+    assert f"the encoder checkpoint in {given} cannot be restored" in err and "pass another --encoder" in err
 
 
 # ----------------------------------------------------------------------------------------------
