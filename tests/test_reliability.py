@@ -794,6 +794,20 @@ def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
     assert f"the encoder checkpoint in {given} cannot be restored" in err and "pass another --encoder" in err
 
 
+@pytest.mark.parametrize("damage", ['{"fingerprint": "0123', '["not", "an", "object"]'], ids=["truncated", "list"])
+def test_a_partial_run_whose_config_cannot_be_read_is_named(tmp_path, damage):
+    """Not called "a different configuration": what is wrong is said, and the fix (exit 2, before
+    anything trains)."""
+    out = tmp_path / "out"
+    partial = out / "q1_optimizers" / "sgd"
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text(damage)
+    proc = cli("q1_optimizers", "--out", out, *SMALL)
+    assert_clean_failure(proc, 2, f"{partial} holds a partial run whose config.json cannot be read",
+                         "--overwrite")
+    assert sorted(p.name for p in (out / "q1_optimizers").iterdir()) == ["sgd"]
+
+
 # ----------------------------------------------------------------------------------------------
 # 7. Resources (device memory) and the disk, through main_guard
 
