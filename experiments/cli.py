@@ -211,9 +211,10 @@ def main_guard(run: Callable[[], Any]) -> None:
     """Run an entry point: foreseeable failures become one clear message and an exit status.
 
     2: usage (bad flags, output folder, batch size, a different configuration in the way);
-    1: data (missing, corrupt, unverified), a damaged checkpoint that cannot be set aside (an
-    encoder), a JAX backend that cannot start, device out of memory, disk full or not writable. Anything else is a bug and keeps its traceback.
-    Output the terminal's encoding cannot hold is spelt in ASCII instead of failing.
+    1: data (missing, corrupt, unverified), a damaged encoder checkpoint, a JAX backend that
+    cannot start, device out of memory, disk full or not writable.
+    Anything else is a bug and keeps its traceback. Output the terminal's encoding cannot hold is
+    spelt in ASCII instead of failing.
     """
     io.tolerant_output()
     try:
