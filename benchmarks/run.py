@@ -19,7 +19,7 @@ from pathlib import Path
 # On an accelerator the device-scaling workers need memory while this process is alive.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from fmnist_jax.io import write_json, write_text  # noqa: E402
+from fmnist_jax.io import tolerant_output, write_json, write_text  # noqa: E402
 
 from benchmarks import cases, scaling  # noqa: E402
 from benchmarks.timing import environment  # noqa: E402
@@ -127,6 +127,7 @@ def check(result: dict) -> None:
 
 def main(argv=None) -> dict:
     """`python -m benchmarks.run`: measure, check, write the JSON and the table. -> the result."""
+    tolerant_output()
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",

@@ -11,14 +11,17 @@ import argparse
 import dataclasses
 import errno
 import math
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fmnist_jax.data import SOURCES, DataError
+from fmnist_jax import io
+from fmnist_jax.checkpoint import CheckpointError
 from fmnist_jax.models import ARCHITECTURES, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
+from fmnist_jax.sources import SOURCES, DataError
 
 DEFAULT_OUT = Path("results")
 QUICK_TRAIN, QUICK_VAL = 600, 300  # --quick: a few hundred images, one epoch, full test set
@@ -149,8 +152,21 @@ def parser(description: str, *, epochs: int | None = None, lr: float | None = No
 
 
 def parse(p: argparse.ArgumentParser, argv=None) -> Options:
-    """The parsed flags as `Options` (argparse exits with status 2 on a bad flag)."""
-    return Options(**vars(p.parse_args(argv)))
+    """The parsed flags as `Options` (argparse exits with status 2 on a bad flag).
+
+    Raises:
+      UsageError: a folder Orbax must write or read has a name this locale cannot decode.
+    """
+    opts = Options(**vars(p.parse_args(argv)))
+    for flag, path in (("--out", opts.out), ("--encoder", opts.encoder)):
+        try:  # Orbax's tensorstore takes names as UTF-8: a byte the locale could not decode breaks it
+            str(path and path.absolute()).encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(
+                f"{flag} {path}: this locale ({sys.getfilesystemencoding()}) cannot decode the folder's "
+                "name, which the checkpoint library needs as text; run with a UTF-8 locale (e.g. "
+                "LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name") from None
+    return opts
 
 
 OOM_HINT = ("Use a smaller --batch-size, or fewer --seeds (all seeds train in one program, so "
@@ -172,19 +188,41 @@ def is_out_of_memory(e: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
+def backend_problem() -> str | None:
+    """Why JAX cannot start the backend the environment asks for (e.g. JAX_PLATFORMS=cuda on a
+    machine without CUDA), with the fix; None when it starts."""
+    import jax
+
+    try:
+        jax.devices()
+        return None
+    except Exception as e:  # noqa: BLE001 - JAX raises RuntimeError, or a bare AssertionError for cuda
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    name = next((n for n in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME") if os.environ.get(n)), None)
+    if name is None:
+        return f"JAX cannot start a backend ({reason})."
+    return (f"{name}={os.environ[name]} asks JAX for a backend this machine does not have or cannot "
+            f"start ({reason}). Fix: unset {name} (JAX then picks the best backend available) or set "
+            f"{name}=cpu; for a GPU, install JAX with its CUDA plugin (pip install -U 'jax[cuda12]'), "
+            "for a TPU 'jax[tpu]'.")
+
+
 def main_guard(run: Callable[[], Any]) -> None:
     """Run an entry point: foreseeable failures become one clear message and an exit status.
 
     2: usage (bad flags, output folder, batch size, a different configuration in the way);
-    1: data (missing, corrupt, unverified), device out of memory, disk full or not writable.
-    Anything else is a bug and keeps its traceback.
+    1: data (missing, corrupt, unverified), a damaged encoder checkpoint, a JAX backend that
+    cannot start, device out of memory, disk full or not writable.
+    Anything else is a bug and keeps its traceback. Output the terminal's encoding cannot hold is
+    spelt in ASCII instead of failing.
     """
+    io.tolerant_output()
     try:
         run()
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except DataError as e:
+    except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
     except Exception as e:  # noqa: BLE001 - only the kinds below are handled, the rest re-raised
@@ -198,5 +236,9 @@ def main_guard(run: Callable[[], Any]) -> None:
                   "another --out), then rerun the same command: completed configurations are "
                   "kept and files are written atomically, so nothing half-written is left.",
                   file=sys.stderr)
+            sys.exit(1)
+        problem = backend_problem()  # wherever JAX first touched its backend, it failed there
+        if problem is not None:
+            print(f"error: {problem}", file=sys.stderr)
             sys.exit(1)
         raise

@@ -84,7 +84,7 @@ def load_data(opts: Options) -> TaskData:
     """The task's data as the options ask: `--limit`, then `--quick`'s first images.
 
     Raises:
-      fmnist_jax.data.DataError: the data is missing, damaged or not verified.
+      fmnist_jax.sources.DataError: the data is missing, damaged or not verified.
     """
     data = load_task(opts.data_dir, opts.source, split_seed=opts.split_seed,
                      verify=not opts.allow_unverified_data, limit=opts.limit)
@@ -125,7 +125,7 @@ def make_context(opts: Options) -> Context:
     """Check the output folder, turn on the compilation cache, load the data, check the batch.
 
     Raises:
-      UsageError, fmnist_jax.data.DataError: see `check_writable`, `load_data`, `check_batch_size`.
+      UsageError, fmnist_jax.sources.DataError: see `check_writable`, `load_data`, `check_batch_size`.
     """
     check_writable(opts.out)
     compilation_cache.enable()
@@ -136,8 +136,14 @@ def make_context(opts: Options) -> Context:
 
 
 def command_line() -> str:
-    """How this process was started, as `python -m package.module args...`, quoted for a shell."""
+    """How this process was started, as a shell command that reruns it as is from anywhere:
+    `cd <its folder> && <this Python> -m package.module args...`, every word quoted (a bare
+    `python` may be another interpreter, or none, in the next shell; relative paths need the
+    folder)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     entry = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
-    return shlex.join([os.path.basename(sys.executable), *entry, *sys.argv[1:]])
+    # Words the locale could not decode (held as surrogates) as the UTF-8 they most likely were.
+    cwd, *words = (os.fsencode(w).decode("utf-8", "surrogateescape")
+                   for w in (os.getcwd(), sys.executable, *entry, *sys.argv[1:]))
+    return f"cd {shlex.quote(cwd)} && {shlex.join(words)}"

@@ -17,6 +17,7 @@ batch 100, 10 epochs of pretraining then 10 of fine-tuning, 3 seeds.
 from __future__ import annotations
 
 import dataclasses
+import shlex
 from pathlib import Path
 
 import jax
@@ -25,7 +26,7 @@ import numpy as np
 
 from experiments import cli, sweep as sweep_lib
 from experiments.cli import Q2_SWEEPS as SWEEPS, Options, UsageError
-from experiments.context import Context, make_context
+from experiments.context import Context, command_line, make_context
 from experiments.sweep import Spec, Sweep
 from fmnist_jax import checkpoint, curves, io, plots, results
 from fmnist_jax.augment import corrupt
@@ -205,12 +206,22 @@ def restore_encoder(path: Path, widths, n_seeds: int):
 
     Raises:
       UsageError: see `encoder_metadata`.
+      CheckpointError: the checkpoint is damaged; the message says how to replace it.
     """
     encoder_metadata(path, widths, n_seeds)
     model = Autoencoder(widths=tuple(widths))
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]["encoder"])
     target = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n_seeds, *s.shape), s.dtype), shapes)
-    encoder, _ = checkpoint.restore(path, target)
+    try:
+        encoder, _ = checkpoint.restore(path, target)
+    except checkpoint.CheckpointError as e:
+        folder = Path(path).parent  # a finished pretraining is never replaced silently: say how
+        fix = (f"it belongs to the pretraining in {folder}: set that aside and the same command "
+               f"pretrains again: mv {shlex.quote(str(folder))} {shlex.quote(str(folder))}.damaged && "
+               f"{command_line()}" if folder.parent.name == PRETRAIN else
+               "pass another --encoder, or pretrain one (--stage pretrain)")
+        raise checkpoint.CheckpointError(f"the encoder checkpoint in {path} cannot be restored ({e}); "
+                                         f"{fix}") from None
     return encoder
 
 

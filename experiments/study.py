@@ -62,7 +62,7 @@ def written(out: Path, before: dict[str, int]) -> tuple[list[str], list[str]]:
             folder = str(Path(key).parent)
             try:
                 copied = io.read_json(out / folder / "config.json").get("reused_from")
-            except (OSError, ValueError):
+            except (OSError, ValueError, AttributeError):
                 copied = None
             (reused if copied else trained).append(folder)
     return trained, reused

@@ -105,18 +105,19 @@ def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
     if not run_dir.exists() or not any(f for f in run_dir.iterdir() if not results.is_temporary(f)):
         return "new"  # empty, or only what a process killed mid-write left (removed before use)
     try:
-        existing = io.read_json(run_dir / "config.json").get("fingerprint")
-    except (OSError, ValueError):
-        existing = None
+        existing, unreadable = io.read_json(run_dir / "config.json").get("fingerprint"), None
+    except (OSError, ValueError, AttributeError) as e:  # missing, damaged, not a JSON object
+        existing, unreadable = None, e
     if existing == fingerprint:
         return "skip" if results.is_complete(run_dir) else "resume"
     if overwrite:
         return "replace"
     what = "complete results" if results.is_complete(run_dir) else "a partial run"
+    of = (f"whose config.json cannot be read ({unreadable}), so it cannot be matched to this "
+          "configuration" if unreadable else "of a different configuration (changed flags, seeds or data)")
     raise UsageError(
-        f"{run_dir} holds {what} of a different configuration (changed flags, seeds or data); "
-        "refused before training this sweep. Pass --overwrite to replace them, or --out DIR to "
-        "write elsewhere")
+        f"{run_dir} holds {what} {of}; refused before training this sweep. Pass --overwrite to "
+        "replace them, or --out DIR to write elsewhere")
 
 
 def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
@@ -143,7 +144,7 @@ def find_completed(out: Path, fingerprint: str, exclude: Path) -> Path | None:
         try:
             if io.read_json(config).get("fingerprint") == fingerprint and results.is_complete(run_dir):
                 return run_dir
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             continue
     return None
 

@@ -1,17 +1,31 @@
 """Orbax checkpoints: a train state (or any pytree of arrays) plus a JSON sidecar.
 
 Orbax writes each checkpoint to a temporary directory and renames it when complete, so an
-interrupted save never leaves a half-written checkpoint under its final name.
+interrupted save never leaves a half-written checkpoint under its final name. What is damaged
+later (a file removed, emptied or changed on disk) is caught on restore: by Orbax, or by the
+sha256 of the state's bytes that `save` records in the sidecar (a changed byte in an array's
+data restores without complaint otherwise).
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import sys
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+
+_DIGEST = "state_sha256"  # sidecar key: the saved state's bytes, checked by `restore`
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that exists but cannot be restored as asked: damaged, or of other shapes."""
 
 
 def abstract_like(tree: Any) -> Any:
@@ -35,6 +49,17 @@ def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1, *,
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
 
+def _digest(state: Any) -> str | None:
+    """sha256 of the state's leaves' bytes, in tree order (None if some live on other hosts)."""
+    leaves = jax.tree_util.tree_leaves(state)
+    if not all(getattr(leaf, "is_fully_addressable", True) for leaf in leaves):
+        return None
+    digest = hashlib.sha256()
+    for leaf in jax.device_get(leaves):
+        digest.update(np.ascontiguousarray(leaf).tobytes())
+    return digest.hexdigest()
+
+
 def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None = None,
          max_to_keep: int | None = 1) -> None:
     """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`.
@@ -43,14 +68,15 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
     interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
     before training), and must not crash on what the interrupted run left.
     """
+    extra = dict(extra or {})
+    if (digest := _digest(state)) is not None:
+        extra[_DIGEST] = digest
     with _manager(directory, max_to_keep, write=True) as mngr:
         if step in mngr.all_steps():
             mngr.delete(step)
         mngr.save(
             step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra or {})
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)),
             force=True,
         )
         mngr.wait_until_finished()
@@ -70,13 +96,49 @@ def latest_step(directory: str | os.PathLike) -> int | None:
         return mngr.latest_step()
 
 
-def _restore(directory, step: int | None, items: dict):
+def _quiet_orbax_leftovers() -> None:
+    """After a failed restore, the reads Orbax had in flight end after their event loop closed,
+    reported as unraisable exceptions ("Event loop is closed", dozens of tracebacks, at exit or
+    later), as asyncio's "exception was never retrieved" errors and as "coroutine ... was never
+    awaited" warnings: drop those (the failure itself is reported once, by the caller), pass
+    anything else on. Installed once; this project runs no coroutines of its own."""
+    previous = sys.unraisablehook
+    if getattr(previous, "quiets_orbax", False):
+        return
+
+    def hook(unraisable):
+        code = getattr(unraisable.object, "cr_code", None)  # a coroutine of Orbax's
+        if (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
+                or "orbax" in getattr(code, "co_filename", "")):
+            return
+        previous(unraisable)
+
+    hook.quiets_orbax = True
+    sys.unraisablehook = hook
+    logging.getLogger("asyncio").addFilter(lambda record: not (
+        "never retrieved" in (text := record.getMessage()) and ("orbax" in text or "tensorstore" in text)))
+    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
+
+
+def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
     _require_dir(directory)
-    with _manager(directory) as mngr:
-        step = mngr.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no checkpoint found in {directory}")
-        return mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore(), **items))
+    try:
+        with _manager(directory) as mngr:
+            step = mngr.latest_step() if step is None else step
+            if step is None:
+                raise FileNotFoundError(f"no checkpoint found in {directory}")
+            restored = mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore(), **items))
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
+        _quiet_orbax_leftovers()
+        why = (str(e).strip().splitlines() or [""])[0].split(" [tensorstore_spec")[0][:300]
+        raise CheckpointError(f"{type(e).__name__}: {why}") from None
+    extra = dict(restored["extra"] or {})
+    want = extra.pop(_DIGEST, None)
+    if "state" in items and want is not None and _digest(restored["state"]) != want:
+        raise CheckpointError("the restored arrays' sha256 is not the one saved: a data file changed")
+    return restored.get("state"), extra
 
 
 def restore(directory: str | os.PathLike, target: Any, step: int | None = None) -> tuple[Any, dict]:
@@ -86,9 +148,9 @@ def restore(directory: str | os.PathLike, target: Any, step: int | None = None) 
 
     Raises:
       FileNotFoundError: no such folder, or no checkpoint in it.
+      CheckpointError: the checkpoint is damaged, or does not fit `target` (the message says why).
     """
-    restored = _restore(directory, step, {"state": ocp.args.StandardRestore(abstract_like(target))})
-    return restored["state"], dict(restored["extra"] or {})
+    return _restore(directory, step, {"state": ocp.args.StandardRestore(abstract_like(target))})
 
 
 def restore_extra(directory: str | os.PathLike, step: int | None = None) -> dict:
@@ -96,5 +158,34 @@ def restore_extra(directory: str | os.PathLike, step: int | None = None) -> dict
 
     Raises:
       FileNotFoundError: no such folder, or no checkpoint in it.
+      CheckpointError: the sidecar cannot be read.
     """
-    return dict(_restore(directory, step, {})["extra"] or {})
+    return _restore(directory, step, {})[1]
+
+
+def resume(directory: str | os.PathLike, target: Any, after_step: int,
+           required: Sequence[str] = ()) -> tuple[Any, dict] | None:
+    """(state, extra) of the newest checkpoint in `directory` if it is later than `after_step`
+    (restored onto `target`'s structure); None if there is none.
+
+    A checkpoint that cannot be restored, or whose sidecar lacks a `required` key, is no dead end:
+    it is moved aside to `.<name>.damaged` beside `directory` (kept for inspection), a warning on
+    stderr says which and why, and None is returned, so that the caller starts afresh.
+    """
+    directory = Path(directory)
+    try:
+        if (latest_step(directory) or 0) <= after_step:
+            return None
+        state, extra = restore(directory, target)
+        if missing := [key for key in required if key not in extra]:
+            raise CheckpointError(f"its sidecar lacks {', '.join(missing)}")
+        return state, extra
+    except (CheckpointError, OSError) as e:
+        aside, n = directory.with_name(f".{directory.name}.damaged"), 1
+        while aside.exists():
+            n += 1
+            aside = directory.with_name(f".{directory.name}.damaged-{n}")
+        directory.rename(aside)
+        print(f"warning: the checkpoint in {directory} cannot be restored ({e}); it is moved to "
+              f"{aside} and this run starts afresh.", file=sys.stderr, flush=True)
+        return None

@@ -23,6 +23,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fmnist_jax.io import tolerant_output
+
 FILES = ("metrics.json", "test_predictions.npy")
 
 
@@ -97,6 +99,7 @@ def compare(a: Path, b: Path, atol: float = 0.0, ignore: tuple[str, ...] = ()) -
 
 def main(argv=None) -> int:
     """The command line; returns the exit status (0 same, 1 different, 2 usage)."""
+    tolerant_output()
     p = argparse.ArgumentParser(prog="python -m fmnist_jax.compare", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", type=Path)

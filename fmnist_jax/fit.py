@@ -168,7 +168,8 @@ def fit(
       start: a finished run to continue: its final states, epoch, history and divergence flags
         (a shorter run of the same configuration, or one whose end this stage builds on).
       checkpoint_dir: if given, the states and history are saved after every epoch and a rerun
-        resumes from the last completed epoch, ending with the same numbers.
+        resumes from the last completed epoch, ending with the same numbers (a checkpoint that
+        cannot be restored is set aside with a warning, and the run starts afresh).
       parallel: "none", "seeds" (members split over devices), "data" (each batch split over
         devices, params replicated) or "auto" (see `placement.resolve_parallel`).
       member_map: "vmap", "map" or "auto" (see `placement.resolve_member_map`).
@@ -205,8 +206,10 @@ def fit(
     else:
         states = init_states(prog, seeds, learning_rates)
     states = place.state(_pad_members(states, n_members))
-    if checkpoint_dir is not None and (checkpoint.latest_step(checkpoint_dir) or 0) > epochs_run:
-        states, extra = checkpoint.restore(checkpoint_dir, states)
+    resumed = checkpoint_dir is not None and checkpoint.resume(  # None: nothing later, or damaged
+        checkpoint_dir, states, epochs_run, required=("epoch", "history", "diverged"))
+    if resumed:
+        states, extra = resumed
         epochs_run = int(extra["epoch"])
         history = {k: [list(v) for v in vals] for k, vals in extra["history"].items()}
         diverged = np.asarray(extra["diverged"], bool)

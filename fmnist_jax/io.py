@@ -1,10 +1,13 @@
-"""Atomic file writes: a crash never leaves a truncated file under a final name."""
+"""Files and the terminal: atomic writes (a crash never leaves a truncated file under a final
+name), the user cache folder, and output streams that print whatever their encoding lacks."""
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import json
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -62,8 +65,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` atomically, as UTF-8."""
-    write_bytes(path, text.encode("utf-8"))
+    """Write `text` to `path` atomically, as UTF-8 (a path undecodable in the locale, held as
+    surrogates, is written back as its original bytes)."""
+    write_bytes(path, text.encode("utf-8", "surrogateescape"))
 
 
 def _to_jsonable(obj: Any) -> Any:
@@ -97,3 +101,42 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.save(f, np.asarray(array))
+
+
+def user_cache_dir() -> Path:
+    """This project's cache: $XDG_CACHE_HOME/fmnist_jax, else ~/.cache/fmnist_jax, else (no home
+    folder known: HOME unset for a user without a passwd entry, as in some containers)
+    fmnist_jax-<uid> in the temporary folder."""
+    base = os.environ.get("XDG_CACHE_HOME")
+    if base:
+        return Path(base) / "fmnist_jax"
+    try:
+        return Path.home() / ".cache" / "fmnist_jax"
+    except RuntimeError:
+        return Path(tempfile.gettempdir()) / f"fmnist_jax-{os.getuid()}"
+
+
+# How the non-ASCII characters this project prints read in ASCII; others become \x.. escapes.
+_ASCII_SPELLING = {"±": "+/-", "·": "-", "–": "-", "—": "--", "−": "-", "§": "section ", "×": "x",
+                   "→": "->", "≤": "<=", "≥": ">=", "…": "...", "°": " deg", "²": "^2", "√": "sqrt",
+                   "₁": "1", "₂": "2", "σ": "sigma", "Δ": "delta", "⚠": "(!)"}
+
+
+def _spell_in_ascii(error: UnicodeError) -> tuple[str, int]:
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(_ASCII_SPELLING.get(c) or c.encode("ascii", "backslashreplace").decode()
+                   for c in text), error.end
+
+
+codecs.register_error("fmnist_jax.ascii", _spell_in_ascii)
+
+
+def tolerant_output() -> None:
+    """Make stdout and stderr print characters their encoding cannot hold (PYTHONIOENCODING=ascii,
+    a C locale) in ASCII ('±' as '+/-', others escaped) instead of raising UnicodeEncodeError.
+    Files are not affected: they are always written as UTF-8."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="fmnist_jax.ascii")

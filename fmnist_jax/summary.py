@@ -203,8 +203,10 @@ def main(argv=None) -> None:
     """`python -m fmnist_jax.summary`: print every model's layer table."""
     import argparse
 
+    from fmnist_jax.io import tolerant_output
     from fmnist_jax.models import POOLS
 
+    tolerant_output()
     p = argparse.ArgumentParser(description="Layer tables and parameter counts of the study's models.")
     p.add_argument("--pool", choices=POOLS, default="avg", help="the CNN's pooling")
     args = p.parse_args(argv)

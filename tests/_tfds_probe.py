@@ -9,10 +9,10 @@ import sys
 import numpy as np
 import tensorflow_datasets as tfds
 
-from fmnist_jax import data
+from fmnist_jax import data, sources
 
 
-def describe(split: data.RawSplit) -> dict:
+def describe(split: sources.RawSplit) -> dict:
     return {"images_shape": list(split.images.shape), "images_dtype": str(split.images.dtype),
             "labels_shape": list(split.labels.shape), "labels_dtype": str(split.labels.dtype),
             "label_min": int(split.labels.min()), "label_max": int(split.labels.max())}
@@ -21,12 +21,12 @@ def describe(split: data.RawSplit) -> dict:
 def main(n: int) -> None:
     out = {}
     with tfds.testing.mock_data(num_examples=n):
-        train, test = data.load_fashion_mnist("tfds", verify=False)
+        train, test = sources.load_fashion_mnist("tfds", verify=False)
         out["train"], out["test"] = describe(train), describe(test)
         try:  # random mock examples are not the official ones
-            data.load_fashion_mnist("tfds")
+            sources.load_fashion_mnist("tfds")
             out["verify_error"] = None
-        except data.DataError as e:
+        except sources.DataError as e:
             out["verify_error"] = str(e)
         task = data.load_task(source="tfds", verify=False)
         out["task"] = {"train_shape": list(task.train_images.shape),

@@ -1,6 +1,10 @@
 """Orbax checkpoints (fmnist_jax.checkpoint) and resuming an interrupted `fit`, on real images."""
 
+import shutil
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import chex
 import jax
@@ -177,3 +181,82 @@ def test_a_stage_on_another_training_set_continues_from_the_last_checkpoint(smal
     on_expanded = fit_lib.fit(tuned.replace(augment="expand"), train, evals, seeds=SEEDS,
                               parallel="none", start=first)
     assert on_expanded.history["train_loss"] != run.history["train_loss"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Damaged checkpoints (issue 16): set aside, the run starts afresh
+
+
+def _remove_manifest(step_dir):
+    (step_dir / "state" / "manifest.ocdbt").unlink()
+
+
+def _empty_index_files(step_dir):
+    for f in (step_dir / "state" / "d").iterdir():
+        f.write_bytes(b"")
+
+
+def _change_a_byte_of_the_arrays(step_dir):
+    """A byte in the middle of the arrays' data: Orbax restores it without complaint."""
+    data = max((f for f in (step_dir / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    blob = bytearray(data.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    data.write_bytes(bytes(blob))
+
+
+def _garble_sidecar(step_dir):
+    (step_dir / "extra" / "metadata").write_text("{not json")
+
+
+def _other_shapes(step_dir):
+    directory = step_dir.parent
+    checkpoint.save(directory, 1, {"w": jnp.zeros(3)}, {"epoch": 1, "history": {}, "diverged": []})
+
+
+@pytest.fixture(scope="module")
+def one_epoch(small, tmp_path_factory):
+    """A 1-epoch run's checkpoint folder, to copy and damage."""
+    directory = tmp_path_factory.mktemp("one_epoch") / "checkpoint"
+    fit_lib.fit(CFG.replace(epochs=1), *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory)
+    return directory
+
+
+@pytest.mark.parametrize("damage", [_remove_manifest, _empty_index_files, _change_a_byte_of_the_arrays,
+                                    _garble_sidecar, _other_shapes], ids=lambda f: f.__name__[1:])
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_afresh(small, uninterrupted, one_epoch,
+                                                                     tmp_path, capfd, damage):
+    directory = tmp_path / "checkpoint"
+    shutil.copytree(one_epoch, directory)
+    damage(directory / "1")
+    capfd.readouterr()
+    run = fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory)
+    _assert_same_run(run, uninterrupted)  # trained from epoch 0: the uninterrupted numbers
+    err = capfd.readouterr().err
+    aside = tmp_path / ".checkpoint.damaged"
+    assert f"warning: the checkpoint in {directory} cannot be restored" in err, err
+    assert f"moved to {aside}" in err and "starts afresh" in err
+    assert "Traceback" not in err and "Event loop is closed" not in err
+    assert (aside / "1").is_dir()  # kept for inspection, as it was
+    assert checkpoint.latest_step(directory) == 2  # a fresh checkpoint beside it
+    with pytest.raises(checkpoint.CheckpointError):  # a damaged checkpoint is never restored
+        checkpoint.restore(aside, run.states)
+
+
+def test_failed_restores_leave_no_tracebacks(tmp_path):
+    """Orbax's reads still in flight when a restore fails end after its event loop closed: before
+    issue 16 that printed dozens of "Event loop is closed" tracebacks, asyncio errors and
+    never-awaited warnings, at exit or later. Eight failures of a 30-array state, in a subprocess
+    (what is printed at exit counts): only the eight warnings are left."""
+    code = ("import sys, pathlib, jax.numpy as jnp\nfrom fmnist_jax import checkpoint\n"
+            "state = {f'a{i}': jnp.full((64, 100), float(i)) for i in range(30)}\n"
+            "for k in range(8):\n"
+            "    folder = pathlib.Path(sys.argv[1]) / str(k)\n"
+            "    checkpoint.save(folder, 1, state, {'epoch': 1})\n"
+            "    (folder / '1/state/manifest.ocdbt').unlink()\n"
+            "    assert checkpoint.resume(folder, state, 0) is None\n")
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 8 and all(line.startswith("warning: the checkpoint in") for line in lines), proc.stderr

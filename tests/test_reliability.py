@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gzip
+import importlib.util
 import json
 import os
 import random
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import data as data_lib
+from fmnist_jax import sources
 from fmnist_jax import io
 from fmnist_jax.compare import compare
 
@@ -71,6 +73,7 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, status: int, *needle
     msg = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     assert proc.returncode == status, msg
     assert "Traceback" not in proc.stderr, msg
+    assert sum("error:" in line for line in proc.stderr.splitlines()) == 1, msg
     for needle in needles:
         assert needle in proc.stderr, f"{needle!r} missing; {msg}"
 
@@ -189,9 +192,12 @@ def test_no_data_names_the_places_searched_and_the_fixes(tmp_path):
     home.mkdir()
     proc = cli("q1_optimizers", "--data-dir", empty, "--out", out, *SMALL,
                env=child_env(HOME=home, XDG_CACHE_HOME=home / ".cache", FMNIST_DATA_DIR=None))
-    assert_clean_failure(proc, 1, str(empty), "not found", "train-images-idx3-ubyte",
-                         "apt-get install dataset-fashion-mnist", "--data-dir", "FMNIST_DATA_DIR",
-                         "--source download", data_lib.OFFICIAL_BASE_URL)
+    # The Debian package: its files when it is installed (this explicit folder was all that was
+    # searched), else how to install it.
+    debian = (f"read the installed Debian package's files in {sources.DEBIAN_DIR}"
+              if sources._data_files(sources.DEBIAN_DIR) else "apt-get install dataset-fashion-mnist")
+    assert_clean_failure(proc, 1, str(empty), "not found", "train-images-idx3-ubyte", debian,
+                         "--data-dir", "FMNIST_DATA_DIR", "--source download", sources.OFFICIAL_BASE_URL)
     assert_nothing_written(out)
 
 
@@ -200,22 +206,22 @@ def test_no_data_in_the_default_places(tmp_path, monkeypatch, capsys):
     (In-process: the Debian path cannot be hidden from a subprocess on a machine that has it.)"""
     from experiments import q1
 
-    monkeypatch.setattr(data_lib, "DEBIAN_DIR", tmp_path / "usr-share-datasets-fashion-mnist")
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "usr-share-datasets-fashion-mnist")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.delenv("FMNIST_DATA_DIR", raising=False)
     with pytest.raises(SystemExit) as exc:
         q1.main("q1_optimizers", ["--out", str(tmp_path / "out"), *SMALL, "--quiet"])
     err = capsys.readouterr().err
     assert exc.value.code == 1
-    for needle in (str(data_lib.DEBIAN_DIR), str(tmp_path / "cache" / "fmnist_jax"),
+    for needle in (str(sources.DEBIAN_DIR), str(tmp_path / "cache" / "fmnist_jax"),
                    "apt-get install dataset-fashion-mnist", "--data-dir", "--source download"):
         assert needle in err, (needle, err)
     assert_nothing_written(tmp_path / "out")
 
 
 def real_files() -> dict[str, Path]:
-    folder = data_lib.find_data_dir()
-    return {spec.name: data_lib._existing_file(folder, spec.name) for spec in data_lib.FILES.values()}
+    folder = sources.find_data_dir()
+    return {spec.name: sources._existing_file(folder, spec.name) for spec in sources.FILES.values()}
 
 
 def test_truncated_file_is_named_with_what_is_wrong(tmp_path):
@@ -248,7 +254,7 @@ def test_malformed_raw_file_is_named_with_what_is_wrong(tmp_path, capsys, damage
     folder.mkdir()
     for name, path in real_files().items():
         if name == "train-labels-idx1-ubyte":
-            raw = bytearray(data_lib._read_bytes(path))
+            raw = bytearray(sources._read_bytes(path))
             blob = bytes(raw[:-100]) if damage == "truncate" else b"\x00\x00\x08\x03" + bytes(raw[4:])
             (folder / name).write_bytes(blob)
         else:
@@ -267,7 +273,7 @@ def mnist_like(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("mnist_like")
     for name, path in real_files().items():
         if "images" in name:
-            images = data_lib.read_idx(path, expected_kind="images")
+            images = sources.read_idx(path, expected_kind="images")
             header = np.array([2051, len(images), 28, 28], ">u4").tobytes()
             (folder / name).write_bytes(header + (255 - images).tobytes())
         else:
@@ -306,6 +312,61 @@ def test_results_of_other_data_are_never_taken_for_these(reference, mnist_like, 
     assert_clean_failure(proc, 2, "different configuration", "--overwrite")
     assert "complete, skipped" not in proc.stdout
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+# ----------------------------------------------------------------------------------------------
+# 1b. Data as other tools leave it, files that are not what their name says, no network (issue 16)
+
+
+def test_data_laid_out_by_other_tools_is_read(tmp_path, kaggle_csv_dir):
+    """Archive tools' `train-images.idx3-ubyte` and Kaggle's CSV release load and verify. Getting
+    past the data is all this needs to show, so an impossible batch stops the run next (exit 2)."""
+    dotted = tmp_path / "dotted"
+    dotted.mkdir()
+    for name, path in real_files().items():
+        (dotted / name.replace("-idx", ".idx")).write_bytes(sources._read_bytes(path))
+    for folder in (dotted, kaggle_csv_dir):
+        out = tmp_path / f"out_{folder.name}"
+        proc = cli("q1_optimizers", "--data-dir", folder, "--out", out, "--quick", "--batch-size", "100000")
+        assert_clean_failure(proc, 2, "--batch-size 100000", "larger than the training split (--quick)")
+        assert_nothing_written(out)
+
+
+def test_a_file_compressed_twice_is_named_with_the_fix(tmp_path):
+    folder, out = tmp_path / "data", tmp_path / "out"
+    folder.mkdir()
+    for name, path in real_files().items():
+        if name == "train-images-idx3-ubyte":
+            (folder / f"{name}.gz").write_bytes(gzip.compress(path.read_bytes(), compresslevel=1))
+        else:
+            (folder / path.name).symlink_to(path)
+    bad = folder / "train-images-idx3-ubyte.gz"
+    proc = cli("q1_optimizers", "--data-dir", folder, "--out", out, *SMALL)
+    assert_clean_failure(proc, 1, f"{bad} is gzip-compressed twice", f"gzip -dc {bad} > {bad}.once")
+    assert_nothing_written(out)
+
+
+@pytest.mark.parametrize("source", ["download", "tfds"])
+def test_no_network_fails_fast_and_leaves_nothing(tmp_path, source):
+    """No network, simulated by a proxy that refuses every connection (what `unshare -n` gives
+    is a DNS failure: just as immediate). Before issue 16, tfds retried for 207 s."""
+    folder, out = tmp_path / "data", tmp_path / "out"
+    folder.mkdir()
+    env = child_env(http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", no_proxy="",
+                    NO_PROXY="")
+    t0 = time.monotonic()
+    proc = cli("q1_optimizers", "--source", source, "--data-dir", folder, "--out", out, *SMALL, env=env)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 30, elapsed
+    if source == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
+        assert_clean_failure(proc, 1, "pip install 'fmnist-jax[tfds]'")
+    else:
+        assert_clean_failure(proc, 1, "cannot be reached" if source == "tfds" else "failed",
+                             "Connection refused", "--data-dir")
+        # Only fixes that can work: not the source that failed, nothing that needs the network.
+        assert "--source download" not in proc.stderr and "pip install" not in proc.stderr
+    assert not list(folder.rglob("*")), sorted(folder.rglob("*"))
+    assert_nothing_written(out)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -431,7 +492,13 @@ def build_reference(out: Path) -> dict:
     refused = cli("q1_optimizers", "--out", out, *SMALL, "--quiet")
     after = {p.name: p.read_text() for p in foreign.iterdir()}
     others = sorted(p.name for p in (out / "q1_optimizers").iterdir())
-    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite")
+    # The data from a folder whose path needs quoting in a shell (issue 16: provenance).
+    data_dir = out.parent / "data dir ü"
+    data_dir.mkdir()
+    for path in real_files().values():
+        (data_dir / path.name).symlink_to(path)
+    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite", "--data-dir", data_dir,
+              "--keep-checkpoints")  # each row's checkpoint: the damaged-checkpoint test's material
     assert run.returncode == 0, run.stderr
     return {"refused": {"returncode": refused.returncode, "stdout": refused.stdout, "stderr": refused.stderr},
             "foreign_untouched": before == after, "folders_after_refusal": others}
@@ -448,6 +515,119 @@ def test_results_of_another_configuration_are_never_overwritten_silently(referen
     adam = reference["out"] / "q1_optimizers" / "adam"
     assert json.loads((adam / "config.json").read_text())["fingerprint"] != "another-configuration"
     assert_complete(adam)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3b. Environments the code did not assume; 6. provenance (issue 16)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "gpu", "tpu"])
+def test_a_backend_this_machine_lacks_is_one_error_line(tmp_path, platform):
+    import jax
+
+    try:
+        jax.devices(platform)
+    except Exception:  # noqa: BLE001 - not here: the case under test
+        pass
+    else:
+        pytest.skip(f"this machine has a {platform} backend")
+    out = tmp_path / "out"
+    proc = cli("q1_optimizers", "--out", out, *SMALL, env=child_env(JAX_PLATFORMS=platform))
+    assert_clean_failure(proc, 1, f"JAX_PLATFORMS={platform} asks JAX for a backend",
+                         "unset JAX_PLATFORMS", "JAX_PLATFORMS=cpu", "jax[cuda12]")
+    assert_nothing_written(out)
+
+
+def test_output_the_terminal_cannot_encode_is_spelt_in_ascii(monkeypatch):
+    import io as stdio
+
+    buffer = stdio.BytesIO()
+    monkeypatch.setattr(sys, "stdout", stdio.TextIOWrapper(buffer, encoding="ascii"))
+    io.tolerant_output()
+    print("98.1 ± 0.2 · σ → data dir ü")
+    sys.stdout.flush()
+    assert buffer.getvalue() == b"98.1 +/- 0.2 - sigma -> data dir \\xfc\n"
+
+
+def test_no_home_folder_falls_back_to_the_temporary_folder(monkeypatch, tmp_path):
+    """HOME unset for a user without a passwd entry (some containers): Path.home() raises."""
+    def no_home(cls):
+        raise RuntimeError("Could not determine home directory.")
+
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    monkeypatch.setattr(Path, "home", classmethod(no_home))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    cache = tmp_path / f"fmnist_jax-{os.getuid()}"
+    assert io.user_cache_dir() == cache
+    with pytest.raises(sources.DataError) as excinfo:  # a clear error, not a RuntimeError
+        sources.find_data_dir(tmp_path / "~" / "nothing")
+    assert str(cache) in str(excinfo.value)
+
+
+def test_an_unwritable_compilation_cache_is_turned_off_quietly():
+    """A cache folder that exists but takes no files (here /proc) would make JAX warn once per
+    compiled program; it is turned off instead (a subprocess: the test session's cache stays)."""
+    code = ("import jax; from fmnist_jax import compilation_cache as c; "
+            "print(c.enable(), jax.config.jax_compilation_cache_dir)")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                          env=child_env(FMNIST_JAX_CACHE="/proc"), timeout=CHILD_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["None", "None"]
+
+
+ASCII_TERMINAL = {"PYTHONIOENCODING": "ascii"}
+# A C locale with Python's UTF-8 coercion and mode turned off: ASCII streams, argv undecodable.
+C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
+            "PYTHONIOENCODING": None}
+
+
+@pytest.mark.parametrize("module, shown", [
+    ("experiments.q1_optimizers", "Q1 - optimizer"), ("experiments.q2_autoencoder", "+/-"),
+    ("experiments.study", "mean +/- std"), ("benchmarks.run", "usage:"), ("fmnist_jax.compare", "usage:"),
+])
+def test_help_prints_on_an_ascii_terminal(module, shown):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
+                          text=True, env=child_env(**ASCII_TERMINAL), timeout=CHILD_TIMEOUT)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert shown in proc.stdout
+
+
+def test_an_output_folder_name_the_locale_cannot_decode_is_refused(tmp_path):
+    """In a C locale without UTF-8 mode, 'ü' in --out reaches Python as undecodable bytes, which
+    Orbax's tensorstore cannot take: refused before anything is written, with the fix."""
+    out = tmp_path / "out ü"
+    proc = cli("q1_optimizers", "--out", out, *SMALL, env=child_env(**C_LOCALE))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "--out" in proc.stderr and "LC_ALL=C.UTF-8" in proc.stderr and "PYTHONUTF8=1" in proc.stderr
+    assert not out.exists()
+
+
+def recorded_command(reference) -> str:
+    config = json.loads((reference["out"] / "q1_optimizers" / "sgd" / "config.json").read_text())
+    return config["command"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("terminal", [ASCII_TERMINAL, C_LOCALE], ids=["ascii", "c-locale"])
+def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, terminal):
+    """config.json's command, pasted into a shell elsewhere, reruns the sweep: everything is
+    complete, so it prints the verdict (with its '±') and exits 0, also where the terminal is
+    ASCII-only, HOME is not a folder and TMPDIR does not exist. The files stay UTF-8."""
+    command = recorded_command(reference)
+    assert "'" in command and "data dir ü" in command and "--data-dir" in command
+    env = child_env(**terminal, HOME=tmp_path / "no-home", XDG_CACHE_HOME=None,
+                    TMPDIR=tmp_path / "no-tmp", PATH="/usr/bin:/bin")
+    finished = {p: p.stat().st_mtime_ns for p in (reference["out"] / "q1_optimizers").glob("*/metrics.json")}
+    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
+                          timeout=CHILD_TIMEOUT)
+    stdout, stderr = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")  # ASCII only
+    assert proc.returncode == 0 and "Traceback" not in stderr, stderr
+    assert "Choice on validation" in stdout and "+/-" in stdout
+    # The same configurations (same fingerprints): all found complete, none trained again.
+    assert len(finished) == len(Q1_CONFIGS)
+    assert finished == {p: p.stat().st_mtime_ns for p in finished}
+    summary = (reference["out"] / "q1_optimizers" / "summary.md").read_bytes().decode("utf-8")
+    assert "±" in summary
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,6 +739,84 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
                          for d in (out, reference["out"]))
         assert h_got["val_loss"] == h_want["val_loss"], config
     print("\n".join(log))
+
+
+# ----------------------------------------------------------------------------------------------
+# 5b. Saved state that cannot be used as it is (issue 16)
+
+
+@pytest.mark.slow
+def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(reference, tmp_path):
+    """Two runs stopped after their last checkpoint (no metrics.json), whose checkpoints were then
+    damaged as in the issue: `manifest.ocdbt` removed, the files under `state/d/` emptied. Rerunning
+    the same command trains both afresh, with a warning naming each folder, keeps the damaged
+    folders aside, never touches the finished rows, and ends with the uninterrupted numbers."""
+    out = tmp_path / "out"
+    shutil.copytree(reference["out"] / "q1_optimizers", out / "q1_optimizers", symlinks=True)
+    sweep = out / "q1_optimizers"
+    (sweep / "sgd" / "metrics.json").unlink()
+    (sweep / "sgd" / "checkpoint" / "1" / "state" / "manifest.ocdbt").unlink()
+    (sweep / "adam" / "metrics.json").unlink()
+    for f in (sweep / "adam" / "checkpoint" / "1" / "state" / "d").iterdir():
+        f.write_bytes(b"")
+    finished = {p: (p.read_bytes(), p.stat().st_mtime_ns)
+                for name in ("sgd_momentum",) for p in (sweep / name).iterdir() if p.is_file()}
+    args = ["--out", out, *SMALL, "--quiet", "--data-dir", reference["out"].parent / "data dir ü"]
+    proc = cli("q1_optimizers", *args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert "Event loop is closed" not in proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 2, proc.stderr
+    for name in ("sgd", "adam"):
+        assert any(f"checkpoint in {sweep / name / 'checkpoint'} cannot be restored" in w and
+                   str(sweep / name / ".checkpoint.damaged") in w for w in warnings), warnings
+        assert (sweep / name / ".checkpoint.damaged" / "1").is_dir()
+        assert_complete(sweep / name)
+    assert finished == {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished}
+    assert compare(out, reference["out"], ignore=("q1_epochs/*",)) == []
+    again = cli("q1_optimizers", *args)  # and the next rerun has nothing left to say
+    assert again.returncode == 0 and again.stderr.strip() == "", again.stderr
+
+
+def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
+    """An encoder checkpoint (--encoder, or a finished pretraining's) is a finished result: never
+    replaced silently. Its damage is one error line saying how to replace it (exit 1)."""
+    import jax
+    import jax.numpy as jnp
+
+    from experiments import q2
+    from fmnist_jax import checkpoint
+    from fmnist_jax.models import ARCHITECTURES, Autoencoder
+
+    widths = ARCHITECTURES["base"]
+    params = Autoencoder(widths=widths).init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]
+    encoder = jax.tree_util.tree_map(lambda x: x[None], params["encoder"])  # 1 seed
+    given, pretrained = tmp_path / "mine" / "encoder", tmp_path / "out" / q2.PRETRAIN / "0123" / "encoder"
+    for path in (given, pretrained):
+        checkpoint.save(path, 0, encoder, {"widths": list(widths), "n_seeds": 1, "seeds": [0]})
+        (path / "0" / "state" / "manifest.ocdbt").unlink()
+    with pytest.raises(checkpoint.CheckpointError, match=r"mv .*/q2_pretrain/0123 .*/q2_pretrain/0123\.damaged && cd "):
+        q2.restore_encoder(pretrained, widths, 1)
+    with pytest.raises(SystemExit) as exc:
+        q2.main(["--stage", "finetune", "--encoder", str(given), "--out", str(tmp_path / "out"), "--quick",
+                 "--limit", "200", "--seeds", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.count("error:") == 1, err
+    assert f"the encoder checkpoint in {given} cannot be restored" in err and "pass another --encoder" in err
+
+
+@pytest.mark.parametrize("damage", ['{"fingerprint": "0123', '["not", "an", "object"]'], ids=["truncated", "list"])
+def test_a_partial_run_whose_config_cannot_be_read_is_named(tmp_path, damage):
+    """Not called "a different configuration": what is wrong is said, and the fix (exit 2, before
+    anything trains)."""
+    out = tmp_path / "out"
+    partial = out / "q1_optimizers" / "sgd"
+    partial.mkdir(parents=True)
+    (partial / "config.json").write_text(damage)
+    proc = cli("q1_optimizers", "--out", out, *SMALL)
+    assert_clean_failure(proc, 2, f"{partial} holds a partial run whose config.json cannot be read",
+                         "--overwrite")
+    assert sorted(p.name for p in (out / "q1_optimizers").iterdir()) == ["sgd"]
 
 
 # ----------------------------------------------------------------------------------------------

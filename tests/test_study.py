@@ -28,8 +28,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAINED = re.compile(r": (training|resuming|identical to .*, reused|pretraining \d)")
 
 
-def run(args: list[str], timeout: int = 1200) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+def run(args: list[str], timeout: int = 1200, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     return done
 
@@ -47,9 +47,11 @@ def study(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def rerun(study):
+def rerun(study, tmp_path_factory):
+    """The command study.json recorded, pasted into a shell in another folder: it must rerun as is."""
     out = study["out"]
-    done = run([*COMMAND, "--out", str(out)])
+    command = json.loads(study["study_json"])["command"]
+    done = run(["bash", "-c", command], cwd=tmp_path_factory.mktemp("elsewhere"))
     return {"stdout": done.stdout, "report": (out / "REPORT.md").read_text(encoding="utf-8"),
             "study_json": (out / "study.json").read_bytes(), "mtimes": mtimes(out)}
 
