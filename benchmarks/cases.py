@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from fmnist_jax.placement import resolve_member_map, side_by_side
 from fmnist_jax.train import (

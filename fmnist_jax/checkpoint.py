@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -98,8 +99,8 @@ def latest_step(directory: str | os.PathLike) -> int | None:
 
 def _quiet_orbax_leftovers() -> None:
     """After a failed restore, the reads Orbax had in flight end after their event loop closed,
-    reported as unraisable exceptions ("Event loop is closed", dozens of tracebacks, at exit or
-    later), as asyncio's "exception was never retrieved" errors and as "coroutine ... was never
+    reported as unraisable exceptions or thread exceptions ("Event loop is closed", dozens of
+    tracebacks, at exit or later), as asyncio's "exception was never retrieved" errors and as "coroutine ... was never
     awaited" warnings: drop those (the failure itself is reported once, by the caller), pass
     anything else on. Installed once; this project runs no coroutines of its own."""
     previous = sys.unraisablehook
@@ -113,8 +114,14 @@ def _quiet_orbax_leftovers() -> None:
             return
         previous(unraisable)
 
+    previous_thread_hook = threading.excepthook
+
+    def thread_hook(args):  # the same leftovers, raised in one of Orbax's threads
+        if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
+            previous_thread_hook(args)
+
     hook.quiets_orbax = True
-    sys.unraisablehook = hook
+    sys.unraisablehook, threading.excepthook = hook, thread_hook
     logging.getLogger("asyncio").addFilter(lambda record: not (
         "never retrieved" in (text := record.getMessage()) and ("orbax" in text or "tensorstore" in text)))
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)

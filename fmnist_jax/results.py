@@ -11,7 +11,6 @@ import hashlib
 import json
 import platform
 import shutil
-import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

@@ -1,5 +1,6 @@
-"""The raw Fashion-MNIST files (DESIGN.md §1): finding them in the layouts other tools leave them,
-reading and checking them, downloading them, or reading them through TensorFlow Datasets.
+"""The raw Fashion-MNIST files on this machine (DESIGN.md §1): finding them in the layouts other
+tools leave them, reading and checking them (IDX, gzipped or not, or Kaggle's CSV files). The
+sources that need the network are in `fmnist_jax.remote`.
 
 Pure NumPy: nothing here imports JAX, so data problems surface before any device work.
 """
@@ -10,12 +11,9 @@ import gzip
 import hashlib
 import importlib.util
 import io
-import logging
 import os
 import shlex
 import shutil
-import urllib.error
-import urllib.request
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from fmnist_jax.io import user_cache_dir, write_bytes
+from fmnist_jax.io import user_cache_dir
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
 OFFICIAL_BASE_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -155,7 +153,7 @@ def looks_like(data: bytes) -> str:
     return ""
 
 
-def _seems(data: bytes) -> str:
+def seems(data: bytes) -> str:
     what = looks_like(data)
     return f": {what}" if what else ""
 
@@ -163,7 +161,7 @@ def _seems(data: bytes) -> str:
 # ----------------------------------------------------------------------------- finding
 
 
-def _expanded(path: Path) -> Path:
+def expanded(path: Path) -> Path:
     """`path` with a leading ~ expanded (kept as it is when no home folder is known)."""
     try:
         return path.expanduser()
@@ -171,7 +169,7 @@ def _expanded(path: Path) -> Path:
         return path
 
 
-def _existing_file(directory: Path, name: str) -> Path | None:
+def existing_file(directory: Path, name: str) -> Path | None:
     """`name` in `directory`: uncompressed first (it reads faster), then .gz; also spelt with a dot
     for the second dash, as some archive tools unpack it (train-images.idx3-ubyte)."""
     dotted = name.replace("-idx", ".idx")
@@ -184,7 +182,7 @@ def _existing_file(directory: Path, name: str) -> Path | None:
 def _data_files(folder: Path) -> dict[str, Path] | None:
     """A complete set in `folder` itself: FILES' keys -> the four IDX files, else "train" and "test"
     -> Kaggle's CSV files; None if neither is complete."""
-    idx = {key: _existing_file(folder, spec.name) for key, spec in FILES.items()}
+    idx = {key: existing_file(folder, spec.name) for key, spec in FILES.items()}
     if all(idx.values()):
         return idx
     csv = {split: folder / name for split, name in CSV_FILES.items()}
@@ -199,7 +197,7 @@ def _what_is_there(folder: Path) -> str:
                 head = f.read(512)
         except OSError:
             head = b"?"
-        return (f"a file, not a folder{_seems(head)}; pass the folder that holds the data files, "
+        return (f"a file, not a folder{seems(head)}; pass the folder that holds the data files, "
                 f"e.g. --data-dir {shlex.quote(str(folder.parent))}")
     if not folder.is_dir():
         return "folder does not exist"
@@ -208,8 +206,8 @@ def _what_is_there(folder: Path) -> str:
     except OSError as e:
         return f"cannot be listed ({e.strerror or e})"
     subfolders = [folder / sub for sub in SUBFOLDERS if (folder / sub).is_dir()]
-    best = max(subfolders, key=lambda f: sum(_existing_file(f, s.name) is not None for s in FILES.values()))
-    missing = [spec.name for spec in FILES.values() if _existing_file(best, spec.name) is None]
+    best = max(subfolders, key=lambda f: sum(existing_file(f, s.name) is not None for s in FILES.values()))
+    missing = [spec.name for spec in FILES.values() if existing_file(best, spec.name) is None]
     where = f" in {best.relative_to(folder)}/" if best != folder else ""
     parts = [f"missing{where} {', '.join(missing)} (.gz or not)"]
     csv = [name for name in CSV_FILES.values() if (folder / name).is_file()]
@@ -250,7 +248,7 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
                   ("user cache", user_cache_dir())]
     report = []
     for label, directory in places:
-        directory = _expanded(directory)
+        directory = expanded(directory)
         for sub in SUBFOLDERS:
             if (directory / sub).is_dir() and _data_files(directory / sub):
                 return directory / sub
@@ -266,14 +264,14 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
 # ----------------------------------------------------------------------------- reading
 
 
-def _read_bytes(path: Path) -> bytes:
+def read_bytes(path: Path) -> bytes:
     """The file's decompressed bytes (gzip detected by content, not by name)."""
     try:
         data = path.read_bytes()
     except OSError as e:
         raise DataError(f"Cannot read {path}: {e.strerror or e}. Fix: make it readable, or point "
                         "--data-dir at a readable copy.") from None
-    data = _decompress(data, path, f"Fix: {_replace_hint(path)}.")
+    data = decompress(data, path, f"Fix: {_replace_hint(path)}.")
     if data[:2] == _GZIP:
         q = shlex.quote(str(path))
         raise DataError(f"{path} is gzip-compressed twice: decompressed once, it is still gzip data. "
@@ -281,7 +279,7 @@ def _read_bytes(path: Path) -> bytes:
     return data
 
 
-def _decompress(data: bytes, where, hint: str) -> bytes:
+def decompress(data: bytes, where, hint: str) -> bytes:
     if data[:2] != _GZIP:
         return data
     try:
@@ -298,11 +296,11 @@ def _parse_idx(data: bytes, path: Path, kind: str, expected_count: int | None) -
     if len(data) < header:
         raise DataError(f"{path}: the file is empty.\n{hint}" if not data else
                         f"{path}: only {len(data)} bytes, shorter than an IDX {kind} header "
-                        f"({header} bytes); the file is truncated{_seems(data)}.\n{hint}")
+                        f"({header} bytes); the file is truncated{seems(data)}.\n{hint}")
     fields = np.frombuffer(data, ">u4", count=header // 4).tolist()
     if fields[0] != _MAGIC[kind]:
         raise DataError(f"{path}: magic number {fields[0]} is not {_MAGIC[kind]} "
-                        f"(IDX unsigned-byte {kind}){_seems(data)}.\n{hint}")
+                        f"(IDX unsigned-byte {kind}){seems(data)}.\n{hint}")
     count, dims = fields[1], tuple(fields[2:])
     if kind == "images" and dims != (IMAGE_SIDE, IMAGE_SIDE):
         raise DataError(f"{path}: images are {dims[0]}x{dims[1]}, expected "
@@ -328,17 +326,17 @@ def read_idx(path: str | os.PathLike, *, expected_kind: str,
       DataError: unreadable, or not such an IDX file (the message says what it looks like).
     """
     path = Path(path)
-    return _parse_idx(_read_bytes(path), path, expected_kind, expected_count)
+    return _parse_idx(read_bytes(path), path, expected_kind, expected_count)
 
 
 def _read_csv(path: Path, split: str) -> RawSplit:
     """One of Kaggle's CSV files (see CSV_FILES), checked for shape and range."""
-    data = _read_bytes(path)
+    data = read_bytes(path)
     hint = f"The file is damaged or not Kaggle's {CSV_FILES[split]}. Fix: {_replace_hint(path)}."
     header, _, body = data.partition(b"\n")
     if header.strip().replace(b'"', b"") != CSV_HEADER.encode():
         raise DataError(f"{path}: the first line is not Kaggle's header "
-                        f"'label,pixel1,...,pixel784'{_seems(data)}.\n{hint}")
+                        f"'label,pixel1,...,pixel784'{seems(data)}.\n{hint}")
     try:
         table = np.loadtxt(io.BytesIO(body), delimiter=",", dtype=np.uint8, ndmin=2)
     except ValueError as e:
@@ -369,7 +367,7 @@ def _fingerprint(split: RawSplit) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
-def _check_examples(split: RawSplit, name: str, where: str, fix: str) -> None:
+def check_examples(split: RawSplit, name: str, where: str, fix: str) -> None:
     """Raise unless `split` holds exactly the official examples of `name`, in any order."""
     if (got := _fingerprint(split)) != _FINGERPRINTS[name]:
         raise DataError(
@@ -378,7 +376,7 @@ def _check_examples(split: RawSplit, name: str, where: str, fix: str) -> None:
             "anyway, pass verify=False (CLI: --allow-unverified-data).")
 
 
-def _load_dir(directory: Path, verify: bool) -> tuple[RawSplit, RawSplit, str]:
+def load_dir(directory: Path, verify: bool) -> tuple[RawSplit, RawSplit, str]:
     """(train, test, format) from a folder with a complete set (see `_data_files`)."""
     files = _data_files(directory)
     if files is None:
@@ -387,201 +385,14 @@ def _load_dir(directory: Path, verify: bool) -> tuple[RawSplit, RawSplit, str]:
         splits = [_read_csv(files[name], name) for name in ("train", "test")]
         if verify:
             for name, split in zip(("train", "test"), splits):
-                _check_examples(split, name, str(files[name]), _replace_hint(files[name]))
+                check_examples(split, name, str(files[name]), _replace_hint(files[name]))
         return splits[0], splits[1], "csv"
     arrays = {}
     for key, spec in FILES.items():
-        data = _read_bytes(files[key])
+        data = read_bytes(files[key])
         # Parse first: a structural error says more than a hash mismatch would.
         arrays[key] = _parse_idx(data, files[key], spec.kind, spec.count)
         if verify:
             _verify(data, spec, files[key])
     return (RawSplit(arrays["train_images"], arrays["train_labels"]),
             RawSplit(arrays["test_images"], arrays["test_labels"]), "idx")
-
-
-# ----------------------------------------------------------------------------- the network
-
-
-def _why(e: BaseException) -> str:
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    return str(getattr(e, "reason", None) or e)
-
-
-def _check_reachable(url: str, what: str, tried: str) -> None:
-    """Fail at once when `url`'s server cannot be reached, instead of letting a downloader retry
-    for minutes (TFDS tries every file 10 times). Any HTTP answer counts as reachable."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
-                               timeout=NETWORK_TIMEOUT_S).close()
-    except (urllib.error.URLError, OSError, ValueError) as e:
-        if not isinstance(e, urllib.error.HTTPError):  # no HTTP answer at all
-            raise DataError(f"{what} {url} cannot be reached: {_why(e)}.\n"
-                            f"{fix_hints(tried, offline=True)}") from None
-
-
-def _is_valid(path: Path | None, spec: IdxFile) -> bool:
-    if path is None:
-        return False
-    try:
-        data = _read_bytes(path)
-    except DataError:
-        return False
-    return len(data) == spec.size and hashlib.sha256(data).hexdigest() == spec.sha256
-
-
-def download(dest_dir: str | os.PathLike | None = None, *,
-             base_url: str = OFFICIAL_BASE_URL, timeout: float = NETWORK_TIMEOUT_S) -> Path:
-    """Fetch the four official .gz files into `dest_dir` (default user cache); return it.
-
-    Every file is verified (size and sha256 of its decompressed bytes) before it is
-    written, atomically; files already there and valid are kept. `timeout` (seconds) bounds
-    each connection attempt and each read.
-
-    Raises:
-      DataError: the server cannot be reached or answers with an error, a file does not verify
-        (nothing is written for it), or `dest_dir` is not writable.
-    """
-    dest = _expanded(Path(dest_dir)) if dest_dir is not None else user_cache_dir()
-    base = base_url if base_url.endswith("/") else base_url + "/"
-    for spec in FILES.values():
-        if _is_valid(_existing_file(dest, spec.name), spec):
-            continue
-        url = f"{base}{spec.name}.gz"
-        try:
-            with urllib.request.urlopen(url, timeout=timeout) as response:
-                payload = response.read()
-        except (urllib.error.URLError, OSError, ValueError) as e:
-            offline = not isinstance(e, urllib.error.HTTPError)  # no server answered
-            raise DataError(
-                f"Download of {url} failed: {_why(e)}. Nothing was written.\n"
-                + ("Check the network (or proxy settings) and retry, or get the files another way.\n"
-                   if offline else "Retry later, or get the files another way.\n")
-                + fix_hints("download", offline=offline)) from None
-        data = _decompress(payload, f"Downloaded {url}", "Nothing was written. Fix: retry, "
-                           f"or get the files another way.\n{fix_hints('download')}")
-        got = hashlib.sha256(data).hexdigest()
-        if len(data) != spec.size or got != spec.sha256:
-            raise DataError(
-                f"Downloaded {url} is not the official {spec.name}{_seems(data)}: {len(data)} bytes, "
-                f"sha256 {got}; expected {spec.size} bytes, sha256 {spec.sha256}. "
-                f"Nothing was written to {dest}.\nFix: retry later or from another "
-                f"base_url, or get the files another way.\n{fix_hints('download')}")
-        try:
-            write_bytes(dest / f"{spec.name}.gz", payload)
-        except OSError as e:
-            raise DataError(f"Cannot write {dest / (spec.name + '.gz')}: {e}. "
-                            "Fix: choose a writable --data-dir.") from None
-    return dest
-
-
-# ----------------------------------------------------------------------------- TFDS
-
-
-def _tfds_scratch(root: Path) -> set[Path]:
-    """What a TFDS preparation of fashion_mnist creates under its data folder before it is done."""
-    made = {root, root / "downloads", root / "downloads" / "extracted",
-            root / "downloads" / "fashion_mnist", root / "fashion_mnist"}
-    return ({p for p in made if p.exists()} | set(root.glob("downloads/**/*.tmp.*"))
-            | set(root.glob("fashion_mnist/incomplete.*")))
-
-
-def _load_tfds(data_dir, verify: bool) -> tuple[RawSplit, RawSplit]:
-    try:
-        import tensorflow_datasets as tfds  # heavy (TensorFlow): only when asked for
-    except ImportError as e:
-        raise DataError(
-            f"--source tfds needs tensorflow_datasets, which is not importable ({e}).\n"
-            f"Fix: pip install 'fmnist-jax[tfds]'; or get the data another way.\n"
-            f"{fix_hints('tfds')}") from None
-    where = f"data_dir={data_dir or 'TFDS default'}"
-    kwargs = {} if data_dir is None else {"data_dir": str(data_dir)}
-
-    def read(download: bool) -> list[RawSplit]:
-        splits = []
-        for name in ("train", "test"):
-            # Chunked batches, not batch_size=-1: with metadata-less datasets (e.g. under
-            # tfds.testing.mock_data) TFDS turns -1 into padded_batch(sys.maxsize), which
-            # aborts TensorFlow >= 2.21.
-            ds = tfds.load("fashion_mnist", split=name, as_supervised=True, download=download, **kwargs)
-            chunks = list(tfds.as_numpy(ds.batch(10_000)))
-            images = np.concatenate([c[0] for c in chunks])
-            labels = np.concatenate([c[1] for c in chunks])
-            splits.append(RawSplit(np.asarray(images, np.uint8).reshape(-1, IMAGE_SIDE, IMAGE_SIDE),
-                                   np.asarray(labels).astype(np.int32)))
-        return splits
-
-    absl = logging.getLogger("absl")  # TFDS warns of every folder not prepared, every retry
-    level, root, before = absl.level, None, set()
-    absl.setLevel(logging.ERROR)
-    try:
-        try:
-            splits = read(download=False)  # a prepared dataset needs no network
-        except Exception:  # noqa: BLE001 - not prepared (or damaged): TFDS downloads the
-            # official files, retrying each for minutes when the server is unreachable
-            root = Path(tfds.builder("fashion_mnist", **kwargs).data_dir_root)
-            _check_reachable(f"{OFFICIAL_BASE_URL}{FILES['test_labels'].name}.gz",
-                             f"TFDS has no prepared fashion_mnist in {root}; to prepare it, TFDS "
-                             "needs the official files, but", "tfds")
-            before = _tfds_scratch(root)
-            splits = read(download=True)
-    except DataError:
-        raise
-    except Exception as e:  # noqa: BLE001 - TFDS raises many types (download, missing data, ...)
-        for path in sorted(_tfds_scratch(root) - before if root else (), key=lambda p: len(p.parts)):
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-        raise DataError(f"tensorflow_datasets could not load fashion_mnist ({where}): "
-                        f"{type(e).__name__}: {e}\n{fix_hints('tfds')}") from None
-    finally:
-        absl.setLevel(level)
-    if verify:
-        for name, split in zip(("train", "test"), splits):
-            _check_examples(split, name, f"tensorflow_datasets fashion_mnist[{name}] ({where})",
-                            "let TFDS prepare it again (delete its fashion_mnist folder)")
-    return splits[0], splits[1]
-
-
-# ----------------------------------------------------------------------------- the sources
-
-
-def load_fashion_mnist(source: str = "idx", data_dir: str | os.PathLike | None = None,
-                       *, verify: bool = True) -> tuple[RawSplit, RawSplit]:
-    """(train, test) of the full 10-class data from `source` (see SOURCES).
-
-    For "download", `data_dir` is where files go (default: user cache); for "tfds" it
-    is TFDS's data_dir. TFDS and Kaggle's CSV files hold the examples in their own order, not
-    the IDX files' order.
-
-    Raises:
-      DataError: see `load_raw`.
-    """
-    train, test, _ = load_raw(source, data_dir, verify)
-    return train, test
-
-
-def load_raw(source: str, data_dir, verify: bool) -> tuple[RawSplit, RawSplit, dict]:
-    """(train, test, where) from `source`; `where` says what was read: "source" ("idx",
-    "download", "tfds", or "csv" for Kaggle's files), "directory" (None for TFDS's default) and
-    "file_order" (whether the examples are in the IDX files' order).
-
-    Raises:
-      DataError: the data is missing, damaged or not verified; the message says how to fix it.
-    """
-    if source == "tfds":
-        train, test = _load_tfds(data_dir, verify)
-        return train, test, {"source": source, "directory": None if data_dir is None else str(data_dir),
-                             "file_order": False}
-    if source == "idx":
-        directory = find_data_dir(data_dir)
-    elif source == "download":
-        directory = download(data_dir)
-    else:
-        raise DataError(
-            f"Unknown data source {source!r}; valid sources: {', '.join(SOURCES)}.")
-    train, test, file_format = _load_dir(directory, verify)
-    return train, test, {"source": "csv" if file_format == "csv" else source,
-                         "directory": str(directory), "file_order": file_format == "idx"}

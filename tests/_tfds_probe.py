@@ -21,10 +21,10 @@ def describe(split: sources.RawSplit) -> dict:
 def main(n: int) -> None:
     out = {}
     with tfds.testing.mock_data(num_examples=n):
-        train, test = sources.load_fashion_mnist("tfds", verify=False)
+        train, test = data.load_fashion_mnist("tfds", verify=False)
         out["train"], out["test"] = describe(train), describe(test)
         try:  # random mock examples are not the official ones
-            sources.load_fashion_mnist("tfds")
+            data.load_fashion_mnist("tfds")
             out["verify_error"] = None
         except sources.DataError as e:
             out["verify_error"] = str(e)

@@ -20,7 +20,7 @@ from fmnist_jax import data, sources  # noqa: E402
 @pytest.fixture(scope="session")
 def raw_data() -> tuple[sources.RawSplit, sources.RawSplit]:
     """(train, test) of the full, verified 10-class Fashion-MNIST."""
-    return sources.load_fashion_mnist()
+    return data.load_fashion_mnist()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import data, sources
+from fmnist_jax import data, remote, sources
 from fmnist_jax.sources import DataError
 
 REAL_DIR = sources.DEBIAN_DIR
@@ -176,14 +176,14 @@ def test_load_task_limit():
 
 def test_unknown_source_lists_valid_ones():
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist("kaggle")
+        data.load_fashion_mnist("kaggle")
     assert_clean_error(excinfo, "'kaggle'", "idx", "download", "tfds")
 
 
 def test_tfds_missing_is_a_data_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import now fails
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist("tfds")
+        data.load_fashion_mnist("tfds")
     assert_clean_error(excinfo, "pip install 'fmnist-jax[tfds]'")
 
 
@@ -193,7 +193,7 @@ def test_tfds_missing_is_a_data_error(monkeypatch):
 def test_missing_explicit_folder(tmp_path):
     missing = tmp_path / "no-such-folder"
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist(data_dir=missing)
+        data.load_fashion_mnist(data_dir=missing)
     assert_clean_error(excinfo, str(missing), "does not exist", debian_fix(), *FIX_WORDS)
 
 
@@ -252,7 +252,7 @@ def test_loader_checks_structure_even_unverified(tmp_path):
     name, payload = _truncated()
     folder = make_dir(tmp_path / "d", {name: payload})
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist(data_dir=folder, verify=False)
+        data.load_fashion_mnist(data_dir=folder, verify=False)
     assert_clean_error(excinfo, str(folder / f"{name}.gz"), "truncated", "delete it and use --source download")
 
 
@@ -287,10 +287,10 @@ def test_hash_mismatch_and_verify_false(tmp_path, raw_data):
     changed[16 + 1_000] ^= 0xFF  # one pixel; header and sizes stay valid
     folder = make_dir(tmp_path / "d", {name: bytes(changed)})
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist(data_dir=folder)
+        data.load_fashion_mnist(data_dir=folder)
     assert_clean_error(excinfo, str(folder / f"{name}.gz"), sources.FILES["test_images"].sha256,
                        "MNIST", "verify=False", "--allow-unverified-data")
-    train, test = sources.load_fashion_mnist(data_dir=folder, verify=False)
+    train, test = data.load_fashion_mnist(data_dir=folder, verify=False)
     difference = np.argwhere(test.images != raw_data[1].images)
     assert difference.tolist() == [[1, 7, 20]]  # pixel 1000 = image 1, row 7, column 20
     np.testing.assert_array_equal(train.labels, raw_data[0].labels)
@@ -326,7 +326,7 @@ DOTTED = {spec.name: spec.name.replace("-idx", ".idx") for spec in sources.FILES
 def test_layouts_other_tools_leave_are_found(tmp_path, raw_data, given, holder, names, gz):
     _place(tmp_path / holder, names, gz)
     assert sources.find_data_dir(tmp_path / given) == tmp_path / holder
-    train, test, where = sources.load_raw("idx", tmp_path / given, verify=True)
+    train, test, where = data.load_raw("idx", tmp_path / given, verify=True)
     assert where == {"source": "idx", "directory": str(tmp_path / holder), "file_order": True}
     np.testing.assert_array_equal(test.images, raw_data[1].images)
     np.testing.assert_array_equal(train.labels, raw_data[0].labels)
@@ -339,7 +339,7 @@ def _sorted_examples(split: sources.RawSplit) -> np.ndarray:
 
 
 def test_kaggle_csv_is_read_and_verified_in_its_own_order(kaggle_csv_dir, raw_data):
-    train, test, where = sources.load_raw("idx", kaggle_csv_dir, verify=True)
+    train, test, where = data.load_raw("idx", kaggle_csv_dir, verify=True)
     assert where == {"source": "csv", "directory": str(kaggle_csv_dir), "file_order": False}
     for got, want in zip((train, test), raw_data):
         assert got.images.shape == want.images.shape and got.images.dtype == np.uint8
@@ -359,10 +359,10 @@ def test_kaggle_csv_of_other_images_is_refused(kaggle_csv_dir, tmp_path):
     blob[last:last + 1] = b"7" if blob[last:last + 1] != b"7" else b"8"
     (folder / sources.CSV_FILES["test"]).write_bytes(bytes(blob))
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist(data_dir=folder)
+        data.load_fashion_mnist(data_dir=folder)
     assert_clean_error(excinfo, str(folder / sources.CSV_FILES["test"]),
                        "does not hold the official Fashion-MNIST test examples", "--allow-unverified-data")
-    assert sources.load_fashion_mnist(data_dir=folder, verify=False)[1].labels.shape == (10_000,)
+    assert data.load_fashion_mnist(data_dir=folder, verify=False)[1].labels.shape == (10_000,)
 
 
 @pytest.mark.parametrize("body, expected", [
@@ -376,7 +376,7 @@ def test_malformed_kaggle_csv(tmp_path, body, expected):
     for name in sources.CSV_FILES.values():
         (tmp_path / name).write_bytes(body)
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist(data_dir=tmp_path, verify=False)
+        data.load_fashion_mnist(data_dir=tmp_path, verify=False)
     assert_clean_error(excinfo, str(tmp_path / sources.CSV_FILES["train"]), expected)
 
 
@@ -507,16 +507,16 @@ def server(tmp_path):
 def test_download_lands_verified_files_once(server, tmp_path, raw_data):
     url, _, requests = server
     dest = tmp_path / "dest"
-    assert sources.download(dest, base_url=url, timeout=10) == dest
+    assert remote.download(dest, base_url=url, timeout=10) == dest
     names = sorted(p.name for p in dest.iterdir())
     assert names == sorted(f"{f.name}.gz" for f in sources.FILES.values())  # no temp files
     assert len(requests) == 4
-    train, test = sources.load_fashion_mnist(data_dir=dest)
+    train, test = data.load_fashion_mnist(data_dir=dest)
     np.testing.assert_array_equal(train.labels, raw_data[0].labels)
     np.testing.assert_array_equal(test.images, raw_data[1].images)
     # Present and valid: nothing fetched again, so source="download" works offline.
-    sources.download(dest, base_url=url)
-    train2, _ = sources.load_fashion_mnist("download", dest)
+    remote.download(dest, base_url=url)
+    train2, _ = data.load_fashion_mnist("download", dest)
     assert len(requests) == 4
     np.testing.assert_array_equal(train2.images, raw_data[0].images)
 
@@ -538,7 +538,7 @@ def test_corrupt_download_is_rejected_and_leaves_nothing(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        sources.download(dest, base_url=url)
+        remote.download(dest, base_url=url)
     assert_clean_error(excinfo, f"{url}{name}.gz", sources.FILES["test_labels"].sha256,
                        "Nothing was written")
     assert requests == [f"/{name}.gz"]  # the three valid seeded files were not fetched
@@ -552,7 +552,7 @@ def test_download_http_error(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        sources.download(dest, base_url=url)
+        remote.download(dest, base_url=url)
     assert_clean_error(excinfo, f"{url}{name}.gz", "HTTP 404", debian_fix())
     assert not [p for p in dest.iterdir() if name in p.name]
 
@@ -571,7 +571,7 @@ def test_download_without_network_fails_at_once_with_fixes_that_apply(tmp_path):
     dest = tmp_path / "dest"
     t0 = time.monotonic()
     with pytest.raises(DataError) as excinfo:
-        sources.download(dest, base_url=refused_url())
+        remote.download(dest, base_url=refused_url())
     assert time.monotonic() - t0 < 5
     message = assert_clean_error(excinfo, "Connection refused", "Nothing was written", "--data-dir")
     assert "--source download" not in message  # the source that just failed
@@ -587,7 +587,7 @@ def test_download_of_an_html_page_says_so(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        sources.download(dest, base_url=url)
+        remote.download(dest, base_url=url)
     assert_clean_error(excinfo, f"{url}{name}.gz", "it is an HTML page", "Nothing was written")
     assert not [p for p in dest.iterdir() if name in p.name]
 
@@ -642,9 +642,9 @@ def test_tfds_failing_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     fake = types.SimpleNamespace(load=load, builder=lambda name, data_dir: types.SimpleNamespace(
         data_dir_root=data_dir))
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-    monkeypatch.setattr(sources, "_check_reachable", lambda *args: None)  # never the network
+    monkeypatch.setattr(remote, "_check_reachable", lambda *args: None)  # never the network
     with pytest.raises(DataError) as excinfo:
-        sources.load_fashion_mnist("tfds", root)
+        data.load_fashion_mnist("tfds", root)
     message = assert_clean_error(excinfo, "Connection reset by peer")
     assert "pip install" not in message  # tensorflow_datasets is importable here
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [

@@ -221,7 +221,7 @@ def test_no_data_in_the_default_places(tmp_path, monkeypatch, capsys):
 
 def real_files() -> dict[str, Path]:
     folder = sources.find_data_dir()
-    return {spec.name: sources._existing_file(folder, spec.name) for spec in sources.FILES.values()}
+    return {spec.name: sources.existing_file(folder, spec.name) for spec in sources.FILES.values()}
 
 
 def test_truncated_file_is_named_with_what_is_wrong(tmp_path):
@@ -254,7 +254,7 @@ def test_malformed_raw_file_is_named_with_what_is_wrong(tmp_path, capsys, damage
     folder.mkdir()
     for name, path in real_files().items():
         if name == "train-labels-idx1-ubyte":
-            raw = bytearray(sources._read_bytes(path))
+            raw = bytearray(sources.read_bytes(path))
             blob = bytes(raw[:-100]) if damage == "truncate" else b"\x00\x00\x08\x03" + bytes(raw[4:])
             (folder / name).write_bytes(blob)
         else:
@@ -324,7 +324,7 @@ def test_data_laid_out_by_other_tools_is_read(tmp_path, kaggle_csv_dir):
     dotted = tmp_path / "dotted"
     dotted.mkdir()
     for name, path in real_files().items():
-        (dotted / name.replace("-idx", ".idx")).write_bytes(sources._read_bytes(path))
+        (dotted / name.replace("-idx", ".idx")).write_bytes(sources.read_bytes(path))
     for folder in (dotted, kaggle_csv_dir):
         out = tmp_path / f"out_{folder.name}"
         proc = cli("q1_optimizers", "--data-dir", folder, "--out", out, "--quick", "--batch-size", "100000")
