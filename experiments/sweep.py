@@ -237,8 +237,8 @@ def write_row(ctx: Context, spec: Spec, run_dir: Path, result: FitResult, *,
     data = ctx.data
     test, val = result.final["test"], result.final["val"]
     metrics = results.classifier_metrics(
-        test["confusion"], val["accuracy"], data.class_names, test_loss=test["loss"],
-        val_loss=val["loss"], diverged=result.diverged)
+        data.test_labels, test["predictions"], val["accuracy"], data.class_names,
+        test_loss=test["loss"], val_loss=val["loss"], diverged=result.diverged)
     params = jax.tree_util.tree_map(lambda x: x[0], result.states.params)
     metrics.update({
         "seeds": ctx.seeds,

@@ -89,21 +89,17 @@ def clean_stale_temporaries(run_dir: str | Path) -> None:
 
 
 def classifier_metrics(
-    confusions: np.ndarray, val_accuracy: Sequence[float], class_names: Sequence[str], *,
-    test_loss=None, val_loss=None, diverged: Sequence[bool] = (),
+    labels: np.ndarray, predictions: np.ndarray, val_accuracy: Sequence[float],
+    class_names: Sequence[str], *, test_loss=None, val_loss=None, diverged: Sequence[bool] = (),
 ) -> dict[str, Any]:
-    """The metrics.json core from per-seed test confusion matrices [S, C, C]."""
-    confusions = np.asarray(confusions)
-    report = metrics.multi_seed_report(confusions, class_names)
-    test_acc = [float(np.trace(cm) / cm.sum()) for cm in confusions]
+    """The metrics.json core from the test `labels` [N] and each seed's `predictions` [S, N]."""
+    report = metrics.multi_seed_report(labels, predictions, class_names)
     out = {
-        "test_accuracy": metrics.mean_std(test_acc),
+        "test_accuracy": report["accuracy"],
         "val_accuracy": metrics.mean_std(val_accuracy),
-        "per_class_test_accuracy": {
-            name: report["per_class"][name]["accuracy"] for name in class_names
-        },
+        "per_class_test_accuracy": {name: report["per_class"][name]["accuracy"] for name in class_names},
         "classification_report": report,
-        "classification_report_text": metrics.classification_report_text_multi(confusions, class_names),
+        "classification_report_text": metrics.classification_report_text(labels, predictions, class_names),
         "diverged": [bool(d) for d in diverged],
         "n_diverged": int(sum(bool(d) for d in diverged)),
     }

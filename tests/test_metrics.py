@@ -1,4 +1,5 @@
-"""fmnist_jax.metrics against scikit-learn (the reference), on random and real labels."""
+"""fmnist_jax.metrics: the on-device confusion matrix against scikit-learn, and the aggregation of
+scikit-learn's per-seed reports over seeds, on random and real labels."""
 
 import gzip
 import warnings
@@ -108,55 +109,6 @@ def test_confusion_matrix_mask_jit_vmap():
     assert int(vmapped.sum()) == int(masks.sum())
 
 
-# ----------------------------------------------------------------------------- single report
-
-
-def test_report_from_confusion_matches_sklearn(real_labels):
-    for name, y, p in cases(real_labels):
-        rep = metrics.report_from_confusion(np.asarray(metrics.confusion_matrix(y, p, C)), NAMES)
-        (prec, rec, f1, sup), macro, weighted, acc = sklearn_values(y, p)
-        assert rep["accuracy"] == pytest.approx(acc, abs=1e-12), name
-        assert list(rep["per_class"]) == list(NAMES)
-        for i, cls in enumerate(NAMES):
-            row = rep["per_class"][cls]
-            assert row["precision"] == pytest.approx(prec[i], abs=1e-12), (name, cls)
-            assert row["recall"] == pytest.approx(rec[i], abs=1e-12), (name, cls)
-            assert row["f1-score"] == pytest.approx(f1[i], abs=1e-12), (name, cls)
-            assert row["support"] == sup[i] and type(row["support"]) is int
-            assert row["accuracy"] == pytest.approx(rec[i], abs=1e-12)  # "Accuracy of <class>"
-        for key, ref in (("macro avg", macro), ("weighted avg", weighted)):
-            for j, k in enumerate(("precision", "recall", "f1-score")):
-                assert rep[key][k] == pytest.approx(ref[j], abs=1e-12), (name, key, k)
-            assert rep[key]["support"] == len(y)
-        if name == "never-predicted":
-            assert rep["per_class"]["Sandal"]["precision"] == 0.0 and prec[2] == 0.0
-            assert rep["per_class"]["Sandal"]["recall"] == 0.0
-        if name == "absent-class":
-            assert rep["per_class"]["Ankle boot"]["support"] == 0
-
-
-def test_report_is_plain_python(real_labels):
-    import json
-
-    y = real_labels
-    rep = metrics.report_from_confusion(metrics.confusion_matrix(y, corrupt(y, 0.08, 0), C), NAMES)
-    json.dumps(rep)
-    assert type(rep["accuracy"]) is float
-    assert all(type(v) in (float, int) for row in rep["per_class"].values() for v in row.values())
-
-
-@pytest.mark.parametrize("digits", [2, 4])
-def test_classification_report_text_equals_sklearn(real_labels, digits):
-    for name, y, p in cases(real_labels):
-        cm = metrics.confusion_matrix(y, p, C)
-        assert metrics.classification_report_text(cm, NAMES, digits=digits) == sk_text(y, p, digits), name
-    # and sklearn's plain default call (no `labels`) when every class occurs
-    y = real_labels
-    p = corrupt(y, 0.08, 0)
-    expected = classification_report(y, p, target_names=list(NAMES), digits=digits)
-    assert metrics.classification_report_text(metrics.confusion_matrix(y, p, C), NAMES, digits) == expected
-
-
 # ----------------------------------------------------------------------------- multi-seed
 
 
@@ -177,8 +129,7 @@ def test_mean_std():
 def test_multi_seed_report_matches_numpy_over_sklearn(real_labels):
     y = real_labels
     preds = seed_predictions(y)
-    cms = jax.vmap(lambda p: metrics.confusion_matrix(y, p, C))(np.stack(preds))
-    rep = metrics.multi_seed_report(np.asarray(cms), NAMES)
+    rep = metrics.multi_seed_report(y, np.stack(preds), NAMES)
     refs = [sklearn_values(y, p) for p in preds]
 
     def check(ms, values):
@@ -202,8 +153,7 @@ def test_multi_seed_report_matches_numpy_over_sklearn(real_labels):
 def test_classification_report_text_multi(real_labels):
     y = real_labels
     preds = seed_predictions(y)
-    cms = np.stack([sk_cm(y, p) for p in preds])
-    text = metrics.classification_report_text_multi(cms, NAMES)
+    text = metrics.classification_report_text(y, np.stack(preds), NAMES)
     assert "±" in text
     refs = [sklearn_values(y, p) for p in preds]
     lines = {line.strip().split("  ")[0]: line for line in text.splitlines() if line.strip()}
@@ -217,7 +167,12 @@ def test_classification_report_text_multi(real_labels):
     acc = [r[3] for r in refs]
     assert f"{np.mean(acc):.2f} ± {np.std(acc, ddof=1):.2f}" in lines["accuracy"]
     assert lines["accuracy"].rstrip().endswith(" 5000")
-    # one seed: identical to the single-run table (and hence to sklearn's)
-    one = metrics.classification_report_text_multi(cms[:1], NAMES, digits=4)
-    assert one == metrics.classification_report_text(cms[0], NAMES, digits=4) == sk_text(y, preds[0], 4)
-    assert "±" not in one
+    # one seed: sklearn's own table
+    one = metrics.classification_report_text(y, np.stack(preds[:1]), NAMES, digits=4)
+    assert one == sk_text(y, preds[0], 4) and "±" not in one
+    # a class never predicted and one never present: 0.0, as sklearn's default zero_division
+    for name, yy, pp in cases(real_labels):
+        rep = metrics.multi_seed_report(yy, np.stack([pp, pp]), NAMES)
+        (prec, rec, _, sup), *_ = sklearn_values(yy, pp)
+        assert [rep["per_class"][n]["precision"]["mean"] for n in NAMES] == pytest.approx(prec, abs=1e-12), name
+        assert [rep["per_class"][n]["accuracy"]["mean"] for n in NAMES] == pytest.approx(rec, abs=1e-12), name
