@@ -204,7 +204,9 @@ def fit(
     epochs_run, timing = 0, dict.fromkeys(_TIMES, 0.0)
     if start is not None:
         states, epochs_run = start.states, start.epochs_run
-        history = {k: [list(row) for row in v] for k, v in start.history.items()}
+        # Padding members (seeds mode) copy member 0 (see _pad_members), and so its history.
+        history = {k: [list(row) for row in v] + [list(v[0]) for _ in range(n_members - n_real)]
+                   for k, v in start.history.items()}
         diverged[:n_real] = start.diverged
         timing.update({k: float(start.timing.get(k, 0.0)) for k in _TIMES})
     elif init is not None:
