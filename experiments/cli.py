@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from fmnist_jax import distributed
 from fmnist_jax.data import SOURCES, DataError
 from fmnist_jax.models import ARCHITECTURES, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
@@ -172,6 +173,7 @@ def is_out_of_memory(e: BaseException) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
 
 
+@distributed.stop_together  # several processes: one stops, all stop, with its status
 def main_guard(run: Callable[[], Any]) -> None:
     """Run an entry point: foreseeable failures become one clear message and an exit status.
 

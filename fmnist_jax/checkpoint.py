@@ -13,6 +13,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from fmnist_jax import placement
+
 
 def abstract_like(tree: Any) -> Any:
     """Shapes, dtypes and shardings of `tree`: the restore target Orbax needs."""
@@ -43,6 +45,7 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
     interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
     before training), and must not crash on what the interrupted run left.
     """
+    state = placement.replicated_across_processes(state)  # Orbax saves global arrays only
     with _manager(directory, max_to_keep, write=True) as mngr:
         if step in mngr.all_steps():
             mngr.delete(step)

@@ -112,7 +112,7 @@ def prepare_train_set(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, 
 
 
 def _summarise_eval(out: Mapping[str, jax.Array], classifier: bool) -> dict[str, np.ndarray]:
-    out = jax.device_get(out)
+    out = placement.to_host(out)
     count = np.asarray(out["count"], np.float64)  # exact ratios such as 170/300 in float64
     res = {"loss": np.asarray(out["loss_sum"], np.float64) / count}
     if classifier:
@@ -241,7 +241,7 @@ def fit(
                 timing["compile_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
             states, epoch_metrics = compiled(states, *d_train, epoch, scales)
-            epoch_metrics = jax.device_get(epoch_metrics)  # one host read per epoch
+            epoch_metrics = placement.to_host(epoch_metrics)  # one host read per epoch
             own["train_s"] += time.perf_counter() - t0
             own["images"] += prog.steps_per_epoch * cfg.batch_size
             t1 = time.perf_counter()
@@ -279,7 +279,7 @@ def fit(
         # Throughput of this call's epochs, the real members only (padding excluded).
         timing["train_images_per_s"] = n_real * own["images"] / own["train_s"]
     return FitResult(
-        cfg=cfg, seeds=seeds, states=jax.tree_util.tree_map(lambda x: x[:n_real], states),
+        cfg=cfg, seeds=seeds, states=placement.first_members(states, n_real),
         history={k: [list(row) for row in v[:n_real]] for k, v in history.items()},
         diverged=diverged[:n_real].tolist(),
         final={s: {k: np.asarray(v)[:n_real] for k, v in res.items()} for s, res in final.items()},
