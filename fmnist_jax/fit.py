@@ -13,6 +13,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import jax
@@ -297,6 +298,9 @@ def _postfix(history):
 
 
 def _progress(total, initial, enabled, desc):
+    if not enabled:  # needs no tqdm (an accelerator machine may have only JAX's own packages)
+        return SimpleNamespace(update=lambda n: None, set_postfix=lambda *a, **k: None,
+                               close=lambda: None)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc or None,
