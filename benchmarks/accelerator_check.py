@@ -3,8 +3,8 @@
 Runs, each in its own Python process with a time limit, and times:
   environment  the versions, backend and devices (`fmnist_jax.results.environment`);
   tests        the model and engine tests whose code differs on an accelerator
-               (`TESTS`; with pytest when it is installed, else `python -m tests.test_gpu_paths`,
-               the GPU-path tests, which need no pytest);
+               (`TESTS`, at full float32 precision; with pytest when it is installed, else
+               `python -m tests.test_gpu_paths`, the GPU-path tests, which need no pytest);
   benchmarks   `python -m benchmarks.run` (full), its JSON kept as OUT_DIR/benchmarks.json;
   study        `python -m experiments.study` with 3 seeds, `--out` a temporary folder (its
                study.json and REPORT.md kept in OUT_DIR);
@@ -42,6 +42,9 @@ BUDGET_S = 570.0
 LIMITS_S = {"environment": 60, "tests": 120, "benchmarks": 300, "study": 300}  # within BUDGET_S
 TESTS = ("tests/test_models.py", "tests/test_gpu_paths.py", "tests/test_checkpoint.py")
 QUICK_TESTS = ("tests/test_gpu_paths.py", "-k", "gradients")
+# The tests compare implementations to float32 rounding, so no TensorFloat-32 (what GPUs use by
+# default for float32 matmuls and convolutions); the benchmarks and the study keep the default.
+TESTS_ENV = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
 ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
 ENV_PROBE = ("import importlib.util, json, matplotlib; from fmnist_jax import results; "
              "print(json.dumps({**results.environment(), 'matplotlib': matplotlib.__version__, "
@@ -63,15 +66,18 @@ def commands(python: str, out: Path, study_out: Path, quick: bool, pytest: bool)
     return {"tests": tests, "benchmarks": bench, "study": study}
 
 
-def run_part(name: str, command: list[str], out: Path, limit_s: float, env: dict) -> dict:
-    """Run one part with its output in OUT_DIR/<name>.log -> its record (exit status 124 if
-    stopped at `limit_s`)."""
+def run_part(name: str, command: list[str], out: Path, limit_s: float, env: dict,
+             extra_env: dict | None = None) -> dict:
+    """Run one part (with `extra_env` added to `env`) with its output in OUT_DIR/<name>.log ->
+    its record (exit status 124 if stopped at `limit_s`)."""
     log = out / f"{name}.log"
+    shown = shlex.join([*(f"{k}={v}" for k, v in (extra_env or {}).items()), *command])
     t0 = time.perf_counter()
     with open(log, "w") as f:
-        f.write(f"$ {shlex.join(command)}\n")
+        f.write(f"$ {shown}\n")
         f.flush()
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT,
+        proc = subprocess.Popen(command, cwd=ROOT, env={**env, **(extra_env or {})}, stdout=f,
+                                stderr=subprocess.STDOUT,
                                 start_new_session=True)  # its own group: stopped with its children
         try:
             status, timed_out = proc.wait(timeout=max(limit_s, 1)), False
@@ -82,7 +88,7 @@ def run_part(name: str, command: list[str], out: Path, limit_s: float, env: dict
     wall = time.perf_counter() - t0
     print(f"[accelerator_check] {name}: exit status {status}{' (out of time)' if timed_out else ''}, "
           f"{wall:.1f} s", flush=True)
-    return {"command": shlex.join(command), "exit_status": status, "timed_out": timed_out,
+    return {"command": shown, "exit_status": status, "timed_out": timed_out,
             "wall_s": wall, "limit_s": limit_s, "log": log.name}
 
 
@@ -175,7 +181,8 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="fmnist-study-") as tmp:
         study_out = Path(tmp) / "results"
         for name, command in commands(python, out, study_out, args.quick, pytest).items():
-            parts[name] = run_part(name, command, out, limit(name), env)
+            parts[name] = run_part(name, command, out, limit(name), env,
+                                   TESTS_ENV if name == "tests" else None)
         for name in ("study.json", "REPORT.md"):
             if (study_out / name).is_file():
                 shutil.copyfile(study_out / name, out / name)

@@ -23,6 +23,7 @@ def test_quick_check_writes_the_summary(tmp_path):
     summary = io.read_json(out / "summary.json")
     assert summary["ok"] is True and summary["quick"] is True
     assert list(summary["parts"]) == list(PARTS)
+    assert summary["parts"]["tests"]["command"].startswith("JAX_DEFAULT_MATMUL_PRECISION=highest ")
     for name, part in summary["parts"].items():
         assert part["exit_status"] == 0 and not part["timed_out"], name
         assert 0 < part["wall_s"] <= part["limit_s"], name
