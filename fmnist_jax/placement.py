@@ -2,8 +2,10 @@
 every batch split over devices (`data`); and how the members share one compiled program.
 
 Both sharded modes use a one-axis `Mesh` over every device (`jax.make_mesh`), which spans all
-processes' devices once `jax.distributed.initialize` has run (`fmnist_jax.distributed`); then a
-sharded array is not fully addressable by any one process, and the host reads it with `to_host`.
+processes' devices once `jax.distributed.initialize` has run (`fmnist_jax.distributed`). Then
+`jax.device_put` still places host data on the mesh (every process passes the same values, and
+each keeps its devices' part), but a sharded array is not fully addressable by any one process,
+and the host reads it with `to_host`.
 """
 
 from __future__ import annotations
