@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fmnist_jax import io
+from fmnist_jax import distributed, io
 from fmnist_jax.checkpoint import CheckpointError
 from fmnist_jax.models import ARCHITECTURES, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
@@ -207,6 +207,7 @@ def backend_problem() -> str | None:
             "for a TPU 'jax[tpu]'.")
 
 
+@distributed.stop_together  # several processes: one stops, all stop, with its status
 def main_guard(run: Callable[[], Any]) -> None:
     """Run an entry point: foreseeable failures become one clear message and an exit status.
 

@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from experiments.cli import QUICK_TRAIN, QUICK_VAL, Options, UsageError
-from fmnist_jax import compilation_cache
+from fmnist_jax import compilation_cache, distributed
 from fmnist_jax.data import TaskData, load_task
 from fmnist_jax.fit import FitResult
 
@@ -127,7 +127,8 @@ def make_context(opts: Options) -> Context:
     Raises:
       UsageError, fmnist_jax.sources.DataError: see `check_writable`, `load_data`, `check_batch_size`.
     """
-    check_writable(opts.out)
+    if distributed.is_writer():  # the only process that writes (see fmnist_jax.distributed)
+        check_writable(opts.out)
     compilation_cache.enable()
     log = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, flush=True))
     data = load_data(opts)

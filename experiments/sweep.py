@@ -22,7 +22,7 @@ import numpy as np
 from experiments import interrupt
 from experiments.cli import UsageError
 from experiments.context import Context, command_line
-from fmnist_jax import curves, io, plots, results, summaries
+from fmnist_jax import curves, distributed, io, plots, results, summaries
 from fmnist_jax.fit import FitResult, fit
 from fmnist_jax.models import count_params
 from fmnist_jax.train import TrainConfig, TrainState, n_trained_params
@@ -158,7 +158,8 @@ def copy_run(source: Path, run_dir: Path, config: dict) -> None:
             continue
         if f.is_dir():
             results.remove_tree(run_dir / f.name)
-            shutil.copytree(f, run_dir / f.name)
+            if distributed.is_writer():
+                shutil.copytree(f, run_dir / f.name)
         else:
             io.write_bytes(run_dir / f.name, f.read_bytes())
     io.write_json(run_dir / "config.json", config)

@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from fmnist_jax import placement
+
 _DIGEST = "state_sha256"  # sidecar key: the saved state's bytes, checked by `restore`
 
 
@@ -69,6 +71,7 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
     interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
     before training), and must not crash on what the interrupted run left.
     """
+    state = placement.replicated_across_processes(state)  # Orbax saves global arrays only
     extra = dict(extra or {})
     if (digest := _digest(state)) is not None:
         extra[_DIGEST] = digest

@@ -13,6 +13,7 @@ import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Mapping, Sequence
 
 import jax
@@ -104,7 +105,7 @@ def _init_fn(prog: Program):
 
 
 def _summarise_eval(out: Mapping[str, jax.Array], classifier: bool) -> dict[str, np.ndarray]:
-    out = jax.device_get(out)
+    out = placement.to_host(out)
     count = np.asarray(out["count"], np.float64)  # exact ratios such as 170/300 in float64
     res = {"loss": np.asarray(out["loss_sum"], np.float64) / count}
     if classifier:
@@ -198,7 +199,7 @@ def fit(
     epochs_run, timing = 0, dict.fromkeys(_TIMES, 0.0)
     if start is not None:
         states, epochs_run = start.states, start.epochs_run
-        history = {k: [list(row) for row in v] for k, v in start.history.items()}
+        history = {k: [list(row) for row in v] for k, v in start.history.items()}  # real members
         diverged[:n_real] = start.diverged
         timing.update({k: float(start.timing.get(k, 0.0)) for k in _TIMES})
     elif init is not None:
@@ -235,7 +236,7 @@ def fit(
                 timing["compile_s"] += time.perf_counter() - t0
                 t0 = time.perf_counter()
             states, epoch_metrics = compiled(states, *d_train, epoch, scales)
-            epoch_metrics = jax.device_get(epoch_metrics)  # one host read per epoch
+            epoch_metrics = placement.to_host(epoch_metrics)  # one host read per epoch
             own["train_s"] += time.perf_counter() - t0
             own["images"] += prog.steps_per_epoch * cfg.batch_size
             t1 = time.perf_counter()
@@ -275,7 +276,7 @@ def fit(
         # Throughput of this call's epochs, the real members only (padding excluded).
         timing["train_images_per_s"] = n_real * own["images"] / own["train_s"]
     return FitResult(
-        cfg=cfg, seeds=seeds, states=jax.tree_util.tree_map(lambda x: x[:n_real], states),
+        cfg=cfg, seeds=seeds, states=placement.first_members(states, n_real),
         history={k: [list(row) for row in v] for k, v in history.items()},
         diverged=diverged[:n_real].tolist(),
         final={s: {k: np.asarray(v)[:n_real] for k, v in res.items()} for s, res in final.items()},
@@ -293,6 +294,9 @@ def _postfix(history):
 
 
 def _progress(total, initial, enabled, desc):
+    if not enabled:  # needs no tqdm (an accelerator machine may have only JAX's own packages)
+        return SimpleNamespace(update=lambda n: None, set_postfix=lambda *a, **k: None,
+                               close=lambda: None)
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc or None,

@@ -14,6 +14,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from fmnist_jax import distributed
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -23,8 +25,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     killed outright (SIGKILL, power loss) leaves at most a `.<name>.<random>.tmp` file beside
     it, never a truncated file under the final name; `results.clean_stale_temporaries` removes
     those when the folder is next used.
+
+    With several processes (`fmnist_jax.distributed`) only process 0 writes; the others get a
+    scratch path whose content is discarded, and every process waits before and after the write
+    (so no process reads results while they are being written, and all read the same).
     """
     path = Path(path)
+    distributed.barrier(f"write {path}")
+    if not distributed.is_writer():
+        with tempfile.TemporaryDirectory() as scratch:
+            yield Path(scratch) / path.name
+        distributed.barrier(f"written {path}")
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -42,6 +54,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+    distributed.barrier(f"written {path}")
 
 
 def _fsync_dir(directory: Path) -> None:

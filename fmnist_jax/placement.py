@@ -2,7 +2,10 @@
 every batch split over devices (`data`); and how the members share one compiled program.
 
 Both sharded modes use a one-axis `Mesh` over every device (`jax.make_mesh`), which spans all
-processes' devices once `jax.distributed.initialize` has run.
+processes' devices once `jax.distributed.initialize` has run (`fmnist_jax.distributed`). Then
+`jax.device_put` still places host data on the mesh (every process passes the same values, and
+each keeps its devices' part), but a sharded array is not fully addressable by any one process,
+and the host reads it with `to_host`.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import math
 from dataclasses import dataclass
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 PARALLEL_MODES = ("auto", "none", "seeds", "data")
@@ -104,3 +109,42 @@ def make_placement(mode: str) -> Placement:
     # Auto axis type: XLA's partitioner propagates the shardings we place on the inputs.
     mesh = jax.make_mesh((jax.device_count(),), ("devices",), axis_types=(AxisType.Auto,))
     return Placement(mode, mesh)
+
+
+def first_members(states, n: int):
+    """The first `n` members of stacked states (padding members dropped), ready.
+
+    With members spread over several processes, slicing is a collective; it is waited for, so
+    that no other collective (a barrier, a checkpoint's) starts while it is in flight: two at
+    once deadlocked now and then with the CPU's collectives (gloo).
+    """
+    return jax.block_until_ready(jax.tree_util.tree_map(lambda x: x[:n], states))
+
+
+def to_host(tree):
+    """A pytree of arrays as NumPy arrays, whichever devices and processes hold them.
+
+    `jax.device_get` refuses an array spread over several processes' devices; such an array is
+    gathered (`process_allgather`), a collective: every process must then call `to_host` on
+    arrays of the same shapes and shardings, in the same order.
+    """
+    def read(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return multihost_utils.process_allgather(x, tiled=True)
+        return jax.device_get(x)
+    return jax.tree_util.tree_map(read, tree)
+
+
+def replicated_across_processes(tree):
+    """With several processes, arrays held by one process's devices alone (each process has its
+    own copy: states trained with parallel `none`, fresh initialisations) as arrays replicated
+    over every device, which collective saves (Orbax) need; anything else unchanged."""
+    if jax.process_count() == 1:
+        return tree
+    everywhere = NamedSharding(jax.make_mesh((jax.device_count(),), ("devices",)), P())
+
+    def spread(x):
+        if isinstance(x, jax.Array) and x.is_fully_addressable:
+            return jax.device_put(np.asarray(x), everywhere)
+        return x
+    return jax.tree_util.tree_map(spread, tree)

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from fmnist_jax import io, metrics
+from fmnist_jax import distributed, io, metrics
 
 REQUIRED_FILES = ("config.json", "history.json", "test_predictions.npy", "metrics.json")
 # Part of every fingerprint: bump it with every change that moves a number, so that results of
@@ -84,6 +84,8 @@ def is_temporary(path: Path) -> bool:
 
 def clean_stale_temporaries(run_dir: str | Path) -> None:
     """Remove temporary files left by a process killed mid-write (never a final name)."""
+    if not distributed.is_writer():
+        return
     for tmp in Path(run_dir).glob(".*.tmp"):
         tmp.unlink(missing_ok=True)
 
@@ -136,5 +138,7 @@ def write_run(run_dir: str | Path, *, history: Mapping, predictions: Mapping[str
 
 
 def remove_tree(path: str | Path) -> None:
-    """Remove a folder and everything in it, if it exists."""
+    """Remove a folder and everything in it, if it exists (only the process that writes)."""
+    if not distributed.is_writer():
+        return
     shutil.rmtree(path, ignore_errors=True)

@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Idempotent set-up: the Fashion-MNIST files and the project's virtual environment (.venv).
 #   scripts/setup.sh [EXTRAS]   e.g. scripts/setup.sh test,tfds   (default: no extras)
+# More extras from FMNIST_JAX_EXTRAS (e.g. FMNIST_JAX_EXTRAS=cuda12); cuda12 (JAX's CUDA build)
+# is added by itself where an NVIDIA GPU answers nvidia-smi.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+extras="${1:-},${FMNIST_JAX_EXTRAS:-}"
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    extras="$extras,cuda12"
+fi
+extras="$(tr ',' '\n' <<<"$extras" | sed '/^$/d' | sort -u | paste -sd, -)"
 debian_dir=/usr/share/datasets/fashion-mnist
 
 # 1. Data: Debian/Ubuntu ship it as a package; elsewhere say what the alternatives are.

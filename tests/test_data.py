@@ -392,7 +392,7 @@ def test_what_was_found_is_named_with_the_fix(tmp_path):
     with pytest.raises(DataError) as excinfo:
         sources.find_data_dir(folder)
     assert_clean_error(
-        excinfo, f"missing in FashionMNIST/raw/ t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+        excinfo, "missing in FashionMNIST/raw/ t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
         "has fashion-mnist_train.csv but not fashion-mnist_test.csv",
         f"unzip {folder / 'fashionmnist.zip'} -d {folder}", f"--source tfds --data-dir {folder}",
         "holds FashionMNIST/, fashion-mnist_train.csv, fashion_mnist/, fashionmnist.zip")

@@ -832,7 +832,6 @@ def test_device_and_disk_faults_are_clear_errors(tmp_path, monkeypatch, capsys, 
     user as one clear message, not a traceback. The out-of-memory is real: the stand-in for `fit`
     asks XLA for a 512 TiB array, and XLA answers as it does when a batch does not fit
     (JaxRuntimeError RESOURCE_EXHAUSTED; on a GPU the same from the device allocator)."""
-    import jax
     import jax.numpy as jnp
 
     from experiments import q1, sweep

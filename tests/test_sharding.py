@@ -57,8 +57,9 @@ CHILD = textwrap.dedent(
     }
     arrays, meta = {}, {"device_count": jax.device_count(), "platform": jax.default_backend(),
                         "runs": {}}
+    done = {}
     for name, (parallel, seeds) in runs.items():
-        res = fit_lib.fit(cfg, train, evals, seeds=seeds, parallel=parallel)
+        res = done[name] = fit_lib.fit(cfg, train, evals, seeds=seeds, parallel=parallel)
         flat = jax.tree_util.tree_flatten_with_path(res.states)[0]
         for path, leaf in flat:
             arrays[name + "|" + jax.tree_util.keystr(path)] = np.asarray(leaf)
@@ -68,6 +69,10 @@ CHILD = textwrap.dedent(
             "diverged": res.diverged, "epochs_run": res.epochs_run, "state_devices": sorted(devices),
             "final_val_predictions_shape": list(np.shape(res.final["val"]["predictions"])),
         }
+    # A padded seeds run continued for one more epoch (the padding members need a history too).
+    more = fit_lib.fit(cfg.replace(epochs=3), train, evals, seeds=[0, 1, 2], parallel="seeds",
+                       start=done["seeds3"])
+    meta["seeds3_continued"] = {"epochs_run": more.epochs_run, "history": more.history}
     np.savez(sys.argv[2], **arrays)
     with open(sys.argv[3], "w") as f:
         json.dump(meta, f)
@@ -171,6 +176,15 @@ def test_seeds_mode_pads_and_returns_only_the_real_members(child_results):
     reference = _run(child_results, "none8")
     for k in range(3):
         assert_same_member((meta, states), k, reference, k)
+
+
+def test_a_padded_seeds_run_continues(child_results):
+    meta, _ = child_results
+    continued, start = meta["seeds3_continued"], meta["runs"]["seeds3"]
+    assert continued["epochs_run"] == 3
+    for name, rows in continued["history"].items():
+        assert [len(row) for row in rows] == [3, 3, 3], name
+        assert [row[:2] for row in rows] == start["history"][name], name
 
 
 def test_data_parallel_equals_one_device(child_results):

@@ -1,0 +1,116 @@
+"""The GPU's code paths against the CPU's, on either backend: XLA's convolution (`conv_impl="xla"`,
+the accelerator default) against the shifted-slice matmul (the CPU default), and vmapped members
+(`member_map="vmap"`) against members mapped one after another (`"map"`).
+
+`tests/test_models.py` compares the two convolutions as functions and the CNN in eval mode, and
+`tests/test_train.py` map against vmap with the CPU's convolution; here the CNN's training
+gradients (BatchNorm on batch statistics, dropout) and a whole `fit`, evaluation included, run
+each way. Small real subsets; the fit is 1 epoch of 3 steps (see test_train.py on why
+comparisons of different programs keep a short horizon, and why Adam's steps on near-zero
+gradients get a tolerance of their own).
+
+Needs only JAX, Flax, Optax and NumPy: `python -m tests.test_gpu_paths` runs these tests without
+pytest (scripts/accelerator_check.sh does where pytest is missing).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fmnist_jax import fit as fit_lib
+from fmnist_jax.models import CNN
+from fmnist_jax.train import TrainConfig
+
+N_TRAIN, N_VAL, N_TEST = 150, 100, 150  # 3 steps of 50; the test set's last eval batch padded
+CFG = TrainConfig(model="cnn", augment="online", batch_size=50, epochs=1, eval_batch_size=100)
+PARAMS_RTOL, ADAM_STEP_SHARE = 3e-3, 0.05  # as in test_train.py
+CPU_PATH = {"conv_impl": "matmul", "member_map": "map"}
+GPU_PATH = {"conv_impl": "xla", "member_map": "vmap"}
+
+
+def _is_conv_bias(path: str) -> bool:
+    # Before a train-mode BatchNorm: exactly zero gradient, so rounding noise (see test_train.py).
+    return "conv_" in path and path.endswith("['bias']")
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(p): np.asarray(x, np.float64)
+            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def test_cnn_training_loss_and_gradients_agree_under_both_convolutions(task_data):
+    images = jnp.asarray(task_data.train_images[:N_TRAIN])
+    labels = jnp.asarray(task_data.train_labels[:N_TRAIN])
+    variables = CNN().init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+                           images[:1])
+
+    def loss_and_grads(conv_impl):
+        def loss(params):
+            logits, _ = CNN(conv_impl=conv_impl).apply(
+                {**variables, "params": params}, images, train=True,
+                rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"])
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+        return jax.jit(jax.value_and_grad(loss))(variables["params"])
+
+    (loss_m, grads_m), (loss_x, grads_x) = loss_and_grads("matmul"), loss_and_grads("xla")
+    np.testing.assert_allclose(loss_x, loss_m, rtol=1e-5)
+    grads_m, grads_x = _flat(grads_m), _flat(grads_x)
+    assert grads_m.keys() == grads_x.keys()
+    for path, want in grads_m.items():
+        got, scale = grads_x[path], np.linalg.norm(want)
+        if _is_conv_bias(path):
+            assert np.max(np.abs(got)) < 1e-5 * max(np.linalg.norm(g) for g in grads_m.values())
+        else:
+            assert np.linalg.norm(got - want) <= 1e-4 * scale, path
+
+
+def _fits(task_data):
+    train = (task_data.train_images[:N_TRAIN], task_data.train_labels[:N_TRAIN])
+    evals = {"val": (task_data.val_images[:N_VAL], task_data.val_labels[:N_VAL]),
+             "test": (task_data.test_images[:N_TEST], task_data.test_labels[:N_TEST])}
+    return [fit_lib.fit(CFG.replace(conv_impl=path["conv_impl"]), train, evals, seeds=[0, 1],
+                        parallel="none", member_map=path["member_map"])
+            for path in (CPU_PATH, GPU_PATH)]
+
+
+def _assert_same_run(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, j: int) -> None:
+    """Member k of `got` trained and evaluated like member j of `want`, up to rounding."""
+    a, b = _flat(jax.tree_util.tree_map(lambda x: x[k], got.states.params)), \
+        _flat(jax.tree_util.tree_map(lambda x: x[j], want.states.params))
+    for path, y in b.items():  # 99% of each leaf within 0.3% of its scale or 5% of an Adam step
+        if not _is_conv_bias(path):
+            tol = max(PARAMS_RTOL * np.max(np.abs(y)), ADAM_STEP_SHARE * CFG.optimizer.learning_rate)
+            assert np.mean(np.abs(a[path] - y) > tol) <= 0.01, path
+    for name in ("train_loss", "train_accuracy"):  # seen: <= 4e-7
+        np.testing.assert_allclose(got.history[name][k], want.history[name][j], rtol=1e-5,
+                                   atol=1e-7, err_msg=name)
+    for split in ("val", "test"):  # seen: losses within 3e-7, the same predictions
+        g, w = got.final[split], want.final[split]
+        np.testing.assert_allclose(g["loss"][k], w["loss"][j], rtol=1e-3, err_msg=split)
+        assert np.mean(g["predictions"][k] == w["predictions"][j]) >= 0.98, split
+        assert abs(g["accuracy"][k] - w["accuracy"][j]) <= 0.02, split
+
+
+def test_a_whole_fit_on_the_gpu_path_equals_the_cpu_path(task_data):
+    cpu, gpu = _fits(task_data)
+    assert (cpu.member_map, gpu.member_map) == ("map", "vmap")
+    assert gpu.final["test"]["predictions"].shape == (2, N_TEST)
+    for k in range(2):
+        _assert_same_run(gpu, k, cpu, k)
+    try:  # the comparison discriminates: another seed's member is far from this one
+        _assert_same_run(gpu, 0, cpu, 1)
+    except AssertionError:
+        pass
+    else:
+        raise AssertionError("members of different seeds passed as the same run")
+
+
+if __name__ == "__main__":  # without pytest: python -m tests.test_gpu_paths
+    from fmnist_jax import data
+
+    task = data.load_task()
+    for name, test in list(globals().items()):
+        if name.startswith("test_"):
+            test(task)
+            print(f"passed {name}", flush=True)
