@@ -10,7 +10,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from sklearn import metrics as skm
 
 _HEADERS = ("precision", "recall", "f1-score", "support")
 
@@ -36,9 +35,17 @@ def mean_std(values) -> dict:
             "per_seed": v}
 
 
+def _skm():
+    # Imported when a report is made, not with the engine (which needs only the confusion matrix).
+    from sklearn import metrics as skm
+
+    return skm
+
+
 def _report(labels, predictions, class_names) -> dict:
     """scikit-learn's report of one seed, with per-class "accuracy" (the share of the class's
     images predicted right, i.e. its recall)."""
+    skm = _skm()
     rep = skm.classification_report(labels, predictions, labels=list(range(len(class_names))),
                                     target_names=list(class_names), output_dict=True, zero_division=0)
     for name in class_names:
@@ -52,7 +59,7 @@ def multi_seed_report(labels, predictions, class_names) -> dict:
     every number as `mean_std` over seeds: ``{"accuracy", "per_class": {name: {precision,
     recall, f1-score, support, accuracy}}, "macro avg", "weighted avg"}`` plus
     ``"confusion_matrix_sum"`` ([C, C] counts summed over seeds)."""
-    predictions = np.asarray(predictions)
+    predictions, skm = np.asarray(predictions), _skm()
     reps = [_report(labels, p, class_names) for p in predictions]
     per_class = {n: {k: mean_std([r[n][k] for r in reps]) for k in (*_HEADERS, "accuracy")}
                  for n in class_names}
@@ -70,7 +77,7 @@ def classification_report_text(labels, predictions, class_names, digits: int = 2
     score cell is ``"mean ± std"`` over seeds and the support is the seeds' mean."""
     predictions = np.asarray(predictions)
     if len(predictions) == 1:
-        return skm.classification_report(labels, predictions[0], labels=list(range(len(class_names))),
+        return _skm().classification_report(labels, predictions[0], labels=list(range(len(class_names))),
                                          target_names=list(class_names), digits=digits, zero_division=0)
     rep = multi_seed_report(labels, predictions, class_names)
     cell = lambda ms: f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"  # noqa: E731
