@@ -29,9 +29,10 @@ def confusion_matrix(labels, predictions, num_classes: int, mask=None) -> jnp.nd
 
 
 def mean_std(values) -> dict:
-    """``{"mean", "std", "per_seed"}`` over seeds; std is the sample std (ddof=1), 0 for one seed."""
+    """``{"mean", "std", "per_seed"}`` over seeds; std is the sample std (ddof=1), NaN (undefined)
+    for one seed."""
     v = [float(x) for x in np.asarray(values, dtype=np.float64).ravel()]
-    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+    return {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else float("nan"),
             "per_seed": v}
 
 
@@ -80,7 +81,7 @@ def classification_report_text(labels, predictions, class_names, digits: int = 2
         return _skm().classification_report(labels, predictions[0], labels=list(range(len(class_names))),
                                          target_names=list(class_names), digits=digits, zero_division=0)
     rep = multi_seed_report(labels, predictions, class_names)
-    cell = lambda ms: f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"  # noqa: E731
+    cell = lambda ms: f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"  # noqa: E731 - several seeds
     rows = {n: rep["per_class"][n] for n in class_names} | {a: rep[a] for a in ("macro avg", "weighted avg")}
     cells = {n: [cell(d[k]) for k in _HEADERS[:3]] + [str(int(round(d["support"]["mean"])))]
              for n, d in rows.items()}

@@ -70,7 +70,7 @@ def check_metrics_against_predictions(run_dir: Path, n_seeds: int) -> np.ndarray
     _close(m["test_accuracy"]["per_seed"], [accuracy_score(y, p) for p in preds], f"{run_dir}: test_accuracy")
     _close(m["test_accuracy"]["mean"], np.mean([accuracy_score(y, p) for p in preds]), "test mean")
     accuracies = [accuracy_score(y, p) for p in preds]
-    _close(m["test_accuracy"]["std"], np.std(accuracies, ddof=1) if n_seeds > 1 else 0.0, "test std")
+    _close(m["test_accuracy"]["std"], np.std(accuracies, ddof=1) if n_seeds > 1 else np.nan, "test std")
     assert len(m["val_accuracy"]["per_seed"]) == n_seeds
     assert all(0 <= v <= 1 for v in m["val_accuracy"]["per_seed"])
     assert m["diverged"] == [False] * n_seeds
@@ -121,6 +121,8 @@ def check_run_folder(run_dir: Path, n_seeds: int, epochs: int) -> dict:
 
 
 def fmt(ms, scale=100.0, digits=2) -> str:
+    if ms["std"] == "nan":  # one seed: the mean alone
+        return f"{ms['mean'] * scale:.{digits}f}"
     return f"{ms['mean'] * scale:.{digits}f} ± {ms['std'] * scale:.{digits}f}"
 
 
@@ -157,6 +159,9 @@ def check_sweep_folder(sweep_dir: Path, names) -> dict:
         vals[name] = m["val_accuracy"]["mean"]
     choice = read_json(sweep_dir / "choice.json")
     assert choice["rows"] == list(names)
+    if "note" in choice:  # rows that answer no choice: the note says why, none is chosen
+        assert "choice" not in choice and choice["note"] in (sweep_dir / "summary.md").read_text()
+        return choice
     assert choice["choice"] == max(vals, key=vals.get)
     assert re.search(r"\*\*Choice on validation: ", (sweep_dir / "summary.md").read_text())
     return choice

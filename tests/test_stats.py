@@ -78,6 +78,9 @@ def test_better_needs_both_tests():
     one = stats.compare(a[:1], b[:1])
     assert math.isnan(one["p_seeds"]) and one["verdict"] == "not distinguishable"
     assert "undefined" in stats.describe(one)
+    # As read back from a JSON file (NaN written as "nan"): the same words.
+    assert stats.describe({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in one.items()}
+                          | {"ci95": ["nan", "nan"]}) == stats.describe(one)
 
 
 def test_describe_and_bad_input():
