@@ -23,12 +23,13 @@ CRITERIA = (
     "while the "
     f"training loss kept falling, or the training accuracy exceeds the validation accuracy by "
     f">= {GAP_POINTS:g} points (about 6 standard errors of a 3,000-image validation accuracy near "
-    f"97%: no sampling accident); underfitting: final training accuracy < {UNDERFIT_TRAIN_ACC:.0%} "
-    "(every CNN configuration with a working optimizer fits > 96% of its training batches, even "
-    "augmented and with dropout); still improving: the training loss fell by "
-    f">= {STILL_FALLING:.0%} over the last epoch at a learning rate not decayed to 0 and the "
-    "validation loss has not turned: more epochs would still help; otherwise a good fit. Training "
-    "metrics are those of the training batches as trained (augmented, dropout on).")
+    f"97%: no sampling accident); underfitting (checked first): final training accuracy < "
+    f"{UNDERFIT_TRAIN_ACC:.0%} (every CNN configuration with a working optimizer fits > 96% of its "
+    "training batches, even augmented and with dropout), or an autoencoder that reconstructs the "
+    "validation images no better than their noisy input itself; still improving: the training "
+    f"loss fell by >= {STILL_FALLING:.0%} over the last epoch (or there was only one) at a "
+    "learning rate not decayed to 0: more epochs would still help; otherwise a good fit. Training "
+    "metrics are those of the training batches as trained (augmented, dropout on)")
 
 
 def roughness(curve: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -84,18 +85,20 @@ def diagnose(history: Mapping[str, Sequence[Sequence[float]]], *, decayed: bool 
     turned = bool(np.isfinite(val_noise) and best < n - 1 and rise > threshold
                   and train_loss[-1] < train_loss[best])
     drop = float(1.0 - train_loss[-1] / train_loss[-2]) if n >= 2 else float("nan")
-    falling = bool(n >= 2 and drop >= STILL_FALLING and not decayed)
+    falling = bool((n < 2 or drop >= STILL_FALLING) and not decayed)  # one epoch: nothing says it converged
     acc = {}
     for split in (train, val):
         if f"{split}_accuracy" in history:
             acc[split] = float(_mean_curve(history[f"{split}_accuracy"])[-1])
     gap_points = 100 * (acc[train] - acc[val]) if len(acc) == 2 else float("nan")
+    noisy = f"{val}_noisy_loss"  # an autoencoder's: the noisy input's own error
+    no_better = noisy in history and not val_loss[-1] < _mean_curve(history[noisy])[-1]
     if not np.all(np.isfinite(train_loss)):
         verdict = "diverged"
+    elif (train in acc and acc[train] < UNDERFIT_TRAIN_ACC) or no_better:
+        verdict = "underfitting"
     elif turned or gap_points >= GAP_POINTS:
         verdict = "overfitting"
-    elif train in acc and acc[train] < UNDERFIT_TRAIN_ACC:
-        verdict = "underfitting"
     elif falling:
         verdict = "still improving"
     else:

@@ -56,6 +56,19 @@ def test_a_large_accuracy_gap_is_overfitting():
     assert d["train_minus_val_accuracy_points"] == pytest.approx(3.7)
 
 
+def test_underfitting_is_checked_before_a_gap():
+    """A model that fits a quarter of its training images is underfitting, whatever its gap
+    (the quick smoke run's SGD row: train 24%, val 21%); an autoencoder that reconstructs no
+    better than its noisy input is underfitting too."""
+    d = curves.diagnose(history([1.6, 1.58], [1.61, 1.6], [0.2, 0.24], [0.2, 0.213]))
+    assert d["train_minus_val_accuracy_points"] > 2 and d["verdict"] == "underfitting"
+    h = history([0.2, 0.15, 0.14, 0.139], [0.16, 0.15, 0.146, 0.145])
+    h["val_noisy_loss"] = [[0.05] * 4] * 3
+    assert curves.diagnose(h)["verdict"] == "underfitting"
+    h["val_noisy_loss"] = [[0.2] * 4] * 3
+    assert curves.diagnose(h)["verdict"] == "good fit"
+
+
 def test_low_training_accuracy_is_underfitting():
     d = curves.diagnose(history([1.2, 0.9, 0.7, 0.62], [1.1, 0.85, 0.7, 0.63],
                                 [0.6, 0.75, 0.82, 0.86], [0.62, 0.76, 0.83, 0.86]))
@@ -99,9 +112,11 @@ def test_diverged_and_short_curves():
     assert curves.diagnose(history([0.5, float("nan")], [0.4, float("nan")]))["verdict"] == "diverged"
     one = curves.diagnose(history([0.5], [0.4], [0.9], [0.92]))  # one epoch: no trend, no noise
     assert math.isnan(one["train_loss_last_epoch_drop"]) and one["verdict"] == "underfitting"
+    # One epoch of a model that fits its data: nothing says it has converged.
+    assert curves.diagnose(history([0.3], [0.2], [0.97], [0.96]))["verdict"] == "still improving"
     autoencoder = curves.diagnose(history([0.05, 0.03, 0.025, 0.0245], [0.04, 0.028, 0.026, 0.0258]))
     assert autoencoder["verdict"] == "good fit" and autoencoder["final_train_accuracy"] is None
-    assert "overfitting:" in autoencoder["criteria"] and "underfitting:" in autoencoder["criteria"]
+    assert "overfitting:" in autoencoder["criteria"] and "underfitting (checked first):" in autoencoder["criteria"]
 
 
 def test_roughness_is_the_spread_of_the_epoch_to_epoch_changes():
