@@ -56,7 +56,8 @@ def tuned_spec(opts: Options) -> Spec:
         augment="none", epochs=start.cfg.epochs + decay,
         optimizer=dataclasses.replace(start.cfg.optimizer, schedule="wsd", decay_epochs=decay))
     return Spec("tuned", f"tuned: expand, Adam lr {cfg.optimizer.learning_rate:g} for "
-                         f"{start.cfg.epochs} epochs, then {decay} on the originals decaying to 0",
+                         f"{start.cfg.epochs} epoch{'s' * (start.cfg.epochs != 1)}, then {decay} on "
+                         "the originals decaying to 0",
                 cfg, start=start)
 
 
@@ -71,7 +72,7 @@ def epochs_specs(opts: Options) -> list[Spec]:
     """3 / 5 / 8 / 10 epochs; shortest first, so that each continues the last."""
     base = base_config(opts)
     epochs = (1,) if opts.quick else EPOCHS_SWEEP
-    return [Spec(f"epochs_{e}", f"{e} epochs", base.replace(epochs=e)) for e in epochs]
+    return [Spec(f"epochs_{e}", f"{e} epoch{'s' * (e != 1)}", base.replace(epochs=e)) for e in epochs]
 
 
 def optimizer_specs(opts: Options) -> list[Spec]:
@@ -115,7 +116,9 @@ def sweep(experiment: str, opts: Options) -> Sweep:
 def main(experiment: str, argv=None) -> None:
     """One sweep's entry point (`python -m experiments.q1_<sweep>`)."""
     def go():
-        opts = cli.parse(cli.parser(SWEEPS[experiment][0], epochs=EPOCHS, lr=LR), argv)
+        # The epochs sweep sets every row's epochs: it takes no --epochs.
+        epochs = None if experiment == "q1_epochs" else EPOCHS
+        opts = cli.parse(cli.parser(SWEEPS[experiment][0], epochs=epochs, lr=LR), argv)
         ctx, sweeps = make_context(opts), [sweep(e, opts) for e in COMMANDS[experiment]]
         sweep_lib.check_all(ctx, sweeps)
         for s in sweeps:

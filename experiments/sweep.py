@@ -58,14 +58,15 @@ class Spec:
 @dataclass(frozen=True)
 class Sweep:
     """A sweep's folder name, title, configurations, and how one row is run (`execute(ctx,
-    spec, run_dir)`, which writes the folder). Rows reported beside the sweeps (a tuned recipe)
-    carry a `note` instead of a choice."""
+    spec, run_dir)`, which writes the folder). Rows that answer no choice (a tuned recipe, the
+    value of pretraining) carry a `note` instead, and may name a `reference` row."""
 
     experiment: str
     title: str
     specs: tuple[Spec, ...]
     execute: Callable[[Context, Spec, Path], None] = field(default=None, compare=False)
     note: str | None = None
+    reference: str | None = None  # with a note: the row the others are compared with
 
     def __post_init__(self):
         if self.execute is None:
@@ -308,7 +309,8 @@ def run_sweep(ctx: Context, sweep: Sweep) -> dict:
                           "command to resume (a run in progress continues from its last epoch)")
     for item in planned:
         run_planned(ctx, sweep, item)
-    summary = summaries.write_summary(sweep_dir, sweep.title, [s.name for s in sweep.specs], sweep.note)
+    summary = summaries.write_summary(sweep_dir, sweep.title, [s.name for s in sweep.specs],
+                                      sweep.note, sweep.reference)
     for line in summary.warnings:
         ctx.log(line)
     # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).

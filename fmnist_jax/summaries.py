@@ -35,12 +35,15 @@ def num(value: Any) -> float:
 
 
 def fmt(ms: Mapping | None, scale: float = 100.0, digits: int = 2) -> str:
-    """'mean ± std' of a {"mean", "std"} entry (percent by default); '–' when missing or NaN."""
+    """'mean ± std' of a {"mean", "std"} entry (percent by default); the mean alone for one seed
+    (std undefined); '–' when missing or NaN."""
     if not ms or not isinstance(ms, Mapping) or "mean" not in ms:
         return "–"
     mean, std = num(ms["mean"]), num(ms.get("std"))
     if not math.isfinite(mean):
         return "–"
+    if not math.isfinite(std):  # one seed: no spread to show
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
 
 
@@ -155,6 +158,7 @@ class SweepResult:
     choice: dict | None
     overlays: list[str] = field(default_factory=list)
     note: str | None = None
+    reference: str | None = None  # with a note: the row the others are compared with
 
     @property
     def question(self) -> str:
@@ -174,7 +178,7 @@ def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResu
     choice = recorded if recorded.get("choice") in {r.name for r in rows} else None
     overlays = [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))]
     return SweepResult(sweep_dir.name, sweep_dir, recorded.get("title") or sweep_dir.name, rows,
-                       choice, overlays, recorded.get("note"))
+                       choice, overlays, recorded.get("note"), recorded.get("reference"))
 
 
 def distinct(rows: Sequence[Row]) -> list[Row]:
@@ -265,18 +269,19 @@ def delta_cell(row: Row, chosen: Row | None) -> str:
     c = compare_rows(row, chosen, "val")
     if c is None:
         return "–"
-    low, high = c["ci95"]
+    low, high = (num(v) for v in c["ci95"])
     ci = f" [{low * 100:+.2f}, {high * 100:+.2f}]" if math.isfinite(low) else ""
-    return f"{c['difference'] * 100:+.2f}{ci}, {c['verdict']}"
+    return f"{num(c['difference']) * 100:+.2f}{ci}, {c['verdict']}"
 
 
 def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> str:
     """Accuracies (test, val, per class), the difference to the chosen row, train time and
     divergence, one row per configuration; links are `prefix` + the row's folder."""
-    name = (sweep.choice or {}).get("choice")
+    name = (sweep.choice or {}).get("choice") or sweep.reference
     chosen = next((r for r in sweep.rows if r.name == name and r.complete), None)
+    versus = "chosen" if sweep.choice else chosen.label if chosen else "–"
     head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names],
-            "Δ val vs chosen, points (95% CI)", "train time s", "diverged"]
+            f"Δ val vs {versus}, points (95% CI)", "train time s", "diverged"]
     rows = []
     for r in sweep.rows:
         if not r.complete:
@@ -353,8 +358,9 @@ def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = 
     """The Markdown lines that present a sweep (summary.md's body, and REPORT.md's section);
     every path is `prefix` + a path relative to the sweep folder."""
     lines = [f"{max((r.n_seeds for r in sweep.rows), default=0)} seeds per configuration, "
-             "accuracies in % as mean ± std over seeds; chosen on the validation split, test "
-             "reported.", "", sweep_table(sweep, class_names, prefix), "",
+             "accuracies in % as mean ± std over seeds"
+             + ("." if sweep.note else "; chosen on the validation split, test reported."), "",
+             sweep_table(sweep, class_names, prefix), "",
              *divergence_lines(sweep.rows), sweep.note or choice_text(sweep.choice), "",
              "Fit diagnosis" + (" and reconstruction (test MSE of the reconstruction vs. of the noisy "
                                 "input itself, against the clean image)" if sweep.question == "q2" else "")
@@ -379,15 +385,17 @@ class Summary:
     warnings: list[str]
 
 
-def write_summary(sweep_dir: Path, title: str, names: Sequence[str], note: str | None = None) -> Summary:
+def write_summary(sweep_dir: Path, title: str, names: Sequence[str], note: str | None = None,
+                  reference: str | None = None) -> Summary:
     """Write a finished sweep's choice.json (title, rows in order, the choice), its overlay
-    figures of the validation curves, and summary.md. With a `note`, the rows are reported
-    beside the sweeps and no choice is made on them: the note says why."""
+    figures of the validation curves, and summary.md. With a `note`, no choice is made on the
+    rows (a tuned recipe, the value of pretraining): the note says why, and the rows are
+    compared with the `reference` row."""
     sweep_dir = Path(sweep_dir)
     rows = read_sweep(sweep_dir, names).rows
     choice = None if note else choose(rows)
-    io.write_json(sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {}),
-                                            **({"note": note} if note else {})})
+    extra = {"note": note, **({"reference": reference} if reference else {})} if note else {}
+    io.write_json(sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {}), **extra})
     curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
     for metric in CURVE_METRICS:
         plots.overlay_curves(curves, sweep_dir / f"sweep_{metric}.png",

@@ -154,11 +154,12 @@ def param_counts(pool: str = "avg") -> dict[str, int]:
 
 
 def _totals(s: ModelSummary) -> list[str]:
-    lines = [f"Trainable params: {s.trainable:,}", "Non-trainable params: 0"]
+    lines = [f"Trainable params: {s.trainable:,}"]
     biases = sum(layer.output_shape[-1] for layer in s.layers if "(Conv3x3)" in layer.name)
     if biases:
         lines.append(f"  of which held at 0 in training: the {biases:,} convolution biases (each "
                      "feeds a BatchNorm that subtracts it: its gradient is exactly 0)")
+    lines.append("Non-trainable params: 0")
     if s.non_trainable:
         lines.append(f"BatchNorm running statistics (state, not parameters): {s.non_trainable:,}")
     return lines
@@ -203,13 +204,19 @@ def main(argv=None) -> None:
     """`python -m fmnist_jax.summary`: print every model's layer table."""
     import argparse
 
+    import sys
+
     from fmnist_jax.io import tolerant_output
     from fmnist_jax.models import POOLS
+    from fmnist_jax.placement import backend_problem
 
     tolerant_output()
     p = argparse.ArgumentParser(description="Layer tables and parameter counts of the study's models.")
     p.add_argument("--pool", choices=POOLS, default="avg", help="the CNN's pooling")
     args = p.parse_args(argv)
+    if (problem := backend_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
     print(NOTE)
     for s in summaries(args.pool).values():
         print()

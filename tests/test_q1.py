@@ -280,11 +280,15 @@ def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, flag, value):
 
 def test_bad_flag_through_the_command_line(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "experiments.q1_epochs", "--quick", "--epochs", "-1",
+    proc = subprocess.run([sys.executable, "-m", "experiments.q1_optimizers", "--quick", "--epochs", "-1",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "--epochs must be >= 1, got -1" in proc.stderr
     assert not out.exists()
+    # The epochs sweep sets its rows' epochs: it has no --epochs to ignore silently.
+    proc = subprocess.run([sys.executable, "-m", "experiments.q1_epochs", "--quick", "--epochs", "2",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "unrecognized arguments: --epochs 2" in proc.stderr
 
 
 def test_batch_larger_than_the_training_split_is_a_usage_error(tmp_path, capsys):

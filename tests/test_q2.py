@@ -9,6 +9,7 @@ seeds); the command-line tests run the real entry point in `--quick` mode.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,19 @@ def test_dead_output_units_are_counted(pretrained, ctx):
         recon = np.asarray(model.apply({"params": params}, noisy))
         assert m["dead_outputs"]["per_seed"][k] == int(np.all(recon == 0, axis=0).sum())
     assert 0 <= m["dead_outputs_on_background"]["mean"] <= 1
+
+
+def test_a_pretraining_without_its_encoder_is_pretrained_again(pretrained, ctx, tmp_path, capsys):
+    """Its encoder/ gone (deleted, damaged beyond restoring), a finished pretraining is no longer
+    complete: the next row that needs it pretrains it again, with a warning."""
+    folder, cfg, _, _ = pretrained
+    copy_ctx = dataclasses.replace(ctx, opts=ctx.opts.replace(out=tmp_path / "out"), runs={})
+    again = (tmp_path / "out" / folder.parent.name / folder.name)
+    shutil.copytree(folder, again)
+    shutil.rmtree(again / "encoder")
+    assert q2.pretrain(copy_ctx, cfg) == again
+    assert "has no encoder/ checkpoint left: it is pretrained again" in capsys.readouterr().err
+    assert q2.restore_encoder(again / "encoder", cfg.widths, len(SEEDS)) is not None
 
 
 def test_restored_encoder_gives_identical_outputs(pretrained, ctx):
@@ -333,7 +347,11 @@ def test_quick_pretraining_sweep_writes_every_file(quick_sweep):
         else:
             assert not any(k.startswith("pretrain_") for k in h) and "pretrain" not in m
         assert "verdict" in m["fit_diagnosis"] and m["total_train_s"] > 0
-    check_sweep_folder(sweep_dir, names)
+    choice = check_sweep_folder(sweep_dir, names)
+    # The value of pretraining, not a choice: the probe is never an answer; the rows are
+    # compared with the fine-tuned one.
+    assert choice["reference"] == "finetuned" and "not a choice" in choice["note"]
+    assert "Δ val vs pretrained encoder, fine-tuned" in (sweep_dir / "summary.md").read_text()
     # One pretraining, shared by both pretrained rows.
     assert len(list((quick_sweep / "q2_pretrain").iterdir())) == 1
     assert (read_json(sweep_dir / "finetuned" / "metrics.json")["encoder_checkpoint"]
