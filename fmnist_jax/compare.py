@@ -4,9 +4,10 @@
 
 Prints one line per difference (a file on one side only, a metric that differs, predictions
 that differ) and exits 1 when there is any, 0 when the two trees hold the same numbers, 2 when
-A or B is not a folder. Left out, because they differ between any two runs: timings (every key
-named `timing` or ending in `_s`, seconds) and `encoder_checkpoint` (a path under the results
-root). `--atol` accepts metric values that differ by at most X (e.g. results of two backends);
+A or B is not a folder or holds no results. Left out, because they differ between runs that
+compute the same numbers: timings (every key named `timing` or ending in `_s`, seconds),
+`encoder_checkpoint` (a path under the results root), and how the members were placed
+(`parallel`, `member_map`). `--atol` accepts metric values that differ by at most X (e.g. results of two backends);
 predictions must be equal. `--ignore` leaves out files whose path (relative to the root)
 matches a glob, e.g. `'q2_pretrain/*'`, whose folders are named by the configuration's hash.
 """
@@ -29,8 +30,8 @@ FILES = ("metrics.json", "test_predictions.npy")
 
 
 def is_left_out(key: str) -> bool:
-    """Whether a metrics key holds a timing or a path (left out of the comparison)."""
-    return key in ("timing", "encoder_checkpoint") or key.endswith("_s")
+    """Whether a metrics key holds a timing, a path or the placement (left out of the comparison)."""
+    return key in ("timing", "encoder_checkpoint", "parallel", "member_map") or key.endswith("_s")
 
 
 def _as_number(value: Any) -> float | None:
@@ -85,16 +86,27 @@ def compare(a: Path, b: Path, atol: float = 0.0, ignore: tuple[str, ...] = ()) -
     out = [f"only in A: {f}" for f in sorted(files_a - files_b)]
     out += [f"only in B: {f}" for f in sorted(files_b - files_a)]
     for rel in sorted(files_a & files_b):
-        if rel.endswith(".json"):
-            with open(a / rel, encoding="utf-8") as fa, open(b / rel, encoding="utf-8") as fb:
-                out += list(diff_values(json.load(fa), json.load(fb), rel, atol))
+        try:
+            if rel.endswith(".json"):
+                with open(a / rel, encoding="utf-8") as fa, open(b / rel, encoding="utf-8") as fb:
+                    out += list(diff_values(json.load(fa), json.load(fb), rel, atol))
+                continue
+            pa, pb = np.load(a / rel), np.load(b / rel)
+        except (OSError, ValueError) as e:  # ValueError: JSON or .npy that does not parse
+            out.append(f"{rel}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
             continue
-        pa, pb = np.load(a / rel), np.load(b / rel)
-        if pa.shape != pb.shape:
-            out.append(f"{rel}: shape {pa.shape} != {pb.shape}")
+        if pa.shape != pb.shape or pa.dtype != pb.dtype:
+            out.append(f"{rel}: {pa.dtype} {pa.shape} != {pb.dtype} {pb.shape}")
         elif not np.array_equal(pa, pb):
             out.append(f"{rel}: {int(np.sum(pa != pb))} of {pa.size} predictions differ")
     return out
+
+
+def _tolerance(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"--atol must be a finite number >= 0, got {text}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -104,17 +116,18 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
-    p.add_argument("--atol", type=float, default=0.0,
+    p.add_argument("--atol", type=_tolerance, default=0.0,
                    help="largest accepted difference of a metric value (default 0: identical)")
     p.add_argument("--ignore", action="append", default=[], metavar="GLOB",
                    help="leave out files whose relative path matches GLOB (repeatable)")
     args = p.parse_args(argv)
-    for root in (args.a, args.b):
-        if not root.is_dir():
-            print(f"error: {root} is not a folder; pass two results folders (e.g. results/)",
-                  file=sys.stderr)
-            return 2
     ignore = tuple(args.ignore)
+    for root in (args.a, args.b):
+        problem = ("is not a folder" if not root.is_dir() else
+                   "holds no metrics.json or test_predictions.npy" if not _files(root, ignore) else None)
+        if problem:
+            print(f"error: {root} {problem}; pass two results folders (e.g. results/)", file=sys.stderr)
+            return 2
     diffs = compare(args.a, args.b, args.atol, ignore)
     n = len(_files(args.a, ignore) | _files(args.b, ignore))
     for line in diffs:

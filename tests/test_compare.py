@@ -73,12 +73,26 @@ def test_the_command_line_exits_0_1_and_2(tmp_path):
     assert different.returncode == 1 and "predictions differ" in different.stdout
     missing = run(a, tmp_path / "nothing")
     assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "Traceback" not in missing.stderr
+    (tmp_path / "empty").mkdir()
+    empty = run(a, tmp_path / "empty")  # a mistyped path must not pass as "identical"
+    assert empty.returncode == 2 and "holds no metrics.json" in empty.stderr
+    (b / "q1_epochs/epochs_3/metrics.json").write_text('{"test_accuracy": ')  # truncated
+    broken = run(a, b)
+    assert broken.returncode == 1 and "metrics.json: cannot be read (JSONDecodeError" in broken.stdout
+    assert "Traceback" not in broken.stderr
 
 
-@pytest.mark.parametrize("key", ["timing", "wall_s", "total_train_s", "encoder_checkpoint"])
+@pytest.mark.parametrize("key", ["timing", "wall_s", "total_train_s", "encoder_checkpoint", "parallel",
+                                 "member_map"])
 def test_timings_and_paths_are_left_out(key):
     assert compare.is_left_out(key)
     assert not compare.is_left_out("test_accuracy") and not compare.is_left_out("n_seeds")
+
+
+def test_predictions_of_another_dtype_differ(tmp_path):
+    a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
+    np.save(b / "q1_epochs/epochs_3/test_predictions.npy", np.asarray([[0, 1, 2], [4, 3, 2]], np.float64))
+    assert compare.compare(a, b) == ["q1_epochs/epochs_3/test_predictions.npy: int64 (2, 3) != float64 (2, 3)"]
 
 
 def test_a_copied_tree_is_identical(tmp_path):
