@@ -20,6 +20,7 @@ from pathlib import Path
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
 from fmnist_jax.io import tolerant_output, write_json, write_text  # noqa: E402
+from fmnist_jax.placement import backend_problem  # noqa: E402
 
 from benchmarks import cases, scaling  # noqa: E402
 from benchmarks.timing import environment  # noqa: E402
@@ -140,6 +141,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--random-data", action="store_true",
                         help="random arrays of the task's shapes instead of Fashion-MNIST")
     args = parser.parse_args(argv)
+    if (problem := backend_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(1)
+    try:  # the results must have somewhere to go before minutes of measuring
+        for path in (args.json, args.markdown or args.json.with_suffix(".md")):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if path.is_dir() or not os.access(path.parent, os.W_OK):
+                raise OSError(f"{path} is a folder or its folder is not writable")
+    except OSError as e:
+        print(f"error: cannot write the results ({e}); choose another --json PATH", file=sys.stderr)
+        sys.exit(2)
     t_start = time.perf_counter()
     plan = cases.Plan.make(args.quick)
     selected = [g for g in GROUPS if not args.only or g in args.only]

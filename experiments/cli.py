@@ -11,13 +11,12 @@ import argparse
 import dataclasses
 import errno
 import math
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from fmnist_jax import distributed, io
+from fmnist_jax import distributed, io, placement
 from fmnist_jax.checkpoint import CheckpointError
 from fmnist_jax.models import ARCHITECTURES, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
@@ -92,6 +91,15 @@ def number(kind, name: str, *, low=None, high=None, low_open=False) -> Callable[
     return parse
 
 
+def folder(name: str) -> Callable[[str], Path]:
+    """An argparse `type` for a path: an empty one (which would mean the current folder) is refused."""
+    def parse(text: str) -> Path:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{name} needs a folder, got an empty string")
+        return Path(text)
+    return parse
+
+
 def parser(description: str, *, epochs: int | None = None, lr: float | None = None,
            question2: bool = False) -> argparse.ArgumentParser:
     """The flags every experiment takes (DESIGN §5); `--epochs`/`--lr` only when given their
@@ -101,15 +109,17 @@ def parser(description: str, *, epochs: int | None = None, lr: float | None = No
     g = p.add_argument_group("common")
     g.add_argument("--seeds", type=number(int, "--seeds", low=1), default=3,
                    help="models trained together (seeds 0..N-1), reported as mean ± std")
-    g.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results root")
+    g.add_argument("--out", type=folder("--out"), default=DEFAULT_OUT, help="results root")
     g.add_argument("--quick", action="store_true",
                    help=f"smoke run: {QUICK_TRAIN} train / {QUICK_VAL} val images, 1 epoch (full test set)")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument("--data-dir", type=Path, default=None, help="folder with the four IDX files")
+    g.add_argument("--data-dir", type=folder("--data-dir"), default=None,
+                   help="folder with the four IDX files (or Kaggle's two CSV files)")
     g.add_argument("--source", choices=SOURCES, default="idx", help="where the data comes from")
     g.add_argument("--allow-unverified-data", action="store_true",
                    help="accept IDX files whose sha256 differs from Fashion-MNIST's")
-    g.add_argument("--split-seed", type=number(int, "--split-seed", low=0), default=0)
+    g.add_argument("--split-seed", type=number(int, "--split-seed", low=0), default=0,
+                   help="seed of the stratified train/validation split")
     g.add_argument("--overwrite", action="store_true",
                    help="replace existing results of a different configuration instead of refusing")
     g.add_argument("--parallel", choices=PARALLEL_MODES, default="auto",
@@ -119,8 +129,10 @@ def parser(description: str, *, epochs: int | None = None, lr: float | None = No
     t = p.add_argument_group("training overrides")
     t.add_argument("--pool", choices=POOLS, default="avg", help="CNN pooling (the report's table used max)")
     if epochs is not None:
-        t.add_argument("--epochs", type=number(int, "--epochs", low=1), default=epochs)
-    t.add_argument("--batch-size", type=number(int, "--batch-size", low=1), default=100)
+        t.add_argument("--epochs", type=number(int, "--epochs", low=1), default=epochs,
+                       help="epochs of the fixed (not swept) runs")
+    t.add_argument("--batch-size", type=number(int, "--batch-size", low=1), default=100,
+                   help="training batch size")
     if lr is not None:
         t.add_argument("--lr", type=number(float, "--lr", low=0, low_open=True), default=lr,
                        help="learning rate of the fixed (not swept) runs")
@@ -130,14 +142,16 @@ def parser(description: str, *, epochs: int | None = None, lr: float | None = No
                    default=10.0, help="rotation augmentation range ±degrees")
     if question2:
         q = p.add_argument_group("question 2")
-        q.add_argument("--sweep", choices=(*Q2_SWEEPS, "all"), default="all")
+        q.add_argument("--sweep", choices=(*Q2_SWEEPS, "all"), default="all", help="which sweep to run")
         q.add_argument("--stage", choices=("pretrain", "finetune", "both"), default="both",
                        help="pretrain only (writes an encoder checkpoint), fine-tune only (needs "
                             "--encoder), or both")
-        q.add_argument("--encoder", type=Path, default=None,
+        q.add_argument("--encoder", type=folder("--encoder"), default=None,
                        help="fine-tune from this encoder checkpoint folder")
-        q.add_argument("--arch", choices=tuple(ARCHITECTURES), default="base")
-        q.add_argument("--pretrain-epochs", type=number(int, "--pretrain-epochs", low=1), default=10)
+        q.add_argument("--arch", choices=tuple(ARCHITECTURES), default="base",
+                       help="autoencoder widths of the fixed runs")
+        q.add_argument("--pretrain-epochs", type=number(int, "--pretrain-epochs", low=1), default=10,
+                       help="epochs of the fixed runs' pretraining")
         q.add_argument("--denoise-std", type=number(float, "--denoise-std", low=0, high=1),
                        default=0.3, help="sigma of the corrupting noise in pretraining (noisy "
                                          "input, clean target)")
@@ -174,7 +188,7 @@ OOM_HINT = ("Use a smaller --batch-size, or fewer --seeds (all seeds train in on
             "them. Completed configurations are kept: rerun with the same --out to continue (a "
             "changed --batch-size or --seeds is a different configuration: use a new --out, or "
             "--overwrite to replace the old results).")
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -186,25 +200,6 @@ def is_out_of_memory(e: BaseException) -> bool:
         return False
     text = str(e)
     return "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
-
-
-def backend_problem() -> str | None:
-    """Why JAX cannot start the backend the environment asks for (e.g. JAX_PLATFORMS=cuda on a
-    machine without CUDA), with the fix; None when it starts."""
-    import jax
-
-    try:
-        jax.devices()
-        return None
-    except Exception as e:  # noqa: BLE001 - JAX raises RuntimeError, or a bare AssertionError for cuda
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    name = next((n for n in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME") if os.environ.get(n)), None)
-    if name is None:
-        return f"JAX cannot start a backend ({reason})."
-    return (f"{name}={os.environ[name]} asks JAX for a backend this machine does not have or cannot "
-            f"start ({reason}). Fix: unset {name} (JAX then picks the best backend available) or set "
-            f"{name}=cpu; for a GPU, install JAX with its CUDA plugin (pip install -U 'jax[cuda12]'), "
-            "for a TPU 'jax[tpu]'.")
 
 
 @distributed.stop_together  # several processes: one stops, all stop, with its status
@@ -238,7 +233,7 @@ def main_guard(run: Callable[[], Any]) -> None:
                   "kept and files are written atomically, so nothing half-written is left.",
                   file=sys.stderr)
             sys.exit(1)
-        problem = backend_problem()  # wherever JAX first touched its backend, it failed there
+        problem = placement.backend_problem()  # wherever JAX first touched its backend, it failed there
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(1)

@@ -58,7 +58,12 @@ def check_writable(out: Path) -> None:
       UsageError: `out` is a file, or the folder cannot be created or written.
     """
     out = Path(out)
-    if out.exists() and not out.is_dir():
+    try:
+        is_file = out.exists() and not out.is_dir()
+    except OSError as e:  # e.g. a name longer than the file system takes
+        raise UsageError(f"--out {out} cannot be used ({e.strerror or e}); choose another with "
+                         "--out DIR") from None
+    if is_file:
         raise UsageError(f"--out {out} is a file, not a folder; choose another with --out DIR")
     created = []
     try:
@@ -136,15 +141,23 @@ def make_context(opts: Options) -> Context:
     return Context(opts=opts, data=data, seeds=list(range(opts.seeds)), log=log)
 
 
+# Environment variables that change what a run reads or computes: recorded with its command.
+RECORDED_ENV = ("FMNIST_DATA_DIR", "XLA_FLAGS", "JAX_PLATFORMS", "JAX_DEFAULT_MATMUL_PRECISION",
+                "JAX_ENABLE_X64")
+
+
 def command_line() -> str:
     """How this process was started, as a shell command that reruns it as is from anywhere:
-    `cd <its folder> && <this Python> -m package.module args...`, every word quoted (a bare
-    `python` may be another interpreter, or none, in the next shell; relative paths need the
-    folder)."""
+    `cd <its folder> && [env VAR=value ...] <this Python> -m package.module args...`, every word
+    quoted (a bare `python` may be another interpreter, or none, in the next shell; relative
+    paths need the folder; the variables of `RECORDED_ENV` that are set change the data or the
+    numbers)."""
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)
     entry = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
+    env = [f"{k}={os.environ[k]}" for k in RECORDED_ENV if os.environ.get(k)]
     # Words the locale could not decode (held as surrogates) as the UTF-8 they most likely were.
     cwd, *words = (os.fsencode(w).decode("utf-8", "surrogateescape")
-                   for w in (os.getcwd(), sys.executable, *entry, *sys.argv[1:]))
+                   for w in (os.getcwd(), *(["env", *env] if env else []), sys.executable, *entry,
+                             *sys.argv[1:]))
     return f"cd {shlex.quote(cwd)} && {shlex.join(words)}"

@@ -9,6 +9,7 @@ data restores without complaint otherwise).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -70,20 +71,36 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
     An existing checkpoint `step` is replaced (Orbax alone refuses): a rerun after an
     interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
     before training), and must not crash on what the interrupted run left.
+
+    Raises:
+      OSError: the disk is full, the path too long, or the folder not writable (tensorstore's
+        own errors, which say so only in their text, are raised as the OSError they are).
     """
     state = placement.replicated_across_processes(state)  # Orbax saves global arrays only
     extra = dict(extra or {})
     if (digest := _digest(state)) is not None:
         extra[_DIGEST] = digest
-    with _manager(directory, max_to_keep, write=True) as mngr:
-        if step in mngr.all_steps():
-            mngr.delete(step)
-        mngr.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)),
-            force=True,
-        )
-        mngr.wait_until_finished()
+    _quiet_orbax_leftovers()  # a failed write leaves the same leftovers as a failed restore
+    try:
+        with _manager(directory, max_to_keep, write=True) as mngr:
+            if step in mngr.all_steps():
+                mngr.delete(step)
+            mngr.save(step, force=True, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
+            mngr.wait_until_finished()
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - tensorstore reports file-system errors as ValueError
+        code = next((c for c, words in _WRITE_ERRORS if any(w in str(e) for w in words)), None)
+        if code is None:
+            raise
+        raise OSError(code, os.strerror(code), str(directory)) from None
+
+
+_WRITE_ERRORS = ((errno.ENOSPC, ("RESOURCE_EXHAUSTED", "No space left")),
+                 (errno.ENAMETOOLONG, ("File name too long",)),
+                 (errno.EROFS, ("Read-only file system",)),
+                 (errno.EACCES, ("PERMISSION_DENIED", "Permission denied")))
 
 
 def _require_dir(directory) -> None:
@@ -125,6 +142,9 @@ def _quiet_orbax_leftovers() -> None:
 
     hook.quiets_orbax = True
     sys.unraisablehook, threading.excepthook = hook, thread_hook
+    # Orbax logs a failed write from each of its threads, traceback included; the caller reports it.
+    logging.getLogger("absl").addFilter(
+        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage())
     logging.getLogger("asyncio").addFilter(lambda record: not (
         "never retrieved" in (text := record.getMessage()) and ("orbax" in text or "tensorstore" in text)))
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
@@ -132,6 +152,7 @@ def _quiet_orbax_leftovers() -> None:
 
 def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
     _require_dir(directory)
+    _quiet_orbax_leftovers()  # before: a failing read's threads report while it fails
     try:
         with _manager(directory) as mngr:
             step = mngr.latest_step() if step is None else step
@@ -141,7 +162,6 @@ def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
-        _quiet_orbax_leftovers()
         why = (str(e).strip().splitlines() or [""])[0].split(" [tensorstore_spec")[0][:300]
         raise CheckpointError(f"{type(e).__name__}: {why}") from None
     extra = dict(restored["extra"] or {})

@@ -11,6 +11,7 @@ and the host reads it with `to_host`.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import jax
@@ -148,3 +149,20 @@ def replicated_across_processes(tree):
             return jax.device_put(np.asarray(x), everywhere)
         return x
     return jax.tree_util.tree_map(spread, tree)
+
+
+def backend_problem() -> str | None:
+    """Why JAX cannot start the backend the environment asks for (e.g. JAX_PLATFORMS=cuda on a
+    machine without CUDA), with the fix; None when it starts."""
+    try:
+        jax.devices()
+        return None
+    except Exception as e:  # noqa: BLE001 - JAX raises RuntimeError, or a bare AssertionError for cuda
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    name = next((n for n in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME") if os.environ.get(n)), None)
+    if name is None:
+        return f"JAX cannot start a backend ({reason})."
+    return (f"{name}={os.environ[name]} asks JAX for a backend this machine does not have or cannot "
+            f"start ({reason}). Fix: unset {name} (JAX then picks the best backend available) or set "
+            f"{name}=cpu; for a GPU, install JAX with its CUDA plugin (pip install -U 'jax[cuda12]'), "
+            "for a TPU 'jax[tpu]'.")

@@ -31,7 +31,7 @@ import optax
 
 from fmnist_jax import augment as augment_lib, metrics
 from fmnist_jax.models import (
-    BASE_WIDTHS, CNN, NUM_CLASSES, Autoencoder, EncoderClassifier, POOLS, resolve_conv_impl,
+    BASE_WIDTHS, CNN, CONV_IMPLS, NUM_CLASSES, Autoencoder, EncoderClassifier, POOLS,
 )
 
 MODELS = ("cnn", "autoencoder", "encoder_classifier")
@@ -122,7 +122,8 @@ class TrainConfig:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.denoise_std < 0:
             raise ValueError(f"denoising noise sigma must be >= 0, got {self.denoise_std}")
-        resolve_conv_impl(self.conv_impl)  # validates
+        if self.conv_impl not in CONV_IMPLS:  # no backend needed to tell a bad name
+            raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
         if self.epochs and self.optimizer.decay_epochs > self.epochs:
             raise ValueError(f"decay epochs ({self.optimizer.decay_epochs}) exceed the run's "
                              f"{self.epochs} epochs; shorten them or train longer")

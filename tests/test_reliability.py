@@ -426,7 +426,7 @@ def test_every_flag_is_validated(tmp_path, capsys, entry, args, message):
     out = tmp_path / "out"
     argv = ["--out", str(out), *SMALL, *args]
     with pytest.raises(SystemExit) as exc:
-        q1.main("q1_epochs", argv) if entry == "q1" else q2.main(argv)
+        q1.main("q1_optimizers", argv) if entry == "q1" else q2.main(argv)
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err, err
     assert_nothing_written(out)
@@ -602,6 +602,54 @@ def test_an_output_folder_name_the_locale_cannot_decode_is_refused(tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("module", ["fmnist_jax.summary", "benchmarks.run"])
+def test_a_backend_this_machine_lacks_is_one_error_line_in_every_entry_point(tmp_path, module):
+    import jax
+
+    try:
+        jax.devices("cuda")
+    except Exception:  # noqa: BLE001 - not here: the case under test
+        pass
+    else:
+        pytest.skip("this machine has a cuda backend")
+    args = ["--quick", "--json", str(tmp_path / "b.json")] if module == "benchmarks.run" else []
+    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=CHILD_TIMEOUT, env=child_env(JAX_PLATFORMS="cuda"))
+    assert_clean_failure(proc, 1, "JAX_PLATFORMS=cuda asks JAX for a backend", "unset JAX_PLATFORMS")
+
+
+def test_paths_that_cannot_be_used_are_refused_before_any_work(tmp_path):
+    """An empty --out (the current folder), a name longer than the file system takes, and a
+    benchmark's --json that is a folder: exit 2, one error line, nothing measured or trained."""
+    empty = cli("q1_epochs", "--out", "", *SMALL)
+    assert_clean_failure(empty, 2, "--out needs a folder, got an empty string")
+    long = cli("q1_epochs", "--out", tmp_path / ("x" * 300), *SMALL)
+    assert_clean_failure(long, 2, "cannot be used", "File name too long", "--out DIR")
+    folder = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(tmp_path)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    assert_clean_failure(folder, 2, "cannot write the results", "--json PATH")
+    assert "[benchmarks]" not in folder.stderr  # refused before measuring
+
+
+def test_a_full_disk_while_a_checkpoint_is_written_is_an_os_error(tmp_path, monkeypatch):
+    """tensorstore says 'disk full' only in a ValueError's text: save raises it as the OSError
+    it is (which main_guard turns into one error line, exit 1), and nothing else is printed."""
+    import errno as errno_lib
+
+    import orbax.checkpoint as ocp
+
+    from fmnist_jax import checkpoint
+
+    def full(*args, **kwargs):
+        raise ValueError('RESOURCE_EXHAUSTED: Error writing "params/0.0": Failed to write 198773 '
+                         "bytes to file 17: No space left on device [os_error_code='28']")
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
+    with pytest.raises(OSError) as excinfo:
+        checkpoint.save(tmp_path / "ckpt", 1, {"w": np.zeros(3, np.float32)})
+    assert excinfo.value.errno == errno_lib.ENOSPC and str(tmp_path / "ckpt") in str(excinfo.value)
+
+
 def recorded_command(reference) -> str:
     config = json.loads((reference["out"] / "q1_optimizers" / "sgd" / "config.json").read_text())
     return config["command"]
@@ -630,6 +678,17 @@ def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, 
     assert "±" in summary
 
 
+def test_the_recorded_command_carries_the_environment_the_run_read(tmp_path):
+    """Variables that choose the data or change the numbers are part of the recorded command."""
+    out = tmp_path / "out"
+    proc = cli("q1_epochs", "--out", out, *SMALL, "--quiet",
+               env=child_env(FMNIST_DATA_DIR=sources.DEBIAN_DIR,
+                             XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    assert proc.returncode == 0, proc.stderr
+    command = json.loads((out / "q1_epochs" / "epochs_1" / "config.json").read_text())["command"]
+    assert f"env FMNIST_DATA_DIR={sources.DEBIAN_DIR} XLA_FLAGS=--xla_force_host_platform_device_count=1 " in command
+
+
 # ----------------------------------------------------------------------------------------------
 # 6. Numerical faults
 
@@ -645,7 +704,7 @@ def test_a_diverging_configuration_is_flagged_and_the_sweep_continues(reference)
     assert diverged["complete"] is True
     # The sweep went on to its end: its summary and choice are written, and name the divergence.
     summary = (out / "q1_epochs" / "summary.md").read_text()
-    assert "**Diverged**" in summary and "1 epochs (2/2 seeds)" in summary, summary
+    assert "**Diverged**" in summary and "1 epoch (2/2 seeds)" in summary, summary
     assert "⚠ 2/2 diverged" in summary
     assert json.loads((out / "q1_epochs" / "choice.json").read_text())["choice"] == "epochs_1"
     assert "Diverged" in proc.stdout
