@@ -56,13 +56,13 @@ def compare(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
 
 
 def describe(result: dict, scale: float = 100.0) -> str:
-    """A comparison in words, e.g. '+0.42 points, 95% CI [+0.15, +0.69], p = 0.010 (seeds) /
-    0.003 (images)'. Reads `compare`'s result, also as read back from JSON (NaN as "nan")."""
+    """A comparison in words, e.g. '+0.42 points, 95% CI [+0.15, +0.69], p = 0.010 (seeds),
+    p < 0.001 (images)'. Reads `compare`'s result, also as read back from JSON (NaN as "nan")."""
     low, high = (_number(v) for v in result["ci95"])
     ci = (f"95% CI [{low * scale:+.2f}, {high * scale:+.2f}]" if math.isfinite(low)
           else "95% CI undefined (one seed, or no spread over the seeds)")
-    return (f"{_number(result['difference']) * scale:+.2f} points, {ci}, p = "
-            f"{_p(_number(result['p_seeds']))} (seeds) / {_p(_number(result['p_images']))} (images)")
+    return (f"{_number(result['difference']) * scale:+.2f} points, {ci}, "
+            f"{_p(_number(result['p_seeds']))} (seeds), {_p(_number(result['p_images']))} (images)")
 
 
 def _number(value) -> float:
@@ -74,5 +74,5 @@ def _number(value) -> float:
 
 def _p(p: float) -> str:
     if not math.isfinite(p):
-        return "–"
-    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+        return "p undefined"
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"

@@ -260,12 +260,13 @@ def train_time_cell(m: Mapping) -> str:
     return f"{fmt_num(pre.get('timing', {}).get('wall_s'))} + {fine}" if pre else fine
 
 
-def delta_cell(row: Row, chosen: Row | None) -> str:
-    """The validation difference to the chosen row (points, 95% CI) and its verdict."""
+def delta_cell(row: Row, chosen: Row | None, mark: str = "**chosen**") -> str:
+    """The validation difference to the chosen (or reference) row, points with 95% CI, and its
+    verdict; `mark` on that row itself."""
     if chosen is None:
         return "–"
     if row.name == chosen.name:
-        return "**chosen**"
+        return mark
     c = compare_rows(row, chosen, "val")
     if c is None:
         return "–"
@@ -279,9 +280,12 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
     divergence, one row per configuration; links are `prefix` + the row's folder."""
     name = (sweep.choice or {}).get("choice") or sweep.reference
     chosen = next((r for r in sweep.rows if r.name == name and r.complete), None)
-    versus = "chosen" if sweep.choice else chosen.label if chosen else "–"
+    # A sweep with a note compares its rows with its reference row, if it names one; else with none.
+    compared = sweep.choice is not None or sweep.reference is not None
+    mark = "**chosen**" if sweep.choice else "**reference**"
     head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names],
-            f"Δ val vs {versus}, points (95% CI)", "train time s", "diverged"]
+            *([f"Δ val vs {'chosen' if sweep.choice else 'reference'}, points (95% CI)"] if compared else []),
+            "train time s", "diverged"]
     rows = []
     for r in sweep.rows:
         if not r.complete:
@@ -292,8 +296,9 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
         rows.append([f"[{link_text(r.label)}]({prefix}{r.name}/metrics.json)",
                      fmt(m.get("test_accuracy")), fmt(m.get("val_accuracy")),
                      *[fmt(pc.get(c), digits=1) for c in class_names],
-                     delta_cell(r, chosen), train_time_cell(m), diverged_cell(m)])
-    return md_table(head, rows, ["l", "r", "r", *["r"] * len(class_names), "l", "r", "l"])
+                     *([delta_cell(r, chosen, mark)] if compared else []), train_time_cell(m),
+                     diverged_cell(m)])
+    return md_table(head, rows, ["l", "r", "r", *["r"] * len(class_names), *["l"] * compared, "r", "l"])
 
 
 def _percent(value: Any) -> str:

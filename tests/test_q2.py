@@ -9,6 +9,7 @@ seeds); the command-line tests run the real entry point in `--quick` mode.
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 import subprocess
 import sys
@@ -351,7 +352,9 @@ def test_quick_pretraining_sweep_writes_every_file(quick_sweep):
     # The value of pretraining, not a choice: the probe is never an answer; the rows are
     # compared with the fine-tuned one.
     assert choice["reference"] == "finetuned" and "not a choice" in choice["note"]
-    assert "Δ val vs pretrained encoder, fine-tuned" in (sweep_dir / "summary.md").read_text()
+    summary = (sweep_dir / "summary.md").read_text()
+    assert "Δ val vs reference" in summary and "**chosen**" not in summary
+    assert re.search(r"^\| \[pretrained encoder, fine-tuned\].*\| \*\*reference\*\* \|", summary, re.M)
     # One pretraining, shared by both pretrained rows.
     assert len(list((quick_sweep / "q2_pretrain").iterdir())) == 1
     assert (read_json(sweep_dir / "finetuned" / "metrics.json")["encoder_checkpoint"]

@@ -5,6 +5,7 @@ binomial test), and the verdict rule."""
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -88,5 +89,8 @@ def test_describe_and_bad_input():
     b = correct_from_accuracies([0.968, 0.970, 0.966], seed=2)
     text = stats.describe(stats.compare(a, b))
     assert text.startswith("+0.70 points, 95% CI [") and "(seeds)" in text and "(images)" in text
+    assert re.search(r"\], p (= 0\.\d{3}|< 0\.001) \(seeds\), p (= 0\.\d{3}|< 0\.001) \(images\)$", text), text
+    tiny = stats.describe({"difference": 0.01, "ci95": [0.005, 0.015], "p_seeds": 1e-5, "p_images": 0.02})
+    assert tiny.endswith("p < 0.001 (seeds), p = 0.020 (images)")  # never "p = < 0.001"
     with pytest.raises(ValueError, match="one shape"):
         stats.compare(a, b[:2])
