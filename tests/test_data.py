@@ -572,7 +572,7 @@ def test_download_without_network_fails_at_once_with_fixes_that_apply(tmp_path):
     t0 = time.monotonic()
     with pytest.raises(DataError) as excinfo:
         remote.download(dest, base_url=refused_url())
-    assert time.monotonic() - t0 < 5
+    assert time.monotonic() - t0 < 30  # the bound; retries with back-off took minutes
     message = assert_clean_error(excinfo, "Connection refused", "Nothing was written", "--data-dir")
     assert "--source download" not in message  # the source that just failed
     assert "pip install" not in message  # needs the network too
