@@ -7,17 +7,20 @@ bool [n_seeds, n_images]), so two sources of chance are tested separately:
 - the images (which examples were drawn): McNemar's exact test on the discordant pairs (an image
   one model gets right and the other wrong), seed k of A paired with seed k of B, pooled.
 A is called *better* only when both tests reject equality at the 5% level in A's favour; else the
-two are *not distinguishable*. With one seed the seeds' spread is unknown: never distinguishable.
+two are *not distinguishable*. With one seed, or no spread over the seeds on either side, Welch's
+test is undefined: the verdict is then *untested over the seeds*, whatever the images say.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 from scipy import stats
 
 ALPHA = 0.05
+VERDICTS = ("better", "worse", "not distinguishable", "untested over the seeds")
 METHOD = ("Welch's t-test on the per-seed accuracies (95% CI of the difference) and McNemar's "
           "exact test on the images one model gets right and the other wrong (seed k paired with "
           "seed k); a difference counts only when both give p < 0.05")
@@ -28,8 +31,8 @@ def compare(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
 
     Returns {"difference": mean accuracy of A - B (a fraction), "ci95": [low, high] of it,
     "p_seeds": Welch's p, "p_images": McNemar's exact p, "discordant": [A right only, B right
-    only], "n_seeds", "n_images", "verdict": "better" | "worse" | "not distinguishable"}.
-    NaN where undefined (one seed, or no spread over the seeds: then never distinguishable).
+    only], "n_seeds", "n_images", "verdict": one of VERDICTS}. NaN where undefined (one seed, or
+    no spread over the seeds: then the verdict is "untested over the seeds").
 
     Raises:
       ValueError: the arrays are not [n_seeds, n_images] of the same shape.
@@ -41,13 +44,15 @@ def compare(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
     diff = float(acc_a.mean() - acc_b.mean())
     low = high = p_seeds = math.nan
     if len(acc_a) > 1 and (acc_a.std() > 0 or acc_b.std() > 0):  # else no spread: undefined
-        t = stats.ttest_ind(acc_a, acc_b, equal_var=False)
+        with warnings.catch_warnings():  # one side without spread: its variance is 0, as meant
+            warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+            t = stats.ttest_ind(acc_a, acc_b, equal_var=False)
         ci = t.confidence_interval(1 - ALPHA)
         low, high, p_seeds = float(ci.low), float(ci.high), float(t.pvalue)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
     p_images = (float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
                 if only_a + only_b else 1.0)
-    verdict = "not distinguishable"
+    verdict = "not distinguishable" if math.isfinite(p_seeds) else "untested over the seeds"
     if p_seeds < ALPHA and p_images < ALPHA and diff != 0:
         verdict = "better" if diff > 0 else "worse"
     return {"difference": diff, "ci95": [low, high], "p_seeds": p_seeds, "p_images": p_images,

@@ -232,6 +232,9 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
             text += "no saved predictions to compare."
         elif c["verdict"] == "better":
             text += f"better, {stats.describe(c)}: the data support the choice."
+        elif c["verdict"] == "untested over the seeds":
+            text += (f"untested over the seeds, {stats.describe(c)}: with one seed, or no spread over "
+                     "the seeds, only the images can be tested, and the choice is not tested.")
         else:
             text += (f"not distinguishable, {stats.describe(c)}: with these seeds and images the "
                      "choice is a tie-break.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -77,8 +78,14 @@ def test_better_needs_both_tests():
     same = stats.compare(b, b)
     assert same["verdict"] == "not distinguishable" and same["p_images"] == 1.0 and same["difference"] == 0
     one = stats.compare(a[:1], b[:1])
-    assert math.isnan(one["p_seeds"]) and one["verdict"] == "not distinguishable"
+    assert math.isnan(one["p_seeds"]) and one["verdict"] == "untested over the seeds"
     assert "undefined" in stats.describe(one)
+    # No spread over the seeds on either side (a quick run's 60 images): a 40-point gap is
+    # untested over the seeds, never "not distinguishable".
+    flat_a, flat_b = np.zeros((2, 60), bool), np.zeros((2, 60), bool)
+    flat_a[:, :50], flat_b[:, :26] = True, True
+    flat = stats.compare(flat_a, flat_b)
+    assert flat["verdict"] == "untested over the seeds" and flat["p_images"] < 0.001
     # As read back from a JSON file (NaN written as "nan"): the same words.
     assert stats.describe({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in one.items()}
                           | {"ci95": ["nan", "nan"]}) == stats.describe(one)
@@ -94,3 +101,15 @@ def test_describe_and_bad_input():
     assert tiny.endswith("p < 0.001 (seeds), p = 0.020 (images)")  # never "p = < 0.001"
     with pytest.raises(ValueError, match="one shape"):
         stats.compare(a, b[:2])
+
+
+def test_one_side_without_spread_is_tested_quietly():
+    """One configuration scores the same on every seed, the other does not: Welch's test is
+    defined (one variance is 0, as meant) and scipy's precision-loss warning is not printed."""
+    a = np.zeros((2, 60), bool)
+    a[:, :49] = True
+    b = correct_from_accuracies([0.5, 0.6], n_images=60, seed=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        got = stats.compare(a, b)
+    assert math.isfinite(got["p_seeds"]) and got["verdict"] in ("better", "not distinguishable")
