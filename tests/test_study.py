@@ -148,6 +148,11 @@ def test_the_report_says_how_each_claim_was_tested(study):
             assert f"on the validation images: {word}," in report, exp
     assert "### Q1 · beyond the original: a tuned recipe" in report
     assert "no choice is made here" in report
+    # The conclusion states its difference from the side that scored higher (never a bare
+    # negative number), and a smoke run's numbers are held against no published conclusion.
+    assert re.search(r"\(autoencoder\); (CNN − autoencoder|autoencoder − CNN): \+\d", report)
+    assert "original report concluded" not in report
+    assert "This run kept only the first images of each split" in report  # --quick: not 10%, 5,000
     [(head, rows)] = tables(report, "measure")
     cells = {r[0]: r[1:] for r in rows}
     columns = dict(zip(head[1:], cells["configuration"]))
