@@ -150,6 +150,14 @@ def _quiet_orbax_leftovers() -> None:
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
+def _cause(error: Exception, limit: int = 500) -> str:
+    """The first line of Orbax's or tensorstore's message, without the specs they append."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    for marker in (" [tensorstore_spec", " See full TensorStore details"):
+        text = text.split(marker)[0]
+    return text if len(text) <= limit else text[:limit].rsplit(" ", 1)[0] + " …"
+
+
 def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
     _require_dir(directory)
     _quiet_orbax_leftovers()  # before: a failing read's threads report while it fails
@@ -162,8 +170,7 @@ def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
-        why = (str(e).strip().splitlines() or [""])[0].split(" [tensorstore_spec")[0][:300]
-        raise CheckpointError(f"{type(e).__name__}: {why}") from None
+        raise CheckpointError(f"{type(e).__name__}: {_cause(e)}") from None
     extra = dict(restored["extra"] or {})
     want = extra.pop(_DIGEST, None)
     if "state" in items and want is not None and _digest(restored["state"]) != want:

@@ -258,8 +258,8 @@ def fit(
             if checkpoint_dir is not None:
                 checkpoint.save(checkpoint_dir, epochs_run, states, {
                     "epoch": epochs_run, "history": history, "diverged": diverged.tolist()})
+            bar.set_postfix(_postfix(history), refresh=False)  # shown by the update: this epoch's
             bar.update(1)
-            bar.set_postfix(_postfix(history), refresh=False)
             if diverged[:n_real].all():
                 break  # every member is NaN/inf: nothing left worth computing
         if not final:

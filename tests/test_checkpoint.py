@@ -132,6 +132,16 @@ def test_resume_continues_exactly(small, uninterrupted, tmp_path):
     assert "train_images_per_s" not in again.timing
 
 
+def test_the_progress_bar_shows_the_epoch_it_counts(small, uninterrupted, capsys):
+    """At "k/N" the bar shows epoch k's numbers (mean over seeds), not epoch k-1's."""
+    fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none", progress=True, desc="run")
+    shown = [part for part in capsys.readouterr().err.split("\r") if "val_accuracy=" in part]
+    for k in (1, 2):
+        want = np.mean([row[k - 1] for row in uninterrupted.history["val_accuracy"]])
+        at_k = [part for part in shown if f" {k}/2 " in part]
+        assert at_k and all(f"val_accuracy={want:.4f}" in part for part in at_k), (k, shown)
+
+
 def test_a_run_continued_from_a_shorter_one_is_the_longer_run(small, uninterrupted):
     """`start`: a 1-epoch run continued to 2 epochs gives the 2-epoch run bit for bit (what lets
     the epochs sweep train 3, then 2 more epochs for its 5-epoch row, ...). The run it continues
@@ -196,6 +206,11 @@ def _empty_index_files(step_dir):
         f.write_bytes(b"")
 
 
+def _empty_the_array_files(step_dir):
+    for f in (step_dir / "state").glob("ocdbt.process_*/d/*"):
+        f.write_bytes(b"")
+
+
 def _change_a_byte_of_the_arrays(step_dir):
     """A byte in the middle of the arrays' data: Orbax restores it without complaint."""
     data = max((f for f in (step_dir / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
@@ -221,8 +236,9 @@ def one_epoch(small, tmp_path_factory):
     return directory
 
 
-@pytest.mark.parametrize("damage", [_remove_manifest, _empty_index_files, _change_a_byte_of_the_arrays,
-                                    _garble_sidecar, _other_shapes], ids=lambda f: f.__name__[1:])
+@pytest.mark.parametrize("damage", [_remove_manifest, _empty_index_files, _empty_the_array_files,
+                                    _change_a_byte_of_the_arrays, _garble_sidecar, _other_shapes],
+                         ids=lambda f: f.__name__[1:])
 def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_afresh(small, uninterrupted, one_epoch,
                                                                      tmp_path, capfd, damage):
     directory = tmp_path / "checkpoint"
@@ -236,6 +252,10 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_afresh(small, unin
     assert f"warning: the checkpoint in {directory} cannot be restored" in err, err
     assert f"moved to {aside}" in err and "starts afresh" in err
     assert "Traceback" not in err and "Event loop is closed" not in err
+    # The cause in words, not tensorstore's internals cut off midway.
+    [warning] = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert not any(junk in warning for junk in ("tensorstore_spec", "bound method", "TensorStore({"))
+    assert warning.count('"') % 2 == 0, warning  # no quoted path cut in half
     assert (aside / "1").is_dir()  # kept for inspection, as it was
     assert checkpoint.latest_step(directory) == 2  # a fresh checkpoint beside it
     with pytest.raises(checkpoint.CheckpointError):  # a damaged checkpoint is never restored
