@@ -84,9 +84,9 @@ def sweep_specs(opts: Options, sweep: str) -> list[Spec]:
     if sweep == "arch":
         return [row(opts, arch, f"{arch} {'-'.join(map(str, (784, *ARCHITECTURES[arch])))}", arch=arch)
                 for arch in ("base", "thick")]
-    if sweep == "epochs":  # labelled by what they train (--quick: 1 + 1)
-        return [row(opts, f"epochs_{e}", f"{1 if opts.quick else e}+{1 if opts.quick else e} epochs",
-                    epochs=e, pretrain_epochs=e) for e in (2, 10, 20)]
+    if sweep == "epochs":  # --quick trains one epoch per stage: one row, as Q1's epochs sweep
+        return [row(opts, f"epochs_{e}", f"{e}+{e} epochs", epochs=e, pretrain_epochs=e)
+                for e in ((1,) if opts.quick else (2, 10, 20))]
     return [row(opts, "finetuned", "pretrained encoder, fine-tuned"),
             row(opts, "frozen_probe", "pretrained encoder frozen (linear probe)", freeze=True),
             row(opts, "no_pretraining", "same classifier from random init", pretrained=False, freeze=False)]
@@ -190,6 +190,10 @@ def draw_denoising(ctx: Context, cfg: TrainConfig, params, path: Path) -> None:
                          labels=[data.class_names[c] for c in data.test_labels[idx]])
 
 
+def _seeds(n) -> str:
+    return f"{n} seed{'s' * (int(n) != 1)}"
+
+
 def encoder_metadata(path: Path, widths, n_seeds: int) -> dict:
     """The JSON sidecar of an encoder checkpoint, checked against the run that wants it.
     Reads no arrays.
@@ -211,8 +215,8 @@ def encoder_metadata(path: Path, widths, n_seeds: int) -> dict:
         arch = next((name for name, w in ARCHITECTURES.items() if tuple(w) == tuple(meta["widths"])), None)
         raise UsageError(
             f"the encoder in {path} has widths {meta['widths']}"
-            f"{f' (--arch {arch})' if arch else ''} and {meta['n_seeds']} seeds; this run "
-            f"needs widths {list(widths)} and {n_seeds} seeds: pass matching --arch and --seeds")
+            f"{f' (--arch {arch})' if arch else ''} and {_seeds(meta['n_seeds'])}; this run "
+            f"needs widths {list(widths)} and {_seeds(n_seeds)}: pass matching --arch and --seeds")
     return meta
 
 

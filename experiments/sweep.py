@@ -12,6 +12,7 @@ a `start` continues that run's end (Question 1's tuned row continues the `expand
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -118,7 +119,7 @@ def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
           "configuration" if unreadable else "of a different configuration (changed flags, seeds or data)")
     raise UsageError(
         f"{run_dir} holds {what} {of}; refused before training this sweep. Pass --overwrite to "
-        "replace them, or --out DIR to write elsewhere")
+        f"replace {'them' if what == 'complete results' else 'it'}, or --out DIR to write elsewhere")
 
 
 def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
@@ -288,6 +289,9 @@ def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
                                         "label": item.spec.label, "reused_from": str(source)})
         ctx.log(f"{where}: identical to {source}, reused")
         return
+    if item.status == "resume" and (item.run_dir / "metrics.json").is_file():  # written last: damaged since
+        print(f"warning: {item.run_dir / 'metrics.json'} cannot be read as complete results; this "
+              "configuration is run again (from its last checkpoint, if kept)", file=sys.stderr, flush=True)
     ctx.log(f"{where}: {'resuming' if item.status == 'resume' else 'training'}")
     item.run_dir.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temporaries(item.run_dir)

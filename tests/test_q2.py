@@ -255,6 +255,9 @@ def test_sweep_specs():
     epochs = q2.sweep_specs(args, "epochs")
     assert [s.cfg.epochs for s in epochs] == [2, 10, 20]
     assert [s.pretrain.epochs for s in epochs] == [2, 10, 20]
+    # --quick trains 1 + 1 epochs: one row (three would be copies, "chosen" over themselves).
+    [quick] = q2.sweep_specs(q2_args(["--quick"]), "epochs")
+    assert (quick.label, quick.cfg.epochs, quick.pretrain.epochs) == ("1+1 epochs", 1, 1)
 
     value = {s.name: s for s in q2.sweep_specs(args, "pretraining")}
     assert sorted(value) == ["finetuned", "frozen_probe", "no_pretraining"]

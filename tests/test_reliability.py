@@ -837,6 +837,22 @@ def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(
     assert again.returncode == 0 and again.stderr.strip() == "", again.stderr
 
 
+def test_a_damaged_metrics_file_is_named_and_its_configuration_completed_again(reference, tmp_path):
+    """A finished row whose metrics.json was damaged later is not silently retrained: a warning
+    names the file, and the rerun ends with the uninterrupted numbers."""
+    out = tmp_path / "out"
+    shutil.copytree(reference["out"] / "q1_optimizers", out / "q1_optimizers", symlinks=True)
+    damaged = out / "q1_optimizers" / "sgd_momentum" / "metrics.json"
+    damaged.write_text('{"broken')
+    args = ["--out", out, *SMALL, "--quiet", "--data-dir", reference["out"].parent / "data dir ü"]
+    proc = cli("q1_optimizers", *args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    [warning] = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert f"{damaged} cannot be read" in warning and "run again" in warning
+    assert_complete(damaged.parent)
+    assert compare(out, reference["out"], ignore=("q1_epochs/*",)) == []
+
+
 def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
     """An encoder checkpoint (--encoder, or a finished pretraining's) is a finished result: never
     replaced silently. Its damage is one error line saying how to replace it (exit 1)."""
