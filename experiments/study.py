@@ -61,8 +61,8 @@ def written(out: Path, before: dict[str, int]) -> tuple[list[str], list[str]]:
         if before.get(key) != mtime:
             folder = str(Path(key).parent)
             try:
-                copied = io.read_json(out / folder / "config.json").get("reused_from")
-            except (OSError, ValueError, AttributeError):
+                copied = io.read_json_object(out / folder / "config.json").get("reused_from")
+            except (OSError, ValueError):
                 copied = None
             (reused if copied else trained).append(folder)
     return trained, reused

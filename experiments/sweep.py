@@ -107,8 +107,8 @@ def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
     if not run_dir.exists() or not any(f for f in run_dir.iterdir() if not results.is_temporary(f)):
         return "new"  # empty, or only what a process killed mid-write left (removed before use)
     try:
-        existing, unreadable = io.read_json(run_dir / "config.json").get("fingerprint"), None
-    except (OSError, ValueError, AttributeError) as e:  # missing, damaged, not a JSON object
+        existing, unreadable = io.read_json_object(run_dir / "config.json").get("fingerprint"), None
+    except (OSError, ValueError) as e:  # missing, damaged, not a JSON object
         existing, unreadable = None, e
     if existing == fingerprint:
         return "skip" if results.is_complete(run_dir) else "resume"
@@ -144,9 +144,9 @@ def find_completed(out: Path, fingerprint: str, exclude: Path) -> Path | None:
         if run_dir.resolve() == exclude.resolve():
             continue
         try:
-            if io.read_json(config).get("fingerprint") == fingerprint and results.is_complete(run_dir):
+            if io.read_json_object(config).get("fingerprint") == fingerprint and results.is_complete(run_dir):
                 return run_dir
-        except (OSError, ValueError, AttributeError):
+        except (OSError, ValueError):
             continue
     return None
 

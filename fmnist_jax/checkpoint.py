@@ -118,11 +118,13 @@ def latest_step(directory: str | os.PathLike) -> int | None:
 
 
 def _quiet_orbax_leftovers() -> None:
-    """After a failed restore, the reads Orbax had in flight end after their event loop closed,
-    reported as unraisable exceptions or thread exceptions ("Event loop is closed", dozens of
-    tracebacks, at exit or later), as asyncio's "exception was never retrieved" errors and as "coroutine ... was never
-    awaited" warnings: drop those (the failure itself is reported once, by the caller), pass
-    anything else on. Installed once; this project runs no coroutines of its own."""
+    """After a failed restore or write, the reads and writes Orbax had in flight end after their
+    event loop closed, reported as unraisable or thread exceptions ("Event loop is closed", dozens
+    of tracebacks, at exit or later), asyncio's "exception was never retrieved" errors, absl's
+    thread tracebacks and "coroutine ... was never awaited" warnings: drop those (the failure
+    itself is reported once, by the caller), pass anything else on. Installed once, before the
+    first checkpoint operation (the leftovers can be reported while it is still failing); this
+    project runs no coroutines of its own. Keyed on message texts of orbax-checkpoint 0.12."""
     previous = sys.unraisablehook
     if getattr(previous, "quiets_orbax", False):
         return

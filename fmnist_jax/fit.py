@@ -299,5 +299,5 @@ def _progress(total, initial, enabled, desc):
                                close=lambda: None)
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc or None,
+    return tqdm(total=total, initial=initial, desc=desc or None,
                 unit="epoch", leave=False, dynamic_ncols=True)

@@ -109,6 +109,19 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.load(f)
 
 
+def read_json_object(path: str | os.PathLike) -> dict:
+    """The JSON object at `path` (what every results file holds).
+
+    Raises:
+      OSError: the file cannot be read.
+      ValueError: it is not JSON, or not an object (e.g. a list or a number).
+    """
+    document = read_json(path)
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} holds a JSON {type(document).__name__}, not an object")
+    return document
+
+
 def write_npy(path: str | os.PathLike, array: np.ndarray) -> None:
     """Write `array` to `path` atomically in NumPy's .npy format."""
     with atomic_path(path) as tmp:

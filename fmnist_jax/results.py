@@ -72,7 +72,7 @@ def is_complete(run_dir: str | Path) -> bool:
     if not all((run_dir / name).is_file() for name in REQUIRED_FILES):
         return False
     try:
-        return bool(io.read_json(run_dir / "metrics.json").get("complete"))
+        return bool(io.read_json_object(run_dir / "metrics.json").get("complete"))
     except (OSError, ValueError):
         return False
 

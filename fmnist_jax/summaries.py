@@ -76,9 +76,9 @@ def image(path: str, alt: str) -> str:
 # Reading results
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(path: Path) -> dict | None:
     try:
-        return io.read_json(path)
+        return io.read_json_object(path)
     except (OSError, ValueError):
         return None
 

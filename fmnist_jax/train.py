@@ -388,8 +388,10 @@ def train_epoch(prog: Program, state: TrainState, images: jax.Array, labels: jax
     """One epoch as one `lax.scan` over device-resident data (the original images [N, 28, 28, 1]
     and labels [N]) -> (state, per-step metrics [steps_per_epoch]). `epoch` (0-based) keys the
     shuffle; `lr_scales` float32 [steps_per_epoch] are the schedule's multipliers."""
-    n, expand = images.shape[0], prog.cfg.model == "cnn" and prog.cfg.augment == "expand"
-    idx = epoch_batches(prog, state, epoch, epoch_size(prog.cfg, n))
+    n = images.shape[0]
+    size = epoch_size(prog.cfg, n)
+    expand = size != n  # the expanded set: batches are drawn from it on the fly
+    idx = epoch_batches(prog, state, epoch, size)
 
     def body(state, batch):
         batch_idx, lr_scale = batch

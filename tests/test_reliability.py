@@ -853,6 +853,26 @@ def test_a_damaged_metrics_file_is_named_and_its_configuration_completed_again(r
     assert compare(out, reference["out"], ignore=("q1_epochs/*",)) == []
 
 
+def test_results_files_that_are_json_but_not_objects_count_as_unreadable(tmp_path):
+    """A metrics.json or config.json holding valid JSON of another kind (a list) is unreadable
+    results, as a garbled one is: never an AttributeError from `.get`."""
+    from experiments import sweep as sweep_lib
+    from experiments.cli import UsageError
+    from fmnist_jax import results, summaries
+
+    run_dir = tmp_path / "q1_optimizers" / "sgd"
+    run_dir.mkdir(parents=True)
+    for name in results.REQUIRED_FILES:
+        (run_dir / name).write_text("[1, 2]")
+    with pytest.raises(ValueError, match="not an object"):
+        io.read_json_object(run_dir / "metrics.json")
+    assert not results.is_complete(run_dir)
+    [row] = summaries.read_sweep(run_dir.parent, ["sgd"]).rows
+    assert not row.complete
+    with pytest.raises(UsageError, match="config.json cannot be read"):
+        sweep_lib._status(run_dir, "a-fingerprint", overwrite=False)
+
+
 def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
     """An encoder checkpoint (--encoder, or a finished pretraining's) is a finished result: never
     replaced silently. Its damage is one error line saying how to replace it (exit 1)."""
