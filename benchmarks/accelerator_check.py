@@ -47,16 +47,25 @@ QUICK_TESTS = ("tests/test_gpu_paths.py", "-k", "gradients")
 # default for float32 matmuls and convolutions); the benchmarks and the study keep the default.
 TESTS_ENV = {"JAX_DEFAULT_MATMUL_PRECISION": "highest"}
 ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
-ENV_PROBE = ("import importlib.util, json, matplotlib; from fmnist_jax import results; "
-             "print(json.dumps({**results.environment(), 'matplotlib': matplotlib.__version__, "
-             "'pytest': importlib.util.find_spec('pytest') is not None}))")
+ENV_PROBE = (
+    "import importlib.util, json, matplotlib; from fmnist_jax import results; "
+    "print(json.dumps({**results.environment(), 'matplotlib': matplotlib.__version__, "
+    "'pytest': importlib.util.find_spec('pytest') is not None}))"
+)
 
 
 def commands(python: str, out: Path, study_out: Path, quick: bool, pytest: bool) -> dict:
     """Each part's command line, in the order they run."""
     if pytest:
-        tests = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                 *(QUICK_TESTS if quick else TESTS)]
+        tests = [
+            python,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            *(QUICK_TESTS if quick else TESTS),
+        ]
     else:
         tests = [python, "-m", "tests.test_gpu_paths"]
     bench = [python, "-m", "benchmarks.run", "--json", str(out / "benchmarks.json")]
@@ -67,8 +76,14 @@ def commands(python: str, out: Path, study_out: Path, quick: bool, pytest: bool)
     return {"tests": tests, "benchmarks": bench, "study": study}
 
 
-def run_part(name: str, command: list[str], out: Path, limit_s: float, env: dict,
-             extra_env: dict | None = None) -> dict:
+def run_part(
+    name: str,
+    command: list[str],
+    out: Path,
+    limit_s: float,
+    env: dict,
+    extra_env: dict | None = None,
+) -> dict:
     """Run one part (with `extra_env` added to `env`) with its output in OUT_DIR/<name>.log ->
     its record (exit status 124 if stopped at `limit_s`)."""
     log = out / f"{name}.log"
@@ -77,9 +92,14 @@ def run_part(name: str, command: list[str], out: Path, limit_s: float, env: dict
     with open(log, "w") as f:
         f.write(f"$ {shown}\n")
         f.flush()
-        proc = subprocess.Popen(command, cwd=ROOT, env={**env, **(extra_env or {})}, stdout=f,
-                                stderr=subprocess.STDOUT,
-                                start_new_session=True)  # its own group: stopped with its children
+        proc = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env={**env, **(extra_env or {})},
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # its own group: stopped with its children
         try:
             status, timed_out = proc.wait(timeout=max(limit_s, 1)), False
         except subprocess.TimeoutExpired:
@@ -87,10 +107,19 @@ def run_part(name: str, command: list[str], out: Path, limit_s: float, env: dict
             proc.wait()
             status, timed_out = 124, True
     wall = time.perf_counter() - t0
-    print(f"[accelerator_check] {name}: exit status {status}{' (out of time)' if timed_out else ''}, "
-          f"{wall:.1f} s", flush=True)
-    return {"command": shown, "exit_status": status, "timed_out": timed_out,
-            "wall_s": wall, "limit_s": limit_s, "log": log.name}
+    print(
+        f"[accelerator_check] {name}: exit status {status}{' (out of time)' if timed_out else ''}, "
+        f"{wall:.1f} s",
+        flush=True,
+    )
+    return {
+        "command": shown,
+        "exit_status": status,
+        "timed_out": timed_out,
+        "wall_s": wall,
+        "limit_s": limit_s,
+        "log": log.name,
+    }
 
 
 def _read_json(path: Path):
@@ -111,12 +140,20 @@ def study_timing(study_out: Path) -> dict:
             continue
         timing = (_read_json(metrics) or {}).get("timing") or {}
         rows[f"{folder.parent.name}/{folder.name}"] = {
-            k: timing[k] for k in ("compile_s", "train_s", "eval_s", "own_wall_s") if k in timing}
+            k: timing[k] for k in ("compile_s", "train_s", "eval_s", "own_wall_s") if k in timing
+        }
     return rows
 
 
-def summarise(parts: dict, environment: dict | None, bench: dict | None, study: dict | None,
-              rows: dict, quick: bool, total_s: float) -> dict:
+def summarise(
+    parts: dict,
+    environment: dict | None,
+    bench: dict | None,
+    study: dict | None,
+    rows: dict,
+    quick: bool,
+    total_s: float,
+) -> dict:
     """summary.json: `ok`, each part's exit status and wall time, the environment, the
     benchmark's images/s and compile seconds of `ROWS`, and the study's wall time (measured
     here, and as study.json records it) with `study_rows` (see `study_timing`)."""
@@ -124,7 +161,7 @@ def summarise(parts: dict, environment: dict | None, bench: dict | None, study: 
     return {
         "ok": all(p["exit_status"] == 0 for p in parts.values()),
         "quick": quick,
-        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "total_wall_s": total_s,
         "environment": environment,
         "parts": parts,
@@ -132,11 +169,16 @@ def summarise(parts: dict, environment: dict | None, bench: dict | None, study: 
         "compile_s": {n: by_name[n].get("compile_s") for n in ROWS if n in by_name},
         "benchmark_data": (bench or {}).get("env", {}).get("data"),
         "study_wall_s": parts.get("study", {}).get("wall_s"),
-        "study": None if study is None else {
-            "complete": study.get("complete"), "seeds": study.get("seeds"),
-            "total_wall_s": study.get("total_wall_s"), "inference": study.get("inference"),
+        "study": None
+        if study is None
+        else {
+            "complete": study.get("complete"),
+            "seeds": study.get("seeds"),
+            "total_wall_s": study.get("total_wall_s"),
+            "inference": study.get("inference"),
             "trained": sum(len(i.get("trained", [])) for i in study.get("invocations", [])),
-            "reused": sum(len(i.get("reused", [])) for i in study.get("invocations", []))},
+            "reused": sum(len(i.get("reused", [])) for i in study.get("invocations", [])),
+        },
         "study_rows": rows,
         "study_train_wall_s": sum(r.get("own_wall_s", 0.0) for r in rows.values()),
     }
@@ -144,19 +186,28 @@ def summarise(parts: dict, environment: dict | None, bench: dict | None, study: 
 
 def main(argv=None) -> int:
     """The command line; -> the exit status."""
-    p = argparse.ArgumentParser(prog="scripts/accelerator_check.sh", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="scripts/accelerator_check.sh",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("out", type=Path, metavar="OUT_DIR", help="where summary.json and the logs go")
     p.add_argument("--quick", action="store_true", help="a smoke run of the check (CPU)")
-    p.add_argument("--data-dir", type=Path, default=None,
-                   help="folder with the four Fashion-MNIST files (else $FMNIST_DATA_DIR, or the "
-                        "usual places)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=None,
+        help="folder with the four Fashion-MNIST files (else $FMNIST_DATA_DIR, or the "
+        "usual places)",
+    )
     args = p.parse_args(argv)
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        print(f"error: cannot create {args.out} ({e.strerror}); pass a writable OUT_DIR",
-              file=sys.stderr)
+        print(
+            f"error: cannot create {args.out} ({e.strerror}); pass a writable OUT_DIR",
+            file=sys.stderr,
+        )
         return 2
     env = dict(os.environ)
     if args.data_dir is not None:
@@ -168,32 +219,52 @@ def main(argv=None) -> int:
     def limit(name):
         return min(LIMITS_S[name], deadline - time.perf_counter())
 
-    parts = {"environment": run_part("environment", [python, "-c", ENV_PROBE], out,
-                                     limit("environment"), env)}
+    parts = {
+        "environment": run_part(
+            "environment", [python, "-c", ENV_PROBE], out, limit("environment"), env
+        )
+    }
     environment = None
     if parts["environment"]["exit_status"] == 0:
         lines = (out / "environment.log").read_text().splitlines()
         environment = json.loads(next(x for x in reversed(lines) if x.startswith("{")))
         if shutil.which("nvidia-smi"):
-            smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
-                                  "--format=csv,noheader"], capture_output=True, text=True)
+            smi = subprocess.run(
+                [
+                    "nvidia-smi",
+                    "--query-gpu=name,driver_version,memory.total",
+                    "--format=csv,noheader",
+                ],
+                capture_output=True,
+                text=True,
+            )
             environment["nvidia_smi"] = smi.stdout.strip().splitlines()
     pytest = (environment or {}).get("pytest", importlib.util.find_spec("pytest") is not None)
     with tempfile.TemporaryDirectory(prefix="fmnist-study-") as tmp:
         study_out = Path(tmp) / "results"
         for name, command in commands(python, out, study_out, args.quick, pytest).items():
-            parts[name] = run_part(name, command, out, limit(name), env,
-                                   TESTS_ENV if name == "tests" else None)
+            parts[name] = run_part(
+                name, command, out, limit(name), env, TESTS_ENV if name == "tests" else None
+            )
         for name in ("study.json", "REPORT.md"):
             if (study_out / name).is_file():
                 shutil.copyfile(study_out / name, out / name)
         rows = study_timing(study_out)
-    summary = summarise(parts, environment, _read_json(out / "benchmarks.json"),
-                        _read_json(out / "study.json"), rows, args.quick,
-                        time.perf_counter() - t0)
+    summary = summarise(
+        parts,
+        environment,
+        _read_json(out / "benchmarks.json"),
+        _read_json(out / "study.json"),
+        rows,
+        args.quick,
+        time.perf_counter() - t0,
+    )
     io.write_json(out / "summary.json", summary)
-    print(f"[accelerator_check] {'all parts passed' if summary['ok'] else 'a part failed'}; "
-          f"wrote {out / 'summary.json'}", flush=True)
+    print(
+        f"[accelerator_check] {'all parts passed' if summary['ok'] else 'a part failed'}; "
+        f"wrote {out / 'summary.json'}",
+        flush=True,
+    )
     return 0 if summary["ok"] else 1
 
 

@@ -17,13 +17,11 @@ from typing import Any
 
 import jax
 import numpy as np
-from fmnist_jax.placement import resolve_member_map, side_by_side
-from fmnist_jax.train import (
-    TrainConfig, init_state, program, train_step,
-)
 
 from benchmarks.timing import Measurement, device_label, measure, measure_interleaved, timed
 from benchmarks.workload import Compiled, Workload, eval_program, train_epoch_program
+from fmnist_jax.placement import resolve_member_map, side_by_side
+from fmnist_jax.train import TrainConfig, init_state, program, train_step
 
 CNN = TrainConfig(model="cnn", batch_size=100, augment="online")  # the engine's default path
 AE = TrainConfig(model="autoencoder", batch_size=100, augment="none")  # as q2 pretrains
@@ -44,14 +42,31 @@ class Plan:
     data_parallel: bool
 
     @classmethod
-    def make(cls, quick: bool) -> "Plan":
+    def make(cls, quick: bool) -> Plan:
         """What a quick (smoke) or a full run measures."""
         if quick:
-            return cls(True, n_train=500, n_small=500, reps=1, reps_small=1, warmup=1,
-                       members=(1, 2), device_members=(1,), data_parallel=False)
-        return cls(False, n_train=27_000, n_small=2_700, reps=5, reps_small=3, warmup=1,
-                   members=(1, 2, 4, 8), device_members=(1, 2, 4),
-                   data_parallel=True)
+            return cls(
+                True,
+                n_train=500,
+                n_small=500,
+                reps=1,
+                reps_small=1,
+                warmup=1,
+                members=(1, 2),
+                device_members=(1,),
+                data_parallel=False,
+            )
+        return cls(
+            False,
+            n_train=27_000,
+            n_small=2_700,
+            reps=5,
+            reps_small=3,
+            warmup=1,
+            members=(1, 2, 4, 8),
+            device_members=(1, 2, 4),
+            data_parallel=True,
+        )
 
 
 @dataclass
@@ -63,23 +78,38 @@ class Case:
     fields: dict[str, Any] = field(default_factory=dict)  # baseline, note, batch_size, ...
 
 
-def make_row(name: str, group: str, m: Measurement, images_per_rep: int, *,
-             n_devices: int = 1, **fields) -> dict[str, Any]:
+def make_row(
+    name: str, group: str, m: Measurement, images_per_rep: int, *, n_devices: int = 1, **fields
+) -> dict[str, Any]:
     """A result row: the measurement's summary and the given fields."""
-    return {"name": name, "group": group, "device": device_label(n_devices),
-            **m.summary(images_per_rep), **fields}
+    return {
+        "name": name,
+        "group": group,
+        "device": device_label(n_devices),
+        **m.summary(images_per_rep),
+        **fields,
+    }
 
 
 def measure_cases(group: str, cases: list[Case], plan: Plan, reps: int) -> list[dict]:
     """Time the cases in interleaved rounds and make their rows."""
-    ms = measure_interleaved({c.name: c.program.run for c in cases}, reps=reps,
-                             warmup=plan.warmup)
+    ms = measure_interleaved({c.name: c.program.run for c in cases}, reps=reps, warmup=plan.warmup)
     rounds = "+".join(c.name for c in cases)  # rows with the same `rounds` were timed together
-    return [make_row(c.name, group, ms[c.name], c.program.images_per_call,
-                     n_devices=c.program.n_devices, compile_s=c.program.compile_s,
-                     n_members=c.program.n_members, parallel=c.program.parallel, rounds=rounds,
-                     **c.fields)
-            for c in cases]
+    return [
+        make_row(
+            c.name,
+            group,
+            ms[c.name],
+            c.program.images_per_call,
+            n_devices=c.program.n_devices,
+            compile_s=c.program.compile_s,
+            n_members=c.program.n_members,
+            parallel=c.program.parallel,
+            rounds=rounds,
+            **c.fields,
+        )
+        for c in cases
+    ]
 
 
 def _subset(wl: Workload, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,31 +123,59 @@ def _subset(wl: Workload, n: int) -> tuple[np.ndarray, np.ndarray]:
 def cnn_train(plan: Plan, wl: Workload) -> list[dict]:
     """`cnn_train`: one CNN member through fit's epoch program (online augmentation)."""
     c = train_epoch_program(CNN, *_subset(wl, plan.n_train))
-    return measure_cases("train", [Case("cnn_train", c, {
-        "batch_size": CNN.batch_size,
-        "note": "fit's path: one jitted lax.scan epoch over the members (1 here; lax.map on the "
-                "CPU, vmap elsewhere), online augmentation, device-side shuffle; compile_s = lower "
-                "+ compile of that epoch program"})],
-        plan, plan.reps)
+    return measure_cases(
+        "train",
+        [
+            Case(
+                "cnn_train",
+                c,
+                {
+                    "batch_size": CNN.batch_size,
+                    "note": "fit's path: one jitted lax.scan epoch over the members (1 here; lax.map on the "
+                    "CPU, vmap elsewhere), online augmentation, device-side shuffle; compile_s = lower "
+                    "+ compile of that epoch program",
+                },
+            )
+        ],
+        plan,
+        plan.reps,
+    )
 
 
 def ae_train(plan: Plan, wl: Workload) -> list[dict]:
     """`ae_train`: one denoising autoencoder member through fit's epoch program."""
     c = train_epoch_program(AE, *_subset(wl, plan.n_train))
-    return measure_cases("train", [Case("ae_train", c, {
-        "batch_size": AE.batch_size,
-        "note": f"denoising autoencoder {AE.widths}, input noise sigma {AE.denoise_std}"})],
-        plan, plan.reps)
+    return measure_cases(
+        "train",
+        [
+            Case(
+                "ae_train",
+                c,
+                {
+                    "batch_size": AE.batch_size,
+                    "note": f"denoising autoencoder {AE.widths}, input noise sigma {AE.denoise_std}",
+                },
+            )
+        ],
+        plan,
+        plan.reps,
+    )
 
 
-INFER_NOTE = ("fit's evaluation: its jitted eval program over the members per padded, masked test batch, "
-              "sums on the device (loss, accuracy, confusion / reconstruction error)")
+INFER_NOTE = (
+    "fit's evaluation: its jitted eval program over the members per padded, masked test batch, "
+    "sums on the device (loss, accuracy, confusion / reconstruction error)"
+)
 
 
 def _infer(name: str, cfg: TrainConfig, plan: Plan, wl: Workload) -> list[dict]:
     c = eval_program(cfg, plan.n_train, wl.test_images, wl.test_labels)
-    return measure_cases("infer", [Case(name, c, {
-        "batch_size": cfg.eval_batch(1), "note": INFER_NOTE})], plan, plan.reps)
+    return measure_cases(
+        "infer",
+        [Case(name, c, {"batch_size": cfg.eval_batch(1), "note": INFER_NOTE})],
+        plan,
+        plan.reps,
+    )
 
 
 def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
@@ -133,13 +191,28 @@ def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
 
     def case(name, cfg, member_map, note):
         batch = cfg.eval_batch(side_by_side(n, member_map))
-        return Case(name, eval_program(cfg, plan.n_train, wl.test_images, wl.test_labels,
-                                       n_members=n, member_map=member_map),
-                    {"batch_size": batch, "baseline": base, "note": f"{n} members, {note}, eval batch {batch}"})
+        return Case(
+            name,
+            eval_program(
+                cfg,
+                plan.n_train,
+                wl.test_images,
+                wl.test_labels,
+                n_members=n,
+                member_map=member_map,
+            ),
+            {
+                "batch_size": batch,
+                "baseline": base,
+                "note": f"{n} members, {note}, eval batch {batch}",
+            },
+        )
 
-    cases = [case(base, fixed, "vmap", "vmapped"),
-             case("cnn_infer_3members_vmap", CNN, "vmap", "vmapped"),
-             case("cnn_infer_3members", CNN, auto_map, f"fit's way ({auto_map})")]
+    cases = [
+        case(base, fixed, "vmap", "vmapped"),
+        case("cnn_infer_3members_vmap", CNN, "vmap", "vmapped"),
+        case("cnn_infer_3members", CNN, auto_map, f"fit's way ({auto_map})"),
+    ]
     return rows + measure_cases("infer_members", cases, plan, plan.reps_small)
 
 
@@ -163,10 +236,11 @@ def _loop_program(prog, images, labels) -> tuple[Compiled, float]:
     step_fn = jax.jit(functools.partial(train_step, prog), donate_argnums=0)
     box = {"state": _single_state(prog), "rng": np.random.default_rng(0)}
     _, compile_s = timed(
-        lambda: step_fn.lower(box["state"], images[:batch], labels[:batch]).compile())
+        lambda: step_fn.lower(box["state"], images[:batch], labels[:batch]).compile()
+    )
 
     def host_batches():
-        order = box["rng"].permutation(images.shape[0])[:steps * batch].reshape(steps, batch)
+        order = box["rng"].permutation(images.shape[0])[: steps * batch].reshape(steps, batch)
         for idx in order:
             yield images[idx], labels[idx]
 
@@ -186,14 +260,30 @@ def scan_vs_loop(plan: Plan, wl: Workload) -> list[dict]:
     images, labels = _subset(wl, plan.n_train)
     prog = program(CNN, int(images.shape[0]))
     loop, host_s = _loop_program(prog, images, labels)
-    cases = [Case("cnn_train_scan", train_epoch_program(CNN, images, labels), {
-        "batch_size": CNN.batch_size, "baseline": "cnn_train_scan",
-        "note": "cnn_train's program again, timed in rounds with the loop"})]
-    cases.append(Case("cnn_train_loop", loop, {
-        "batch_size": CNN.batch_size, "baseline": "cnn_train_scan",
-        "host_batching_ms_per_step": 1e3 * host_s,
-        "note": "Python loop over jitted train_step (donated state), batches gathered in numpy "
-                "on the host and copied in per step; compile_s is one step's"}))
+    cases = [
+        Case(
+            "cnn_train_scan",
+            train_epoch_program(CNN, images, labels),
+            {
+                "batch_size": CNN.batch_size,
+                "baseline": "cnn_train_scan",
+                "note": "cnn_train's program again, timed in rounds with the loop",
+            },
+        )
+    ]
+    cases.append(
+        Case(
+            "cnn_train_loop",
+            loop,
+            {
+                "batch_size": CNN.batch_size,
+                "baseline": "cnn_train_scan",
+                "host_batching_ms_per_step": 1e3 * host_s,
+                "note": "Python loop over jitted train_step (donated state), batches gathered in numpy "
+                "on the host and copied in per step; compile_s is one step's",
+            },
+        )
+    )
     return measure_cases("scan_vs_loop", cases, plan, plan.reps_small)
 
 
@@ -206,15 +296,31 @@ def seeds(plan: Plan, wl: Workload) -> list[dict]:
     images, labels = _subset(wl, plan.n_small)
     cases = []
     for n in plan.members:
-        note = (f"{n} members vmapped in one program on one device" if n > 1 else
-                "1 member; N sequential single runs run this same program N times, so their "
-                "total throughput is this row's (compile excluded, paid once)")
+        note = (
+            f"{n} members vmapped in one program on one device"
+            if n > 1
+            else "1 member; N sequential single runs run this same program N times, so their "
+            "total throughput is this row's (compile excluded, paid once)"
+        )
         c = train_epoch_program(CNN, images, labels, n_members=n, member_map="vmap")
-        cases.append(Case(f"cnn_seeds_vmap_N{n}", c, {
-            "batch_size": CNN.batch_size, "baseline": "cnn_seeds_vmap_N1", "note": note}))
+        cases.append(
+            Case(
+                f"cnn_seeds_vmap_N{n}",
+                c,
+                {"batch_size": CNN.batch_size, "baseline": "cnn_seeds_vmap_N1", "note": note},
+            )
+        )
         if n > 1:
             c = train_epoch_program(CNN, images, labels, n_members=n, member_map="map")
-            cases.append(Case(f"cnn_seeds_map_N{n}", c, {
-                "batch_size": CNN.batch_size, "baseline": "cnn_seeds_vmap_N1",
-                "note": f"{n} members one after another (lax.map) in one program on one device"}))
+            cases.append(
+                Case(
+                    f"cnn_seeds_map_N{n}",
+                    c,
+                    {
+                        "batch_size": CNN.batch_size,
+                        "baseline": "cnn_seeds_vmap_N1",
+                        "note": f"{n} members one after another (lax.map) in one program on one device",
+                    },
+                )
+            )
     return measure_cases("seeds", cases, plan, plan.reps_small)

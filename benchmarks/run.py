@@ -19,12 +19,11 @@ from pathlib import Path
 # On an accelerator the device-scaling workers need memory while this process is alive.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-from fmnist_jax.io import tolerant_output, write_json, write_text  # noqa: E402
-from fmnist_jax.placement import backend_problem  # noqa: E402
-
 from benchmarks import cases, scaling  # noqa: E402
 from benchmarks.timing import environment  # noqa: E402
 from benchmarks.workload import load_workload  # noqa: E402
+from fmnist_jax.io import tolerant_output, write_json, write_text  # noqa: E402
+from fmnist_jax.placement import backend_problem  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).parent / "out" / "results.json"
 REQUIRED_ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
@@ -89,11 +88,15 @@ def markdown(result: dict) -> str:
     ]
     loaded = [r["name"] for r in result["rows"] if r.get("other_processes_cores", 0) > 0.25]
     if loaded:
-        lines.append(f"**Warning**: other processes kept more than 0.25 cores busy during "
-                     f"{', '.join(loaded)}; those rows' absolute numbers (and ratios) are low.")
+        lines.append(
+            f"**Warning**: other processes kept more than 0.25 cores busy during "
+            f"{', '.join(loaded)}; those rows' absolute numbers (and ratios) are low."
+        )
     if env.get("compilation_cache_dir"):
-        lines.append(f"JAX's persistent compilation cache is on ({env['compilation_cache_dir']}): "
-                     "compile_s may be a cache load.")
+        lines.append(
+            f"JAX's persistent compilation cache is on ({env['compilation_cache_dir']}): "
+            "compile_s may be a cache load."
+        )
     lines += [
         "",
         "| row | device | images/s | best | spread | ratio | vs | compile s | cpu/wall | other "
@@ -106,7 +109,8 @@ def markdown(result: dict) -> str:
             f"{r['images_per_s_max']:,.0f} | {r['spread']:.1%} | "
             f"{_fmt(r.get('ratio'), '.2f')} | {r.get('baseline', '')} | "
             f"{_fmt(r.get('compile_s'), '.2f')} | {r['cpu_per_wall']:.2f} | "
-            f"{_fmt(r.get('other_processes_cores'), '.2f')} | {r['images_per_cpu_s']:,.0f} |")
+            f"{_fmt(r.get('other_processes_cores'), '.2f')} | {r['images_per_cpu_s']:,.0f} |"
+        )
     if result["ratios"]:
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
@@ -129,17 +133,30 @@ def check(result: dict) -> None:
 def main(argv=None) -> dict:
     """`python -m benchmarks.run`: measure, check, write the JSON and the table. -> the result."""
     tolerant_output()
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny epochs, one repetition: a smoke run (< ~60 s on 2 CPU cores)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny epochs, one repetition: a smoke run (< ~60 s on 2 CPU cores)",
+    )
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
-    parser.add_argument("--markdown", type=Path, default=None,
-                        help="default: beside the JSON, same name with .md")
-    parser.add_argument("--only", nargs="+", choices=list(GROUPS), metavar="GROUP",
-                        help=f"measure only these groups: {', '.join(GROUPS)}")
-    parser.add_argument("--random-data", action="store_true",
-                        help="random arrays of the task's shapes instead of Fashion-MNIST")
+    parser.add_argument(
+        "--markdown", type=Path, default=None, help="default: beside the JSON, same name with .md"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=list(GROUPS),
+        metavar="GROUP",
+        help=f"measure only these groups: {', '.join(GROUPS)}",
+    )
+    parser.add_argument(
+        "--random-data",
+        action="store_true",
+        help="random arrays of the task's shapes instead of Fashion-MNIST",
+    )
     args = parser.parse_args(argv)
     if (problem := backend_problem()) is not None:
         print(f"error: {problem}", file=sys.stderr)
@@ -162,17 +179,23 @@ def main(argv=None) -> dict:
         t0 = time.perf_counter()
         if group == "devices":
             got, lost, env["device_workers"] = scaling.run_workers(
-                plan, random_data=workload.source == "random",
-                timeout_s=300 if plan.quick else 1200)
+                plan, random_data=workload.source == "random", timeout_s=300 if plan.quick else 1200
+            )
             rows += got
             skipped += lost
         else:
             rows += GROUPS[group](plan, workload)
-        print(f"[benchmarks] {group}: {time.perf_counter() - t0:.1f} s", file=sys.stderr,
-              flush=True)
+        print(
+            f"[benchmarks] {group}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True
+        )
 
-    result = {"env": env, "quick": plan.quick, "rows": rows, "ratios": ratios(rows),
-              "skipped": skipped}
+    result = {
+        "env": env,
+        "quick": plan.quick,
+        "rows": rows,
+        "ratios": ratios(rows),
+        "skipped": skipped,
+    }
     env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     env["total_s"] = time.perf_counter() - t_start
     check(result)

@@ -49,7 +49,7 @@ def worker(args) -> dict:
     """The device-scaling rows of this process's devices (run in a subprocess)."""
     wl = load_workload(random_data=args.random_data)
     plan = Plan.make(args.quick)
-    images, labels = wl.train_images[:plan.n_small], wl.train_labels[:plan.n_small]
+    images, labels = wl.train_images[: plan.n_small], wl.train_labels[: plan.n_small]
     k = jax.device_count()
     reference = row_name(k, "none", 1)
     cases, skipped = [], []
@@ -61,8 +61,17 @@ def worker(args) -> dict:
         except Exception as e:  # e.g. a batch that does not split over K devices
             skipped.append({"name": name, "why": f"{type(e).__name__}: {e}"[:500]})
             continue
-        cases.append(Case(name, c, {"batch_size": CNN.batch_size, "baseline": baseline,
-                                    "note": _NOTES[mode].format(k=k, n=n)}))
+        cases.append(
+            Case(
+                name,
+                c,
+                {
+                    "batch_size": CNN.batch_size,
+                    "baseline": baseline,
+                    "note": _NOTES[mode].format(k=k, n=n),
+                },
+            )
+        )
     rows = measure_cases("devices", cases, plan, plan.reps_small)
     return {"env": environment(), "rows": rows, "skipped": skipped, "data": wl.source}
 
@@ -70,9 +79,9 @@ def worker(args) -> dict:
 _NOTES = {
     "none": "1 member, unsharded, in a process with {k} device(s): the reference of its rows",
     "seeds": "{n} members vmapped, the member axis sharded over {k} devices (padded to a multiple "
-             "of {k}; only real members counted); no communication between devices",
+    "of {k}; only real members counted); no communication between devices",
     "data": "1 member; each batch of 100 split over {k} devices, parameters replicated, "
-            "gradients all-reduced by XLA",
+    "gradients all-reduced by XLA",
 }
 
 
@@ -106,11 +115,13 @@ def run_workers(plan: Plan, *, random_data: bool, timeout_s: float) -> tuple[lis
             cmd += ["--quick"] * plan.quick + ["--random-data"] * random_data
             env = _env_for(k) if on_cpu else dict(os.environ)
             try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True,
-                                      timeout=timeout_s)
+                proc = subprocess.run(
+                    cmd, env=env, capture_output=True, text=True, timeout=timeout_s
+                )
             except subprocess.TimeoutExpired:
-                skipped.append({"name": f"devices K={k}",
-                                "why": f"worker timed out ({timeout_s} s)"})
+                skipped.append(
+                    {"name": f"devices K={k}", "why": f"worker timed out ({timeout_s} s)"}
+                )
                 continue
             if proc.returncode != 0 or not out.exists():
                 why = f"worker failed (rc {proc.returncode}): {proc.stderr[-800:]}"
@@ -124,8 +135,21 @@ def run_workers(plan: Plan, *, random_data: bool, timeout_s: float) -> tuple[lis
         seen.add(got)
         rows += result["rows"]
         skipped += result["skipped"]
-        envs.append({"requested_devices": k, **{key: result["env"][key] for key in (
-            "device_count", "device_kind", "backend", "xla_flags", "load_average")}})
+        envs.append(
+            {
+                "requested_devices": k,
+                **{
+                    key: result["env"][key]
+                    for key in (
+                        "device_count",
+                        "device_kind",
+                        "backend",
+                        "xla_flags",
+                        "load_average",
+                    )
+                },
+            }
+        )
     return rows, skipped, envs
 
 

@@ -12,8 +12,9 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
@@ -81,8 +82,9 @@ def measure(run: Callable[[], Any], *, reps: int, warmup: int = 1) -> Measuremen
     return measure_interleaved({"run": run}, reps=reps, warmup=warmup)["run"]
 
 
-def measure_interleaved(runs: dict[str, Callable[[], Any]], *, reps: int,
-                        warmup: int = 1) -> dict[str, Measurement]:
+def measure_interleaved(
+    runs: dict[str, Callable[[], Any]], *, reps: int, warmup: int = 1
+) -> dict[str, Measurement]:
     """Time several programs in rounds (A B C, A B C, ...), so that a machine whose speed drifts
     (a shared VM does, by tens of percent over minutes) biases none of their ratios."""
     for run in runs.values():

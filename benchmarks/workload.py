@@ -7,21 +7,25 @@ path, not a benchmark-only copy of it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.timing import timed
 from fmnist_jax import data
 from fmnist_jax.fit import init_states, member_programs
 from fmnist_jax.placement import (
-    make_placement, padded_members, resolve_member_map, resolve_parallel, side_by_side,
+    make_placement,
+    padded_members,
+    resolve_member_map,
+    resolve_parallel,
+    side_by_side,
 )
 from fmnist_jax.train import TrainConfig, lr_scales, pad_for_eval, program
-
-from benchmarks.timing import timed
 
 N_TRAIN, N_TEST = 27_000, 5_000  # the task's sizes (DESIGN.md §1), also for random stand-ins
 
@@ -42,14 +46,21 @@ def load_workload(random_data: bool = False) -> Workload:
     if not random_data:
         try:
             task = data.load_task()
-            return Workload(task.train_images, task.train_labels, task.test_images,
-                            task.test_labels, "fashion-mnist")
+            return Workload(
+                task.train_images,
+                task.train_labels,
+                task.test_images,
+                task.test_labels,
+                "fashion-mnist",
+            )
         except data.DataError:
             pass
     rng = np.random.default_rng(0)
     return Workload(
-        rng.random((N_TRAIN, 28, 28, 1), np.float32), rng.integers(0, 5, N_TRAIN, dtype=np.int32),
-        rng.random((N_TEST, 28, 28, 1), np.float32), rng.integers(0, 5, N_TEST, dtype=np.int32),
+        rng.random((N_TRAIN, 28, 28, 1), np.float32),
+        rng.integers(0, 5, N_TRAIN, dtype=np.int32),
+        rng.random((N_TEST, 28, 28, 1), np.float32),
+        rng.integers(0, 5, N_TEST, dtype=np.int32),
         "random",
     )
 
@@ -66,9 +77,15 @@ class Compiled:
     n_devices: int = 1
 
 
-def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray, *,
-                        n_members: int = 1, parallel: str = "none",
-                        member_map: str = "auto") -> Compiled:
+def train_epoch_program(
+    cfg: TrainConfig,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_members: int = 1,
+    parallel: str = "none",
+    member_map: str = "auto",
+) -> Compiled:
     """One training epoch of `n_members` members, placed, mapped and compiled the way `fit` does."""
     mode = resolve_parallel(parallel, n_members)
     trained = padded_members(n_members, mode)
@@ -78,16 +95,19 @@ def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray
     states = place.state(init_states(prog, list(range(trained))))
     d_images = place.data(jnp.asarray(images, jnp.float32))
     d_labels = place.data(jnp.asarray(labels, jnp.int32))
+
     def scales(epoch):
         return lr_scales(cfg, prog.steps_per_epoch, epoch)
 
     compiled, compile_s = timed(
-        lambda: epoch_fn.lower(states, d_images, d_labels, 0, scales(0)).compile())
+        lambda: epoch_fn.lower(states, d_images, d_labels, 0, scales(0)).compile()
+    )
     box = {"states": states, "epoch": 0}
 
     def run():
-        box["states"], metrics = compiled(box["states"], d_images, d_labels, box["epoch"],
-                                          scales(box["epoch"]))
+        box["states"], metrics = compiled(
+            box["states"], d_images, d_labels, box["epoch"], scales(box["epoch"])
+        )
         box["epoch"] += 1
         return box["states"], metrics
 
@@ -96,8 +116,15 @@ def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray
     return Compiled(run, compile_s, n_members * used, mode, n_members, n_devices)
 
 
-def eval_program(cfg: TrainConfig, train_size: int, images: np.ndarray,
-                 labels: np.ndarray, *, n_members: int = 1, member_map: str = "auto") -> Compiled:
+def eval_program(
+    cfg: TrainConfig,
+    train_size: int,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    n_members: int = 1,
+    member_map: str = "auto",
+) -> Compiled:
     """Evaluation of `n_members` members as `fit` does it: fit's jitted eval program over the
     members on each padded, masked batch of its automatic size, sums kept on the device."""
     prog = program(cfg, train_size)
@@ -105,8 +132,9 @@ def eval_program(cfg: TrainConfig, train_size: int, images: np.ndarray,
     eval_fn = member_programs(prog, None, member_map)[1]
     states = init_states(prog, list(range(n_members)))
     batch = cfg.eval_batch(side_by_side(n_members, member_map))
-    padded_images, padded_labels = pad_for_eval(np.asarray(images, np.float32),
-                                                np.asarray(labels, np.int32), batch)
+    padded_images, padded_labels = pad_for_eval(
+        np.asarray(images, np.float32), np.asarray(labels, np.int32), batch
+    )
     batches = [(jnp.asarray(i), jnp.asarray(l)) for i, l in zip(padded_images, padded_labels)]
     key = jax.random.PRNGKey(0)
     compiled, compile_s = timed(lambda: eval_fn.lower(states, *batches[0], key).compile())

@@ -12,9 +12,10 @@ import dataclasses
 import errno
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from fmnist_jax import distributed, io, placement
 from fmnist_jax.checkpoint import CheckpointError
@@ -65,7 +66,7 @@ class Options:
     # The study
     report_only: bool = False
 
-    def replace(self, **changes) -> "Options":
+    def replace(self, **changes) -> Options:
         """A copy with `changes` applied."""
         return dataclasses.replace(self, **changes)
 
@@ -84,84 +85,166 @@ def number(kind, name: str, *, low=None, high=None, low_open=False) -> Callable[
             raise argparse.ArgumentTypeError(f"{name} must be finite, got {text!r}")
         if low is not None and (value <= low if low_open else value < low):
             raise argparse.ArgumentTypeError(
-                f"{name} must be {'>' if low_open else '>='} {low}, got {text}")
+                f"{name} must be {'>' if low_open else '>='} {low}, got {text}"
+            )
         if high is not None and value > high:
             raise argparse.ArgumentTypeError(f"{name} must be <= {high}, got {text}")
         return value
+
     return parse
 
 
 def folder(name: str) -> Callable[[str], Path]:
     """An argparse `type` for a path: an empty one (which would mean the current folder) is refused."""
+
     def parse(text: str) -> Path:
         if not text.strip():
             raise argparse.ArgumentTypeError(f"{name} needs a folder, got an empty string")
         return Path(text)
+
     return parse
 
 
-def parser(description: str, *, epochs: int | None = None, lr: float | None = None,
-           question2: bool = False) -> argparse.ArgumentParser:
+def parser(
+    description: str, *, epochs: int | None = None, lr: float | None = None, question2: bool = False
+) -> argparse.ArgumentParser:
     """The flags every experiment takes (DESIGN §5); `--epochs`/`--lr` only when given their
     defaults, Question 2's own flags with `question2`."""
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     g = p.add_argument_group("common")
-    g.add_argument("--seeds", type=number(int, "--seeds", low=1), default=3,
-                   help="models trained together (seeds 0..N-1), reported as mean ± std")
+    g.add_argument(
+        "--seeds",
+        type=number(int, "--seeds", low=1),
+        default=3,
+        help="models trained together (seeds 0..N-1), reported as mean ± std",
+    )
     g.add_argument("--out", type=folder("--out"), default=DEFAULT_OUT, help="results root")
-    g.add_argument("--quick", action="store_true",
-                   help=f"smoke run: {QUICK_TRAIN} train / {QUICK_VAL} val images, 1 epoch (full test set)")
+    g.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {QUICK_TRAIN} train / {QUICK_VAL} val images, 1 epoch (full test set)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars")
-    g.add_argument("--data-dir", type=folder("--data-dir"), default=None,
-                   help="folder with the four IDX files (or Kaggle's two CSV files)")
+    g.add_argument(
+        "--data-dir",
+        type=folder("--data-dir"),
+        default=None,
+        help="folder with the four IDX files (or Kaggle's two CSV files)",
+    )
     g.add_argument("--source", choices=SOURCES, default="idx", help="where the data comes from")
-    g.add_argument("--allow-unverified-data", action="store_true",
-                   help="accept IDX files whose sha256 differs from Fashion-MNIST's")
-    g.add_argument("--split-seed", type=number(int, "--split-seed", low=0), default=0,
-                   help="seed of the stratified train/validation split")
-    g.add_argument("--overwrite", action="store_true",
-                   help="replace existing results of a different configuration instead of refusing")
-    g.add_argument("--parallel", choices=PARALLEL_MODES, default="auto",
-                   help="how members use several devices")
-    g.add_argument("--keep-checkpoints", action="store_true",
-                   help="keep each run's final Orbax checkpoint (the resume checkpoint is removed otherwise)")
+    g.add_argument(
+        "--allow-unverified-data",
+        action="store_true",
+        help="accept IDX files whose sha256 differs from Fashion-MNIST's",
+    )
+    g.add_argument(
+        "--split-seed",
+        type=number(int, "--split-seed", low=0),
+        default=0,
+        help="seed of the stratified train/validation split",
+    )
+    g.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace existing results of a different configuration instead of refusing",
+    )
+    g.add_argument(
+        "--parallel", choices=PARALLEL_MODES, default="auto", help="how members use several devices"
+    )
+    g.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep each run's final Orbax checkpoint (the resume checkpoint is removed otherwise)",
+    )
     t = p.add_argument_group("training overrides")
-    t.add_argument("--pool", choices=POOLS, default="avg", help="CNN pooling (the report's table used max)")
+    t.add_argument(
+        "--pool", choices=POOLS, default="avg", help="CNN pooling (the report's table used max)"
+    )
     if epochs is not None:
-        t.add_argument("--epochs", type=number(int, "--epochs", low=1), default=epochs,
-                       help="epochs of the fixed (not swept) runs")
-    t.add_argument("--batch-size", type=number(int, "--batch-size", low=1), default=100,
-                   help="training batch size")
+        t.add_argument(
+            "--epochs",
+            type=number(int, "--epochs", low=1),
+            default=epochs,
+            help="epochs of the fixed (not swept) runs",
+        )
+    t.add_argument(
+        "--batch-size",
+        type=number(int, "--batch-size", low=1),
+        default=100,
+        help="training batch size",
+    )
     if lr is not None:
-        t.add_argument("--lr", type=number(float, "--lr", low=0, low_open=True), default=lr,
-                       help="learning rate of the fixed (not swept) runs")
-    t.add_argument("--noise-std", type=number(float, "--noise-std", low=0, high=1), default=0.1,
-                   help="sigma of the Gaussian-noise augmentation")
-    t.add_argument("--rotation-degrees", type=number(float, "--rotation-degrees", low=0, high=180),
-                   default=10.0, help="rotation augmentation range ±degrees")
+        t.add_argument(
+            "--lr",
+            type=number(float, "--lr", low=0, low_open=True),
+            default=lr,
+            help="learning rate of the fixed (not swept) runs",
+        )
+    t.add_argument(
+        "--noise-std",
+        type=number(float, "--noise-std", low=0, high=1),
+        default=0.1,
+        help="sigma of the Gaussian-noise augmentation",
+    )
+    t.add_argument(
+        "--rotation-degrees",
+        type=number(float, "--rotation-degrees", low=0, high=180),
+        default=10.0,
+        help="rotation augmentation range ±degrees",
+    )
     if question2:
         q = p.add_argument_group("question 2")
-        q.add_argument("--sweep", choices=(*Q2_SWEEPS, "all"), default="all", help="which sweep to run")
-        q.add_argument("--stage", choices=("pretrain", "finetune", "both"), default="both",
-                       help="pretrain only (writes an encoder checkpoint), fine-tune only (needs "
-                            "--encoder), or both")
-        q.add_argument("--encoder", type=folder("--encoder"), default=None,
-                       help="fine-tune from this encoder checkpoint folder")
-        q.add_argument("--arch", choices=tuple(ARCHITECTURES), default="base",
-                       help="autoencoder widths of the fixed runs")
-        q.add_argument("--pretrain-epochs", type=number(int, "--pretrain-epochs", low=1), default=10,
-                       help="epochs of the fixed runs' pretraining")
-        q.add_argument("--denoise-std", type=number(float, "--denoise-std", low=0, high=1),
-                       default=0.3, help="sigma of the corrupting noise in pretraining (noisy "
-                                         "input, clean target)")
-        q.add_argument("--freeze-encoder", action="store_true",
-                       help="train only the head on top of the pretrained encoder (a linear probe)")
+        q.add_argument(
+            "--sweep", choices=(*Q2_SWEEPS, "all"), default="all", help="which sweep to run"
+        )
+        q.add_argument(
+            "--stage",
+            choices=("pretrain", "finetune", "both"),
+            default="both",
+            help="pretrain only (writes an encoder checkpoint), fine-tune only (needs "
+            "--encoder), or both",
+        )
+        q.add_argument(
+            "--encoder",
+            type=folder("--encoder"),
+            default=None,
+            help="fine-tune from this encoder checkpoint folder",
+        )
+        q.add_argument(
+            "--arch",
+            choices=tuple(ARCHITECTURES),
+            default="base",
+            help="autoencoder widths of the fixed runs",
+        )
+        q.add_argument(
+            "--pretrain-epochs",
+            type=number(int, "--pretrain-epochs", low=1),
+            default=10,
+            help="epochs of the fixed runs' pretraining",
+        )
+        q.add_argument(
+            "--denoise-std",
+            type=number(float, "--denoise-std", low=0, high=1),
+            default=0.3,
+            help="sigma of the corrupting noise in pretraining (noisy input, clean target)",
+        )
+        q.add_argument(
+            "--freeze-encoder",
+            action="store_true",
+            help="train only the head on top of the pretrained encoder (a linear probe)",
+        )
     d = p.add_argument_group("debugging and tests")
-    d.add_argument("--limit", type=number(int, "--limit", low=1), default=None, metavar="N",
-                   help="use only the first N training images and max(N//5, 50) validation and test "
-                        "images (file order): a tiny but complete run for tests and debugging (unlike "
-                        "--quick it keeps --epochs; the two combine); not comparable with full runs")
+    d.add_argument(
+        "--limit",
+        type=number(int, "--limit", low=1),
+        default=None,
+        metavar="N",
+        help="use only the first N training images and max(N//5, 50) validation and test "
+        "images (file order): a tiny but complete run for tests and debugging (unlike "
+        "--quick it keeps --epochs; the two combine); not comparable with full runs",
+    )
     return p
 
 
@@ -179,16 +262,26 @@ def parse(p: argparse.ArgumentParser, argv=None) -> Options:
             raise UsageError(
                 f"{flag} {path}: this locale ({sys.getfilesystemencoding()}) cannot decode the folder's "
                 "name, which the checkpoint library needs as text; run with a UTF-8 locale (e.g. "
-                "LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name") from None
+                "LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name"
+            ) from None
     return opts
 
 
-OOM_HINT = ("Use a smaller --batch-size, or fewer --seeds (all seeds train in one program, so "
-            "memory grows with --seeds); on several devices --parallel seeds spreads the seeds over "
-            "them. Completed configurations are kept: rerun with the same --out to continue (a "
-            "changed --batch-size or --seeds is a different configuration: use a new --out, or "
-            "--overwrite to replace the old results).")
-_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENAMETOOLONG}
+OOM_HINT = (
+    "Use a smaller --batch-size, or fewer --seeds (all seeds train in one program, so "
+    "memory grows with --seeds); on several devices --parallel seeds spreads the seeds over "
+    "them. Completed configurations are kept: rerun with the same --out to continue (a "
+    "changed --batch-size or --seeds is a different configuration: use a new --out, or "
+    "--overwrite to replace the old results)."
+)
+_DISK_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENAMETOOLONG,
+}
 
 
 def is_out_of_memory(e: BaseException) -> bool:
@@ -228,12 +321,16 @@ def main_guard(run: Callable[[], Any]) -> None:
             sys.exit(1)
         if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
             where = f" writing {e.filename}" if e.filename else ""
-            print(f"error: {e.strerror or e}{where}. Free space or fix permissions (or choose "
-                  "another --out), then rerun the same command: completed configurations are "
-                  "kept and files are written atomically, so nothing half-written is left.",
-                  file=sys.stderr)
+            print(
+                f"error: {e.strerror or e}{where}. Free space or fix permissions (or choose "
+                "another --out), then rerun the same command: completed configurations are "
+                "kept and files are written atomically, so nothing half-written is left.",
+                file=sys.stderr,
+            )
             sys.exit(1)
-        problem = placement.backend_problem()  # wherever JAX first touched its backend, it failed there
+        problem = (
+            placement.backend_problem()
+        )  # wherever JAX first touched its backend, it failed there
         if problem is not None:
             print(f"error: {problem}", file=sys.stderr)
             sys.exit(1)

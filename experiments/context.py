@@ -13,9 +13,9 @@ import os
 import shlex
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -61,8 +61,9 @@ def check_writable(out: Path) -> None:
     try:
         is_file = out.exists() and not out.is_dir()
     except OSError as e:  # e.g. a name longer than the file system takes
-        raise UsageError(f"--out {out} cannot be used ({e.strerror or e}); choose another with "
-                         "--out DIR") from None
+        raise UsageError(
+            f"--out {out} cannot be used ({e.strerror or e}); choose another with --out DIR"
+        ) from None
     if is_file:
         raise UsageError(f"--out {out} is a file, not a folder; choose another with --out DIR")
     created = []
@@ -74,9 +75,11 @@ def check_writable(out: Path) -> None:
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as e:
-        raise UsageError(f"the output folder {out} is not writable ({e.strerror or e}"
-                         f"{': ' + str(e.filename) if e.filename else ''}); "
-                         "choose another with --out DIR") from None
+        raise UsageError(
+            f"the output folder {out} is not writable ({e.strerror or e}"
+            f"{': ' + str(e.filename) if e.filename else ''}); "
+            "choose another with --out DIR"
+        ) from None
     finally:
         for folder in reversed(created):
             try:
@@ -91,15 +94,27 @@ def load_data(opts: Options) -> TaskData:
     Raises:
       fmnist_jax.sources.DataError: the data is missing, damaged or not verified.
     """
-    data = load_task(opts.data_dir, opts.source, split_seed=opts.split_seed,
-                     verify=not opts.allow_unverified_data, limit=opts.limit)
+    data = load_task(
+        opts.data_dir,
+        opts.source,
+        split_seed=opts.split_seed,
+        verify=not opts.allow_unverified_data,
+        limit=opts.limit,
+    )
     if opts.quick:
         data = dataclasses.replace(
-            data, train_images=data.train_images[:QUICK_TRAIN], train_labels=data.train_labels[:QUICK_TRAIN],
-            val_images=data.val_images[:QUICK_VAL], val_labels=data.val_labels[:QUICK_VAL])
+            data,
+            train_images=data.train_images[:QUICK_TRAIN],
+            train_labels=data.train_labels[:QUICK_TRAIN],
+            val_images=data.val_images[:QUICK_VAL],
+            val_labels=data.val_labels[:QUICK_VAL],
+        )
         data.info.update(quick=True)
-    data.info["counts"] = {"train": len(data.train_labels), "val": len(data.val_labels),
-                           "test": len(data.test_labels)}
+    data.info["counts"] = {
+        "train": len(data.train_labels),
+        "val": len(data.val_labels),
+        "test": len(data.test_labels),
+    }
     data.info["digest"] = digest(data)
     return data
 
@@ -107,8 +122,14 @@ def load_data(opts: Options) -> TaskData:
 def digest(data: TaskData) -> str:
     """sha256 (first 16 hex digits) of the images and labels actually used, every split."""
     h = hashlib.sha256()
-    for array in (data.train_images, data.train_labels, data.val_images, data.val_labels,
-                  data.test_images, data.test_labels):
+    for array in (
+        data.train_images,
+        data.train_labels,
+        data.val_images,
+        data.val_labels,
+        data.test_images,
+        data.test_labels,
+    ):
         h.update(np.ascontiguousarray(array).tobytes())
     return h.hexdigest()[:16]
 
@@ -122,8 +143,10 @@ def check_batch_size(opts: Options, data: TaskData) -> None:
     n = len(data.train_labels)
     if opts.batch_size > n:
         how = " (--quick)" if opts.quick else f" (--limit {opts.limit})" if opts.limit else ""
-        raise UsageError(f"--batch-size {opts.batch_size} is larger than the training split{how}, "
-                         f"which has {n} images; use a smaller batch, e.g. --batch-size {min(100, n)}")
+        raise UsageError(
+            f"--batch-size {opts.batch_size} is larger than the training split{how}, "
+            f"which has {n} images; use a smaller batch, e.g. --batch-size {min(100, n)}"
+        )
 
 
 def make_context(opts: Options) -> Context:
@@ -142,8 +165,13 @@ def make_context(opts: Options) -> Context:
 
 
 # Environment variables that change what a run reads or computes: recorded with its command.
-RECORDED_ENV = ("FMNIST_DATA_DIR", "XLA_FLAGS", "JAX_PLATFORMS", "JAX_DEFAULT_MATMUL_PRECISION",
-                "JAX_ENABLE_X64")
+RECORDED_ENV = (
+    "FMNIST_DATA_DIR",
+    "XLA_FLAGS",
+    "JAX_PLATFORMS",
+    "JAX_DEFAULT_MATMUL_PRECISION",
+    "JAX_ENABLE_X64",
+)
 
 
 def command_line() -> str:
@@ -157,7 +185,14 @@ def command_line() -> str:
     entry = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
     env = [f"{k}={os.environ[k]}" for k in RECORDED_ENV if os.environ.get(k)]
     # Words the locale could not decode (held as surrogates) as the UTF-8 they most likely were.
-    cwd, *words = (os.fsencode(w).decode("utf-8", "surrogateescape")
-                   for w in (os.getcwd(), *(["env", *env] if env else []), sys.executable, *entry,
-                             *sys.argv[1:]))
+    cwd, *words = (
+        os.fsencode(w).decode("utf-8", "surrogateescape")
+        for w in (
+            os.getcwd(),
+            *(["env", *env] if env else []),
+            sys.executable,
+            *entry,
+            *sys.argv[1:],
+        )
+    )
     return f"cd {shlex.quote(cwd)} && {shlex.join(words)}"

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from experiments import cli, sweep as sweep_lib
-from experiments.context import make_context
+from experiments import cli
+from experiments import sweep as sweep_lib
 from experiments.cli import Options
+from experiments.context import make_context
 from experiments.sweep import Spec, Sweep
 from fmnist_jax.augment import AugmentConfig
 from fmnist_jax.train import OptimizerConfig, TrainConfig
@@ -28,14 +29,18 @@ TUNED_NOTE = (
     f"Beyond the original: a recipe selected on the validation split (seeds 0-2) among at least "
     f"{TUNED_CANDIDATES} candidates (listed in the README). That selection biases its validation "
     "accuracy upwards, so its validation margin is no evidence and no choice is made here; its "
-    "test accuracy, never used for a choice, is.")
+    "test accuracy, never used for a choice, is."
+)
 
 
 def base_config(opts: Options) -> TrainConfig:
     """The report's CNN recipe, with the options' overrides."""
     return TrainConfig(
-        model="cnn", pool=opts.pool, batch_size=opts.batch_size,
-        epochs=1 if opts.quick else opts.epochs or EPOCHS, augment="online",
+        model="cnn",
+        pool=opts.pool,
+        batch_size=opts.batch_size,
+        epochs=1 if opts.quick else opts.epochs or EPOCHS,
+        augment="online",
         aug=AugmentConfig(max_degrees=opts.rotation_degrees, noise_std=opts.noise_std),
         optimizer=OptimizerConfig(name="adam", learning_rate=opts.lr or LR),
     )
@@ -43,8 +48,11 @@ def base_config(opts: Options) -> TrainConfig:
 
 def expand_spec(opts: Options) -> Spec:
     """The original report's augmentation: the training set is originals + rotated + noisy."""
-    return Spec("expand", "expand (originals + rotated + noisy, 3x)",
-                base_config(opts).replace(augment="expand"))
+    return Spec(
+        "expand",
+        "expand (originals + rotated + noisy, 3x)",
+        base_config(opts).replace(augment="expand"),
+    )
 
 
 def tuned_spec(opts: Options) -> Spec:
@@ -53,35 +61,53 @@ def tuned_spec(opts: Options) -> Spec:
     start = expand_spec(opts)
     decay = 1 if opts.quick else TUNED_DECAY_EPOCHS
     cfg = start.cfg.replace(
-        augment="none", epochs=start.cfg.epochs + decay,
-        optimizer=dataclasses.replace(start.cfg.optimizer, schedule="wsd", decay_epochs=decay))
-    return Spec("tuned", f"tuned: expand, Adam lr {cfg.optimizer.learning_rate:g} for "
-                         f"{start.cfg.epochs} epoch{'s' * (start.cfg.epochs != 1)}, then {decay} on "
-                         "the originals decaying to 0",
-                cfg, start=start)
+        augment="none",
+        epochs=start.cfg.epochs + decay,
+        optimizer=dataclasses.replace(start.cfg.optimizer, schedule="wsd", decay_epochs=decay),
+    )
+    return Spec(
+        "tuned",
+        f"tuned: expand, Adam lr {cfg.optimizer.learning_rate:g} for "
+        f"{start.cfg.epochs} epoch{'s' * (start.cfg.epochs != 1)}, then {decay} on "
+        "the originals decaying to 0",
+        cfg,
+        start=start,
+    )
 
 
 def augmentation_specs(opts: Options) -> list[Spec]:
     """none vs expand vs online."""
     base = base_config(opts)
-    return [Spec("none", "no augmentation", base.replace(augment="none")), expand_spec(opts),
-            Spec("online", "online (fresh rotation + noise per batch)", base)]
+    return [
+        Spec("none", "no augmentation", base.replace(augment="none")),
+        expand_spec(opts),
+        Spec("online", "online (fresh rotation + noise per batch)", base),
+    ]
 
 
 def epochs_specs(opts: Options) -> list[Spec]:
     """3 / 5 / 8 / 10 epochs; shortest first, so that each continues the last."""
     base = base_config(opts)
     epochs = (1,) if opts.quick else EPOCHS_SWEEP
-    return [Spec(f"epochs_{e}", f"{e} epoch{'s' * (e != 1)}", base.replace(epochs=e)) for e in epochs]
+    return [
+        Spec(f"epochs_{e}", f"{e} epoch{'s' * (e != 1)}", base.replace(epochs=e)) for e in epochs
+    ]
 
 
 def optimizer_specs(opts: Options) -> list[Spec]:
     """SGD vs SGD with momentum 0.9 vs Adam, at the same rate."""
     base, lr = base_config(opts), opts.lr or LR
     return [
-        Spec("sgd", f"SGD lr {lr:g}", base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr))),
-        Spec("sgd_momentum", f"SGD lr {lr:g} momentum 0.9",
-             base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr, momentum=0.9))),
+        Spec(
+            "sgd",
+            f"SGD lr {lr:g}",
+            base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr)),
+        ),
+        Spec(
+            "sgd_momentum",
+            f"SGD lr {lr:g} momentum 0.9",
+            base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr, momentum=0.9)),
+        ),
         Spec("adam", f"Adam lr {lr:g}", base),
     ]
 
@@ -93,8 +119,11 @@ SWEEPS = {
     "q1_tuned": ("Q1 · beyond the original: a tuned recipe", lambda opts: [tuned_spec(opts)]),
 }
 # What each command runs: the tuned row continues the augmentation sweep's `expand` row.
-COMMANDS = {"q1_augmentation": ("q1_augmentation", "q1_tuned"), "q1_epochs": ("q1_epochs",),
-            "q1_optimizers": ("q1_optimizers",)}
+COMMANDS = {
+    "q1_augmentation": ("q1_augmentation", "q1_tuned"),
+    "q1_epochs": ("q1_epochs",),
+    "q1_optimizers": ("q1_optimizers",),
+}
 # The study's order: the epochs sweep's 5-epoch run is the `online` and `adam` rows (copied).
 ORDER = ("q1_epochs", "q1_augmentation", "q1_tuned", "q1_optimizers")
 
@@ -107,14 +136,19 @@ def sweep(experiment: str, opts: Options) -> Sweep:
     if opts.pool == "max":
         # Their own config and sweep folders, so the average-pooling summary.md and choice.json
         # are not overwritten by a max-pooling run.
-        specs = [dataclasses.replace(s, name=f"{s.name}_maxpool", label=f"{s.label} [max pool]")
-                 for s in specs]
+        specs = [
+            dataclasses.replace(s, name=f"{s.name}_maxpool", label=f"{s.label} [max pool]")
+            for s in specs
+        ]
         experiment, title = f"{experiment}_maxpool", f"{title} [max pool]"
-    return Sweep(experiment, title, tuple(specs), note=TUNED_NOTE if "tuned" in experiment else None)
+    return Sweep(
+        experiment, title, tuple(specs), note=TUNED_NOTE if "tuned" in experiment else None
+    )
 
 
 def main(experiment: str, argv=None) -> None:
     """One sweep's entry point (`python -m experiments.q1_<sweep>`)."""
+
     def go():
         # The epochs sweep sets every row's epochs: it takes no --epochs.
         epochs = None if experiment == "q1_epochs" else EPOCHS

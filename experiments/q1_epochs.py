@@ -1,6 +1,6 @@
 """Q1: 3, 5, 8 and 10 epochs, with the noise of the validation curves measured.
 
-    python -m experiments.q1_epochs [--seeds 3] [--out results] [--quick] [--pool max] ...
+python -m experiments.q1_epochs [--seeds 3] [--out results] [--quick] [--pool max] ...
 """
 
 if __name__ == "__main__":

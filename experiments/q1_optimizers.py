@@ -1,6 +1,6 @@
 """Q1: SGD vs SGD with momentum 0.9 vs Adam.
 
-    python -m experiments.q1_optimizers [--seeds 3] [--out results] [--quick] [--pool max] ...
+python -m experiments.q1_optimizers [--seeds 3] [--out results] [--quick] [--pool max] ...
 """
 
 if __name__ == "__main__":

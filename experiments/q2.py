@@ -25,8 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import cli, sweep as sweep_lib
-from experiments.cli import Q2_SWEEPS as SWEEPS, Options, UsageError
+from experiments import cli
+from experiments import sweep as sweep_lib
+from experiments.cli import Q2_SWEEPS as SWEEPS
+from experiments.cli import Options, UsageError
 from experiments.context import Context, command_line, make_context
 from experiments.sweep import Spec, Sweep
 from fmnist_jax import checkpoint, curves, io, plots, results
@@ -53,28 +55,56 @@ DENOISE_COLUMNS_PER_CLASS = 2
 
 def pretrain_config(opts: Options, *, arch: str, lr: float, epochs: int) -> TrainConfig:
     """The denoising autoencoder's training (noisy input -> clean target, MSE)."""
-    return TrainConfig(model="autoencoder", widths=ARCHITECTURES[arch], batch_size=opts.batch_size,
-                       epochs=1 if opts.quick else epochs, augment="none", denoise_std=opts.denoise_std,
-                       optimizer=OptimizerConfig(name="adam", learning_rate=lr))
+    return TrainConfig(
+        model="autoencoder",
+        widths=ARCHITECTURES[arch],
+        batch_size=opts.batch_size,
+        epochs=1 if opts.quick else epochs,
+        augment="none",
+        denoise_std=opts.denoise_std,
+        optimizer=OptimizerConfig(name="adam", learning_rate=lr),
+    )
 
 
-def finetune_config(opts: Options, *, arch: str, lr: float, epochs: int, freeze: bool = False) -> TrainConfig:
+def finetune_config(
+    opts: Options, *, arch: str, lr: float, epochs: int, freeze: bool = False
+) -> TrainConfig:
     """The encoder classifier's training (cross-entropy); `freeze`: a linear probe."""
-    return TrainConfig(model="encoder_classifier", widths=ARCHITECTURES[arch], freeze_encoder=freeze,
-                       batch_size=opts.batch_size, epochs=1 if opts.quick else epochs, augment="none",
-                       optimizer=OptimizerConfig(name="adam", learning_rate=lr))
+    return TrainConfig(
+        model="encoder_classifier",
+        widths=ARCHITECTURES[arch],
+        freeze_encoder=freeze,
+        batch_size=opts.batch_size,
+        epochs=1 if opts.quick else epochs,
+        augment="none",
+        optimizer=OptimizerConfig(name="adam", learning_rate=lr),
+    )
 
 
-def row(opts: Options, name: str, label: str, *, arch=None, lr=None, epochs=None,
-        pretrain_epochs=None, freeze=None, pretrained: bool = True) -> Spec:
+def row(
+    opts: Options,
+    name: str,
+    label: str,
+    *,
+    arch=None,
+    lr=None,
+    epochs=None,
+    pretrain_epochs=None,
+    freeze=None,
+    pretrained: bool = True,
+) -> Spec:
     """One row: a pretraining (unless not `pretrained`) and a fine-tuning, the options'
     values where not given."""
     arch, lr = arch or opts.arch, lr or opts.lr or LR
     epochs = epochs or opts.epochs or EPOCHS
     pre = pretrain_config(opts, arch=arch, lr=lr, epochs=pretrain_epochs or opts.pretrain_epochs)
     freeze = opts.freeze_encoder if freeze is None else freeze
-    return Spec(name, label, finetune_config(opts, arch=arch, lr=lr, epochs=epochs, freeze=freeze),
-                pretrain=pre if pretrained else None)
+    return Spec(
+        name,
+        label,
+        finetune_config(opts, arch=arch, lr=lr, epochs=epochs, freeze=freeze),
+        pretrain=pre if pretrained else None,
+    )
 
 
 def sweep_specs(opts: Options, sweep: str) -> list[Spec]:
@@ -82,28 +112,47 @@ def sweep_specs(opts: Options, sweep: str) -> list[Spec]:
     if sweep == "lr":
         return [row(opts, f"lr_{lr:g}", f"lr {lr:g}", lr=lr) for lr in (1e-3, 1e-2)]
     if sweep == "arch":
-        return [row(opts, arch, f"{arch} {'-'.join(map(str, (784, *ARCHITECTURES[arch])))}", arch=arch)
-                for arch in ("base", "thick")]
+        return [
+            row(opts, arch, f"{arch} {'-'.join(map(str, (784, *ARCHITECTURES[arch])))}", arch=arch)
+            for arch in ("base", "thick")
+        ]
     if sweep == "epochs":  # --quick trains one epoch per stage: one row, as Q1's epochs sweep
-        return [row(opts, f"epochs_{e}", f"{e}+{e} epochs", epochs=e, pretrain_epochs=e)
-                for e in ((1,) if opts.quick else (2, 10, 20))]
-    return [row(opts, "finetuned", "pretrained encoder, fine-tuned"),
-            row(opts, "frozen_probe", "pretrained encoder frozen (linear probe)", freeze=True),
-            row(opts, "no_pretraining", "same classifier from random init", pretrained=False, freeze=False)]
+        return [
+            row(opts, f"epochs_{e}", f"{e}+{e} epochs", epochs=e, pretrain_epochs=e)
+            for e in ((1,) if opts.quick else (2, 10, 20))
+        ]
+    return [
+        row(opts, "finetuned", "pretrained encoder, fine-tuned"),
+        row(opts, "frozen_probe", "pretrained encoder frozen (linear probe)", freeze=True),
+        row(
+            opts,
+            "no_pretraining",
+            "same classifier from random init",
+            pretrained=False,
+            freeze=False,
+        ),
+    ]
 
 
 PRETRAINING_NOTE = (
     "The value of the pretraining, not a choice: the pretrained encoder fine-tuned with a linear "
     "head, the same encoder frozen under a trained head (a linear probe), and the same classifier "
     "from random initialisation, each compared with the fine-tuned row on the validation images "
-    "(the Δ column, with its test).")
+    "(the Δ column, with its test)."
+)
 
 
 def sweep(name: str, opts: Options) -> Sweep:
     """One Question 2 sweep, its rows run by `finetune`."""
     if name == "pretraining":  # its rows measure the pretraining's value; none is an answer
-        return Sweep(f"q2_{name}", TITLES[name], tuple(sweep_specs(opts, name)), finetune,
-                     note=PRETRAINING_NOTE, reference="finetuned")
+        return Sweep(
+            f"q2_{name}",
+            TITLES[name],
+            tuple(sweep_specs(opts, name)),
+            finetune,
+            note=PRETRAINING_NOTE,
+            reference="finetuned",
+        )
     return Sweep(f"q2_{name}", TITLES[name], tuple(sweep_specs(opts, name)), finetune)
 
 
@@ -111,8 +160,12 @@ def encoder_spec(opts: Options) -> Spec:
     """The one row of `--stage finetune --encoder PATH` (its own folder per arch and per
     frozen / fine-tuned, so a probe and a fine-tuning of the same encoder sit side by side)."""
     frozen = "_frozen" if opts.freeze_encoder else ""
-    spec = row(opts, f"from_{Path(opts.encoder).parent.name}_{opts.arch}{frozen}",
-               f"{'frozen probe on' if frozen else 'fine-tuned from'} {opts.encoder}", pretrained=False)
+    spec = row(
+        opts,
+        f"from_{Path(opts.encoder).parent.name}_{opts.arch}{frozen}",
+        f"{'frozen probe on' if frozen else 'fine-tuned from'} {opts.encoder}",
+        pretrained=False,
+    )
     return dataclasses.replace(spec, encoder=Path(opts.encoder))
 
 
@@ -131,32 +184,62 @@ def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
         if (folder / "encoder").is_dir():
             ctx.log(f"[{PRETRAIN}] {fp}: complete, reused")
             return folder
-        print(f"warning: the pretraining in {folder} has no encoder/ checkpoint left: it is "
-              "pretrained again", file=sys.stderr, flush=True)
-    ctx.log(f"[{PRETRAIN}] {fp}: pretraining {'-'.join(map(str, (784, *cfg.widths)))}, {cfg.epochs} epochs")
+        print(
+            f"warning: the pretraining in {folder} has no encoder/ checkpoint left: it is "
+            "pretrained again",
+            file=sys.stderr,
+            flush=True,
+        )
+    ctx.log(
+        f"[{PRETRAIN}] {fp}: pretraining {'-'.join(map(str, (784, *cfg.widths)))}, {cfg.epochs} epochs"
+    )
     folder.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temporaries(folder)
     io.write_json(folder / "config.json", {**payload, "fingerprint": fp})
     res = sweep_lib.train(ctx, spec, folder / "checkpoint")
     params0 = jax.tree_util.tree_map(lambda x: x[0], res.states.params)
-    checkpoint.save(folder / "encoder", 0, res.states.params["encoder"],
-                    {"widths": list(cfg.widths), "n_seeds": len(ctx.seeds), "seeds": ctx.seeds,
-                     "denoise_std": cfg.denoise_std})
-    io.write_json(folder / "history.json", {"epoch": list(range(1, res.epochs_run + 1)), **res.history})
-    plots.learning_curves(res.history, folder / "reconstruction_curves.png",
-                          title="denoising autoencoder: reconstruction MSE", metrics=("loss",),
-                          sets=("train", "val", "test", "val_noisy", "test_noisy"), ylabels={"loss": "MSE"})
+    checkpoint.save(
+        folder / "encoder",
+        0,
+        res.states.params["encoder"],
+        {
+            "widths": list(cfg.widths),
+            "n_seeds": len(ctx.seeds),
+            "seeds": ctx.seeds,
+            "denoise_std": cfg.denoise_std,
+        },
+    )
+    io.write_json(
+        folder / "history.json", {"epoch": list(range(1, res.epochs_run + 1)), **res.history}
+    )
+    plots.learning_curves(
+        res.history,
+        folder / "reconstruction_curves.png",
+        title="denoising autoencoder: reconstruction MSE",
+        metrics=("loss",),
+        sets=("train", "val", "test", "val_noisy", "test_noisy"),
+        ylabels={"loss": "MSE"},
+    )
     draw_denoising(ctx, cfg, params0, folder / "denoising.png")
     dead, background = dead_outputs(ctx, cfg, res.states.params)
-    io.write_json(folder / "metrics.json", {
-        "val_mse": mean_std(res.final["val"]["loss"]), "test_mse": mean_std(res.final["test"]["loss"]),
-        "val_noisy_mse": mean_std(res.final["val"]["noisy_loss"]),
-        "test_noisy_mse": mean_std(res.final["test"]["noisy_loss"]),
-        "denoise_std": cfg.denoise_std, "n_params": count_params(params0),
-        "dead_outputs": mean_std(dead), "dead_outputs_on_background": mean_std(background),
-        "diverged": res.diverged, "fit_diagnosis": curves.diagnose(res.history), "timing": res.timing,
-        "epochs_run": res.epochs_run, "complete": True,
-    })
+    io.write_json(
+        folder / "metrics.json",
+        {
+            "val_mse": mean_std(res.final["val"]["loss"]),
+            "test_mse": mean_std(res.final["test"]["loss"]),
+            "val_noisy_mse": mean_std(res.final["val"]["noisy_loss"]),
+            "test_noisy_mse": mean_std(res.final["test"]["noisy_loss"]),
+            "denoise_std": cfg.denoise_std,
+            "n_params": count_params(params0),
+            "dead_outputs": mean_std(dead),
+            "dead_outputs_on_background": mean_std(background),
+            "diverged": res.diverged,
+            "fit_diagnosis": curves.diagnose(res.history),
+            "timing": res.timing,
+            "epochs_run": res.epochs_run,
+            "complete": True,
+        },
+    )
     results.remove_tree(folder / "checkpoint")
     return folder
 
@@ -167,7 +250,9 @@ def dead_outputs(ctx: Context, cfg: TrainConfig, params) -> tuple[np.ndarray, np
     architecture's final ReLU makes a unit whose input is negative for every image output 0
     everywhere, and pass no gradient back: a dead unit, a black dot in every reconstruction."""
     data = ctx.data
-    noisy = corrupt(jax.random.PRNGKey(EVAL_NOISE_SEED), jnp.asarray(data.test_images), cfg.denoise_std)
+    noisy = corrupt(
+        jax.random.PRNGKey(EVAL_NOISE_SEED), jnp.asarray(data.test_images), cfg.denoise_std
+    )
     model = Autoencoder(widths=cfg.widths)
     recon = jax.jit(jax.vmap(lambda p: model.apply({"params": p}, noisy)))(params)  # [S, N, 784]
     dead = np.asarray(jnp.all(recon == 0, axis=1))  # [S, 784]
@@ -180,14 +265,23 @@ def dead_outputs(ctx: Context, cfg: TrainConfig, params) -> tuple[np.ndarray, np
 def draw_denoising(ctx: Context, cfg: TrainConfig, params, path: Path) -> None:
     """Rows of noisy input / reconstruction / clean target for test images of every class."""
     data = ctx.data
-    idx = np.concatenate([np.flatnonzero(data.test_labels == c)[:DENOISE_COLUMNS_PER_CLASS]
-                          for c in range(len(data.class_names))])
+    idx = np.concatenate(
+        [
+            np.flatnonzero(data.test_labels == c)[:DENOISE_COLUMNS_PER_CLASS]
+            for c in range(len(data.class_names))
+        ]
+    )
     clean = jnp.asarray(data.test_images[idx])
     noisy = corrupt(jax.random.PRNGKey(EVAL_NOISE_SEED), clean, cfg.denoise_std)
     recon = Autoencoder(widths=cfg.widths).apply({"params": params}, noisy)
-    plots.denoising_rows(np.asarray(noisy), np.asarray(recon), np.asarray(clean), path,
-                         title=f"denoising (σ = {cfg.denoise_std}), seed 0",
-                         labels=[data.class_names[c] for c in data.test_labels[idx]])
+    plots.denoising_rows(
+        np.asarray(noisy),
+        np.asarray(recon),
+        np.asarray(clean),
+        path,
+        title=f"denoising (σ = {cfg.denoise_std}), seed 0",
+        labels=[data.class_names[c] for c in data.test_labels[idx]],
+    )
 
 
 def _seeds(n) -> str:
@@ -209,14 +303,19 @@ def encoder_metadata(path: Path, widths, n_seeds: int) -> dict:
         except (FileNotFoundError, ValueError):
             meta = None
     if not meta or "widths" not in meta or "n_seeds" not in meta:
-        raise UsageError(f"no encoder checkpoint in {path}; pass the `encoder` folder a "
-                         "pretraining run wrote (see --stage pretrain)")
+        raise UsageError(
+            f"no encoder checkpoint in {path}; pass the `encoder` folder a "
+            "pretraining run wrote (see --stage pretrain)"
+        )
     if tuple(meta["widths"]) != tuple(widths) or int(meta["n_seeds"]) != n_seeds:
-        arch = next((name for name, w in ARCHITECTURES.items() if tuple(w) == tuple(meta["widths"])), None)
+        arch = next(
+            (name for name, w in ARCHITECTURES.items() if tuple(w) == tuple(meta["widths"])), None
+        )
         raise UsageError(
             f"the encoder in {path} has widths {meta['widths']}"
             f"{f' (--arch {arch})' if arch else ''} and {_seeds(meta['n_seeds'])}; this run "
-            f"needs widths {list(widths)} and {_seeds(n_seeds)}: pass matching --arch and --seeds")
+            f"needs widths {list(widths)} and {_seeds(n_seeds)}: pass matching --arch and --seeds"
+        )
     return meta
 
 
@@ -229,18 +328,26 @@ def restore_encoder(path: Path, widths, n_seeds: int):
     """
     encoder_metadata(path, widths, n_seeds)
     model = Autoencoder(widths=tuple(widths))
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]["encoder"])
-    target = jax.tree_util.tree_map(lambda s: jax.ShapeDtypeStruct((n_seeds, *s.shape), s.dtype), shapes)
+    shapes = jax.eval_shape(
+        lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]["encoder"]
+    )
+    target = jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct((n_seeds, *s.shape), s.dtype), shapes
+    )
     try:
         encoder, _ = checkpoint.restore(path, target)
     except checkpoint.CheckpointError as e:
         folder = Path(path).parent  # a finished pretraining is never replaced silently: say how
-        fix = (f"it belongs to the pretraining in {folder}: set that aside and the same command "
-               f"pretrains again: mv {shlex.quote(str(folder))} {shlex.quote(str(folder))}.damaged && "
-               f"{command_line()}" if folder.parent.name == PRETRAIN else
-               "pass another --encoder, or pretrain one (--stage pretrain)")
-        raise checkpoint.CheckpointError(f"the encoder checkpoint in {path} cannot be restored ({e}); "
-                                         f"{fix}") from None
+        fix = (
+            f"it belongs to the pretraining in {folder}: set that aside and the same command "
+            f"pretrains again: mv {shlex.quote(str(folder))} {shlex.quote(str(folder))}.damaged && "
+            f"{command_line()}"
+            if folder.parent.name == PRETRAIN
+            else "pass another --encoder, or pretrain one (--stage pretrain)"
+        )
+        raise checkpoint.CheckpointError(
+            f"the encoder checkpoint in {path} cannot be restored ({e}); {fix}"
+        ) from None
     return encoder
 
 
@@ -252,10 +359,14 @@ def finetune(ctx: Context, spec: Spec, run_dir: Path) -> None:
     if encoder_path is None and spec.pretrain is not None:
         folder = pretrain(ctx, spec.pretrain)
         encoder_path = folder / "encoder"
-        extra_history = {f"pretrain_{k}": v for k, v in io.read_json(folder / "history.json").items()}
+        extra_history = {
+            f"pretrain_{k}": v for k, v in io.read_json(folder / "history.json").items()
+        }
         pre_metrics = io.read_json(folder / "metrics.json")
-        figures = {name: (lambda p, src=folder / name: io.write_bytes(p, src.read_bytes()))
-                   for name in ("reconstruction_curves.png", "denoising.png")}
+        figures = {
+            name: (lambda p, src=folder / name: io.write_bytes(p, src.read_bytes()))
+            for name in ("reconstruction_curves.png", "denoising.png")
+        }
     if encoder_path is not None:
         encoder = restore_encoder(encoder_path, spec.cfg.widths, len(ctx.seeds))
         fresh = init_states(program(spec.cfg, len(ctx.data.train_labels)), ctx.seeds)
@@ -264,10 +375,19 @@ def finetune(ctx: Context, spec: Spec, run_dir: Path) -> None:
     result = sweep_lib.train(ctx, spec, run_dir / "checkpoint", init=init)
     pre_s = (pre_metrics or {}).get("timing", {}).get("wall_s", 0.0)
     extra = {"pretrain": pre_metrics} if pre_metrics else {}
-    extra.update(encoder_checkpoint=str(encoder_path) if encoder_path else None,
-                 total_train_s=pre_s + result.timing.get("wall_s", 0.0))
-    sweep_lib.write_row(ctx, spec, run_dir, result, extra_metrics=extra,
-                        extra_history=extra_history, figures=figures)
+    extra.update(
+        encoder_checkpoint=str(encoder_path) if encoder_path else None,
+        total_train_s=pre_s + result.timing.get("wall_s", 0.0),
+    )
+    sweep_lib.write_row(
+        ctx,
+        spec,
+        run_dir,
+        result,
+        extra_metrics=extra,
+        extra_history=extra_history,
+        figures=figures,
+    )
     sweep_lib.remove_checkpoints(ctx, run_dir)
 
 
@@ -283,11 +403,15 @@ def check(opts: Options) -> None:
         encoder that does not fit.
     """
     if opts.stage == "finetune" and not opts.encoder:
-        raise UsageError("--stage finetune needs --encoder PATH (an `encoder` folder from a pretraining run)")
+        raise UsageError(
+            "--stage finetune needs --encoder PATH (an `encoder` folder from a pretraining run)"
+        )
     if opts.freeze_encoder and not opts.encoder:
-        raise UsageError("--freeze-encoder makes the fine-tuning of a given encoder a linear probe: use it "
-                         "with --stage finetune --encoder PATH. The sweeps have their own probe row "
-                         "(q2_pretraining/frozen_probe), and would otherwise report a probe as fine-tuned")
+        raise UsageError(
+            "--freeze-encoder makes the fine-tuning of a given encoder a linear probe: use it "
+            "with --stage finetune --encoder PATH. The sweeps have their own probe row "
+            "(q2_pretraining/frozen_probe), and would otherwise report a probe as fine-tuned"
+        )
     if opts.encoder and opts.stage != "pretrain":
         encoder_metadata(opts.encoder, ARCHITECTURES[opts.arch], opts.seeds)
 
@@ -296,13 +420,19 @@ def run(ctx: Context) -> None:
     """What the options ask: a pretraining alone, a fine-tuning of a given encoder, or sweeps."""
     opts = ctx.opts
     if opts.stage == "pretrain":
-        folder = pretrain(ctx, pretrain_config(opts, arch=opts.arch, lr=opts.lr or LR,
-                                               epochs=opts.pretrain_epochs))
+        folder = pretrain(
+            ctx,
+            pretrain_config(opts, arch=opts.arch, lr=opts.lr or LR, epochs=opts.pretrain_epochs),
+        )
         print(f"encoder checkpoint: {folder / 'encoder'}")
         return
     if opts.stage == "finetune" or opts.encoder:
-        sweep_lib.run_sweep(ctx, Sweep("q2_finetune", "Q2 · fine-tuning a given encoder",
-                                       (encoder_spec(opts),), finetune))
+        sweep_lib.run_sweep(
+            ctx,
+            Sweep(
+                "q2_finetune", "Q2 · fine-tuning a given encoder", (encoder_spec(opts),), finetune
+            ),
+        )
         return
     sweeps = [sweep(s, opts) for s in (SWEEPS if opts.sweep == "all" else (opts.sweep,))]
     sweep_lib.check_all(ctx, sweeps)
@@ -312,8 +442,11 @@ def run(ctx: Context) -> None:
 
 def main(argv=None) -> None:
     """`python -m experiments.q2_autoencoder`."""
+
     def go():
-        opts = cli.parse(cli.parser(__doc__.splitlines()[0], epochs=EPOCHS, lr=LR, question2=True), argv)
+        opts = cli.parse(
+            cli.parser(__doc__.splitlines()[0], epochs=EPOCHS, lr=LR, question2=True), argv
+        )
         check(opts)
         run(make_context(opts))
 

@@ -1,7 +1,7 @@
 """Question 2: denoising autoencoder pretraining, encoder fine-tuning, and its sweeps.
 
-    python -m experiments.q2_autoencoder [--sweep lr|arch|epochs|pretraining|all] [--seeds 3]
-        [--stage pretrain|finetune|both] [--encoder CHECKPOINT] [--freeze-encoder] [--quick] ...
+python -m experiments.q2_autoencoder [--sweep lr|arch|epochs|pretraining|all] [--seeds 3]
+    [--stage pretrain|finetune|both] [--encoder CHECKPOINT] [--freeze-encoder] [--quick] ...
 """
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ import datetime as _dt
 import time
 from pathlib import Path
 
-from experiments import cli, q1, q2, sweep as sweep_lib
+from experiments import cli, q1, q2
+from experiments import sweep as sweep_lib
 from experiments.cli import Options, UsageError
 from experiments.context import Context, command_line, make_context
 from fmnist_jax import io, report, results
@@ -34,12 +35,17 @@ INFERENCE_BATCH = 1000
 
 def parser():
     """The study's flags: the common ones (each question keeps its own epochs and rate)."""
-    p = cli.parser("The whole study: Question 1's CNN sweeps, Question 2's autoencoder sweeps, "
-                   "inference speed, then <out>/REPORT.md. Completed configurations are skipped "
-                   "(rerun to resume).")
+    p = cli.parser(
+        "The whole study: Question 1's CNN sweeps, Question 2's autoencoder sweeps, "
+        "inference speed, then <out>/REPORT.md. Completed configurations are skipped "
+        "(rerun to resume)."
+    )
     p.prog = "python -m experiments.study"
-    p.add_argument("--report-only", action="store_true",
-                   help="rebuild REPORT.md from the results under --out, training nothing")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rebuild REPORT.md from the results under --out, training nothing",
+    )
     return p
 
 
@@ -84,10 +90,12 @@ def measure_inference(ctx: Context, pool: str) -> dict:
     images = np.asarray(ctx.data.test_images, np.float32)
     n = len(images) // INFERENCE_BATCH * INFERENCE_BATCH or len(images)
     batch = min(INFERENCE_BATCH, n)
-    batches = [jnp.asarray(images[i:i + batch]) for i in range(0, n, batch)]
+    batches = [jnp.asarray(images[i : i + batch]) for i in range(0, n, batch)]
     repeats = 1 if ctx.opts.quick else 3
     models = {"cnn": CNN(pool=pool)}
-    models.update({f"encoder_classifier_{a}": EncoderClassifier(widths=w) for a, w in ARCHITECTURES.items()})
+    models.update(
+        {f"encoder_classifier_{a}": EncoderClassifier(widths=w) for a, w in ARCHITECTURES.items()}
+    )
     out = {}
     for name, model in models.items():
         variables = model.init(jax.random.PRNGKey(0), batches[0][:1])
@@ -100,8 +108,13 @@ def measure_inference(ctx: Context, pool: str) -> dict:
                 last = forward(variables, b)
             last.block_until_ready()
         seconds = time.perf_counter() - t0
-        out[name] = {"images_per_s": repeats * n / seconds, "images": n, "batch": batch,
-                     "repeats": repeats, "seconds": seconds}
+        out[name] = {
+            "images_per_s": repeats * n / seconds,
+            "images": n,
+            "batch": batch,
+            "repeats": repeats,
+            "seconds": seconds,
+        }
         if name == "cnn":
             out[name]["pool"] = pool
     return out
@@ -112,7 +125,7 @@ def measure_inference(ctx: Context, pool: str) -> dict:
 
 
 def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
 class StudyRecord:
@@ -128,22 +141,37 @@ class StudyRecord:
         self.t0 = time.perf_counter()
         self.invocation = {"started": _now(), "wall_s": 0.0, "trained": [], "reused": []}
 
-    def write(self, trained: list[str], reused: list[str], *, complete: bool,
-              inference: dict | None = None) -> None:
+    def write(
+        self,
+        trained: list[str],
+        reused: list[str],
+        *,
+        complete: bool,
+        inference: dict | None = None,
+    ) -> None:
         """Record this invocation (wall time, folders written) beside the earlier ones."""
         prev = self.previous or {}
-        self.invocation.update(wall_s=time.perf_counter() - self.t0, trained=trained, reused=reused,
-                               finished=_now() if complete else None)
+        self.invocation.update(
+            wall_s=time.perf_counter() - self.t0,
+            trained=trained,
+            reused=reused,
+            finished=_now() if complete else None,
+        )
         invocations = [*prev.get("invocations", []), self.invocation]
-        io.write_json(self.path, {
-            "complete": complete,
-            "total_wall_s": sum(float(i.get("wall_s", 0.0)) for i in invocations),
-            "invocations": invocations,
-            "seeds": self.opts.seeds, "quick": self.opts.quick, "pool": self.opts.pool,
-            "command": command_line(),
-            "environment": results.environment(),
-            "inference": inference if inference is not None else prev.get("inference"),
-        })
+        io.write_json(
+            self.path,
+            {
+                "complete": complete,
+                "total_wall_s": sum(float(i.get("wall_s", 0.0)) for i in invocations),
+                "invocations": invocations,
+                "seeds": self.opts.seeds,
+                "quick": self.opts.quick,
+                "pool": self.opts.pool,
+                "command": command_line(),
+                "environment": results.environment(),
+                "inference": inference if inference is not None else prev.get("inference"),
+            },
+        )
 
     @property
     def needs_writing(self) -> bool:
@@ -172,14 +200,17 @@ def run_study(opts: Options) -> Path:
     else:
         ctx.log("\nnothing trained: study.json kept as it was")
     path = report.write_report(opts.out)
-    print(f"study: {len(trained)} run(s) trained, {len(reused)} copied from identical runs, the "
-          f"rest complete and skipped; {time.perf_counter() - record.t0:.0f} s; report: {path}",
-          flush=True)
+    print(
+        f"study: {len(trained)} run(s) trained, {len(reused)} copied from identical runs, the "
+        f"rest complete and skipped; {time.perf_counter() - record.t0:.0f} s; report: {path}",
+        flush=True,
+    )
     return path
 
 
 def main(argv=None) -> None:
     """`python -m experiments.study`."""
+
     def go():
         opts = cli.parse(parser(), argv)
         if not opts.report_only:

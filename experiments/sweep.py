@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import jax
 import numpy as np
@@ -37,16 +37,22 @@ class Spec:
     name: str
     label: str
     cfg: TrainConfig
-    start: "Spec | None" = None  # a run whose end this one continues
+    start: Spec | None = None  # a run whose end this one continues
     pretrain: TrainConfig | None = None  # Question 2: the pretraining its encoder comes from
     encoder: Path | None = None  # Question 2: a given encoder checkpoint instead
 
     def payload(self, ctx: Context) -> dict:
         """What determines this configuration's numbers (its fingerprint is their hash)."""
-        data = {k: ctx.data.info.get(k) for k in ("source", "split_seed", "val_fraction", "counts",
-                                                   "quick", "digest")}
-        out = {"results_version": results.RESULTS_VERSION,
-               "train_config": results.config_to_dict(self.cfg), "seeds": ctx.seeds, "data": data}
+        data = {
+            k: ctx.data.info.get(k)
+            for k in ("source", "split_seed", "val_fraction", "counts", "quick", "digest")
+        }
+        out = {
+            "results_version": results.RESULTS_VERSION,
+            "train_config": results.config_to_dict(self.cfg),
+            "seeds": ctx.seeds,
+            "data": data,
+        }
         if self.start is not None:
             out["start"] = self.start.payload(ctx)
         if self.pretrain is not None:
@@ -97,10 +103,16 @@ class Planned:
 def config_json(ctx: Context, experiment: str, spec: Spec) -> dict:
     """A row's config.json: its payload and fingerprint, the data, versions and command."""
     payload = spec.payload(ctx)
-    return {"experiment": experiment, "name": spec.name, "label": spec.label,
-            "fingerprint": results.config_fingerprint(payload), **payload,
-            "data_info": ctx.data.info, "environment": results.environment(),
-            "command": command_line()}
+    return {
+        "experiment": experiment,
+        "name": spec.name,
+        "label": spec.label,
+        "fingerprint": results.config_fingerprint(payload),
+        **payload,
+        "data_info": ctx.data.info,
+        "environment": results.environment(),
+        "command": command_line(),
+    }
 
 
 def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
@@ -115,11 +127,16 @@ def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
     if overwrite:
         return "replace"
     what = "complete results" if results.is_complete(run_dir) else "a partial run"
-    of = (f"whose config.json cannot be read ({unreadable}), so it cannot be matched to this "
-          "configuration" if unreadable else "of a different configuration (changed flags, seeds or data)")
+    of = (
+        f"whose config.json cannot be read ({unreadable}), so it cannot be matched to this "
+        "configuration"
+        if unreadable
+        else "of a different configuration (changed flags, seeds or data)"
+    )
     raise UsageError(
         f"{run_dir} holds {what} {of}; refused before training this sweep. Pass --overwrite to "
-        f"replace {'them' if what == 'complete results' else 'it'}, or --out DIR to write elsewhere")
+        f"replace {'them' if what == 'complete results' else 'it'}, or --out DIR to write elsewhere"
+    )
 
 
 def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
@@ -132,8 +149,11 @@ def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
     for spec in sweep.specs:
         run_dir = ctx.out / sweep.experiment / spec.name
         config = config_json(ctx, sweep.experiment, spec)
-        out.append(Planned(spec, run_dir, config, _status(run_dir, config["fingerprint"],
-                                                          ctx.opts.overwrite)))
+        out.append(
+            Planned(
+                spec, run_dir, config, _status(run_dir, config["fingerprint"], ctx.opts.overwrite)
+            )
+        )
     return out
 
 
@@ -144,7 +164,9 @@ def find_completed(out: Path, fingerprint: str, exclude: Path) -> Path | None:
         if run_dir.resolve() == exclude.resolve():
             continue
         try:
-            if io.read_json_object(config).get("fingerprint") == fingerprint and results.is_complete(run_dir):
+            if io.read_json_object(config).get(
+                "fingerprint"
+            ) == fingerprint and results.is_complete(run_dir):
                 return run_dir
         except (OSError, ValueError):
             continue
@@ -156,7 +178,11 @@ def copy_run(source: Path, run_dir: Path, config: dict) -> None:
     config.json, then metrics.json last (its presence marks completion), each atomically."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for f in sorted(source.iterdir()):
-        if f.name.startswith(".") or f.name.startswith("checkpoint") or f.name in ("metrics.json", "config.json"):
+        if (
+            f.name.startswith(".")
+            or f.name.startswith("checkpoint")
+            or f.name in ("metrics.json", "config.json")
+        ):
             continue
         if f.is_dir():
             results.remove_tree(run_dir / f.name)
@@ -174,20 +200,25 @@ def copy_run(source: Path, run_dir: Path, config: dict) -> None:
 
 def _stem(ctx: Context, spec: Spec) -> str:
     """The fingerprint of `spec` without its length: runs that differ only in epochs share it."""
-    return results.config_fingerprint(spec.payload(ctx) | {"train_config": results.config_to_dict(
-        spec.cfg.replace(epochs=0))})
+    return results.config_fingerprint(
+        spec.payload(ctx) | {"train_config": results.config_to_dict(spec.cfg.replace(epochs=0))}
+    )
 
 
 def _continues(done: FitResult, cfg: TrainConfig) -> bool:
     """Whether `cfg` is `done` trained for longer at a constant rate (so continuing `done` is
     exactly training `cfg` from the start)."""
     constant = cfg.optimizer.schedule == "constant"
-    return (constant and done.epochs_run == done.cfg.epochs < cfg.epochs
-            and cfg.replace(epochs=done.cfg.epochs) == done.cfg)
+    return (
+        constant
+        and done.epochs_run == done.cfg.epochs < cfg.epochs
+        and cfg.replace(epochs=done.cfg.epochs) == done.cfg
+    )
 
 
-def train(ctx: Context, spec: Spec, checkpoint_dir: Path, *,
-          init: TrainState | None = None) -> FitResult:
+def train(
+    ctx: Context, spec: Spec, checkpoint_dir: Path, *, init: TrainState | None = None
+) -> FitResult:
     """Fit `spec` on the context's data and seeds, building on what this process trained: the
     same configuration again is returned as it is, a shorter one at a constant rate is continued,
     and a `spec.start` is obtained the same way (trained if need be, checkpointing beside
@@ -202,17 +233,27 @@ def train(ctx: Context, spec: Spec, checkpoint_dir: Path, *,
         return done
     start = None
     if spec.start is not None:
-        start = train(ctx, spec.start, checkpoint_dir.with_name(f"{checkpoint_dir.name}_{spec.start.name}"))
+        start = train(
+            ctx, spec.start, checkpoint_dir.with_name(f"{checkpoint_dir.name}_{spec.start.name}")
+        )
         init = None
     elif done is not None and _continues(done, spec.cfg):
         start, init = done, None
     if start is not None:
         ctx.log(f"  {spec.name}: continues the {start.epochs_run}-epoch run")
     data = ctx.data
-    result = fit(spec.cfg, (data.train_images, data.train_labels),
-                 {"val": (data.val_images, data.val_labels), "test": (data.test_images, data.test_labels)},
-                 ctx.seeds, init=init, start=start, checkpoint_dir=checkpoint_dir,
-                 parallel=ctx.opts.parallel, progress=ctx.progress, desc=spec.name)
+    result = fit(
+        spec.cfg,
+        (data.train_images, data.train_labels),
+        {"val": (data.val_images, data.val_labels), "test": (data.test_images, data.test_labels)},
+        ctx.seeds,
+        init=init,
+        start=start,
+        checkpoint_dir=checkpoint_dir,
+        parallel=ctx.opts.parallel,
+        progress=ctx.progress,
+        desc=spec.name,
+    )
     if done is None or result.epochs_run >= done.epochs_run:
         ctx.runs[stem] = result
     return result
@@ -231,42 +272,70 @@ def train_row(ctx: Context, spec: Spec, run_dir: Path) -> None:
     remove_checkpoints(ctx, run_dir)
 
 
-def write_row(ctx: Context, spec: Spec, run_dir: Path, result: FitResult, *,
-              extra_metrics: dict | None = None, extra_history: dict | None = None,
-              figures: dict | None = None) -> None:
+def write_row(
+    ctx: Context,
+    spec: Spec,
+    run_dir: Path,
+    result: FitResult,
+    *,
+    extra_metrics: dict | None = None,
+    extra_history: dict | None = None,
+    figures: dict | None = None,
+) -> None:
     """A classifier row's results folder from its run (config.json is already there):
     history.json, {val,test}_predictions.npy [seeds, n_images], labels.npz, the figures,
     metrics.json last."""
     data = ctx.data
     test, val = result.final["test"], result.final["val"]
     metrics = results.classifier_metrics(
-        data.test_labels, test["predictions"], val["accuracy"], data.class_names,
-        test_loss=test["loss"], val_loss=val["loss"], diverged=result.diverged)
+        data.test_labels,
+        test["predictions"],
+        val["accuracy"],
+        data.class_names,
+        test_loss=test["loss"],
+        val_loss=val["loss"],
+        diverged=result.diverged,
+    )
     params = jax.tree_util.tree_map(lambda x: x[0], result.states.params)
-    metrics.update({
-        "seeds": ctx.seeds,
-        "epochs_run": result.epochs_run,
-        "n_params": count_params(params),
-        "n_trained_params": n_trained_params(spec.cfg, params),
-        "val_loss_roughness": curves.roughness(result.history["val_loss"]),
-        "fit_diagnosis": curves.diagnose(result.history, decayed=spec.cfg.optimizer.schedule == "wsd"),
-        "timing": result.timing,
-        "parallel": result.parallel,
-        "member_map": result.member_map,
-        **(extra_metrics or {}),
-    })
-    history = {"epoch": list(range(1, result.epochs_run + 1)), **result.history, **(extra_history or {})}
+    metrics.update(
+        {
+            "seeds": ctx.seeds,
+            "epochs_run": result.epochs_run,
+            "n_params": count_params(params),
+            "n_trained_params": n_trained_params(spec.cfg, params),
+            "val_loss_roughness": curves.roughness(result.history["val_loss"]),
+            "fit_diagnosis": curves.diagnose(
+                result.history, decayed=spec.cfg.optimizer.schedule == "wsd"
+            ),
+            "timing": result.timing,
+            "parallel": result.parallel,
+            "member_map": result.member_map,
+            **(extra_metrics or {}),
+        }
+    )
+    history = {
+        "epoch": list(range(1, result.epochs_run + 1)),
+        **result.history,
+        **(extra_history or {}),
+    }
     confusion = np.asarray(test["confusion"]).sum(axis=0)
     draw = {
         "learning_curves.png": lambda p: plots.learning_curves(
-            result.history, p, title=f"{spec.label}: learning curves"),
+            result.history, p, title=f"{spec.label}: learning curves"
+        ),
         "confusion_matrix.png": lambda p: plots.confusion_matrix(
-            confusion, data.class_names, p, title=f"{spec.label}: test confusion (sum over seeds)"),
+            confusion, data.class_names, p, title=f"{spec.label}: test confusion (sum over seeds)"
+        ),
         **(figures or {}),
     }
-    results.write_run(run_dir, history=history, metrics=metrics, figures=draw,
-                      predictions={"val": val["predictions"], "test": test["predictions"]},
-                      labels={"val": data.val_labels, "test": data.test_labels})
+    results.write_run(
+        run_dir,
+        history=history,
+        metrics=metrics,
+        figures=draw,
+        predictions={"val": val["predictions"], "test": test["predictions"]},
+        labels={"val": data.val_labels, "test": data.test_labels},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,14 +353,28 @@ def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
         results.remove_tree(item.run_dir)
     source = find_completed(ctx.out, item.fingerprint, item.run_dir)
     if source is not None:
-        copy_run(source, item.run_dir, {**io.read_json(source / "config.json"),
-                                        "experiment": sweep.experiment, "name": item.spec.name,
-                                        "label": item.spec.label, "reused_from": str(source)})
+        copy_run(
+            source,
+            item.run_dir,
+            {
+                **io.read_json(source / "config.json"),
+                "experiment": sweep.experiment,
+                "name": item.spec.name,
+                "label": item.spec.label,
+                "reused_from": str(source),
+            },
+        )
         ctx.log(f"{where}: identical to {source}, reused")
         return
-    if item.status == "resume" and (item.run_dir / "metrics.json").is_file():  # written last: damaged since
-        print(f"warning: {item.run_dir / 'metrics.json'} cannot be read as complete results; this "
-              "configuration is run again (from its last checkpoint, if kept)", file=sys.stderr, flush=True)
+    if (
+        item.status == "resume" and (item.run_dir / "metrics.json").is_file()
+    ):  # written last: damaged since
+        print(
+            f"warning: {item.run_dir / 'metrics.json'} cannot be read as complete results; this "
+            "configuration is run again (from its last checkpoint, if kept)",
+            file=sys.stderr,
+            flush=True,
+        )
     ctx.log(f"{where}: {'resuming' if item.status == 'resume' else 'training'}")
     item.run_dir.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temporaries(item.run_dir)
@@ -309,12 +392,15 @@ def run_sweep(ctx: Context, sweep: Sweep) -> dict:
     sweep_dir = ctx.out / sweep.experiment
     results.clean_stale_temporaries(sweep_dir)  # a killed summary write
     planned = plan(ctx, sweep)
-    interrupt.set_message(f"completed configurations are kept in {ctx.out}; rerun the same "
-                          "command to resume (a run in progress continues from its last epoch)")
+    interrupt.set_message(
+        f"completed configurations are kept in {ctx.out}; rerun the same "
+        "command to resume (a run in progress continues from its last epoch)"
+    )
     for item in planned:
         run_planned(ctx, sweep, item)
-    summary = summaries.write_summary(sweep_dir, sweep.title, [s.name for s in sweep.specs],
-                                      sweep.note, sweep.reference)
+    summary = summaries.write_summary(
+        sweep_dir, sweep.title, [s.name for s in sweep.specs], sweep.note, sweep.reference
+    )
     for line in summary.warnings:
         ctx.log(line)
     # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).

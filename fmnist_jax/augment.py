@@ -61,7 +61,9 @@ def rotate(images: jax.Array, angles_degrees: jax.Array) -> jax.Array:
     # The slack absorbs float32 error in cos/sin: at exact multiples of 90 degrees scipy
     # (float64, exact cosdg/sindg) lands exactly on the edge rows and keeps them.
     slack = 1e-4
-    inside = (src_y >= -slack) & (src_y <= h - 1 + slack) & (src_x >= -slack) & (src_x <= w - 1 + slack)
+    inside = (
+        (src_y >= -slack) & (src_y <= h - 1 + slack) & (src_x >= -slack) & (src_x <= w - 1 + slack)
+    )
     src_y = jnp.clip(src_y, 0, h - 1)
     src_x = jnp.clip(src_x, 0, w - 1)
     # Clamping the lower corner to H-2 keeps both neighbours in range; at the last row
@@ -111,7 +113,9 @@ def random_flip(key: jax.Array, images: jax.Array) -> jax.Array:
 def augment_batch(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.Array:
     """Online augmentation: rotate, then flip, then noise, each as enabled in cfg."""
     if cfg.rotate:
-        angles = random_angles(jax.random.fold_in(key, _ROTATE_STREAM), images.shape[0], cfg.max_degrees)
+        angles = random_angles(
+            jax.random.fold_in(key, _ROTATE_STREAM), images.shape[0], cfg.max_degrees
+        )
         images = rotate(images, angles)
     if cfg.flip:
         images = random_flip(jax.random.fold_in(key, _FLIP_STREAM), images)
@@ -120,7 +124,9 @@ def augment_batch(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.
     return images
 
 
-def expanded_batch(key: jax.Array, images: jax.Array, index: jax.Array, cfg: AugmentConfig) -> jax.Array:
+def expanded_batch(
+    key: jax.Array, images: jax.Array, index: jax.Array, cfg: AugmentConfig
+) -> jax.Array:
     """Images `index` [B] of the expanded set of `images` [N, H, W, C]: index i < N is original
     i, N + i its rotated copy (an angle up to cfg.max_degrees), 2N + i its noisy copy
     (cfg.noise_std, clipped). The copy at index j is drawn from `fold_in(key, j)` alone, so the
@@ -130,10 +136,14 @@ def expanded_batch(key: jax.Array, images: jax.Array, index: jax.Array, cfg: Aug
     n = images.shape[0]
     copy, originals = index // n, images[index % n]
     keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(index)
-    angles = jax.vmap(lambda k: random_angles(jax.random.fold_in(k, _ROTATE_STREAM), 1,
-                                              cfg.max_degrees)[0])(keys)
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, _NOISE_STREAM),
-                                                 images.shape[1:], images.dtype))(keys)
+    angles = jax.vmap(
+        lambda k: random_angles(jax.random.fold_in(k, _ROTATE_STREAM), 1, cfg.max_degrees)[0]
+    )(keys)
+    noise = jax.vmap(
+        lambda k: jax.random.normal(
+            jax.random.fold_in(k, _NOISE_STREAM), images.shape[1:], images.dtype
+        )
+    )(keys)
     rotated = rotate(originals, angles)
     noisy = jnp.clip(originals + cfg.noise_std * noise, 0.0, 1.0)
     copy = copy.reshape(-1, *([1] * (images.ndim - 1)))

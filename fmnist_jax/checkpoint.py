@@ -16,8 +16,9 @@ import os
 import sys
 import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -37,8 +38,9 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1, *,
-             write: bool = False) -> ocp.CheckpointManager:
+def _manager(
+    directory: str | os.PathLike, max_to_keep: int | None = 1, *, write: bool = False
+) -> ocp.CheckpointManager:
     """A manager that writes (creates the folder, removes what a killed save left) or only reads.
 
     Only writers clean up temporary directories: Orbax runs that cleanup in a background thread
@@ -47,7 +49,9 @@ def _manager(directory: str | os.PathLike, max_to_keep: int | None = 1, *,
     shutdown. `save` waits for it before writing.
     """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep, enable_async_checkpointing=False, create=write,
+        max_to_keep=max_to_keep,
+        enable_async_checkpointing=False,
+        create=write,
         cleanup_tmp_directories=write,  # a save killed midway leaves only a temporary directory
     )
     return ocp.CheckpointManager(Path(directory).absolute(), options=options)
@@ -64,8 +68,13 @@ def _digest(state: Any) -> str | None:
     return digest.hexdigest()
 
 
-def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None = None,
-         max_to_keep: int | None = 1) -> None:
+def save(
+    directory: str | os.PathLike,
+    step: int,
+    state: Any,
+    extra: dict | None = None,
+    max_to_keep: int | None = 1,
+) -> None:
     """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`.
 
     An existing checkpoint `step` is replaced (Orbax alone refuses): a rerun after an
@@ -85,8 +94,13 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
         with _manager(directory, max_to_keep, write=True) as mngr:
             if step in mngr.all_steps():
                 mngr.delete(step)
-            mngr.save(step, force=True, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)))
+            mngr.save(
+                step,
+                force=True,
+                args=ocp.args.Composite(
+                    state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
+                ),
+            )
             mngr.wait_until_finished()
     except OSError:
         raise
@@ -97,10 +111,12 @@ def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None
         raise OSError(code, os.strerror(code), str(directory)) from None
 
 
-_WRITE_ERRORS = ((errno.ENOSPC, ("RESOURCE_EXHAUSTED", "No space left")),
-                 (errno.ENAMETOOLONG, ("File name too long",)),
-                 (errno.EROFS, ("Read-only file system",)),
-                 (errno.EACCES, ("PERMISSION_DENIED", "Permission denied")))
+_WRITE_ERRORS = (
+    (errno.ENOSPC, ("RESOURCE_EXHAUSTED", "No space left")),
+    (errno.ENAMETOOLONG, ("File name too long",)),
+    (errno.EROFS, ("Read-only file system",)),
+    (errno.EACCES, ("PERMISSION_DENIED", "Permission denied")),
+)
 
 
 def _require_dir(directory) -> None:
@@ -131,24 +147,37 @@ def _quiet_orbax_leftovers() -> None:
 
     def hook(unraisable):
         code = getattr(unraisable.object, "cr_code", None)  # a coroutine of Orbax's
-        if (isinstance(unraisable.exc_value, RuntimeError) and str(unraisable.exc_value) == "Event loop is closed"
-                or "orbax" in getattr(code, "co_filename", "")):
+        if (
+            isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == "Event loop is closed"
+            or "orbax" in getattr(code, "co_filename", "")
+        ):
             return
         previous(unraisable)
 
     previous_thread_hook = threading.excepthook
 
     def thread_hook(args):  # the same leftovers, raised in one of Orbax's threads
-        if not (isinstance(args.exc_value, RuntimeError) and str(args.exc_value) == "Event loop is closed"):
+        if not (
+            isinstance(args.exc_value, RuntimeError)
+            and str(args.exc_value) == "Event loop is closed"
+        ):
             previous_thread_hook(args)
 
     hook.quiets_orbax = True
     sys.unraisablehook, threading.excepthook = hook, thread_hook
     # Orbax logs a failed write from each of its threads, traceback included; the caller reports it.
     logging.getLogger("absl").addFilter(
-        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage())
-    logging.getLogger("asyncio").addFilter(lambda record: not (
-        "never retrieved" in (text := record.getMessage()) and ("orbax" in text or "tensorstore" in text)))
+        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage()
+    )
+    logging.getLogger("asyncio").addFilter(
+        lambda record: (
+            not (
+                "never retrieved" in (text := record.getMessage())
+                and ("orbax" in text or "tensorstore" in text)
+            )
+        )
+    )
     warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
@@ -168,7 +197,9 @@ def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
             step = mngr.latest_step() if step is None else step
             if step is None:
                 raise FileNotFoundError(f"no checkpoint found in {directory}")
-            restored = mngr.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore(), **items))
+            restored = mngr.restore(
+                step, args=ocp.args.Composite(extra=ocp.args.JsonRestore(), **items)
+            )
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
@@ -176,7 +207,9 @@ def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
     extra = dict(restored["extra"] or {})
     want = extra.pop(_DIGEST, None)
     if "state" in items and want is not None and _digest(restored["state"]) != want:
-        raise CheckpointError("the restored arrays' sha256 is not the one saved: a data file changed")
+        raise CheckpointError(
+            "the restored arrays' sha256 is not the one saved: a data file changed"
+        )
     return restored.get("state"), extra
 
 
@@ -202,8 +235,9 @@ def restore_extra(directory: str | os.PathLike, step: int | None = None) -> dict
     return _restore(directory, step, {})[1]
 
 
-def resume(directory: str | os.PathLike, target: Any, after_step: int,
-           required: Sequence[str] = ()) -> tuple[Any, dict] | None:
+def resume(
+    directory: str | os.PathLike, target: Any, after_step: int, required: Sequence[str] = ()
+) -> tuple[Any, dict] | None:
     """(state, extra) of the newest checkpoint in `directory` if it is later than `after_step`
     (restored onto `target`'s structure); None if there is none.
 
@@ -225,6 +259,10 @@ def resume(directory: str | os.PathLike, target: Any, after_step: int,
             n += 1
             aside = directory.with_name(f".{directory.name}.damaged-{n}")
         directory.rename(aside)
-        print(f"warning: the checkpoint in {directory} cannot be restored ({e}); it is moved to "
-              f"{aside} and this run starts afresh.", file=sys.stderr, flush=True)
+        print(
+            f"warning: the checkpoint in {directory} cannot be restored ({e}); it is moved to "
+            f"{aside} and this run starts afresh.",
+            file=sys.stderr,
+            flush=True,
+        )
         return None

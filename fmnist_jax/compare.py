@@ -19,8 +19,9 @@ import fnmatch
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,7 @@ def diff_values(a: Any, b: Any, where: str, atol: float = 0.0) -> Iterator[str]:
         return
     x, y = _as_number(a), _as_number(b)
     if x is not None and y is not None:
-        same = (x == y or (math.isnan(x) and math.isnan(y))
-                or (atol > 0 and abs(x - y) <= atol))
+        same = x == y or (math.isnan(x) and math.isnan(y)) or (atol > 0 and abs(x - y) <= atol)
         if not same:
             yield f"{where}: {a!r} != {b!r}"
     elif a != b:
@@ -93,7 +93,9 @@ def compare(a: Path, b: Path, atol: float = 0.0, ignore: tuple[str, ...] = ()) -
                 continue
             pa, pb = np.load(a / rel), np.load(b / rel)
         except (OSError, ValueError) as e:  # ValueError: JSON or .npy that does not parse
-            out.append(f"{rel}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})")
+            out.append(
+                f"{rel}: cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            )
             continue
         if pa.shape != pb.shape or pa.dtype != pb.dtype:
             out.append(f"{rel}: {pa.dtype} {pa.shape} != {pb.dtype} {pb.shape}")
@@ -112,28 +114,50 @@ def _tolerance(text: str) -> float:
 def main(argv=None) -> int:
     """The command line; returns the exit status (0 same, 1 different, 2 usage)."""
     tolerant_output()
-    p = argparse.ArgumentParser(prog="python -m fmnist_jax.compare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m fmnist_jax.compare",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
-    p.add_argument("--atol", type=_tolerance, default=0.0,
-                   help="largest accepted difference of a metric value (default 0: identical)")
-    p.add_argument("--ignore", action="append", default=[], metavar="GLOB",
-                   help="leave out files whose relative path matches GLOB (repeatable)")
+    p.add_argument(
+        "--atol",
+        type=_tolerance,
+        default=0.0,
+        help="largest accepted difference of a metric value (default 0: identical)",
+    )
+    p.add_argument(
+        "--ignore",
+        action="append",
+        default=[],
+        metavar="GLOB",
+        help="leave out files whose relative path matches GLOB (repeatable)",
+    )
     args = p.parse_args(argv)
     ignore = tuple(args.ignore)
     for root in (args.a, args.b):
-        problem = ("is not a folder" if not root.is_dir() else
-                   "holds no metrics.json or test_predictions.npy" if not _files(root, ignore) else None)
+        problem = (
+            "is not a folder"
+            if not root.is_dir()
+            else "holds no metrics.json or test_predictions.npy"
+            if not _files(root, ignore)
+            else None
+        )
         if problem:
-            print(f"error: {root} {problem}; pass two results folders (e.g. results/)", file=sys.stderr)
+            print(
+                f"error: {root} {problem}; pass two results folders (e.g. results/)",
+                file=sys.stderr,
+            )
             return 2
     diffs = compare(args.a, args.b, args.atol, ignore)
     n = len(_files(args.a, ignore) | _files(args.b, ignore))
     for line in diffs:
         print(line)
-    print(f"{'identical' if not diffs else f'{len(diffs)} difference(s)'}: {n} files compared "
-          f"(metrics.json without timings, test_predictions.npy)")
+    print(
+        f"{'identical' if not diffs else f'{len(diffs)} difference(s)'}: {n} files compared "
+        f"(metrics.json without timings, test_predictions.npy)"
+    )
     return 1 if diffs else 0
 
 

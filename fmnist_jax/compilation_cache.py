@@ -24,14 +24,20 @@ def enable(directory: str | os.PathLike | None = None) -> Path | None:
     setting = os.environ.get("FMNIST_JAX_CACHE", "")
     if setting == "0":
         return None
-    directory = Path(directory or setting or os.environ.get("JAX_COMPILATION_CACHE_DIR")
-                     or user_cache_dir() / "xla")
+    directory = Path(
+        directory
+        or setting
+        or os.environ.get("JAX_COMPILATION_CACHE_DIR")
+        or user_cache_dir() / "xla"
+    )
     try:  # an unwritable cache only costs time: never fail a run (nor warn per program) over it
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-"):
             pass
     except OSError:
-        jax.config.update("jax_compilation_cache_dir", None)  # also when named by JAX's own variable
+        jax.config.update(
+            "jax_compilation_cache_dir", None
+        )  # also when named by JAX's own variable
         return None
     jax.config.update("jax_compilation_cache_dir", str(directory))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)

@@ -6,7 +6,7 @@ Curves are per-seed lists of per-epoch values (the history format): [n_seeds][n_
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,7 +29,8 @@ CRITERIA = (
     "validation images no better than their noisy input itself; still improving: the training "
     f"loss fell by >= {STILL_FALLING:.0%} over the last epoch (or there was only one) at a "
     "learning rate not decayed to 0: more epochs would still help; otherwise a good fit. Training "
-    "metrics are those of the training batches as trained (augmented, dropout on)")
+    "metrics are those of the training batches as trained (augmented, dropout on)"
+)
 
 
 def roughness(curve: Sequence[Sequence[float]]) -> dict[str, float]:
@@ -65,8 +66,13 @@ def _mean_curve(curve) -> np.ndarray:
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def diagnose(history: Mapping[str, Sequence[Sequence[float]]], *, decayed: bool = False,
-             train: str = "train", val: str = "val") -> dict:
+def diagnose(
+    history: Mapping[str, Sequence[Sequence[float]]],
+    *,
+    decayed: bool = False,
+    train: str = "train",
+    val: str = "val",
+) -> dict:
     """Under/over-fitting from the mean curves over seeds, by `CRITERIA`: the validation trend
     (where the validation loss is lowest, how far it rose after), the generalization gap
     (val - train loss; train - val accuracy) and convergence (the last epoch's fall of the train
@@ -75,17 +81,28 @@ def diagnose(history: Mapping[str, Sequence[Sequence[float]]], *, decayed: bool 
     Returns the verdict ("diverged", "overfitting", "underfitting", "still improving" or
     "good fit") with every number behind it (losses in nats or MSE, accuracies as fractions).
     """
-    train_loss, val_loss = _mean_curve(history[f"{train}_loss"]), _mean_curve(history[f"{val}_loss"])
+    train_loss, val_loss = (
+        _mean_curve(history[f"{train}_loss"]),
+        _mean_curve(history[f"{val}_loss"]),
+    )
     n = len(train_loss)
     best = int(np.nanargmin(val_loss)) if np.isfinite(val_loss).any() else n - 1
     val_noise = noise(val_loss)
     rise = float(val_loss[-1] - val_loss[best])
-    threshold = max(TURN_NOISE * val_noise if np.isfinite(val_noise) else 0.0,
-                    TURN_FLOOR * float(val_loss[best]))
-    turned = bool(np.isfinite(val_noise) and best < n - 1 and rise > threshold
-                  and train_loss[-1] < train_loss[best])
+    threshold = max(
+        TURN_NOISE * val_noise if np.isfinite(val_noise) else 0.0,
+        TURN_FLOOR * float(val_loss[best]),
+    )
+    turned = bool(
+        np.isfinite(val_noise)
+        and best < n - 1
+        and rise > threshold
+        and train_loss[-1] < train_loss[best]
+    )
     drop = float(1.0 - train_loss[-1] / train_loss[-2]) if n >= 2 else float("nan")
-    falling = bool((n < 2 or drop >= STILL_FALLING) and not decayed)  # one epoch: nothing says it converged
+    falling = bool(
+        (n < 2 or drop >= STILL_FALLING) and not decayed
+    )  # one epoch: nothing says it converged
     acc = {}
     for split in (train, val):
         if f"{split}_accuracy" in history:

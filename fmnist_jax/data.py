@@ -33,8 +33,9 @@ class TaskData:
     info: dict
 
 
-def load_fashion_mnist(source: str = "idx", data_dir: str | os.PathLike | None = None,
-                       *, verify: bool = True) -> tuple[RawSplit, RawSplit]:
+def load_fashion_mnist(
+    source: str = "idx", data_dir: str | os.PathLike | None = None, *, verify: bool = True
+) -> tuple[RawSplit, RawSplit]:
     """(train, test) of the full 10-class data from `source` (see SOURCES).
 
     For "download", `data_dir` is where files go (default: user cache); for "tfds" it
@@ -58,22 +59,36 @@ def load_raw(source: str, data_dir, verify: bool) -> tuple[RawSplit, RawSplit, d
     """
     if source == "tfds":
         train, test = remote.load_tfds(data_dir, verify)
-        return train, test, {"source": source, "directory": None if data_dir is None else str(data_dir),
-                             "file_order": False}
+        return (
+            train,
+            test,
+            {
+                "source": source,
+                "directory": None if data_dir is None else str(data_dir),
+                "file_order": False,
+            },
+        )
     if source == "idx":
         directory = find_data_dir(data_dir)
     elif source == "download":
         directory = remote.download(data_dir)
     else:
-        raise DataError(
-            f"Unknown data source {source!r}; valid sources: {', '.join(SOURCES)}.")
+        raise DataError(f"Unknown data source {source!r}; valid sources: {', '.join(SOURCES)}.")
     train, test, file_format = load_dir(directory, verify)
-    return train, test, {"source": "csv" if file_format == "csv" else source,
-                         "directory": str(directory), "file_order": file_format == "idx"}
+    return (
+        train,
+        test,
+        {
+            "source": "csv" if file_format == "csv" else source,
+            "directory": str(directory),
+            "file_order": file_format == "idx",
+        },
+    )
 
 
-def select_classes(images: np.ndarray, labels: np.ndarray,
-                   classes: tuple[int, ...] = CLASSES) -> tuple[np.ndarray, np.ndarray]:
+def select_classes(
+    images: np.ndarray, labels: np.ndarray, classes: tuple[int, ...] = CLASSES
+) -> tuple[np.ndarray, np.ndarray]:
     """Keep examples whose label is in `classes` (file order); relabel to 0..len-1."""
     classes = tuple(int(c) for c in classes)
     if len(set(classes)) != len(classes) or min(classes, default=0) < 0:
@@ -85,8 +100,9 @@ def select_classes(images: np.ndarray, labels: np.ndarray,
     return np.asarray(images)[keep], lookup[labels[keep]]
 
 
-def stratified_split(labels: np.ndarray, val_fraction: float = 0.1,
-                     seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(
+    labels: np.ndarray, val_fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(train_idx, val_idx), both ascending; round(val_fraction * n_c) of each class to val."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
@@ -95,7 +111,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float = 0.1,
     is_val = np.zeros(labels.shape[0], bool)
     for c in np.unique(labels):
         members = np.flatnonzero(labels == c)
-        is_val[rng.permutation(members)[:round(val_fraction * members.size)]] = True
+        is_val[rng.permutation(members)[: round(val_fraction * members.size)]] = True
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
 
@@ -104,9 +120,15 @@ def to_float(images_uint8: np.ndarray) -> np.ndarray:
     return (np.asarray(images_uint8, np.float32) / np.float32(255.0))[..., None]
 
 
-def load_task(data_dir: str | os.PathLike | None = None, source: str = "idx", *,
-              split_seed: int = 0, val_fraction: float = 0.1, limit: int | None = None,
-              verify: bool = True) -> TaskData:
+def load_task(
+    data_dir: str | os.PathLike | None = None,
+    source: str = "idx",
+    *,
+    split_seed: int = 0,
+    val_fraction: float = 0.1,
+    limit: int | None = None,
+    verify: bool = True,
+) -> TaskData:
     """Load → 5 classes → stratified train/val split → (limit) → float in [0, 1].
 
     With `limit=None` the test set is all 5,000 test-subset images in file order.
@@ -126,8 +148,9 @@ def load_task(data_dir: str | os.PathLike | None = None, source: str = "idx", *,
         small = max(limit // 5, 50)
         train_idx, val_idx = train_idx[:limit], val_idx[:small]
         test_images, test_labels = test_images[:small], test_labels[:small]
-    x_train, x_val, x_test = (to_float(a) for a in
-                              (images[train_idx], images[val_idx], test_images))
+    x_train, x_val, x_test = (
+        to_float(a) for a in (images[train_idx], images[val_idx], test_images)
+    )
     info = {
         "source": where["source"],
         "directory": where["directory"],
@@ -139,5 +162,6 @@ def load_task(data_dir: str | os.PathLike | None = None, source: str = "idx", *,
         "limit": limit,
         "file_order": where["file_order"],
     }
-    return TaskData(x_train, labels[train_idx], x_val, labels[val_idx], x_test,
-                    test_labels, CLASS_NAMES, info)
+    return TaskData(
+        x_train, labels[train_idx], x_val, labels[val_idx], x_test, test_labels, CLASS_NAMES, info
+    )

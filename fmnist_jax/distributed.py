@@ -56,8 +56,10 @@ def initialize() -> bool:
     try:
         jax.distributed.initialize(os.environ.get(ENV[0]), integer(ENV[1]), integer(ENV[2]))
     except Exception as e:  # noqa: BLE001 - JAX raises several kinds; each is a setup mistake
-        raise ValueError(f"cannot join the other processes ({str(e).splitlines()[0]}); set "
-                         f"{', '.join(ENV)} (ids 0..N-1, the same address everywhere)") from None
+        raise ValueError(
+            f"cannot join the other processes ({str(e).splitlines()[0]}); set "
+            f"{', '.join(ENV)} (ids 0..N-1, the same address everywhere)"
+        ) from None
     if jax.process_count() == 1:
         return False
     _process = (jax.process_index(), jax.process_count())
@@ -106,6 +108,7 @@ def stop_together(main):
     is one `error:` line and exit status 2), run `main`, and when it fails in one of several
     processes (SystemExit with a non-zero status; an uncaught exception: its traceback, then
     status 1) stop all of them with that status."""
+
     @functools.wraps(main)
     def run(*args, **kwargs):
         try:
@@ -127,6 +130,7 @@ def stop_together(main):
             if not _stopped_elsewhere():  # else it is how a collective saw a peer leave
                 traceback.print_exc()
             exit_all(1)
+
     return run
 
 
@@ -157,8 +161,12 @@ def _watch() -> None:
     status, origin = (int(v) for v in value.split())
     me, n = _process
     if origin != me and not _stopping_here:
-        print(f"stopped: process {origin} of {n} stopped with exit status {status}; all processes "
-              "stop with it (see its message)", file=sys.stderr, flush=True)
+        print(
+            f"stopped: process {origin} of {n} stopped with exit status {status}; all processes "
+            "stop with it (see its message)",
+            file=sys.stderr,
+            flush=True,
+        )
     _flush()
     with contextlib.suppress(Exception):
         client.key_value_set(f"{_LEFT_KEY}{me}", "")
@@ -185,10 +193,12 @@ def _shutdown() -> None:
 def _flush(timeout: float = 1.0) -> None:
     """Flush stdout and stderr before `os._exit` without risking a hang on a lock the main
     thread holds (it may be blocked in a collective in the middle of a print)."""
+
     def flush():
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()
+
     t = threading.Thread(target=flush, daemon=True)
     t.start()
     t.join(timeout)

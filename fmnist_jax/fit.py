@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,8 +22,16 @@ import numpy as np
 
 from fmnist_jax import checkpoint, placement
 from fmnist_jax.train import (
-    Program, TrainConfig, TrainState, epoch_size, eval_step, init_state, lr_scales, pad_for_eval,
-    program, train_epoch,
+    Program,
+    TrainConfig,
+    TrainState,
+    epoch_size,
+    eval_step,
+    init_state,
+    lr_scales,
+    pad_for_eval,
+    program,
+    train_epoch,
 )
 
 EVAL_NOISE_SEED = 1234  # fixed corruption of val/test images for the autoencoder's eval loss
@@ -43,7 +51,9 @@ class FitResult:
     states: TrainState
     history: dict[str, list]  # name -> [n_members][epochs]
     diverged: list[bool]
-    final: dict[str, dict[str, np.ndarray]]  # eval set -> {"loss", "accuracy", "confusion", "predictions"}
+    final: dict[
+        str, dict[str, np.ndarray]
+    ]  # eval set -> {"loss", "accuracy", "confusion", "predictions"}
     timing: dict[str, float] = field(default_factory=dict)
     parallel: str = "none"
     member_map: str = "vmap"
@@ -53,7 +63,9 @@ class FitResult:
 def _over_members(fn, member_map: str):
     """fn(state, *shared) for every member of stacked states -> stacked outputs."""
     if member_map == "vmap":
-        return lambda states, *shared: jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(states, *shared)
+        return lambda states, *shared: jax.vmap(fn, in_axes=(0,) + (None,) * len(shared))(
+            states, *shared
+        )
     return lambda states, *shared: jax.lax.map(lambda state: fn(state, *shared), states)
 
 
@@ -67,7 +79,10 @@ def member_programs(prog: Program, batch_sharding, member_map: str):
     """
     train_members = _over_members(
         lambda state, images, labels, epoch, scales: train_epoch(
-            prog, state, images, labels, epoch, scales, batch_sharding), member_map)
+            prog, state, images, labels, epoch, scales, batch_sharding
+        ),
+        member_map,
+    )
     eval_members = _over_members(functools.partial(eval_step, prog), member_map)
 
     def epoch_fn(states, images, labels, epoch, scales):
@@ -90,11 +105,15 @@ def init_states(prog: Program, seeds: Sequence[int], learning_rates: Sequence[fl
     """
     keys = jnp.stack([jax.random.PRNGKey(s) for s in seeds])
     lrs = jnp.asarray(
-        [prog.cfg.optimizer.learning_rate] * len(seeds) if learning_rates is None else learning_rates,
+        [prog.cfg.optimizer.learning_rate] * len(seeds)
+        if learning_rates is None
+        else learning_rates,
         jnp.float32,
     )
     if lrs.shape != (len(seeds),):
-        raise ValueError(f"need one learning rate per seed: {len(seeds)} seeds, {lrs.shape[0]} rates")
+        raise ValueError(
+            f"need one learning rate per seed: {len(seeds)} seeds, {lrs.shape[0]} rates"
+        )
     return _init_fn(prog)(keys, lrs)
 
 
@@ -136,10 +155,12 @@ def _evaluate(eval_fn, states, eval_sets: Mapping, classifier: bool) -> dict[str
 def _pad_members(states, n_members: int):
     """Copies of the states (the epoch program donates its input) with the member axis padded
     to `n_members` by repeating the first member (padding members are discarded)."""
+
     def pad(x):
         x = jnp.asarray(x)
         extra = n_members - x.shape[0]
         return jnp.concatenate([x, jnp.repeat(x[:1], extra, axis=0)]) if extra else jnp.copy(x)
+
     return jax.tree_util.tree_map(pad, states)
 
 
@@ -184,7 +205,9 @@ def fit(
     if not seeds:
         raise ValueError("need at least one seed")
     if init is not None and start is not None:
-        raise ValueError("give fit either `init` (states to start from) or `start` (a run to continue)")
+        raise ValueError(
+            "give fit either `init` (states to start from) or `start` (a run to continue)"
+        )
     mode = placement.resolve_parallel(parallel, len(seeds))
     member_map = placement.resolve_member_map(member_map, mode)
     n_real, n_members = len(seeds), placement.padded_members(len(seeds), mode)
@@ -208,15 +231,18 @@ def fit(
         states = init_states(prog, seeds, learning_rates)
     states = place.state(_pad_members(states, n_members))
     resumed = checkpoint_dir is not None and checkpoint.resume(  # None: nothing later, or damaged
-        checkpoint_dir, states, epochs_run, required=("epoch", "history", "diverged"))
+        checkpoint_dir, states, epochs_run, required=("epoch", "history", "diverged")
+    )
     if resumed:
         states, extra = resumed
         epochs_run = int(extra["epoch"])
         history = {k: [list(v) for v in vals] for k, vals in extra["history"].items()}
         diverged = np.asarray(extra["diverged"], bool)
 
-    d_train = (place.data(jnp.asarray(train_images, jnp.float32)),
-               place.data(jnp.asarray(train_labels, jnp.int32)))
+    d_train = (
+        place.data(jnp.asarray(train_images, jnp.float32)),
+        place.data(jnp.asarray(train_labels, jnp.int32)),
+    )
     d_eval = {}
     for name, (imgs, labs) in eval_sets.items():
         # Small sets (quick runs) get one batch of their own size instead of a mostly-padded one.
@@ -244,20 +270,35 @@ def fit(
             timing["eval_s"] += time.perf_counter() - t1
 
             values = {f"train_{k}": v for k, v in epoch_metrics.items()}
-            values.update({f"{s}_{k}": r[k] for s, r in final.items()
-                           for k in ("loss", "accuracy", "noisy_loss") if k in r})
+            values.update(
+                {
+                    f"{s}_{k}": r[k]
+                    for s, r in final.items()
+                    for k in ("loss", "accuracy", "noisy_loss")
+                    if k in r
+                }
+            )
             for name, v in values.items():  # the real members' (padding members are dropped)
                 rows = history.setdefault(name, [[] for _ in range(n_real)])
                 for k in range(n_real):
                     rows[k].append(float(np.asarray(v, np.float64)[k]))
             # Train and validation only: test data never takes part in a decision.
-            losses = np.stack([np.asarray(r["loss"]) for name, r in [("train", epoch_metrics), *final.items()]
-                               if name != "test"])
+            losses = np.stack(
+                [
+                    np.asarray(r["loss"])
+                    for name, r in [("train", epoch_metrics), *final.items()]
+                    if name != "test"
+                ]
+            )
             diverged |= ~np.all(np.isfinite(losses), axis=0)
             epochs_run = epoch + 1
             if checkpoint_dir is not None:
-                checkpoint.save(checkpoint_dir, epochs_run, states, {
-                    "epoch": epochs_run, "history": history, "diverged": diverged.tolist()})
+                checkpoint.save(
+                    checkpoint_dir,
+                    epochs_run,
+                    states,
+                    {"epoch": epochs_run, "history": history, "diverged": diverged.tolist()},
+                )
             bar.set_postfix(_postfix(history), refresh=False)  # shown by the update: this epoch's
             bar.update(1)
             if diverged[:n_real].all():
@@ -276,11 +317,17 @@ def fit(
         # Throughput of this call's epochs, the real members only (padding excluded).
         timing["train_images_per_s"] = n_real * own["images"] / own["train_s"]
     return FitResult(
-        cfg=cfg, seeds=seeds, states=placement.first_members(states, n_real),
+        cfg=cfg,
+        seeds=seeds,
+        states=placement.first_members(states, n_real),
         history={k: [list(row) for row in v] for k, v in history.items()},
         diverged=diverged[:n_real].tolist(),
         final={s: {k: np.asarray(v)[:n_real] for k, v in res.items()} for s, res in final.items()},
-        timing=timing, parallel=mode, member_map=member_map, epochs_run=epochs_run)
+        timing=timing,
+        parallel=mode,
+        member_map=member_map,
+        epochs_run=epochs_run,
+    )
 
 
 def _postfix(history):
@@ -295,9 +342,16 @@ def _postfix(history):
 
 def _progress(total, initial, enabled, desc):
     if not enabled:  # needs no tqdm (an accelerator machine may have only JAX's own packages)
-        return SimpleNamespace(update=lambda n: None, set_postfix=lambda *a, **k: None,
-                               close=lambda: None)
+        return SimpleNamespace(
+            update=lambda n: None, set_postfix=lambda *a, **k: None, close=lambda: None
+        )
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc or None,
-                unit="epoch", leave=False, dynamic_ncols=True)
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc or None,
+        unit="epoch",
+        leave=False,
+        dynamic_ncols=True,
+    )

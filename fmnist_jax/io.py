@@ -9,8 +9,9 @@ import json
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -143,17 +144,36 @@ def user_cache_dir() -> Path:
 
 
 # How the non-ASCII characters this project prints read in ASCII; others become \x.. escapes.
-_ASCII_SPELLING = {"±": "+/-", "·": "-", "–": "-", "—": "--", "−": "-", "§": "section ", "×": "x",
-                   "→": "->", "≤": "<=", "≥": ">=", "…": "...", "°": " deg", "²": "^2", "√": "sqrt",
-                   "₁": "1", "₂": "2", "σ": "sigma", "Δ": "delta", "⚠": "(!)"}
+_ASCII_SPELLING = {
+    "±": "+/-",
+    "·": "-",
+    "–": "-",
+    "—": "--",
+    "−": "-",
+    "§": "section ",
+    "×": "x",
+    "→": "->",
+    "≤": "<=",
+    "≥": ">=",
+    "…": "...",
+    "°": " deg",
+    "²": "^2",
+    "√": "sqrt",
+    "₁": "1",
+    "₂": "2",
+    "σ": "sigma",
+    "Δ": "delta",
+    "⚠": "(!)",
+}
 
 
 def _spell_in_ascii(error: UnicodeError) -> tuple[str, int]:
     if not isinstance(error, UnicodeEncodeError):
         raise error
-    text = error.object[error.start:error.end]
-    return "".join(_ASCII_SPELLING.get(c) or c.encode("ascii", "backslashreplace").decode()
-                   for c in text), error.end
+    text = error.object[error.start : error.end]
+    return "".join(
+        _ASCII_SPELLING.get(c) or c.encode("ascii", "backslashreplace").decode() for c in text
+    ), error.end
 
 
 codecs.register_error("fmnist_jax.ascii", _spell_in_ascii)

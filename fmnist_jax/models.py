@@ -6,7 +6,7 @@ for a conv kernel fan_in = 9 * C_in, fan_out = 9 * C_out), every bias zero.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -42,13 +42,16 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Ar
     impl = resolve_conv_impl(impl)
     if impl == "xla":
         return jax.lax.conv_general_dilated(
-            x, kernel, window_strides=(1, 1), padding="VALID",
+            x,
+            kernel,
+            window_strides=(1, 1),
+            padding="VALID",
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
     _, h, w, _ = x.shape
     # Patches ordered (dy, dx, cin) to match kernel.reshape(9 * Cin, Cout).
     patches = jnp.concatenate(
-        [x[:, dy:dy + h - 2, dx:dx + w - 2, :] for dy in range(3) for dx in range(3)], axis=-1
+        [x[:, dy : dy + h - 2, dx : dx + w - 2, :] for dy in range(3) for dx in range(3)], axis=-1
     )
     return patches @ kernel.reshape(-1, kernel.shape[-1])
 
@@ -90,8 +93,9 @@ class CNN(nn.Module):
         # PyTorch BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
         def block(x, features, name):
             x = Conv3x3(features, self.conv_impl, name=f"conv_{name}")(x)
-            x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                             name=f"bn_{name}")(x)
+            x = nn.BatchNorm(
+                use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn_{name}"
+            )(x)
             return nn.relu(x)
 
         x = self._pool(block(x, 10, "1"))

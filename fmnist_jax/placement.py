@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 PARALLEL_MODES = ("auto", "none", "seeds", "data")
 MEMBER_MAPS = ("auto", "vmap", "map")
@@ -62,9 +63,11 @@ def resolve_member_map(member_map: str, mode: str) -> str:
     if member_map not in MEMBER_MAPS:
         raise ValueError(f"unknown member_map {member_map!r}; choose one of {MEMBER_MAPS}")
     if member_map == "map" and mode != "none":
-        raise ValueError(f"member_map 'map' runs the members one after another on one device; "
-                         f"parallel mode {mode!r} spreads them over devices: use member_map "
-                         f"'vmap' or 'auto' with it, or parallel 'none'")
+        raise ValueError(
+            f"member_map 'map' runs the members one after another on one device; "
+            f"parallel mode {mode!r} spreads them over devices: use member_map "
+            f"'vmap' or 'auto' with it, or parallel 'none'"
+        )
     if member_map != "auto":
         return member_map
     return "map" if mode == "none" and jax.default_backend() == "cpu" else "vmap"
@@ -129,10 +132,12 @@ def to_host(tree):
     gathered (`process_allgather`), a collective: every process must then call `to_host` on
     arrays of the same shapes and shardings, in the same order.
     """
+
     def read(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return multihost_utils.process_allgather(x, tiled=True)
         return jax.device_get(x)
+
     return jax.tree_util.tree_map(read, tree)
 
 
@@ -148,6 +153,7 @@ def replicated_across_processes(tree):
         if isinstance(x, jax.Array) and x.is_fully_addressable:
             return jax.device_put(np.asarray(x), everywhere)
         return x
+
     return jax.tree_util.tree_map(spread, tree)
 
 
@@ -162,7 +168,9 @@ def backend_problem() -> str | None:
     name = next((n for n in ("JAX_PLATFORMS", "JAX_PLATFORM_NAME") if os.environ.get(n)), None)
     if name is None:
         return f"JAX cannot start a backend ({reason})."
-    return (f"{name}={os.environ[name]} asks JAX for a backend this machine does not have or cannot "
-            f"start ({reason}). Fix: unset {name} (JAX then picks the best backend available) or set "
-            f"{name}=cpu; for a GPU, install JAX with its CUDA plugin (pip install -U 'jax[cuda12]'), "
-            "for a TPU 'jax[tpu]'.")
+    return (
+        f"{name}={os.environ[name]} asks JAX for a backend this machine does not have or cannot "
+        f"start ({reason}). Fix: unset {name} (JAX then picks the best backend available) or set "
+        f"{name}=cpu; for a GPU, install JAX with its CUDA plugin (pip install -U 'jax[cuda12]'), "
+        "for a TPU 'jax[tpu]'."
+    )

@@ -84,12 +84,18 @@ def _seed_matrix(per_seed: Any, name: str = "curve") -> np.ndarray:
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2:
-            raise ValueError(f"{name}: expected per-seed per-epoch values (2-D), got shape {arr.shape}")
+            raise ValueError(
+                f"{name}: expected per-seed per-epoch values (2-D), got shape {arr.shape}"
+            )
         return arr
     if not isinstance(per_seed, Sequence) or isinstance(per_seed, (str, bytes)):
-        raise ValueError(f"{name}: expected a list of per-seed lists, got {type(per_seed).__name__}")
+        raise ValueError(
+            f"{name}: expected a list of per-seed lists, got {type(per_seed).__name__}"
+        )
     seqs = list(per_seed)
-    if seqs and not any(isinstance(s, (Sequence, np.ndarray)) and not isinstance(s, (str, bytes)) for s in seqs):
+    if seqs and not any(
+        isinstance(s, (Sequence, np.ndarray)) and not isinstance(s, (str, bytes)) for s in seqs
+    ):
         seqs = [seqs]  # a single seed given as a flat list
     rows = []
     for s in seqs:
@@ -119,7 +125,9 @@ def _padding_mask(raw: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
 def _seed_lengths(per_seed: Any) -> np.ndarray | None:
     try:
         seqs = list(per_seed)
-        if seqs and all(isinstance(s, (Sequence, np.ndarray)) and not isinstance(s, (str, bytes)) for s in seqs):
+        if seqs and all(
+            isinstance(s, (Sequence, np.ndarray)) and not isinstance(s, (str, bytes)) for s in seqs
+        ):
             return np.array([len(s) for s in seqs])
     except TypeError:
         pass
@@ -140,15 +148,25 @@ def _stats(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.arange(1, n_ep + 1), mean, std
 
 
-def _plot_mean_band(ax, raw: np.ndarray, label: str, color, linestyle="-", per_seed_lines=True) -> bool:
+def _plot_mean_band(
+    ax, raw: np.ndarray, label: str, color, linestyle="-", per_seed_lines=True
+) -> bool:
     """Mean line + mean±std band (+ thin per-seed lines for few seeds). False if nothing finite."""
     epochs, mean, std = _stats(raw)
     if not np.any(np.isfinite(mean)):
         ax.plot([], [], color=color, linestyle=linestyle, label=f"{label} (no finite values)")
         return False
     marker = "o" if np.sum(np.isfinite(mean)) <= 3 else None
-    ax.plot(epochs, mean, color=color, linestyle=linestyle, linewidth=1.8, marker=marker,
-            markersize=4, label=label)
+    ax.plot(
+        epochs,
+        mean,
+        color=color,
+        linestyle=linestyle,
+        linewidth=1.8,
+        marker=marker,
+        markersize=4,
+        label=label,
+    )
     if raw.shape[0] > 1:
         ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
         if raw.shape[0] <= 5 and per_seed_lines:
@@ -161,8 +179,15 @@ def _plot_mean_band(ax, raw: np.ndarray, label: str, color, linestyle="-", per_s
 # --------------------------------------------------------------------------- learning curves
 
 
-def learning_curves(history, path, *, title: str, metrics=("loss", "accuracy"),
-                    sets=("train", "val", "test"), ylabels: dict | None = None) -> Path | Figure:
+def learning_curves(
+    history,
+    path,
+    *,
+    title: str,
+    metrics=("loss", "accuracy"),
+    sets=("train", "val", "test"),
+    ylabels: dict | None = None,
+) -> Path | Figure:
     """One panel per metric present in `history`; per set the mean over seeds vs epoch
     (1-based) with a mean ± std band (and thin per-seed lines when there are <= 5 seeds).
     Missing metrics/sets are skipped.
@@ -171,7 +196,9 @@ def learning_curves(history, path, *, title: str, metrics=("loss", "accuracy"),
       ValueError: nothing at all is plottable.
     """
     if not isinstance(history, Mapping):
-        raise ValueError(f"history must be a dict name -> per-seed lists, got {type(history).__name__}")
+        raise ValueError(
+            f"history must be a dict name -> per-seed lists, got {type(history).__name__}"
+        )
     labels = dict(_DEFAULT_YLABELS)
     labels.update(ylabels or {})
     panels = []  # (metric, [(set, raw, lengths)])
@@ -219,8 +246,14 @@ def learning_curves(history, path, *, title: str, metrics=("loss", "accuracy"),
 # --------------------------------------------------------------------------- overlay
 
 
-def overlay_curves(curves: dict[str, dict], path, *, title: str, metric: str = "val_accuracy",
-                   ylabel: str | None = None) -> Path | Figure:
+def overlay_curves(
+    curves: dict[str, dict],
+    path,
+    *,
+    title: str,
+    metric: str = "val_accuracy",
+    ylabel: str | None = None,
+) -> Path | Figure:
     """One mean line + band per configuration for `metric` (configs may differ in epochs).
     Configurations without `metric` are skipped.
 
@@ -275,7 +308,9 @@ def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = Tru
         raise ValueError(f"confusion matrix must be square [C, C], got shape {cm.shape}")
     names = [str(c) for c in class_names]
     if len(names) != cm.shape[0]:
-        raise ValueError(f"{len(names)} class names for a {cm.shape[0]}x{cm.shape[0]} confusion matrix")
+        raise ValueError(
+            f"{len(names)} class names for a {cm.shape[0]}x{cm.shape[0]} confusion matrix"
+        )
     cm = cm.astype(float)
     if not np.all(np.isfinite(cm)) or np.any(cm < 0):
         raise ValueError("confusion matrix must hold finite, non-negative counts")
@@ -297,10 +332,19 @@ def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = Tru
             if normalise:
                 text = f"{100 * frac[i, j]:.1f}%\n({int(round(cm[i, j]))})"
             else:
-                text = f"{int(round(cm[i, j]))}" if float(cm[i, j]).is_integer() else f"{cm[i, j]:.1f}"
+                text = (
+                    f"{int(round(cm[i, j]))}" if float(cm[i, j]).is_integer() else f"{cm[i, j]:.1f}"
+                )
             dark = shown[i, j] / vmax > 0.55
-            ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
-                    color="white" if dark else "black")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=fontsize,
+                color="white" if dark else "black",
+            )
     ax.set_xticks(range(c), labels=names, rotation=30, ha="right")
     ax.set_yticks(range(c), labels=names)
     ax.set_xlabel("predicted")
@@ -318,12 +362,15 @@ def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = Tru
 def _as_images(x, what: str) -> np.ndarray:
     a = np.asarray(x, dtype=float)
     if a.ndim < 2 or a.size != len(a) * 784:
-        raise ValueError(f"{what}: expected images [n, 28, 28], [n, 784] or [n, 28, 28, 1], got shape {np.shape(x)}")
+        raise ValueError(
+            f"{what}: expected images [n, 28, 28], [n, 784] or [n, 28, 28, 1], got shape {np.shape(x)}"
+        )
     return a.reshape(len(a), 28, 28)
 
 
-def denoising_rows(noisy, reconstructed, clean, path, *, title: str,
-                   labels: list[str] | None = None) -> Path | Figure:
+def denoising_rows(
+    noisy, reconstructed, clean, path, *, title: str, labels: list[str] | None = None
+) -> Path | Figure:
     """Three rows (noisy input / reconstruction / clean target) of n greyscale images
     (vmin 0, vmax 1, no ticks); column titles from `labels`.
 
@@ -337,7 +384,9 @@ def denoising_rows(noisy, reconstructed, clean, path, *, title: str,
     ]
     counts = {name: imgs.shape[0] for name, imgs in rows}
     if len(set(counts.values())) != 1:
-        raise ValueError(f"noisy/reconstructed/clean must hold the same number of images, got {counts}")
+        raise ValueError(
+            f"noisy/reconstructed/clean must hold the same number of images, got {counts}"
+        )
     shapes = {name: imgs.shape[1:] for name, imgs in rows}
     if len(set(shapes.values())) != 1:
         raise ValueError(f"noisy/reconstructed/clean images differ in size: {shapes}")
@@ -354,8 +403,13 @@ def denoising_rows(noisy, reconstructed, clean, path, *, title: str,
     for r, (row_name, imgs) in enumerate(rows):
         for j in range(n):
             ax = axes[r, j]
-            ax.imshow(np.nan_to_num(imgs[j], nan=0.0), cmap="gray", vmin=0.0, vmax=1.0,
-                      interpolation="nearest")
+            ax.imshow(
+                np.nan_to_num(imgs[j], nan=0.0),
+                cmap="gray",
+                vmin=0.0,
+                vmax=1.0,
+                interpolation="nearest",
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
@@ -386,8 +440,9 @@ def _mean_std(v: Any, where: str) -> tuple[float, float]:
     return m, abs(s)
 
 
-def bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], path, *, title: str,
-                   ylabel: str) -> Path | Figure:
+def bar_comparison(
+    groups: dict[str, dict[str, tuple[float, float]]], path, *, title: str, ylabel: str
+) -> Path | Figure:
     """Grouped bars (one colour per series, one group per category) with ±std error bars;
     the y axis is zoomed to the data (up to 1.0 for accuracy-like values in [0, 1]).
     Values may be (mean, std) tuples, {"mean", "std"} dicts, or bare numbers.
@@ -408,7 +463,10 @@ def bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], path, *, t
         raise ValueError("groups hold no categories")
     series = []
     for label, cats in groups.items():
-        vals = [(_mean_std(cats[c], f"{label}/{c}") if c in cats else (math.nan, 0.0)) for c in categories]
+        vals = [
+            (_mean_std(cats[c], f"{label}/{c}") if c in cats else (math.nan, 0.0))
+            for c in categories
+        ]
         series.append((str(label), np.array([v[0] for v in vals]), np.array([v[1] for v in vals])))
 
     n_s, n_c = len(series), len(categories)
@@ -419,8 +477,18 @@ def bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], path, *, t
     for i, (label, means, stds) in enumerate(series):
         pos = x - 0.4 + width * (i + 0.5)
         ok = np.isfinite(means)
-        ax.bar(pos[ok], means[ok], width * 0.95, yerr=stds[ok], capsize=3, label=label,
-               color=f"C{i}", edgecolor="black", linewidth=0.5, error_kw={"linewidth": 0.9})
+        ax.bar(
+            pos[ok],
+            means[ok],
+            width * 0.95,
+            yerr=stds[ok],
+            capsize=3,
+            label=label,
+            color=f"C{i}",
+            edgecolor="black",
+            linewidth=0.5,
+            error_kw={"linewidth": 0.9},
+        )
 
     all_m = np.concatenate([m for _, m, _ in series])
     all_s = np.concatenate([s for _, _, s in series])
@@ -438,8 +506,12 @@ def bar_comparison(groups: dict[str, dict[str, tuple[float, float]]], path, *, t
         elif lo >= 0:
             bottom = max(0.0, bottom)
         ax.set_ylim(bottom, top)
-    ax.set_xticks(x, labels=[str(c) for c in categories], rotation=20 if n_c > 5 else 0,
-                  ha="right" if n_c > 5 else "center")
+    ax.set_xticks(
+        x,
+        labels=[str(c) for c in categories],
+        rotation=20 if n_c > 5 else 0,
+        ha="right" if n_c > 5 else "center",
+    )
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)

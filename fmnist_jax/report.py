@@ -12,13 +12,26 @@ presented by `fmnist_jax.summaries.sweep_section`, as in its own summary.md.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 from fmnist_jax import io, plots, stats
 from fmnist_jax.summaries import (
-    Row, SweepResult, choose, class_names_of, compare_rows, distinct, diverged_cell, fmt, fmt_num,
-    image, link_text, md_table, num, read_sweep, sweep_section,
+    Row,
+    SweepResult,
+    choose,
+    class_names_of,
+    compare_rows,
+    distinct,
+    diverged_cell,
+    fmt,
+    fmt_num,
+    image,
+    link_text,
+    md_table,
+    num,
+    read_sweep,
+    sweep_section,
 )
 
 REPORT_NAME = "REPORT.md"
@@ -26,15 +39,26 @@ STUDY_JSON = "study.json"
 COMPARISON_FIGURE = "cnn_vs_autoencoder.png"
 PRETRAIN_CACHE = "q2_pretrain"
 # Known sweeps first, in the study's order; anything else found on disk follows, sorted.
-SWEEP_ORDER = ("q1_augmentation", "q1_epochs", "q1_optimizers", "q1_tuned", "q2_lr", "q2_arch",
-               "q2_epochs", "q2_pretraining", "q2_finetune")
+SWEEP_ORDER = (
+    "q1_augmentation",
+    "q1_epochs",
+    "q1_optimizers",
+    "q1_tuned",
+    "q2_lr",
+    "q2_arch",
+    "q2_epochs",
+    "q2_pretraining",
+    "q2_finetune",
+)
 ORIGINAL_RECIPE = {"q1": ("q1_augmentation", "expand"), "q2": ("q2_pretraining", "finetuned")}
 TUNED = ("q1_tuned", "tuned")
 
 
 def find_sweeps(out: Path) -> list[SweepResult]:
     """Every sweep folder under `out` (one holding `<config>/config.json`), in the study's order."""
-    names = sorted({p.parent.parent.name for p in Path(out).glob("*/*/config.json")} - {PRETRAIN_CACHE})
+    names = sorted(
+        {p.parent.parent.name for p in Path(out).glob("*/*/config.json")} - {PRETRAIN_CACHE}
+    )
     names = [n for n in SWEEP_ORDER if n in names] + [n for n in names if n not in SWEEP_ORDER]
     return [read_sweep(Path(out) / n) for n in names]
 
@@ -87,29 +111,62 @@ def _train_speed_cell(r: Row) -> str:
 
 
 def _row(sweeps: Sequence[SweepResult], experiment: str, name: str) -> Row | None:
-    return next((r for s in sweeps if s.name == experiment for r in s.rows if r.name == name and r.complete), None)
+    return next(
+        (
+            r
+            for s in sweeps
+            if s.name == experiment
+            for r in s.rows
+            if r.name == name and r.complete
+        ),
+        None,
+    )
 
 
-def comparison(out: Path, sweeps: Sequence[SweepResult], study: Mapping, class_names: Sequence[str]) -> list[str]:
+def comparison(
+    out: Path, sweeps: Sequence[SweepResult], study: Mapping, class_names: Sequence[str]
+) -> list[str]:
     """The CNN-vs-autoencoder section: each question's row chosen on validation among the rows
     its sweeps vary, side by side with the original recipes and the tuned CNN, and the
     conclusion, tested on the test images (draws the comparison figure)."""
     q1 = distinct([r for s in sweeps if s.question == "q1" and s.note is None for r in s.rows])
-    q2 = distinct([r for s in sweeps if s.question == "q2" and s.note is None for r in s.rows
-                   if r.complete and r.metrics.get("pretrain")])
+    q2 = distinct(
+        [
+            r
+            for s in sweeps
+            if s.question == "q2" and s.note is None
+            for r in s.rows
+            if r.complete and r.metrics.get("pretrain")
+        ]
+    )
     best = {q: choose(rows) for q, rows in (("q1", q1), ("q2", q2))}
-    cnn, ae = (next((r for r in rows if c and r.name == c["choice"]), None)
-               for rows, c in ((q1, best["q1"]), (q2, best["q2"])))
+    cnn, ae = (
+        next((r for r in rows if c and r.name == c["choice"]), None)
+        for rows, c in ((q1, best["q1"]), (q2, best["q2"]))
+    )
     lines = ["## CNN vs autoencoder", ""]
     if cnn is None or ae is None:
-        lines += ["Not available: this needs completed Question 1 and Question 2 (pretrained) runs.", ""]
+        lines += [
+            "Not available: this needs completed Question 1 and Question 2 (pretrained) runs.",
+            "",
+        ]
         return lines
     cols = [("CNN", cnn), ("autoencoder", ae)]
-    extra = [("CNN, original recipe", *ORIGINAL_RECIPE["q1"]), ("CNN, tuned (beyond the original)", *TUNED),
-             ("autoencoder, original recipe", *ORIGINAL_RECIPE["q2"])]
+    extra = [
+        ("CNN, original recipe", *ORIGINAL_RECIPE["q1"]),
+        ("CNN, tuned (beyond the original)", *TUNED),
+        ("autoencoder, original recipe", *ORIGINAL_RECIPE["q2"]),
+    ]
     for title, experiment, name in extra:
         r = _row(sweeps, experiment, name)
-        same = next((i for i, (_, c) in enumerate(cols) if r is not None and c.fingerprint == r.fingerprint), None)
+        same = next(
+            (
+                i
+                for i, (_, c) in enumerate(cols)
+                if r is not None and c.fingerprint == r.fingerprint
+            ),
+            None,
+        )
         if r is not None and same is None:
             cols.append((title, r))
         elif same is not None and same < 2:  # the chosen row is this recipe: say so
@@ -121,81 +178,165 @@ def comparison(out: Path, sweeps: Sequence[SweepResult], study: Mapping, class_n
         "autoencoder ones (pretrained encoder + head). Beside them: the original report's recipes "
         "(Q1: the 3x expanded set with Adam; Q2: the base autoencoder, fine-tuned) and the tuned "
         "CNN, whose validation accuracy is no evidence (it was selected on validation). Test numbers "
-        "are reported, never used to choose.", ""]
+        "are reported, never used to choose.",
+        "",
+    ]
 
     def cell_rows():
         def each(f):
             return [f(r) for _, r in cols]
 
         ms = lambda r: r.metrics  # noqa: E731
-        yield ["configuration", *each(lambda r: f"[{link_text(r.label)}]({r.experiment}/{r.name}/metrics.json)")]
+        yield [
+            "configuration",
+            *each(lambda r: f"[{link_text(r.label)}]({r.experiment}/{r.name}/metrics.json)"),
+        ]
         yield ["test accuracy %", *each(lambda r: fmt(ms(r).get("test_accuracy")))]
         yield ["validation accuracy %", *each(lambda r: fmt(ms(r).get("val_accuracy")))]
         for c in class_names:
-            yield [f"{c} test acc %", *each(lambda r, c=c: fmt(ms(r).get("per_class_test_accuracy", {}).get(c), digits=1))]
-        yield ["macro F1 %", *each(lambda r: fmt(ms(r).get("classification_report", {}).get("macro avg", {}).get("f1-score")))]
+            yield [
+                f"{c} test acc %",
+                *each(
+                    lambda r, c=c: fmt(ms(r).get("per_class_test_accuracy", {}).get(c), digits=1)
+                ),
+            ]
+        yield [
+            "macro F1 %",
+            *each(
+                lambda r: fmt(
+                    ms(r).get("classification_report", {}).get("macro avg", {}).get("f1-score")
+                )
+            ),
+        ]
         yield ["seeds", *each(lambda r: str(r.n_seeds))]
-        yield ["parameters of the classifier (trained)",
-               *each(lambda r: f"{fmt_num(ms(r).get('n_params'))} ({fmt_num(ms(r).get('n_trained_params'))})")]
-        yield ["autoencoder parameters (pretraining)",
-               *each(lambda r: fmt_num(ms(r)["pretrain"].get("n_params")) if ms(r).get("pretrain") else "–")]
+        yield [
+            "parameters of the classifier (trained)",
+            *each(
+                lambda r: (
+                    f"{fmt_num(ms(r).get('n_params'))} ({fmt_num(ms(r).get('n_trained_params'))})"
+                )
+            ),
+        ]
+        yield [
+            "autoencoder parameters (pretraining)",
+            *each(
+                lambda r: (
+                    fmt_num(ms(r)["pretrain"].get("n_params")) if ms(r).get("pretrain") else "–"
+                )
+            ),
+        ]
         yield ["epochs (pretraining + training)", *each(_epochs_cell)]
         yield ["training wall time s (all seeds at once)", *each(_total_time_cell)]
         yield ["training images/s (all seeds)", *each(_train_speed_cell)]
-        yield ["inference images/s (one model, batch 1000)",
-               *each(lambda r: fmt_num(_inference(study, r).get("images_per_s")))]
+        yield [
+            "inference images/s (one model, batch 1000)",
+            *each(lambda r: fmt_num(_inference(study, r).get("images_per_s"))),
+        ]
         yield ["diverged", *each(lambda r: diverged_cell(ms(r)))]
 
-    table = md_table(["measure", *[t for t, _ in cols]], list(cell_rows()), ["l", *["r"] * len(cols)])
-    groups = {f"{title}: {r.label}": {**{c: r.metrics["per_class_test_accuracy"][c] for c in class_names
-                                         if c in r.metrics.get("per_class_test_accuracy", {})},
-                                      "overall": r.metrics["test_accuracy"]} for title, r in cols}
-    plots.bar_comparison(groups, out / COMPARISON_FIGURE, title="CNN vs autoencoder: test accuracy (mean ± std over seeds)",
-                         ylabel="test accuracy")
-    lines += [table, "", image(COMPARISON_FIGURE, "CNN vs autoencoder: per-class and overall test accuracy"), ""]
-    return lines + [_conclusion(cnn, ae, _row(sweeps, *ORIGINAL_RECIPE["q1"]), _row(sweeps, *TUNED),
-                                study, class_names), ""]
+    table = md_table(
+        ["measure", *[t for t, _ in cols]], list(cell_rows()), ["l", *["r"] * len(cols)]
+    )
+    groups = {
+        f"{title}: {r.label}": {
+            **{
+                c: r.metrics["per_class_test_accuracy"][c]
+                for c in class_names
+                if c in r.metrics.get("per_class_test_accuracy", {})
+            },
+            "overall": r.metrics["test_accuracy"],
+        }
+        for title, r in cols
+    }
+    plots.bar_comparison(
+        groups,
+        out / COMPARISON_FIGURE,
+        title="CNN vs autoencoder: test accuracy (mean ± std over seeds)",
+        ylabel="test accuracy",
+    )
+    lines += [
+        table,
+        "",
+        image(COMPARISON_FIGURE, "CNN vs autoencoder: per-class and overall test accuracy"),
+        "",
+    ]
+    return lines + [
+        _conclusion(
+            cnn, ae, _row(sweeps, *ORIGINAL_RECIPE["q1"]), _row(sweeps, *TUNED), study, class_names
+        ),
+        "",
+    ]
 
 
-def _conclusion(cnn: Row, ae: Row, original: Row | None, tuned: Row | None, study: Mapping,
-                class_names: Sequence[str]) -> str:
+def _conclusion(
+    cnn: Row,
+    ae: Row,
+    original: Row | None,
+    tuned: Row | None,
+    study: Mapping,
+    class_names: Sequence[str],
+) -> str:
     c = compare_rows(cnn, ae, "test")
     a, b = cnn.metrics["test_accuracy"], ae.metrics["test_accuracy"]
     if c is None:
         return f"**Conclusion.** CNN {fmt(a)}% vs autoencoder {fmt(b)}% on test; no saved predictions to test the difference."
-    verdict = {"better": "the CNN is more accurate", "worse": "the autoencoder is more accurate",
-               "not distinguishable": "the two are not distinguishable",
-               "untested over the seeds": "the difference is untested over the seeds (one seed, or "
-                                          "no spread over them)"}[c["verdict"]]
+    verdict = {
+        "better": "the CNN is more accurate",
+        "worse": "the autoencoder is more accurate",
+        "not distinguishable": "the two are not distinguishable",
+        "untested over the seeds": "the difference is untested over the seeds (one seed, or "
+        "no spread over them)",
+    }[c["verdict"]]
     # The difference is stated from the side that scored higher, so that it reads as positive.
     ahead = num(c["difference"]) >= 0
     d = c if ahead else compare_rows(ae, cnn, "test")
-    text = (f"**Conclusion.** On the test images, {verdict}: {fmt(a)}% (CNN) vs {fmt(b)}% "
-            f"(autoencoder); {'CNN − autoencoder' if ahead else 'autoencoder − CNN'}: {stats.describe(d)}.")
-    gaps = sorted(((num(cnn.metrics["per_class_test_accuracy"].get(k, {}).get("mean"))
-                    - num(ae.metrics["per_class_test_accuracy"].get(k, {}).get("mean")), k) for k in class_names),
-                  key=lambda t: -abs(t[0]) if math.isfinite(t[0]) else 0)
+    text = (
+        f"**Conclusion.** On the test images, {verdict}: {fmt(a)}% (CNN) vs {fmt(b)}% "
+        f"(autoencoder); {'CNN − autoencoder' if ahead else 'autoencoder − CNN'}: {stats.describe(d)}."
+    )
+    gaps = sorted(
+        (
+            (
+                num(cnn.metrics["per_class_test_accuracy"].get(k, {}).get("mean"))
+                - num(ae.metrics["per_class_test_accuracy"].get(k, {}).get("mean")),
+                k,
+            )
+            for k in class_names
+        ),
+        key=lambda t: -abs(t[0]) if math.isfinite(t[0]) else 0,
+    )
     if gaps and math.isfinite(gaps[0][0]):
         k = gaps[0][1]
-        text += (f" The largest per-class gap is on {k}: {fmt(cnn.metrics['per_class_test_accuracy'][k], digits=1)}% "
-                 f"(CNN) vs {fmt(ae.metrics['per_class_test_accuracy'][k], digits=1)}% (autoencoder).")
+        text += (
+            f" The largest per-class gap is on {k}: {fmt(cnn.metrics['per_class_test_accuracy'][k], digits=1)}% "
+            f"(CNN) vs {fmt(ae.metrics['per_class_test_accuracy'][k], digits=1)}% (autoencoder)."
+        )
     ratio = num(ae.metrics.get("n_trained_params")) / num(cnn.metrics.get("n_trained_params"))
     if math.isfinite(ratio):
-        text += f" The autoencoder's classifier has {ratio:.1f}× as many trained parameters as the CNN"
+        text += (
+            f" The autoencoder's classifier has {ratio:.1f}× as many trained parameters as the CNN"
+        )
         inf_cnn, inf_ae = (num(_inference(study, r).get("images_per_s")) for r in (cnn, ae))
         if math.isfinite(inf_cnn) and math.isfinite(inf_ae):
             text += f" and classifies {inf_ae / inf_cnn:.1f}× as many images per second"
         text += "."
     if not (cnn.config.get("data_info") or {}).get("quick"):  # a smoke run's numbers judge nothing
-        text += (" The original report concluded that the \"CNN was performing quite better\" than "
-                 "the autoencoder; " + {"better": "these numbers agree.",
-                                        "worse": "these numbers contradict it.",
-                                        "not distinguishable": "these numbers cannot tell the two apart.",
-                                        "untested over the seeds": "these numbers cannot test it."}[c["verdict"]])
+        text += (
+            ' The original report concluded that the "CNN was performing quite better" than '
+            "the autoencoder; "
+            + {
+                "better": "these numbers agree.",
+                "worse": "these numbers contradict it.",
+                "not distinguishable": "these numbers cannot tell the two apart.",
+                "untested over the seeds": "these numbers cannot test it.",
+            }[c["verdict"]]
+        )
     if tuned is not None and original is not None and (t := compare_rows(tuned, original, "test")):
-        text += (f" Beyond the original, the tuned CNN reaches {fmt(tuned.metrics['test_accuracy'])}% on "
-                 f"test; against the original recipe ({fmt(original.metrics['test_accuracy'])}%) on the "
-                 f"test images it is {t['verdict']}, {stats.describe(t)}.")
+        text += (
+            f" Beyond the original, the tuned CNN reaches {fmt(tuned.metrics['test_accuracy'])}% on "
+            f"test; against the original recipe ({fmt(original.metrics['test_accuracy'])}%) on the "
+            f"test images it is {t['verdict']}, {stats.describe(t)}."
+        )
     return text
 
 
@@ -217,23 +358,37 @@ def _data_section(row: Row | None) -> list[str]:
     lines += [
         f"Fashion-MNIST, source `{info.get('source', '?')}`"
         + (f" (`{info['directory']}`)" if info.get("directory") else "")
-        + (", sha256-verified against the published files" if info.get("verified") else
-           ", **not** verified against the published checksums") + ".",
+        + (
+            ", sha256-verified against the published files"
+            if info.get("verified")
+            else ", **not** verified against the published checksums"
+        )
+        + ".",
         f"The task keeps the original classes {', '.join(map(str, classes))} as new labels "
         f"0..{max(len(classes) - 1, 0)}, in file order.",
         "",
-        md_table(["split", "images"], [[k, fmt_num(counts.get(k))] for k in ("train", "val", "test")],
-                 ["l", "r"]),
+        md_table(
+            ["split", "images"],
+            [[k, fmt_num(counts.get(k))] for k in ("train", "val", "test")],
+            ["l", "r"],
+        ),
         "",
         f"Validation is a stratified {fmt_num(num(info.get('val_fraction')) * 100)}% of the training "
         f"subset (split seed {info.get('split_seed', '?')}); every choice is made on it and the test "
         "split is only reported. Pixels are float32 scaled to [0, 1]."
-        + (" This run kept only the first images of each split (in file order), as the table counts "
-           "(`--quick` or `--limit`)." if info.get("quick") or info.get("limit") else ""),
+        + (
+            " This run kept only the first images of each split (in file order), as the table counts "
+            "(`--quick` or `--limit`)."
+            if info.get("quick") or info.get("limit")
+            else ""
+        ),
     ]
     if info.get("quick"):
-        lines += ["", "⚠ **Quick (smoke) run**: a few hundred training and validation images and one epoch "
-                      "per stage; the numbers say nothing about the models."]
+        lines += [
+            "",
+            "⚠ **Quick (smoke) run**: a few hundred training and validation images and one epoch "
+            "per stage; the numbers say nothing about the models.",
+        ]
     return lines + [""]
 
 
@@ -241,10 +396,19 @@ def _models_section(pool: str) -> list[str]:
     from fmnist_jax import summary
 
     tables, titles = summary.model_tables(pool), summary.titles(pool)
-    lines = ["## Models", "",
-             "Flax modules, Xavier/Glorot-uniform kernels, zero biases. " + summary.NOTE, ""]
-    for key in ("cnn", "autoencoder_base", "autoencoder_thick", "encoder_classifier_base",
-                "encoder_classifier_thick"):
+    lines = [
+        "## Models",
+        "",
+        "Flax modules, Xavier/Glorot-uniform kernels, zero biases. " + summary.NOTE,
+        "",
+    ]
+    for key in (
+        "cnn",
+        "autoencoder_base",
+        "autoencoder_thick",
+        "encoder_classifier_base",
+        "encoder_classifier_thick",
+    ):
         if key in tables:
             lines += [f"### {titles[key]}", "", tables[key], ""]
     return lines
@@ -289,55 +453,93 @@ def write_report(out: str | Path) -> Path:
         study = {}
     class_names = class_names_of([r for s in sweeps for r in s.rows])
     first = _first_complete(sweeps)
-    pool = next((r.config.get("train_config", {}).get("pool") for s in sweeps if s.question == "q1"
-                 for r in s.rows if r.config.get("train_config", {}).get("model") == "cnn"), "avg")
+    pool = next(
+        (
+            r.config.get("train_config", {}).get("pool")
+            for s in sweeps
+            if s.question == "q1"
+            for r in s.rows
+            if r.config.get("train_config", {}).get("model") == "cnn"
+        ),
+        "avg",
+    )
 
-    lines = ["# Fashion-MNIST, five classes: a CNN vs a denoising autoencoder's encoder", "",
-             "A JAX re-implementation of a university study (CSL4020, assignment 1), generated by "
-             "`python -m experiments.study` from the result files beside this report: every number "
-             "below is read from a `metrics.json`, `choice.json`, `config.json` or `study.json`, "
-             "and each configuration links to its `metrics.json`.", ""]
+    lines = [
+        "# Fashion-MNIST, five classes: a CNN vs a denoising autoencoder's encoder",
+        "",
+        "A JAX re-implementation of a university study (CSL4020, assignment 1), generated by "
+        "`python -m experiments.study` from the result files beside this report: every number "
+        "below is read from a `metrics.json`, `choice.json`, `config.json` or `study.json`, "
+        "and each configuration links to its `metrics.json`.",
+        "",
+    ]
 
-    lines += ["## Task", "",
-              "Classify five Fashion-MNIST classes (original labels 1, 3, 5, 7, 9): "
-              + ", ".join(class_names) + ".",
-              "- **Question 1**: a small CNN (Xavier init, average pooling), tuned over data "
-              "augmentation, epochs and optimizer.",
-              "- **Question 2**: a denoising MLP autoencoder pretrained on noisy → clean images, whose "
-              "encoder, with a linear head, is then fine-tuned to classify; tuned over learning rate, "
-              "architecture and epochs, plus the value of the pretraining itself.",
-              "- Then the two approaches are compared.", ""]
+    lines += [
+        "## Task",
+        "",
+        "Classify five Fashion-MNIST classes (original labels 1, 3, 5, 7, 9): "
+        + ", ".join(class_names)
+        + ".",
+        "- **Question 1**: a small CNN (Xavier init, average pooling), tuned over data "
+        "augmentation, epochs and optimizer.",
+        "- **Question 2**: a denoising MLP autoencoder pretrained on noisy → clean images, whose "
+        "encoder, with a linear head, is then fine-tuned to classify; tuned over learning rate, "
+        "architecture and epochs, plus the value of the pretraining itself.",
+        "- Then the two approaches are compared.",
+        "",
+    ]
 
     compared = comparison(out, sweeps, study, class_names)
     headline = next((ln for ln in compared if ln.startswith("**Conclusion.**")), None)
     if headline:
         quick = bool(first and (first.config.get("data_info") or {}).get("quick"))
-        lines += ["## Headline", "", ("⚠ Quick smoke run, numbers meaningless. " if quick else "")
-                  + headline.replace("**Conclusion.** ", ""),
-                  "See [CNN vs autoencoder](#cnn-vs-autoencoder).", ""]
+        lines += [
+            "## Headline",
+            "",
+            ("⚠ Quick smoke run, numbers meaningless. " if quick else "")
+            + headline.replace("**Conclusion.** ", ""),
+            "See [CNN vs autoencoder](#cnn-vs-autoencoder).",
+            "",
+        ]
     lines += _data_section(first)
-    lines += ["## Statistics", "",
-              "Each sweep chooses the configuration with the highest mean validation accuracy among "
-              "the rows it varies. A difference between two configurations, on the validation images "
-              "for a choice and on the test images for the conclusion, is tested with " + stats.METHOD
-              + " (scipy.stats). Differences are in accuracy points, with their 95% confidence "
-              "interval.", ""]
+    lines += [
+        "## Statistics",
+        "",
+        "Each sweep chooses the configuration with the highest mean validation accuracy among "
+        "the rows it varies. A difference between two configurations, on the validation images "
+        "for a choice and on the test images for the conclusion, is tested with "
+        + stats.METHOD
+        + " (scipy.stats). Differences are in accuracy points, with their 95% confidence "
+        "interval.",
+        "",
+    ]
     lines += _models_section(pool)
 
-    for question, heading in (("q1", "## Question 1: the CNN"), ("q2", "## Question 2: the denoising autoencoder")):
+    for question, heading in (
+        ("q1", "## Question 1: the CNN"),
+        ("q2", "## Question 2: the denoising autoencoder"),
+    ):
         qs = [s for s in sweeps if s.question == question]
         if not qs:
             continue
         lines += [heading, ""]
         if question == "q2":
-            lines += ["Each row pretrains the autoencoder on inputs corrupted with Gaussian noise "
-                      "(reconstructing the clean image, MSE), then fine-tunes the encoder with a linear "
-                      "head (cross-entropy). Train time is pretraining + fine-tuning seconds; rows that "
-                      "share an autoencoder share its pretraining (one cached run).", "",
-                      *_dead_outputs_text(sweeps)]
+            lines += [
+                "Each row pretrains the autoencoder on inputs corrupted with Gaussian noise "
+                "(reconstructing the clean image, MSE), then fine-tunes the encoder with a linear "
+                "head (cross-entropy). Train time is pretraining + fine-tuning seconds; rows that "
+                "share an autoencoder share its pretraining (one cached run).",
+                "",
+                *_dead_outputs_text(sweeps),
+            ]
         for s in qs:
-            lines += [f"### {s.title}", "", f"Folder `{s.name}/`.", "",
-                      *sweep_section(s, class_names, prefix=f"{s.name}/")]
+            lines += [
+                f"### {s.title}",
+                "",
+                f"Folder `{s.name}/`.",
+                "",
+                *sweep_section(s, class_names, prefix=f"{s.name}/"),
+            ]
         lines += ["Fit criteria: " + _criteria(qs), ""]
 
     lines += compared
@@ -356,54 +558,83 @@ def _dead_outputs_text(sweeps: Sequence[SweepResult]) -> list[str]:
     dead, background = pre.get("dead_outputs"), pre.get("dead_outputs_on_background")
     if not dead:
         return []
-    return [f"**The black dots in the reconstructions** are dead output units. The assignment's "
-            f"autoencoder ends with a ReLU: an output unit whose input is negative for every image "
-            f"outputs 0 everywhere and passes no gradient back, so it never recovers. The original "
-            f"recipe's autoencoder has {fmt(dead, scale=1.0, digits=1)} of its 784 outputs dead on "
-            f"the noisy test images (mean ± std over seeds), "
-            f"{fmt(background, scale=100.0, digits=0)}% of them on background pixels, where the "
-            "clean images are near 0 anyway; the others are the dots inside the garments.", ""]
+    return [
+        f"**The black dots in the reconstructions** are dead output units. The assignment's "
+        f"autoencoder ends with a ReLU: an output unit whose input is negative for every image "
+        f"outputs 0 everywhere and passes no gradient back, so it never recovers. The original "
+        f"recipe's autoencoder has {fmt(dead, scale=1.0, digits=1)} of its 784 outputs dead on "
+        f"the noisy test images (mean ± std over seeds), "
+        f"{fmt(background, scale=100.0, digits=0)}% of them on background pixels, where the "
+        "clean images are near 0 anyway; the others are the dots inside the garments.",
+        "",
+    ]
 
 
 def _criteria(sweeps: Sequence[SweepResult]) -> str:
     for s in sweeps:
         for r in s.rows:
             if r.complete and r.metrics.get("fit_diagnosis", {}).get("criteria"):
-                return (r.metrics["fit_diagnosis"]["criteria"] + "; roughness: the std over epochs of the "
-                        "epoch-to-epoch changes of the validation loss (per seed, then mean ± std).")
+                return (
+                    r.metrics["fit_diagnosis"]["criteria"]
+                    + "; roughness: the std over epochs of the "
+                    "epoch-to-epoch changes of the validation loss (per seed, then mean ± std)."
+                )
     return "–"
 
 
 def _hardware(backend: str | None) -> str:
-    return {"gpu": "GPU", "cuda": "GPU", "rocm": "GPU", "tpu": "TPU", "cpu": "CPU only"}.get(backend or "", "?")
+    return {"gpu": "GPU", "cuda": "GPU", "rocm": "GPU", "tpu": "TPU", "cpu": "CPU only"}.get(
+        backend or "", "?"
+    )
 
 
-def _environment_section(study: Mapping, first: Row | None, sweeps: Sequence[SweepResult]) -> list[str]:
+def _environment_section(
+    study: Mapping, first: Row | None, sweeps: Sequence[SweepResult]
+) -> list[str]:
     env = study.get("environment") or (first.config.get("environment") if first else None) or {}
     lines = ["## Environment and wall time", ""]
     if env:
-        lines += [md_table(["component", "version"], [
-            ["JAX / jaxlib", f"{env.get('jax', '?')} / {env.get('jaxlib', '?')}"],
-            ["Flax / Optax / Orbax", f"{env.get('flax', '?')} / {env.get('optax', '?')} / {env.get('orbax_checkpoint', '?')}"],
-            ["Python / NumPy", f"{env.get('python', '?')} / {env.get('numpy', '?')}"],
-            ["backend", f"{env.get('backend', '?')} ({_hardware(env.get('backend'))})"],
-            ["device", f"{env.get('device_count', '?')} × {env.get('device_kind', '?')}"],
-            ["platform", str(env.get("platform", "?"))],
-        ]), ""]
+        lines += [
+            md_table(
+                ["component", "version"],
+                [
+                    ["JAX / jaxlib", f"{env.get('jax', '?')} / {env.get('jaxlib', '?')}"],
+                    [
+                        "Flax / Optax / Orbax",
+                        f"{env.get('flax', '?')} / {env.get('optax', '?')} / {env.get('orbax_checkpoint', '?')}",
+                    ],
+                    ["Python / NumPy", f"{env.get('python', '?')} / {env.get('numpy', '?')}"],
+                    ["backend", f"{env.get('backend', '?')} ({_hardware(env.get('backend'))})"],
+                    ["device", f"{env.get('device_count', '?')} × {env.get('device_kind', '?')}"],
+                    ["platform", str(env.get("platform", "?"))],
+                ],
+            ),
+            "",
+        ]
     # Each distinct configuration counts its own training time (a run that continued another
     # counts only its own epochs: `own_wall_s`).
-    config_s = sum(num(r.metrics.get("timing", {}).get("own_wall_s", r.metrics.get("timing", {}).get("wall_s"))) or 0.0
-                   for r in distinct([r for s in sweeps for r in s.rows]))
+    config_s = sum(
+        num(
+            r.metrics.get("timing", {}).get("own_wall_s", r.metrics.get("timing", {}).get("wall_s"))
+        )
+        or 0.0
+        for r in distinct([r for s in sweeps for r in s.rows])
+    )
     if study.get("total_wall_s") is not None:
         inv = study.get("invocations", [])
-        lines.append(f"Total wall time of the study: **{fmt_num(study['total_wall_s'])} s** "
-                     f"({num(study['total_wall_s']) / 60:.1f} min"
-                     + (f", over {len(inv)} invocations" if len(inv) > 1 else "") + ").")
+        lines.append(
+            f"Total wall time of the study: **{fmt_num(study['total_wall_s'])} s** "
+            f"({num(study['total_wall_s']) / 60:.1f} min"
+            + (f", over {len(inv)} invocations" if len(inv) > 1 else "")
+            + ")."
+        )
     else:
         lines.append("Total wall time of the study: not recorded (no `study.json`).")
-    lines.append(f"Training wall time summed over the distinct configurations trained (fine-tuning/"
-                 f"classifier stage, all seeds at once; a run that continued another counts only "
-                 f"its own epochs): {fmt_num(config_s)} s.")
+    lines.append(
+        f"Training wall time summed over the distinct configurations trained (fine-tuning/"
+        f"classifier stage, all seeds at once; a run that continued another counts only "
+        f"its own epochs): {fmt_num(config_s)} s."
+    )
     if study.get("command"):
         lines += ["", f"Command: `{study['command']}`"]
     return lines + [""]

@@ -11,8 +11,9 @@ import hashlib
 import json
 import platform
 import shutil
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,9 +36,14 @@ def versions() -> dict[str, str]:
     import orbax.checkpoint
 
     return {
-        "python": platform.python_version(), "jax": jax.__version__, "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__, "optax": optax.__version__, "chex": chex.__version__,
-        "orbax_checkpoint": orbax.checkpoint.__version__, "numpy": np.__version__,
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "flax": flax.__version__,
+        "optax": optax.__version__,
+        "chex": chex.__version__,
+        "orbax_checkpoint": orbax.checkpoint.__version__,
+        "numpy": np.__version__,
     }
 
 
@@ -91,17 +97,27 @@ def clean_stale_temporaries(run_dir: str | Path) -> None:
 
 
 def classifier_metrics(
-    labels: np.ndarray, predictions: np.ndarray, val_accuracy: Sequence[float],
-    class_names: Sequence[str], *, test_loss=None, val_loss=None, diverged: Sequence[bool] = (),
+    labels: np.ndarray,
+    predictions: np.ndarray,
+    val_accuracy: Sequence[float],
+    class_names: Sequence[str],
+    *,
+    test_loss=None,
+    val_loss=None,
+    diverged: Sequence[bool] = (),
 ) -> dict[str, Any]:
     """The metrics.json core from the test `labels` [N] and each seed's `predictions` [S, N]."""
     report = metrics.multi_seed_report(labels, predictions, class_names)
     out = {
         "test_accuracy": report["accuracy"],
         "val_accuracy": metrics.mean_std(val_accuracy),
-        "per_class_test_accuracy": {name: report["per_class"][name]["accuracy"] for name in class_names},
+        "per_class_test_accuracy": {
+            name: report["per_class"][name]["accuracy"] for name in class_names
+        },
         "classification_report": report,
-        "classification_report_text": metrics.classification_report_text(labels, predictions, class_names),
+        "classification_report_text": metrics.classification_report_text(
+            labels, predictions, class_names
+        ),
         "diverged": [bool(d) for d in diverged],
         "n_diverged": int(sum(bool(d) for d in diverged)),
     }
@@ -112,9 +128,15 @@ def classifier_metrics(
     return out
 
 
-def write_run(run_dir: str | Path, *, history: Mapping, predictions: Mapping[str, np.ndarray],
-              labels: Mapping[str, np.ndarray], metrics: Mapping,
-              figures: Mapping[str, Any] | None = None) -> Path:
+def write_run(
+    run_dir: str | Path,
+    *,
+    history: Mapping,
+    predictions: Mapping[str, np.ndarray],
+    labels: Mapping[str, np.ndarray],
+    metrics: Mapping,
+    figures: Mapping[str, Any] | None = None,
+) -> Path:
     """Write one configuration's results beside its config.json; metrics.json goes last and
     marks completion.
 

@@ -46,17 +46,33 @@ class IdxFile(NamedTuple):
 
 FILES: dict[str, IdxFile] = {
     "train_images": IdxFile(
-        "train-images-idx3-ubyte", "images", 60_000, 47_040_016,
-        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+        "train-images-idx3-ubyte",
+        "images",
+        60_000,
+        47_040_016,
+        "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+    ),
     "train_labels": IdxFile(
-        "train-labels-idx1-ubyte", "labels", 60_000, 60_008,
-        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+        "train-labels-idx1-ubyte",
+        "labels",
+        60_000,
+        60_008,
+        "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+    ),
     "test_images": IdxFile(
-        "t10k-images-idx3-ubyte", "images", 10_000, 7_840_016,
-        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+        "t10k-images-idx3-ubyte",
+        "images",
+        10_000,
+        7_840_016,
+        "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+    ),
     "test_labels": IdxFile(
-        "t10k-labels-idx1-ubyte", "labels", 10_000, 10_008,
-        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+        "t10k-labels-idx1-ubyte",
+        "labels",
+        10_000,
+        10_008,
+        "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    ),
 }
 # Kaggle's release: per split, a header line, then one `label,pixel1,...,pixel784` row per example.
 CSV_FILES = {"train": "fashion-mnist_train.csv", "test": "fashion-mnist_test.csv"}
@@ -64,8 +80,13 @@ CSV_HEADER = "label," + ",".join(f"pixel{i}" for i in range(1, IMAGE_SIDE * IMAG
 # Where tools leave the files inside the folder they were given, searched in this order:
 # torchvision (FashionMNIST/raw), the zalando repository (data/fashion), Keras (fashion-mnist).
 SUBFOLDERS = ("", "raw", "FashionMNIST/raw", "data/fashion", "fashion", "fashion-mnist")
-_ARCHIVES = {".zip": "unzip {f} -d {d}", ".tar": "tar -xf {f} -C {d}", ".tgz": "tar -xzf {f} -C {d}",
-             ".tar.gz": "tar -xzf {f} -C {d}", ".7z": "7z x {f} -o{d}"}
+_ARCHIVES = {
+    ".zip": "unzip {f} -d {d}",
+    ".tar": "tar -xf {f} -C {d}",
+    ".tgz": "tar -xzf {f} -C {d}",
+    ".tar.gz": "tar -xzf {f} -C {d}",
+    ".7z": "7z x {f} -o{d}",
+}
 
 # TFDS and the CSV release hold the official examples in other orders, so the file hashes above
 # cannot check them; these order-independent fingerprints (see _fingerprint), computed from the
@@ -95,21 +116,31 @@ def fix_hints(tried: str = "idx", *, offline: bool = False, elsewhere: bool = Fa
     fixes = []
     if _data_files(DEBIAN_DIR):
         if tried != "idx" or elsewhere:
-            fixes.append(f"read the installed Debian package's files in {DEBIAN_DIR}: --source idx "
-                         "(the default) without --data-dir or $FMNIST_DATA_DIR")
+            fixes.append(
+                f"read the installed Debian package's files in {DEBIAN_DIR}: --source idx "
+                "(the default) without --data-dir or $FMNIST_DATA_DIR"
+            )
     elif shutil.which("apt-get"):
         fixes.append("Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist")
-    fixes.append("point at a folder holding the four IDX files (.gz or not) or Kaggle's "
-                 f"{' and '.join(CSV_FILES.values())}: --data-dir DIR, or set FMNIST_DATA_DIR=DIR")
+    fixes.append(
+        "point at a folder holding the four IDX files (.gz or not) or Kaggle's "
+        f"{' and '.join(CSV_FILES.values())}: --data-dir DIR, or set FMNIST_DATA_DIR=DIR"
+    )
     if tried != "download" and not offline:
-        fixes.append(f"download the official files ({OFFICIAL_BASE_URL}) into {user_cache_dir()}: "
-                     "--source download")
+        fixes.append(
+            f"download the official files ({OFFICIAL_BASE_URL}) into {user_cache_dir()}: "
+            "--source download"
+        )
     if tried != "tfds":
         if importlib.util.find_spec("tensorflow_datasets") is not None:
-            fixes.append("read a TensorFlow Datasets folder that holds fashion_mnist: --source tfds "
-                         "[--data-dir TFDS_DIR]")
+            fixes.append(
+                "read a TensorFlow Datasets folder that holds fashion_mnist: --source tfds "
+                "[--data-dir TFDS_DIR]"
+            )
         elif not offline:
-            fixes.append("use TensorFlow Datasets: pip install 'fmnist-jax[tfds]', then --source tfds")
+            fixes.append(
+                "use TensorFlow Datasets: pip install 'fmnist-jax[tfds]', then --source tfds"
+            )
     return "How to fix (any one of):\n" + "\n".join(f"  - {fix}" for fix in fixes)
 
 
@@ -117,8 +148,10 @@ def _replace_hint(path: Path) -> str:
     """How to replace a damaged or wrong file, by where it is."""
     if DEBIAN_DIR in path.parents:
         return "sudo apt-get install --reinstall dataset-fashion-mnist"
-    return ("replace it with a good copy, or delete it and use --source download (the official "
-            "files, checked by sha256)")
+    return (
+        "replace it with a good copy, or delete it and use --source download (the official "
+        "files, checked by sha256)"
+    )
 
 
 # ----------------------------------------------------------------------------- what a file is
@@ -197,8 +230,10 @@ def _what_is_there(folder: Path) -> str:
                 head = f.read(512)
         except OSError:
             head = b"?"
-        return (f"a file, not a folder{seems(head)}; pass the folder that holds the data files, "
-                f"e.g. --data-dir {shlex.quote(str(folder.parent))}")
+        return (
+            f"a file, not a folder{seems(head)}; pass the folder that holds the data files, "
+            f"e.g. --data-dir {shlex.quote(str(folder.parent))}"
+        )
     if not folder.is_dir():
         return "folder does not exist"
     try:
@@ -206,7 +241,9 @@ def _what_is_there(folder: Path) -> str:
     except OSError as e:
         return f"cannot be listed ({e.strerror or e})"
     subfolders = [folder / sub for sub in SUBFOLDERS if (folder / sub).is_dir()]
-    best = max(subfolders, key=lambda f: sum(existing_file(f, s.name) is not None for s in FILES.values()))
+    best = max(
+        subfolders, key=lambda f: sum(existing_file(f, s.name) is not None for s in FILES.values())
+    )
     missing = [spec.name for spec in FILES.values() if existing_file(best, spec.name) is None]
     where = f" in {best.relative_to(folder)}/" if best != folder else ""
     parts = [f"missing{where} {', '.join(missing)} (.gz or not)"]
@@ -214,16 +251,24 @@ def _what_is_there(folder: Path) -> str:
     if csv:
         parts.append(f"has {csv[0]} but not {(set(CSV_FILES.values()) - set(csv)).pop()}")
     names = [p.name + ("/" if p.is_dir() else "") for p in entries]
-    parts.append("holds " + (", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
-                             if names else "nothing"))
+    parts.append(
+        "holds "
+        + (
+            ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
+            if names
+            else "nothing"
+        )
+    )
     for path in entries:
         suffix = next((s for s in _ARCHIVES if path.name.lower().endswith(s)), None)
         if suffix and path.is_file():
             command = _ARCHIVES[suffix].format(f=shlex.quote(str(path)), d=shlex.quote(str(folder)))
             parts.append(f"{path.name} is an archive: unpack it first ({command})")
     if any(folder.glob("fashion_mnist/*/dataset_info.json")):
-        parts.append(f"fashion_mnist/ is a TensorFlow Datasets folder: --source tfds --data-dir "
-                     f"{shlex.quote(str(folder))} reads it")
+        parts.append(
+            f"fashion_mnist/ is a TensorFlow Datasets folder: --source tfds --data-dir "
+            f"{shlex.quote(str(folder))} reads it"
+        )
     return "; ".join(parts)
 
 
@@ -244,8 +289,10 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     elif env:
         places = [("$FMNIST_DATA_DIR", Path(env))]
     else:
-        places = [("Debian package dataset-fashion-mnist", DEBIAN_DIR),
-                  ("user cache", user_cache_dir())]
+        places = [
+            ("Debian package dataset-fashion-mnist", DEBIAN_DIR),
+            ("user cache", user_cache_dir()),
+        ]
     report = []
     for label, directory in places:
         directory = expanded(directory)
@@ -257,8 +304,11 @@ def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
     raise DataError(
         f"Fashion-MNIST data not found. Looked for the four IDX files ({wanted}; gzipped or not) "
         f"or Kaggle's {' and '.join(CSV_FILES.values())}, in each folder below and its subfolders "
-        f"{', '.join(SUBFOLDERS[1:])}:\n" + "\n".join(report) + "\n"
-        + fix_hints(elsewhere=data_dir is not None or bool(env)))
+        f"{', '.join(SUBFOLDERS[1:])}:\n"
+        + "\n".join(report)
+        + "\n"
+        + fix_hints(elsewhere=data_dir is not None or bool(env))
+    )
 
 
 # ----------------------------------------------------------------------------- reading
@@ -269,13 +319,17 @@ def read_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as e:
-        raise DataError(f"Cannot read {path}: {e.strerror or e}. Fix: make it readable, or point "
-                        "--data-dir at a readable copy.") from None
+        raise DataError(
+            f"Cannot read {path}: {e.strerror or e}. Fix: make it readable, or point "
+            "--data-dir at a readable copy."
+        ) from None
     data = decompress(data, path, f"Fix: {_replace_hint(path)}.")
     if data[:2] == _GZIP:
         q = shlex.quote(str(path))
-        raise DataError(f"{path} is gzip-compressed twice: decompressed once, it is still gzip data. "
-                        f"Fix: gzip -dc {q} > {q}.once && mv {q}.once {q}")
+        raise DataError(
+            f"{path} is gzip-compressed twice: decompressed once, it is still gzip data. "
+            f"Fix: gzip -dc {q} > {q}.once && mv {q}.once {q}"
+        )
     return data
 
 
@@ -291,35 +345,44 @@ def decompress(data: bytes, where, hint: str) -> bytes:
 def _parse_idx(data: bytes, path: Path, kind: str, expected_count: int | None) -> np.ndarray:
     if kind not in _MAGIC:
         raise ValueError(f"expected_kind must be 'images' or 'labels', not {kind!r}")
-    hint = (f"The file is damaged or not a Fashion-MNIST IDX file. Fix: {_replace_hint(path)}.")
+    hint = f"The file is damaged or not a Fashion-MNIST IDX file. Fix: {_replace_hint(path)}."
     header = _HEADER[kind]
     if len(data) < header:
-        raise DataError(f"{path}: the file is empty.\n{hint}" if not data else
-                        f"{path}: only {len(data)} bytes, shorter than an IDX {kind} header "
-                        f"({header} bytes); the file is truncated{seems(data)}.\n{hint}")
+        raise DataError(
+            f"{path}: the file is empty.\n{hint}"
+            if not data
+            else f"{path}: only {len(data)} bytes, shorter than an IDX {kind} header "
+            f"({header} bytes); the file is truncated{seems(data)}.\n{hint}"
+        )
     fields = np.frombuffer(data, ">u4", count=header // 4).tolist()
     if fields[0] != _MAGIC[kind]:
-        raise DataError(f"{path}: magic number {fields[0]} is not {_MAGIC[kind]} "
-                        f"(IDX unsigned-byte {kind}){seems(data)}.\n{hint}")
+        raise DataError(
+            f"{path}: magic number {fields[0]} is not {_MAGIC[kind]} "
+            f"(IDX unsigned-byte {kind}){seems(data)}.\n{hint}"
+        )
     count, dims = fields[1], tuple(fields[2:])
     if kind == "images" and dims != (IMAGE_SIDE, IMAGE_SIDE):
-        raise DataError(f"{path}: images are {dims[0]}x{dims[1]}, expected "
-                        f"{IMAGE_SIDE}x{IMAGE_SIDE}.\n{hint}")
+        raise DataError(
+            f"{path}: images are {dims[0]}x{dims[1]}, expected {IMAGE_SIDE}x{IMAGE_SIDE}.\n{hint}"
+        )
     if expected_count is not None and count != expected_count:
         raise DataError(f"{path}: header says {count} {kind}, expected {expected_count}.\n{hint}")
     want = header + count * int(np.prod(dims, dtype=np.int64))
     if len(data) != want:
         problem = "truncated" if len(data) < want else "longer than its header says"
-        raise DataError(f"{path}: {len(data)} bytes but its header ({count} {kind}) "
-                        f"needs {want}; the file is {problem}.\n{hint}")
+        raise DataError(
+            f"{path}: {len(data)} bytes but its header ({count} {kind}) "
+            f"needs {want}; the file is {problem}.\n{hint}"
+        )
     array = np.frombuffer(data, np.uint8, offset=header)
     if kind == "labels":
         return array.astype(np.int32)
     return array.reshape(count, *dims)  # read-only view of `data`: no copy
 
 
-def read_idx(path: str | os.PathLike, *, expected_kind: str,
-             expected_count: int | None = None) -> np.ndarray:
+def read_idx(
+    path: str | os.PathLike, *, expected_kind: str, expected_count: int | None = None
+) -> np.ndarray:
     """Read one IDX file (gz or raw): uint8 images [N, 28, 28] or int32 labels [N].
 
     Raises:
@@ -335,17 +398,21 @@ def _read_csv(path: Path, split: str) -> RawSplit:
     hint = f"The file is damaged or not Kaggle's {CSV_FILES[split]}. Fix: {_replace_hint(path)}."
     header, _, body = data.partition(b"\n")
     if header.strip().replace(b'"', b"") != CSV_HEADER.encode():
-        raise DataError(f"{path}: the first line is not Kaggle's header "
-                        f"'label,pixel1,...,pixel784'{seems(data)}.\n{hint}")
+        raise DataError(
+            f"{path}: the first line is not Kaggle's header "
+            f"'label,pixel1,...,pixel784'{seems(data)}.\n{hint}"
+        )
     try:
         table = np.loadtxt(io.BytesIO(body), delimiter=",", dtype=np.uint8, ndmin=2)
     except ValueError as e:
         raise DataError(f"{path}: not rows of 785 integers in 0..255 ({e}).\n{hint}") from None
     count = FILES[f"{split}_labels"].count
     if table.shape != (count, 1 + IMAGE_SIDE * IMAGE_SIDE) or table[:, 0].max(initial=0) > 9:
-        raise DataError(f"{path}: {table.shape[0]} rows of {table.shape[1]} numbers, labels up to "
-                        f"{table[:, 0].max(initial=0)}; expected {count} rows of a label 0..9 and "
-                        f"784 pixels: the file is truncated or not Kaggle's.\n{hint}")
+        raise DataError(
+            f"{path}: {table.shape[0]} rows of {table.shape[1]} numbers, labels up to "
+            f"{table[:, 0].max(initial=0)}; expected {count} rows of a label 0..9 and "
+            f"784 pixels: the file is truncated or not Kaggle's.\n{hint}"
+        )
     return RawSplit(table[:, 1:].reshape(-1, IMAGE_SIDE, IMAGE_SIDE), table[:, 0].astype(np.int32))
 
 
@@ -357,13 +424,16 @@ def _verify(data: bytes, spec: IdxFile, path: Path) -> None:
             f"(official {spec.name}). It is well-formed IDX but not the official "
             "Fashion-MNIST file: it may be e.g. MNIST digits (same format and sizes) or "
             f"corrupt.\nFix: {_replace_hint(path)}; or, to use it anyway, pass verify=False "
-            "(CLI: --allow-unverified-data).")
+            "(CLI: --allow-unverified-data)."
+        )
 
 
 def _fingerprint(split: RawSplit) -> str:
     """Order-independent sha256 of a split's (image, label) examples."""
-    digests = sorted(hashlib.sha256(image.tobytes() + bytes([label])).digest()
-                     for image, label in zip(split.images, split.labels.tolist()))
+    digests = sorted(
+        hashlib.sha256(image.tobytes() + bytes([label])).digest()
+        for image, label in zip(split.images, split.labels.tolist())
+    )
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
@@ -373,7 +443,8 @@ def check_examples(split: RawSplit, name: str, where: str, fix: str) -> None:
         raise DataError(
             f"{where} does not hold the official Fashion-MNIST {name} examples (order-independent "
             f"fingerprint {got}, expected {_FINGERPRINTS[name]}).\nFix: {fix}; or, to use it "
-            "anyway, pass verify=False (CLI: --allow-unverified-data).")
+            "anyway, pass verify=False (CLI: --allow-unverified-data)."
+        )
 
 
 def load_dir(directory: Path, verify: bool) -> tuple[RawSplit, RawSplit, str]:
@@ -394,5 +465,8 @@ def load_dir(directory: Path, verify: bool) -> tuple[RawSplit, RawSplit, str]:
         arrays[key] = _parse_idx(data, files[key], spec.kind, spec.count)
         if verify:
             _verify(data, spec, files[key])
-    return (RawSplit(arrays["train_images"], arrays["train_labels"]),
-            RawSplit(arrays["test_images"], arrays["test_labels"]), "idx")
+    return (
+        RawSplit(arrays["train_images"], arrays["train_labels"]),
+        RawSplit(arrays["test_images"], arrays["test_labels"]),
+        "idx",
+    )

@@ -21,9 +21,11 @@ from scipy import stats
 
 ALPHA = 0.05
 VERDICTS = ("better", "worse", "not distinguishable", "untested over the seeds")
-METHOD = ("Welch's t-test on the per-seed accuracies (95% CI of the difference) and McNemar's "
-          "exact test on the images one model gets right and the other wrong (seed k paired with "
-          "seed k); a difference counts only when both give p < 0.05")
+METHOD = (
+    "Welch's t-test on the per-seed accuracies (95% CI of the difference) and McNemar's "
+    "exact test on the images one model gets right and the other wrong (seed k paired with "
+    "seed k); a difference counts only when both give p < 0.05"
+)
 
 
 def compare(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
@@ -39,7 +41,9 @@ def compare(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
     """
     a, b = np.asarray(a_correct, bool), np.asarray(b_correct, bool)
     if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"need two [n_seeds, n_images] arrays of one shape, got {a.shape} and {b.shape}")
+        raise ValueError(
+            f"need two [n_seeds, n_images] arrays of one shape, got {a.shape} and {b.shape}"
+        )
     acc_a, acc_b = a.mean(axis=1), b.mean(axis=1)
     diff = float(acc_a.mean() - acc_b.mean())
     low = high = p_seeds = math.nan
@@ -50,24 +54,37 @@ def compare(a_correct: np.ndarray, b_correct: np.ndarray) -> dict:
         ci = t.confidence_interval(1 - ALPHA)
         low, high, p_seeds = float(ci.low), float(ci.high), float(t.pvalue)
     only_a, only_b = int(np.sum(a & ~b)), int(np.sum(~a & b))
-    p_images = (float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue)
-                if only_a + only_b else 1.0)
+    p_images = (
+        float(stats.binomtest(only_a, only_a + only_b, 0.5).pvalue) if only_a + only_b else 1.0
+    )
     verdict = "not distinguishable" if math.isfinite(p_seeds) else "untested over the seeds"
     if p_seeds < ALPHA and p_images < ALPHA and diff != 0:
         verdict = "better" if diff > 0 else "worse"
-    return {"difference": diff, "ci95": [low, high], "p_seeds": p_seeds, "p_images": p_images,
-            "discordant": [only_a, only_b], "n_seeds": int(a.shape[0]), "n_images": int(a.shape[1]),
-            "verdict": verdict}
+    return {
+        "difference": diff,
+        "ci95": [low, high],
+        "p_seeds": p_seeds,
+        "p_images": p_images,
+        "discordant": [only_a, only_b],
+        "n_seeds": int(a.shape[0]),
+        "n_images": int(a.shape[1]),
+        "verdict": verdict,
+    }
 
 
 def describe(result: dict, scale: float = 100.0) -> str:
     """A comparison in words, e.g. '+0.42 points, 95% CI [+0.15, +0.69], p = 0.010 (seeds),
     p < 0.001 (images)'. Reads `compare`'s result, also as read back from JSON (NaN as "nan")."""
     low, high = (_number(v) for v in result["ci95"])
-    ci = (f"95% CI [{low * scale:+.2f}, {high * scale:+.2f}]" if math.isfinite(low)
-          else "95% CI undefined (one seed, or no spread over the seeds)")
-    return (f"{_number(result['difference']) * scale:+.2f} points, {ci}, "
-            f"{_p(_number(result['p_seeds']))} (seeds), {_p(_number(result['p_images']))} (images)")
+    ci = (
+        f"95% CI [{low * scale:+.2f}, {high * scale:+.2f}]"
+        if math.isfinite(low)
+        else "95% CI undefined (one seed, or no spread over the seeds)"
+    )
+    return (
+        f"{_number(result['difference']) * scale:+.2f} points, {ci}, "
+        f"{_p(_number(result['p_seeds']))} (seeds), {_p(_number(result['p_images']))} (images)"
+    )
 
 
 def _number(value) -> float:

@@ -8,9 +8,10 @@ run, `choice.json`: its title, its rows in order and the choice made on validati
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,12 @@ from fmnist_jax import io, plots, stats
 
 CHOICE_JSON = "choice.json"
 CURVE_METRICS = ("val_accuracy", "val_loss")
-ROW_FIGURES = (("learning_curves.png", "learning curves"), ("confusion_matrix.png", "test confusion"),
-               ("reconstruction_curves.png", "reconstruction MSE"), ("denoising.png", "denoising"))
+ROW_FIGURES = (
+    ("learning_curves.png", "learning curves"),
+    ("confusion_matrix.png", "test confusion"),
+    ("reconstruction_curves.png", "reconstruction MSE"),
+    ("denoising.png", "denoising"),
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -53,13 +58,20 @@ def fmt_num(value: Any, digits: int = 0) -> str:
     return f"{v:,.{digits}f}" if math.isfinite(v) else "–"
 
 
-def md_table(head: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None) -> str:
+def md_table(
+    head: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None
+) -> str:
     """A Markdown table; `align` per column: 'l' (default) or 'r'."""
     align = align or ["l"] * len(head)
     rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
     clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return "\n".join(["| " + " | ".join(map(clean, head)) + " |", rule,
-                      *["| " + " | ".join(map(clean, r)) + " |" for r in rows]])
+    return "\n".join(
+        [
+            "| " + " | ".join(map(clean, head)) + " |",
+            rule,
+            *["| " + " | ".join(map(clean, r)) + " |" for r in rows],
+        ]
+    )
 
 
 def link_text(text: str) -> str:
@@ -94,13 +106,18 @@ class Row:
     metrics: dict | None  # None: incomplete (no complete metrics.json)
 
     @classmethod
-    def read(cls, run_dir: Path) -> "Row":
+    def read(cls, run_dir: Path) -> Row:
         """The row of a configuration folder (incomplete when its metrics.json is missing)."""
         metrics = _read_json(run_dir / "metrics.json")
         if metrics is not None and not metrics.get("complete"):
             metrics = None
-        return cls(run_dir.parent.name, run_dir.name, run_dir,
-                   _read_json(run_dir / "config.json") or {}, metrics)
+        return cls(
+            run_dir.parent.name,
+            run_dir.name,
+            run_dir,
+            _read_json(run_dir / "config.json") or {},
+            metrics,
+        )
 
     @property
     def label(self) -> str:
@@ -173,12 +190,22 @@ def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResu
     recorded = _read_json(sweep_dir / CHOICE_JSON) or {}
     order = list(names if names is not None else recorded.get("rows", []))
     if names is None:
-        order += sorted(p.parent.name for p in sweep_dir.glob("*/config.json") if p.parent.name not in order)
+        order += sorted(
+            p.parent.name for p in sweep_dir.glob("*/config.json") if p.parent.name not in order
+        )
     rows = [Row.read(sweep_dir / n) for n in order if (sweep_dir / n).is_dir()]
     choice = recorded if recorded.get("choice") in {r.name for r in rows} else None
     overlays = [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))]
-    return SweepResult(sweep_dir.name, sweep_dir, recorded.get("title") or sweep_dir.name, rows,
-                       choice, overlays, recorded.get("note"), recorded.get("reference"))
+    return SweepResult(
+        sweep_dir.name,
+        sweep_dir,
+        recorded.get("title") or sweep_dir.name,
+        rows,
+        choice,
+        overlays,
+        recorded.get("note"),
+        recorded.get("reference"),
+    )
 
 
 def distinct(rows: Sequence[Row]) -> list[Row]:
@@ -205,15 +232,25 @@ def choose(rows: Sequence[Row]) -> dict | None:
     every row has one), and how it compares with the runner-up on the validation images
     (`stats.compare`). None when no row is complete."""
     done = [r for r in rows if r.complete]
-    ranked = sorted([r for r in done if not r.metrics.get("n_diverged")] or done, key=lambda r: -_val(r))
+    ranked = sorted(
+        [r for r in done if not r.metrics.get("n_diverged")] or done, key=lambda r: -_val(r)
+    )
     if not ranked:
         return None
     best = ranked[0]
-    out = {"choice": best.name, "label": best.label, "val": best.metrics["val_accuracy"],
-           "test": best.metrics["test_accuracy"]}
+    out = {
+        "choice": best.name,
+        "label": best.label,
+        "val": best.metrics["val_accuracy"],
+        "test": best.metrics["test_accuracy"],
+    }
     if len(ranked) > 1:
-        out.update(runner_up=ranked[1].name, runner_up_label=ranked[1].label,
-                   comparison=compare_rows(best, ranked[1], "val"), method=stats.METHOD)
+        out.update(
+            runner_up=ranked[1].name,
+            runner_up_label=ranked[1].label,
+            comparison=compare_rows(best, ranked[1], "val"),
+            method=stats.METHOD,
+        )
     return out
 
 
@@ -222,9 +259,11 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
     if not choice:
         return "No choice: no configuration is complete."
     b = "**" if markdown else ""
-    text = (f"{b}Choice on validation: {link_text(str(choice['label']))}{b} (val "
-            f"{fmt(choice['val'])}%, test {fmt(choice['test'])}%): the highest mean validation "
-            "accuracy among the runs that did not diverge.")
+    text = (
+        f"{b}Choice on validation: {link_text(str(choice['label']))}{b} (val "
+        f"{fmt(choice['val'])}%, test {fmt(choice['test'])}%): the highest mean validation "
+        "accuracy among the runs that did not diverge."
+    )
     if "runner_up" in choice:
         c = choice.get("comparison")
         text += f" Against the runner-up, {link_text(str(choice['runner_up_label']))}, on the validation images: "
@@ -233,11 +272,15 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
         elif c["verdict"] == "better":
             text += f"better, {stats.describe(c)}: the data support the choice."
         elif c["verdict"] == "untested over the seeds":
-            text += (f"untested over the seeds, {stats.describe(c)}: with one seed, or no spread over "
-                     "the seeds, only the images can be tested, and the choice is not tested.")
+            text += (
+                f"untested over the seeds, {stats.describe(c)}: with one seed, or no spread over "
+                "the seeds, only the images can be tested, and the choice is not tested."
+            )
         else:
-            text += (f"not distinguishable, {stats.describe(c)}: with these seeds and images the "
-                     "choice is a tie-break.")
+            text += (
+                f"not distinguishable, {stats.describe(c)}: with these seeds and images the "
+                "choice is a tie-break."
+            )
     return text
 
 
@@ -247,7 +290,9 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
 
 def class_names_of(rows: Sequence[Row]) -> list[str]:
     """The class names, from the first complete row."""
-    return next((list(r.metrics.get("per_class_test_accuracy", {})) for r in rows if r.complete), [])
+    return next(
+        (list(r.metrics.get("per_class_test_accuracy", {})) for r in rows if r.complete), []
+    )
 
 
 def diverged_cell(m: Mapping) -> str:
@@ -286,22 +331,45 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
     # A sweep with a note compares its rows with its reference row, if it names one; else with none.
     compared = sweep.choice is not None or sweep.reference is not None
     mark = "**chosen**" if sweep.choice else "**reference**"
-    head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names],
-            *([f"Δ val vs {'chosen' if sweep.choice else 'reference'}, points (95% CI)"] if compared else []),
-            "train time s", "diverged"]
+    head = [
+        "configuration",
+        "test acc %",
+        "val acc %",
+        *[f"{c} %" for c in class_names],
+        *(
+            [f"Δ val vs {'chosen' if sweep.choice else 'reference'}, points (95% CI)"]
+            if compared
+            else []
+        ),
+        "train time s",
+        "diverged",
+    ]
     rows = []
     for r in sweep.rows:
         if not r.complete:
-            rows.append([f"{link_text(r.label)} (`{prefix}{r.name}/`)", "incomplete: no metrics.json",
-                         *["–"] * (len(head) - 2)])
+            rows.append(
+                [
+                    f"{link_text(r.label)} (`{prefix}{r.name}/`)",
+                    "incomplete: no metrics.json",
+                    *["–"] * (len(head) - 2),
+                ]
+            )
             continue
         m, pc = r.metrics, r.metrics.get("per_class_test_accuracy", {})
-        rows.append([f"[{link_text(r.label)}]({prefix}{r.name}/metrics.json)",
-                     fmt(m.get("test_accuracy")), fmt(m.get("val_accuracy")),
-                     *[fmt(pc.get(c), digits=1) for c in class_names],
-                     *([delta_cell(r, chosen, mark)] if compared else []), train_time_cell(m),
-                     diverged_cell(m)])
-    return md_table(head, rows, ["l", "r", "r", *["r"] * len(class_names), *["l"] * compared, "r", "l"])
+        rows.append(
+            [
+                f"[{link_text(r.label)}]({prefix}{r.name}/metrics.json)",
+                fmt(m.get("test_accuracy")),
+                fmt(m.get("val_accuracy")),
+                *[fmt(pc.get(c), digits=1) for c in class_names],
+                *([delta_cell(r, chosen, mark)] if compared else []),
+                train_time_cell(m),
+                diverged_cell(m),
+            ]
+        )
+    return md_table(
+        head, rows, ["l", "r", "r", *["r"] * len(class_names), *["l"] * compared, "r", "l"]
+    )
 
 
 def _percent(value: Any) -> str:
@@ -321,29 +389,51 @@ def diagnosis_table(sweep: SweepResult) -> str:
     Question 2 the pretraining's fit, reconstruction MSE against the noisy input's, and its
     dead output units."""
     q2 = sweep.question == "q2"
-    head = ["configuration", "epochs", "fit", "best val epoch", "val loss rise from min",
-            "val − train loss", "train − val acc, points", "final train acc %",
-            "last-epoch train loss drop", "val-loss roughness"]
+    head = [
+        "configuration",
+        "epochs",
+        "fit",
+        "best val epoch",
+        "val loss rise from min",
+        "val − train loss",
+        "train − val acc, points",
+        "final train acc %",
+        "last-epoch train loss drop",
+        "val-loss roughness",
+    ]
     if q2:
-        head += ["params (autoencoder)", "pretraining fit", "test recon MSE", "noisy-input MSE",
-                 "dead outputs (of 784)"]
+        head += [
+            "params (autoencoder)",
+            "pretraining fit",
+            "test recon MSE",
+            "noisy-input MSE",
+            "dead outputs (of 784)",
+        ]
     rows = []
     for r in (r for r in sweep.rows if r.complete):
         m, d = r.metrics, r.metrics.get("fit_diagnosis", {})
         drop = _percent(d.get("train_loss_last_epoch_drop"))
-        cells = [link_text(r.label), str(m.get("epochs_run", "–")), str(d.get("verdict", "–")),
-                 str(d.get("best_val_epoch", "–")), _rise_cell(d),
-                 fmt_num(d.get("final_val_minus_train_loss"), 3),
-                 fmt_num(d.get("train_minus_val_accuracy_points"), 2),
-                 fmt_num(num(d.get("final_train_accuracy")) * 100, 2),
-                 drop + (" (rate decayed to 0)" if d.get("learning_rate_decayed") else ""),
-                 fmt(m.get("val_loss_roughness"), scale=1.0, digits=4)]
+        cells = [
+            link_text(r.label),
+            str(m.get("epochs_run", "–")),
+            str(d.get("verdict", "–")),
+            str(d.get("best_val_epoch", "–")),
+            _rise_cell(d),
+            fmt_num(d.get("final_val_minus_train_loss"), 3),
+            fmt_num(d.get("train_minus_val_accuracy_points"), 2),
+            fmt_num(num(d.get("final_train_accuracy")) * 100, 2),
+            drop + (" (rate decayed to 0)" if d.get("learning_rate_decayed") else ""),
+            fmt(m.get("val_loss_roughness"), scale=1.0, digits=4),
+        ]
         pre = m.get("pretrain")
         if q2 and pre:
-            cells += [fmt_num(pre.get("n_params")), str(pre.get("fit_diagnosis", {}).get("verdict", "–")),
-                      fmt(pre.get("test_mse"), scale=1.0, digits=4),
-                      fmt(pre.get("test_noisy_mse"), scale=1.0, digits=4),
-                      fmt(pre.get("dead_outputs"), scale=1.0, digits=1)]
+            cells += [
+                fmt_num(pre.get("n_params")),
+                str(pre.get("fit_diagnosis", {}).get("verdict", "–")),
+                fmt(pre.get("test_mse"), scale=1.0, digits=4),
+                fmt(pre.get("test_noisy_mse"), scale=1.0, digits=4),
+                fmt(pre.get("dead_outputs"), scale=1.0, digits=1),
+            ]
         elif q2:
             cells += ["– (no pretraining)", "–", "–", "–", "–"]
         rows.append(cells)
@@ -355,32 +445,58 @@ def divergence_lines(rows: Sequence[Row]) -> list[str]:
     bad = [r for r in rows if r.complete and r.metrics.get("n_diverged")]
     if not bad:
         return []
-    names = "; ".join(f"{r.label} ({r.metrics['n_diverged']}/{len(r.metrics.get('diverged', []))} seeds)"
-                      for r in bad)
-    return [f"**Diverged** (the training or validation loss became NaN/inf; such a seed's numbers "
-            f"are meaningless, it trains on with the others until every seed has diverged, and a "
-            f"configuration with a diverged seed is not chosen unless all are): {names}.", ""]
+    names = "; ".join(
+        f"{r.label} ({r.metrics['n_diverged']}/{len(r.metrics.get('diverged', []))} seeds)"
+        for r in bad
+    )
+    return [
+        f"**Diverged** (the training or validation loss became NaN/inf; such a seed's numbers "
+        f"are meaningless, it trains on with the others until every seed has diverged, and a "
+        f"configuration with a diverged seed is not chosen unless all are): {names}.",
+        "",
+    ]
 
 
 def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> list[str]:
     """The Markdown lines that present a sweep (summary.md's body, and REPORT.md's section);
     every path is `prefix` + a path relative to the sweep folder."""
-    lines = [f"{max((r.n_seeds for r in sweep.rows), default=0)} seeds per configuration, "
-             "accuracies in % as mean ± std over seeds"
-             + ("." if sweep.note else "; chosen on the validation split, test reported."), "",
-             sweep_table(sweep, class_names, prefix), "",
-             *divergence_lines(sweep.rows), sweep.note or choice_text(sweep.choice), "",
-             "Fit diagnosis" + (" and reconstruction (test MSE of the reconstruction vs. of the noisy "
-                                "input itself, against the clean image)" if sweep.question == "q2" else "")
-             + ":", "", diagnosis_table(sweep), ""]
+    lines = [
+        f"{max((r.n_seeds for r in sweep.rows), default=0)} seeds per configuration, "
+        "accuracies in % as mean ± std over seeds"
+        + ("." if sweep.note else "; chosen on the validation split, test reported."),
+        "",
+        sweep_table(sweep, class_names, prefix),
+        "",
+        *divergence_lines(sweep.rows),
+        sweep.note or choice_text(sweep.choice),
+        "",
+        "Fit diagnosis"
+        + (
+            " and reconstruction (test MSE of the reconstruction vs. of the noisy "
+            "input itself, against the clean image)"
+            if sweep.question == "q2"
+            else ""
+        )
+        + ":",
+        "",
+        diagnosis_table(sweep),
+        "",
+    ]
     if sweep.overlays:
-        lines += [" ".join(image(f"{prefix}{f}", f"{sweep.title}: {f}") for f in sweep.overlays), ""]
+        lines += [
+            " ".join(image(f"{prefix}{f}", f"{sweep.title}: {f}") for f in sweep.overlays),
+            "",
+        ]
     lines += ["<details><summary>Per-configuration figures</summary>", ""]
     for r in sweep.rows:
         figs = [(f, t) for f, t in ROW_FIGURES if (r.dir / f).is_file()]
         if figs:
-            lines += [f"**{link_text(r.label)}** (`{prefix}{r.name}/`)", "",
-                      " ".join(image(f"{prefix}{r.name}/{f}", f"{r.label}: {t}") for f, t in figs), ""]
+            lines += [
+                f"**{link_text(r.label)}** (`{prefix}{r.name}/`)",
+                "",
+                " ".join(image(f"{prefix}{r.name}/{f}", f"{r.label}: {t}") for f, t in figs),
+                "",
+            ]
     return lines + ["</details>", ""]
 
 
@@ -393,8 +509,13 @@ class Summary:
     warnings: list[str]
 
 
-def write_summary(sweep_dir: Path, title: str, names: Sequence[str], note: str | None = None,
-                  reference: str | None = None) -> Summary:
+def write_summary(
+    sweep_dir: Path,
+    title: str,
+    names: Sequence[str],
+    note: str | None = None,
+    reference: str | None = None,
+) -> Summary:
     """Write a finished sweep's choice.json (title, rows in order, the choice), its overlay
     figures of the validation curves, and summary.md. With a `note`, no choice is made on the
     rows (a tuned recipe, the value of pretraining): the note says why, and the rows are
@@ -403,13 +524,25 @@ def write_summary(sweep_dir: Path, title: str, names: Sequence[str], note: str |
     rows = read_sweep(sweep_dir, names).rows
     choice = None if note else choose(rows)
     extra = {"note": note, **({"reference": reference} if reference else {})} if note else {}
-    io.write_json(sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {}), **extra})
+    io.write_json(
+        sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {}), **extra}
+    )
     curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
     for metric in CURVE_METRICS:
-        plots.overlay_curves(curves, sweep_dir / f"sweep_{metric}.png",
-                             title=f"{title}: {metric.replace('_', ' ')}", metric=metric)
+        plots.overlay_curves(
+            curves,
+            sweep_dir / f"sweep_{metric}.png",
+            title=f"{title}: {metric.replace('_', ' ')}",
+            metric=metric,
+        )
     sweep = read_sweep(sweep_dir, names)
-    io.write_text(sweep_dir / "summary.md", "\n".join(
-        [f"# {title}", "", *sweep_section(sweep, class_names_of(sweep.rows))]).rstrip() + "\n")
-    return Summary(choice, note or choice_text(choice, markdown=False),
-                   [line.replace("**", "") for line in divergence_lines(rows) if line])
+    io.write_text(
+        sweep_dir / "summary.md",
+        "\n".join([f"# {title}", "", *sweep_section(sweep, class_names_of(sweep.rows))]).rstrip()
+        + "\n",
+    )
+    return Summary(
+        choice,
+        note or choice_text(choice, markdown=False),
+        [line.replace("**", "") for line in divergence_lines(rows) if line],
+    )

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -75,8 +75,11 @@ def _record_functions(events: list) -> Iterator[None]:
     def pool_label(kind):
         return lambda window, *a, **k: f"{kind} {'x'.join(map(str, window))}"
 
-    patches = [wrap("relu", lambda *a, **k: "ReLU"), wrap("avg_pool", pool_label("AvgPool")),
-               wrap("max_pool", pool_label("MaxPool"))]
+    patches = [
+        wrap("relu", lambda *a, **k: "ReLU"),
+        wrap("avg_pool", pool_label("AvgPool")),
+        wrap("max_pool", pool_label("MaxPool")),
+    ]
     try:
         for attr, _, recorded in patches:
             setattr(nn, attr, recorded)
@@ -110,8 +113,15 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], title: str) -> ModelSu
             kind = type(module).__name__
             if isinstance(module, nn.Dropout):
                 kind += f" {module.rate:g}"
-            events.append(("module", f"{path} ({kind})",
-                           tuple(args[0].shape) if args else (), tuple(out.shape), params))
+            events.append(
+                (
+                    "module",
+                    f"{path} ({kind})",
+                    tuple(args[0].shape) if args else (),
+                    tuple(out.shape),
+                    params,
+                )
+            )
         return out
 
     def apply(variables, x):
@@ -128,10 +138,17 @@ def trace(model: nn.Module, input_shape: tuple[int, ...], title: str) -> ModelSu
         previous = out_shape
     trainable = count_params(variables["params"])
     if sum(layer.params for layer in layers) != trainable:
-        raise AssertionError(f"{title}: the layer rows miss parameters "
-                             f"({sum(layer.params for layer in layers)} vs {trainable})")
-    return ModelSummary(title=title, input_shape=tuple(input_shape), layers=tuple(layers),
-                        trainable=trainable, non_trainable=_size(variables.get("batch_stats", {})))
+        raise AssertionError(
+            f"{title}: the layer rows miss parameters "
+            f"({sum(layer.params for layer in layers)} vs {trainable})"
+        )
+    return ModelSummary(
+        title=title,
+        input_shape=tuple(input_shape),
+        layers=tuple(layers),
+        trainable=trainable,
+        non_trainable=_size(variables.get("batch_stats", {})),
+    )
 
 
 def summaries(pool: str = "avg") -> dict[str, ModelSummary]:
@@ -139,12 +156,16 @@ def summaries(pool: str = "avg") -> dict[str, ModelSummary]:
     out = {"cnn": trace(CNN(pool=pool), (1, 28, 28, 1), f"CNN ({pool} pooling)")}
     for arch, widths in ARCHITECTURES.items():
         dims = "-".join(map(str, (784, *widths, *reversed(widths[:-1]), 784)))
-        out[f"autoencoder_{arch}"] = trace(Autoencoder(widths=widths), (1, 784),
-                                           f"denoising autoencoder, {arch} {dims}")
+        out[f"autoencoder_{arch}"] = trace(
+            Autoencoder(widths=widths), (1, 784), f"denoising autoencoder, {arch} {dims}"
+        )
     for arch, widths in ARCHITECTURES.items():
         dims = "-".join(map(str, (784, *widths)))
-        out[f"encoder_classifier_{arch}"] = trace(EncoderClassifier(widths=widths), (1, 784),
-                                                  f"encoder classifier, {arch} encoder {dims} + head to 5")
+        out[f"encoder_classifier_{arch}"] = trace(
+            EncoderClassifier(widths=widths),
+            (1, 784),
+            f"encoder classifier, {arch} encoder {dims} + head to 5",
+        )
     return out
 
 
@@ -157,8 +178,10 @@ def _totals(s: ModelSummary) -> list[str]:
     lines = [f"Trainable params: {s.trainable:,}"]
     biases = sum(layer.output_shape[-1] for layer in s.layers if "(Conv3x3)" in layer.name)
     if biases:
-        lines.append(f"  of which held at 0 in training: the {biases:,} convolution biases (each "
-                     "feeds a BatchNorm that subtracts it: its gradient is exactly 0)")
+        lines.append(
+            f"  of which held at 0 in training: the {biases:,} convolution biases (each "
+            "feeds a BatchNorm that subtracts it: its gradient is exactly 0)"
+        )
     lines.append("Non-trainable params: 0")
     if s.non_trainable:
         lines.append(f"BatchNorm running statistics (state, not parameters): {s.non_trainable:,}")
@@ -167,13 +190,20 @@ def _totals(s: ModelSummary) -> list[str]:
 
 def text_table(s: ModelSummary) -> str:
     """The table as torchsummary prints it."""
-    rows = [(layer.name, _shape_text(layer.output_shape), f"{layer.params:,}") for layer in s.layers]
+    rows = [
+        (layer.name, _shape_text(layer.output_shape), f"{layer.params:,}") for layer in s.layers
+    ]
     w0 = max(len("Layer (type)"), *(len(r[0]) for r in rows))
     w1 = max(len("Output Shape"), *(len(r[1]) for r in rows))
     w2 = max(len("Param #"), *(len(r[2]) for r in rows))
     rule = "=" * (w0 + w1 + w2 + 4)
-    lines = [s.title, f"input {_shape_text(s.input_shape)}", rule,
-             f"{'Layer (type)':<{w0}}  {'Output Shape':<{w1}}  {'Param #':>{w2}}", rule]
+    lines = [
+        s.title,
+        f"input {_shape_text(s.input_shape)}",
+        rule,
+        f"{'Layer (type)':<{w0}}  {'Output Shape':<{w1}}  {'Param #':>{w2}}",
+        rule,
+    ]
     lines += [f"{a:<{w0}}  {b:<{w1}}  {c:>{w2}}" for a, b, c in rows]
     return "\n".join([*lines, rule, *_totals(s)])
 
@@ -181,9 +211,14 @@ def text_table(s: ModelSummary) -> str:
 def markdown_table(s: ModelSummary) -> str:
     """The table in Markdown, with the input shape and totals."""
     lines = ["| layer (type) | output shape | parameters |", "|---|---|---:|"]
-    lines += [f"| {layer.name} | {_shape_text(layer.output_shape)} | {layer.params:,} |" for layer in s.layers]
+    lines += [
+        f"| {layer.name} | {_shape_text(layer.output_shape)} | {layer.params:,} |"
+        for layer in s.layers
+    ]
     lines.append(f"| **total** | | **{s.trainable:,}** |")
-    return "\n".join([f"Input {_shape_text(s.input_shape)}.", "", *lines, "", "  \n".join(_totals(s))])
+    return "\n".join(
+        [f"Input {_shape_text(s.input_shape)}.", "", *lines, "", "  \n".join(_totals(s))]
+    )
 
 
 def model_tables(pool: str = "avg") -> dict[str, str]:
@@ -196,14 +231,15 @@ def titles(pool: str = "avg") -> dict[str, str]:
     return {key: s.title for key, s in summaries(pool).items()}
 
 
-NOTE = ("Output shapes are NHWC, batch first (-1): the original report's PyTorch table is NCHW, "
-        "so its [-1, 10, 26, 26] is [-1, 26, 26, 10] here.")
+NOTE = (
+    "Output shapes are NHWC, batch first (-1): the original report's PyTorch table is NCHW, "
+    "so its [-1, 10, 26, 26] is [-1, 26, 26, 10] here."
+)
 
 
 def main(argv=None) -> None:
     """`python -m fmnist_jax.summary`: print every model's layer table."""
     import argparse
-
     import sys
 
     from fmnist_jax.io import tolerant_output
@@ -211,7 +247,9 @@ def main(argv=None) -> None:
     from fmnist_jax.placement import backend_problem
 
     tolerant_output()
-    p = argparse.ArgumentParser(description="Layer tables and parameter counts of the study's models.")
+    p = argparse.ArgumentParser(
+        description="Layer tables and parameter counts of the study's models."
+    )
     p.add_argument("--pool", choices=POOLS, default="avg", help="the CNN's pooling")
     args = p.parse_args(argv)
     if (problem := backend_problem()) is not None:

@@ -29,9 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fmnist_jax import augment as augment_lib, metrics
+from fmnist_jax import augment as augment_lib
+from fmnist_jax import metrics
 from fmnist_jax.models import (
-    BASE_WIDTHS, CNN, CONV_IMPLS, NUM_CLASSES, Autoencoder, EncoderClassifier, POOLS,
+    BASE_WIDTHS,
+    CNN,
+    CONV_IMPLS,
+    NUM_CLASSES,
+    POOLS,
+    Autoencoder,
+    EncoderClassifier,
 )
 
 MODELS = ("cnn", "autoencoder", "encoder_classifier")
@@ -68,18 +75,24 @@ class OptimizerConfig:
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer {self.name!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
         if not self.learning_rate > 0:
             raise ValueError(f"learning rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+            raise ValueError(
+                f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}"
+            )
         if not self.decay_epochs >= 0:
             raise ValueError(f"decay epochs must be >= 0, got {self.decay_epochs}")
         if self.decay_epochs and self.schedule != "wsd":
-            raise ValueError(f"decay epochs ({self.decay_epochs}) belong to the 'wsd' schedule, "
-                             f"not {self.schedule!r}: set schedule='wsd' or decay_epochs=0")
+            raise ValueError(
+                f"decay epochs ({self.decay_epochs}) belong to the 'wsd' schedule, "
+                f"not {self.schedule!r}: set schedule='wsd' or decay_epochs=0"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,7 +117,9 @@ class TrainConfig:
     epochs: int = 5
     augment: str = "online"  # none | expand (3x: see `epoch_size`) | online (CNN)
     aug: augment_lib.AugmentConfig = field(default_factory=augment_lib.AugmentConfig)
-    denoise_std: float = 0.3  # autoencoder: sigma of the corrupting noise (noisy input, clean target)
+    denoise_std: float = (
+        0.3  # autoencoder: sigma of the corrupting noise (noisy input, clean target)
+    )
     eval_batch_size: int | None = None  # None: `eval_batch(n_members)` picks it per backend
 
     def __post_init__(self):
@@ -117,7 +132,9 @@ class TrainConfig:
                 f"unknown augmentation {self.augment!r}; choose one of {', '.join(augment_lib.AUG_MODES)}"
             )
         if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
-            raise ValueError(f"batch sizes must be >= 1, got {self.batch_size}, {self.eval_batch_size}")
+            raise ValueError(
+                f"batch sizes must be >= 1, got {self.batch_size}, {self.eval_batch_size}"
+            )
         if self.epochs < 0:
             raise ValueError(f"epochs must be >= 0, got {self.epochs}")
         if self.denoise_std < 0:
@@ -125,8 +142,10 @@ class TrainConfig:
         if self.conv_impl not in CONV_IMPLS:  # no backend needed to tell a bad name
             raise ValueError(f"unknown conv_impl {self.conv_impl!r}; choose one of {CONV_IMPLS}")
         if self.epochs and self.optimizer.decay_epochs > self.epochs:
-            raise ValueError(f"decay epochs ({self.optimizer.decay_epochs}) exceed the run's "
-                             f"{self.epochs} epochs; shorten them or train longer")
+            raise ValueError(
+                f"decay epochs ({self.optimizer.decay_epochs}) exceed the run's "
+                f"{self.epochs} epochs; shorten them or train longer"
+            )
 
     def eval_batch(self, n_members: int = 1) -> int:
         """Images per member in one evaluation call: `eval_batch_size` when set, else automatic.
@@ -149,7 +168,7 @@ class TrainConfig:
         """Whether the model outputs class logits (everything but the autoencoder)."""
         return self.model != "autoencoder"
 
-    def replace(self, **changes) -> "TrainConfig":
+    def replace(self, **changes) -> TrainConfig:
         """A copy with `changes` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
@@ -207,7 +226,8 @@ def lr_scales(cfg: TrainConfig, steps_per_epoch: int, epoch: int) -> jax.Array:
         total = steps_per_epoch * max(cfg.epochs, 1)
         decay = int(round(opt.decay_epochs * steps_per_epoch))
         multiplier = optax.join_schedules(
-            [optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, decay)], [total - decay])
+            [optax.constant_schedule(1.0), optax.linear_schedule(1.0, 0.0, decay)], [total - decay]
+        )
     steps = epoch * steps_per_epoch + jnp.arange(steps_per_epoch)
     # broadcast: optax's constant schedule returns a scalar whatever the steps' shape
     return jnp.broadcast_to(jnp.asarray(multiplier(steps), jnp.float32), steps.shape)
@@ -222,18 +242,29 @@ def held_fixed(cfg: TrainConfig, params) -> Any:
     +-lr steps, leaking into BatchNorm's running means and making results depend on summation
     order (vmap width, device count). They stay at 0.
     """
+
     def fixed(path, _):
         names = [getattr(k, "key", str(k)) for k in path]
-        return bool((cfg.freeze_encoder and names[0] == "encoder")
-                    or (cfg.model == "cnn" and names[0].startswith("conv_") and names[-1] == "bias"))
+        return bool(
+            (cfg.freeze_encoder and names[0] == "encoder")
+            or (cfg.model == "cnn" and names[0].startswith("conv_") and names[-1] == "bias")
+        )
+
     return jax.tree_util.tree_map_with_path(fixed, params)
 
 
 def n_trained_params(cfg: TrainConfig, params) -> int:
     """The number of scalars training updates (all but those `held_fixed`) in one member's params."""
-    return int(sum(x.size for x, fixed in zip(jax.tree_util.tree_leaves(params),
-                                               jax.tree_util.tree_leaves(held_fixed(cfg, params)))
-                   if not fixed))
+    return int(
+        sum(
+            x.size
+            for x, fixed in zip(
+                jax.tree_util.tree_leaves(params),
+                jax.tree_util.tree_leaves(held_fixed(cfg, params)),
+            )
+            if not fixed
+        )
+    )
 
 
 def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -246,7 +277,8 @@ def make_direction(cfg: TrainConfig) -> optax.GradientTransformation:
         tx = optax.trace(decay=opt.momentum) if opt.momentum else optax.identity()
     if cfg.freeze_encoder or cfg.model == "cnn":
         labels = lambda params: jax.tree_util.tree_map(  # noqa: E731
-            lambda fixed: "frozen" if fixed else "train", held_fixed(cfg, params))
+            lambda fixed: "frozen" if fixed else "train", held_fixed(cfg, params)
+        )
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
     return tx
 
@@ -341,8 +373,13 @@ def init_state(prog: Program, seed_key: jax.Array, learning_rate=None) -> TrainS
     )
 
 
-def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array,
-               lr_scale: jax.Array | float = 1.0):
+def train_step(
+    prog: Program,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    lr_scale: jax.Array | float = 1.0,
+):
     """One optimisation step: (state, images float32 [B, 28, 28, 1], labels int32 [B]) ->
     (state, metrics: loss, accuracy (classifiers) and the global norms of the gradients,
     updates and parameters). `lr_scale`: the schedule's multiplier of the peak rate."""
@@ -352,8 +389,9 @@ def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.
     inputs, targets = _inputs_targets(cfg, aug_key, images, labels, train=True)
 
     def loss_fn(params):
-        outputs, new_stats = _forward(model, params, state.batch_stats, inputs,
-                                      train=True, dropout_key=dropout_key)
+        outputs, new_stats = _forward(
+            model, params, state.batch_stats, inputs, train=True, dropout_key=dropout_key
+        )
         return jnp.mean(_loss(cfg, outputs, targets)), (outputs, new_stats)
 
     (loss, (outputs, new_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -370,8 +408,9 @@ def train_step(prog: Program, state: TrainState, images: jax.Array, labels: jax.
     if cfg.is_classifier:
         chex.assert_shape(outputs, (images.shape[0], NUM_CLASSES))
         out["accuracy"] = jnp.mean(jnp.argmax(outputs, -1) == labels)
-    new_state = state.replace(step=state.step + 1, params=params, batch_stats=new_stats,
-                              opt_state=opt_state)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state
+    )
     return new_state, out
 
 
@@ -383,8 +422,15 @@ def epoch_batches(prog: Program, state: TrainState, epoch, n: int) -> jax.Array:
     return perm[:used].reshape(prog.steps_per_epoch, prog.cfg.batch_size)
 
 
-def train_epoch(prog: Program, state: TrainState, images: jax.Array, labels: jax.Array, epoch,
-                lr_scales: jax.Array, batch_sharding=None):
+def train_epoch(
+    prog: Program,
+    state: TrainState,
+    images: jax.Array,
+    labels: jax.Array,
+    epoch,
+    lr_scales: jax.Array,
+    batch_sharding=None,
+):
     """One epoch as one `lax.scan` over device-resident data (the original images [N, 28, 28, 1]
     and labels [N]) -> (state, per-step metrics [steps_per_epoch]). `epoch` (0-based) keys the
     shuffle; `lr_scales` float32 [steps_per_epoch] are the schedule's multipliers."""
@@ -397,8 +443,11 @@ def train_epoch(prog: Program, state: TrainState, images: jax.Array, labels: jax
         batch_idx, lr_scale = batch
         batch_labels = labels[batch_idx % n]
         if expand:  # materialised once per batch, as online augmentation is (see _inputs_targets)
-            batch_images = jax.lax.optimization_barrier(augment_lib.expanded_batch(
-                jax.random.fold_in(state.key, _EXPAND), images, batch_idx, prog.cfg.aug))
+            batch_images = jax.lax.optimization_barrier(
+                augment_lib.expanded_batch(
+                    jax.random.fold_in(state.key, _EXPAND), images, batch_idx, prog.cfg.aug
+                )
+            )
         else:
             batch_images = images[batch_idx]
         if batch_sharding is not None:

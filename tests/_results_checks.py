@@ -19,8 +19,14 @@ LABELS_GZ = Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz")
 CLASSES = (1, 3, 5, 7, 9)
 CLASS_NAMES = ("Trouser", "Dress", "Sandal", "Sneaker", "Ankle boot")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_FILES = ("config.json", "metrics.json", "history.json", "test_predictions.npy",
-             "learning_curves.png", "confusion_matrix.png")
+RUN_FILES = (
+    "config.json",
+    "metrics.json",
+    "history.json",
+    "test_predictions.npy",
+    "learning_curves.png",
+    "confusion_matrix.png",
+)
 SWEEP_FILES = ("summary.md", "choice.json", "sweep_val_accuracy.png")
 
 
@@ -47,8 +53,9 @@ def check_png(path: Path, min_bytes: int = 5_000) -> None:
 
 
 def _close(got, want, what):
-    np.testing.assert_allclose(np.asarray(got, np.float64), np.asarray(want, np.float64),
-                               rtol=0, atol=1e-9, err_msg=what)
+    np.testing.assert_allclose(
+        np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=0, atol=1e-9, err_msg=what
+    )
 
 
 def check_metrics_against_predictions(run_dir: Path, n_seeds: int) -> np.ndarray:
@@ -61,26 +68,45 @@ def check_metrics_against_predictions(run_dir: Path, n_seeds: int) -> np.ndarray
     y = real_test_labels()
     m = read_json(run_dir / "metrics.json")
     report = m["classification_report"]
-    per_seed = [precision_recall_fscore_support(y, p, labels=range(5), zero_division=0) for p in preds]
-    averaged = {avg: [precision_recall_fscore_support(y, p, labels=range(5), average=avg.split()[0],
-                                                      zero_division=0)[:3] for p in preds]
-                for avg in ("macro avg", "weighted avg")}
+    per_seed = [
+        precision_recall_fscore_support(y, p, labels=range(5), zero_division=0) for p in preds
+    ]
+    averaged = {
+        avg: [
+            precision_recall_fscore_support(
+                y, p, labels=range(5), average=avg.split()[0], zero_division=0
+            )[:3]
+            for p in preds
+        ]
+        for avg in ("macro avg", "weighted avg")
+    }
 
     assert len(m["test_accuracy"]["per_seed"]) == n_seeds
-    _close(m["test_accuracy"]["per_seed"], [accuracy_score(y, p) for p in preds], f"{run_dir}: test_accuracy")
+    _close(
+        m["test_accuracy"]["per_seed"],
+        [accuracy_score(y, p) for p in preds],
+        f"{run_dir}: test_accuracy",
+    )
     _close(m["test_accuracy"]["mean"], np.mean([accuracy_score(y, p) for p in preds]), "test mean")
     accuracies = [accuracy_score(y, p) for p in preds]
-    _close(m["test_accuracy"]["std"], np.std(accuracies, ddof=1) if n_seeds > 1 else np.nan, "test std")
+    _close(
+        m["test_accuracy"]["std"], np.std(accuracies, ddof=1) if n_seeds > 1 else np.nan, "test std"
+    )
     assert len(m["val_accuracy"]["per_seed"]) == n_seeds
     assert all(0 <= v <= 1 for v in m["val_accuracy"]["per_seed"])
     assert m["diverged"] == [False] * n_seeds
     assert sorted(m["per_class_test_accuracy"]) == sorted(CLASS_NAMES)
     for c, name in enumerate(CLASS_NAMES):
         want_acc = [float(np.mean(p[y == c] == c)) for p in preds]
-        _close(m["per_class_test_accuracy"][name]["per_seed"], want_acc, f"{run_dir}: {name} accuracy")
+        _close(
+            m["per_class_test_accuracy"][name]["per_seed"], want_acc, f"{run_dir}: {name} accuracy"
+        )
         for k, key in enumerate(("precision", "recall", "f1-score", "support")):
-            _close(report["per_class"][name][key]["per_seed"], [s[k][c] for s in per_seed],
-                   f"{run_dir}: {name} {key}")
+            _close(
+                report["per_class"][name][key]["per_seed"],
+                [s[k][c] for s in per_seed],
+                f"{run_dir}: {name} {key}",
+            )
     for avg, values in averaged.items():
         for k, key in enumerate(("precision", "recall", "f1-score")):
             _close(report[avg][key]["per_seed"], [v[k] for v in values], f"{run_dir}: {avg} {key}")
@@ -96,11 +122,15 @@ def check_history(run_dir: Path, n_seeds: int, epochs: int) -> dict:
     for split in ("train", "val", "test"):
         for metric in ("loss", "accuracy"):
             curve = h[f"{split}_{metric}"]
-            assert len(curve) == n_seeds and all(len(c) == epochs for c in curve), f"{split}_{metric}"
+            assert len(curve) == n_seeds and all(len(c) == epochs for c in curve), (
+                f"{split}_{metric}"
+            )
             assert np.all(np.isfinite(curve))
     # The last epoch's test accuracy is the reported one (float32 on the device).
     m = read_json(Path(run_dir) / "metrics.json")
-    np.testing.assert_allclose([c[-1] for c in h["test_accuracy"]], m["test_accuracy"]["per_seed"], atol=1e-6)
+    np.testing.assert_allclose(
+        [c[-1] for c in h["test_accuracy"]], m["test_accuracy"]["per_seed"], atol=1e-6
+    )
     return h
 
 
@@ -131,7 +161,7 @@ def first_table(text: str) -> list[list[str]]:
     lines = text.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| "))
     rows = []
-    for line in lines[start + 2:]:
+    for line in lines[start + 2 :]:
         if not line.startswith("|"):
             break
         rows.append([c.strip() for c in line.strip().strip("|").split(" | ")])

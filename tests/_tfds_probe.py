@@ -13,9 +13,14 @@ from fmnist_jax import data, sources
 
 
 def describe(split: sources.RawSplit) -> dict:
-    return {"images_shape": list(split.images.shape), "images_dtype": str(split.images.dtype),
-            "labels_shape": list(split.labels.shape), "labels_dtype": str(split.labels.dtype),
-            "label_min": int(split.labels.min()), "label_max": int(split.labels.max())}
+    return {
+        "images_shape": list(split.images.shape),
+        "images_dtype": str(split.images.dtype),
+        "labels_shape": list(split.labels.shape),
+        "labels_dtype": str(split.labels.dtype),
+        "label_min": int(split.labels.min()),
+        "label_max": int(split.labels.max()),
+    }
 
 
 def main(n: int) -> None:
@@ -29,13 +34,15 @@ def main(n: int) -> None:
         except sources.DataError as e:
             out["verify_error"] = str(e)
         task = data.load_task(source="tfds", verify=False)
-        out["task"] = {"train_shape": list(task.train_images.shape),
-                       "dtype": str(task.train_images.dtype),
-                       "in_unit_range": bool(task.train_images.min() >= 0
-                                             and task.train_images.max() <= 1),
-                       "labels": sorted(set(np.concatenate(
-                           [task.train_labels, task.val_labels, task.test_labels]).tolist())),
-                       "info": task.info}
+        out["task"] = {
+            "train_shape": list(task.train_images.shape),
+            "dtype": str(task.train_images.dtype),
+            "in_unit_range": bool(task.train_images.min() >= 0 and task.train_images.max() <= 1),
+            "labels": sorted(
+                set(np.concatenate([task.train_labels, task.val_labels, task.test_labels]).tolist())
+            ),
+            "info": task.info,
+        }
     print(json.dumps(out))
 
 

@@ -8,7 +8,9 @@ import os
 from pathlib import Path
 
 os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"))
+    "JAX_COMPILATION_CACHE_DIR",
+    str(Path(__file__).resolve().parent.parent / ".pytest_cache" / "jax"),
+)
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import numpy as np  # noqa: E402
@@ -33,12 +35,16 @@ def kaggle_csv(split: sources.RawSplit, seed: int = 0) -> bytes:
     """`split` as Kaggle's CSV release has it: a header, then `label,pixel1..pixel784` rows, in a
     shuffled order (Kaggle's rows are the official examples, not in the IDX files' order)."""
     order = np.random.default_rng(seed).permutation(len(split.labels))
-    rows = np.concatenate([split.labels[order, None], split.images[order].reshape(len(order), -1)], axis=1)
-    digits = np.zeros((2, 256, 4), np.uint8)  # value -> its ASCII digits and "," (or "\n"), 0-padded
+    rows = np.concatenate(
+        [split.labels[order, None], split.images[order].reshape(len(order), -1)], axis=1
+    )
+    digits = np.zeros(
+        (2, 256, 4), np.uint8
+    )  # value -> its ASCII digits and "," (or "\n"), 0-padded
     for value in range(256):
         for k, end in enumerate((",", "\n")):
             text = f"{value}{end}".encode()
-            digits[k, value, :len(text)] = list(text)
+            digits[k, value, : len(text)] = list(text)
     chars = digits[0][rows]
     chars[:, -1] = digits[1][rows[:, -1]]
     flat = chars.reshape(-1)

@@ -17,8 +17,14 @@ PARTS = ("environment", "tests", "benchmarks", "study")
 def test_quick_check_writes_the_summary(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run([str(ROOT / "scripts" / "accelerator_check.sh"), str(out), "--quick"],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [str(ROOT / "scripts" / "accelerator_check.sh"), str(out), "--quick"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = io.read_json(out / "summary.json")
     assert summary["ok"] is True and summary["quick"] is True
@@ -45,12 +51,15 @@ def test_quick_check_writes_the_summary(tmp_path):
 
 
 def test_a_failing_or_overlong_part_is_recorded(tmp_path):
-    failed = accelerator_check.run_part("fails", [sys.executable, "-c", "raise SystemExit(3)"],
-                                        tmp_path, 60, dict(os.environ))
+    failed = accelerator_check.run_part(
+        "fails", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path, 60, dict(os.environ)
+    )
     assert failed["exit_status"] == 3 and not failed["timed_out"]
-    slow = accelerator_check.run_part("slow", [sys.executable, "-c", "import time; time.sleep(60)"],
-                                      tmp_path, 1, dict(os.environ))
+    slow = accelerator_check.run_part(
+        "slow", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path, 1, dict(os.environ)
+    )
     assert slow["exit_status"] == 124 and slow["timed_out"]
-    summary = accelerator_check.summarise({"fails": failed, "slow": slow}, None, None, None, {},
-                                          True, 2.0)
+    summary = accelerator_check.summarise(
+        {"fails": failed, "slow": slow}, None, None, None, {}, True, 2.0
+    )
     assert summary["ok"] is False and summary["images_per_s"] == {} and summary["study"] is None

@@ -66,7 +66,9 @@ def test_rotate_matches_scipy(angle):
 
     def scipy_rotate(a):
         planes = x[..., 0].astype(np.float64)
-        return np.stack([ndi.rotate(im, a, reshape=False, order=1, mode="constant", cval=0.0) for im in planes])
+        return np.stack(
+            [ndi.rotate(im, a, reshape=False, order=1, mode="constant", cval=0.0) for im in planes]
+        )
 
     assert np.abs(out - scipy_rotate(angle)).max() < SCIPY_ATOL
     if angle % 180:  # +-180 are the same rotation
@@ -163,10 +165,14 @@ def test_augment_batch_under_jit_and_vmap():
     x = jnp.asarray(real_images(16))
     cfg = AugmentConfig(flip=True)
     keys = jax.random.split(jax.random.key(9), 3)
-    stacked = jax.jit(jax.vmap(functools.partial(augment_batch, cfg=cfg), in_axes=(0, None)))(keys, x)
+    stacked = jax.jit(jax.vmap(functools.partial(augment_batch, cfg=cfg), in_axes=(0, None)))(
+        keys, x
+    )
     assert stacked.shape == (3, *x.shape)
     # Up to float32 rounding: jit and vmap may fuse the arithmetic differently (~2e-6).
-    np.testing.assert_allclose(augment_jit(keys[0], x, cfg=cfg), augment_batch(keys[0], x, cfg), atol=1e-5)
+    np.testing.assert_allclose(
+        augment_jit(keys[0], x, cfg=cfg), augment_batch(keys[0], x, cfg), atol=1e-5
+    )
     for i in range(3):
         np.testing.assert_allclose(stacked[i], augment_jit(keys[i], x, cfg=cfg), atol=1e-5)
     assert np.abs(stacked[0] - stacked[1]).mean() > 0.01
@@ -183,7 +189,7 @@ def test_the_expanded_set_is_originals_rotated_and_noisy_copies_drawn_once():
     batch = jax.jit(expanded_batch, static_argnames="cfg")
     images3 = np.asarray(batch(key, jnp.asarray(x), jnp.arange(3 * n), cfg=cfg))
     assert images3.shape == (3 * n, 28, 28, 1)
-    original, rotated, noisy = images3[:n], images3[n:2 * n], images3[2 * n:]
+    original, rotated, noisy = images3[:n], images3[n : 2 * n], images3[2 * n :]
     np.testing.assert_array_equal(original, x)
     # Rotated copy i is original i turned by an angle within ±max_degrees: the best angle on a
     # fine grid reproduces it (bilinear interpolation of a slightly different angle), far more
@@ -194,14 +200,18 @@ def test_the_expanded_set_is_originals_rotated_and_noisy_copies_drawn_once():
     best = errors.min(axis=0)
     assert best.max() < 2e-3, best.max()
     assert np.mean(np.abs(grid[errors.argmin(axis=0)])) > 1.0
-    others = ((rotated.reshape(n, 1, -1) - x.reshape(1, n, -1)) ** 2).mean(-1) + np.diag(np.full(n, np.inf))
+    others = ((rotated.reshape(n, 1, -1) - x.reshape(1, n, -1)) ** 2).mean(-1) + np.diag(
+        np.full(n, np.inf)
+    )
     assert np.all(best < others.min(axis=1))
     # Noisy copy: the originals plus (clipped) noise of about sigma, nothing geometric.
     assert np.abs(noisy - x).max() < 6 * sigma
     assert 0.5 * sigma < (noisy - x).std() < 1.1 * sigma
     # Drawn once: any batch of indices gives the same images.
     order = np.random.default_rng(0).permutation(3 * n)[:40]
-    np.testing.assert_array_equal(batch(key, jnp.asarray(x), jnp.asarray(order), cfg=cfg), images3[order])
+    np.testing.assert_array_equal(
+        batch(key, jnp.asarray(x), jnp.asarray(order), cfg=cfg), images3[order]
+    )
     # Another key, another draw of the copies (the originals stay).
     other = np.asarray(batch(jax.random.key(11), jnp.asarray(x), jnp.arange(3 * n), cfg=cfg))
     np.testing.assert_array_equal(other[:n], x)
@@ -225,7 +235,13 @@ def test_config_rejects_bad_values(kwargs):
 
 def test_config_defaults_and_hashable():
     cfg = AugmentConfig()
-    assert (cfg.max_degrees, cfg.noise_std, cfg.flip, cfg.rotate, cfg.noise) == (10.0, 0.1, False, True, True)
+    assert (cfg.max_degrees, cfg.noise_std, cfg.flip, cfg.rotate, cfg.noise) == (
+        10.0,
+        0.1,
+        False,
+        True,
+        True,
+    )
     assert hash(cfg) == hash(AugmentConfig()) and cfg != AugmentConfig(flip=True)
     assert AUG_MODES == ("none", "expand", "online")
     with pytest.raises(TypeError):

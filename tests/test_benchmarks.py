@@ -11,14 +11,27 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 REQUIRED_ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
-ENV_KEYS = ("jax", "flax", "backend", "device_kind", "device_count", "cpu_count", "xla_flags",
-            "data")
+ENV_KEYS = (
+    "jax",
+    "flax",
+    "backend",
+    "device_kind",
+    "device_count",
+    "cpu_count",
+    "xla_flags",
+    "data",
+)
 
 
 def test_quick_run_writes_the_json_contract(tmp_path):
     out = tmp_path / "x.json"
-    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(out)],
-                          cwd=REPO, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
 

@@ -38,14 +38,19 @@ def _states(cfg=CFG, seeds=SEEDS):
 
 def test_save_then_restore_gives_identical_pytrees(tmp_path):
     states = _states()
+
     # Make the optimizer state non-trivial so every leaf carries information.
     def perturb(x):
         return x + 0.5 if jnp.issubdtype(x.dtype, jnp.floating) else x + 7
 
-    states = states.replace(step=states.step + 7,
-                            opt_state=jax.tree_util.tree_map(perturb, states.opt_state))
-    extra = {"epoch": 3, "history": {"train_loss": [[0.5, 0.25], [0.125, float("inf")]]},
-             "diverged": [False, True]}
+    states = states.replace(
+        step=states.step + 7, opt_state=jax.tree_util.tree_map(perturb, states.opt_state)
+    )
+    extra = {
+        "epoch": 3,
+        "history": {"train_loss": [[0.5, 0.25], [0.125, float("inf")]]},
+        "diverged": [False, True],
+    }
     checkpoint.save(tmp_path / "ckpt", 3, states, extra)
     assert checkpoint.latest_step(tmp_path / "ckpt") == 3
 
@@ -101,19 +106,27 @@ def _assert_same_run(got, want):
     chex.assert_trees_all_equal(got.states, want.states)
     for name in want.final:
         for key in want.final[name]:
-            np.testing.assert_array_equal(got.final[name][key], want.final[name][key], err_msg=f"{name} {key}")
+            np.testing.assert_array_equal(
+                got.final[name][key], want.final[name][key], err_msg=f"{name} {key}"
+            )
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(small, tmp_path_factory):
-    return fit_lib.fit(CFG, *small, seeds=SEEDS, parallel="none",
-                       checkpoint_dir=tmp_path_factory.mktemp("uninterrupted"))
+    return fit_lib.fit(
+        CFG,
+        *small,
+        seeds=SEEDS,
+        parallel="none",
+        checkpoint_dir=tmp_path_factory.mktemp("uninterrupted"),
+    )
 
 
 def test_resume_continues_exactly(small, uninterrupted, tmp_path):
     directory = tmp_path / "run"
-    first = fit_lib.fit(CFG.replace(epochs=1), *small, seeds=SEEDS, parallel="none",
-                        checkpoint_dir=directory)
+    first = fit_lib.fit(
+        CFG.replace(epochs=1), *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory
+    )
     assert first.epochs_run == 1
     assert checkpoint.latest_step(directory) == 1
     np.testing.assert_array_equal(np.asarray(first.states.step), N_TRAIN // BATCH)
@@ -165,10 +178,18 @@ def test_a_schedule_that_decays_later_continues_the_constant_run(small, uninterr
     one."""
     wsd = CFG.replace(epochs=3, optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1))
     decayed = fit_lib.fit(wsd, *small, seeds=SEEDS, parallel="none")
-    _assert_same_run(fit_lib.fit(wsd, *small, seeds=SEEDS, parallel="none", start=uninterrupted), decayed)
-    constant = fit_lib.fit(CFG.replace(epochs=3), *small, seeds=SEEDS, parallel="none", start=uninterrupted)
-    assert [row[:2] for row in decayed.history["train_loss"]] == [row[:2] for row in constant.history["train_loss"]]
-    assert [row[2] for row in decayed.history["train_loss"]] != [row[2] for row in constant.history["train_loss"]]
+    _assert_same_run(
+        fit_lib.fit(wsd, *small, seeds=SEEDS, parallel="none", start=uninterrupted), decayed
+    )
+    constant = fit_lib.fit(
+        CFG.replace(epochs=3), *small, seeds=SEEDS, parallel="none", start=uninterrupted
+    )
+    assert [row[:2] for row in decayed.history["train_loss"]] == [
+        row[:2] for row in constant.history["train_loss"]
+    ]
+    assert [row[2] for row in decayed.history["train_loss"]] != [
+        row[2] for row in constant.history["train_loss"]
+    ]
 
 
 def test_a_stage_on_another_training_set_continues_from_the_last_checkpoint(small, tmp_path):
@@ -178,18 +199,28 @@ def test_a_stage_on_another_training_set_continues_from_the_last_checkpoint(smal
     steps, not the expanded set's."""
     train, evals = small
     expand = CFG.replace(augment="expand", epochs=1)
-    tuned = CFG.replace(augment="none", epochs=2,
-                        optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1))
-    first = fit_lib.fit(expand, train, evals, seeds=SEEDS, parallel="none", checkpoint_dir=tmp_path / "ck")
+    tuned = CFG.replace(
+        augment="none",
+        epochs=2,
+        optimizer=train_lib.OptimizerConfig(schedule="wsd", decay_epochs=1),
+    )
+    first = fit_lib.fit(
+        expand, train, evals, seeds=SEEDS, parallel="none", checkpoint_dir=tmp_path / "ck"
+    )
     steps = N_TRAIN // BATCH
     np.testing.assert_array_equal(np.asarray(first.states.step), 3 * steps)
     run = fit_lib.fit(tuned, train, evals, seeds=SEEDS, parallel="none", start=first)
     np.testing.assert_array_equal(np.asarray(run.states.step), 4 * steps)
-    _assert_same_run(fit_lib.fit(tuned, train, evals, seeds=SEEDS, parallel="none",
-                                 checkpoint_dir=tmp_path / "ck"), run)
+    _assert_same_run(
+        fit_lib.fit(
+            tuned, train, evals, seeds=SEEDS, parallel="none", checkpoint_dir=tmp_path / "ck"
+        ),
+        run,
+    )
     # Continuing on the expanded set instead is another run.
-    on_expanded = fit_lib.fit(tuned.replace(augment="expand"), train, evals, seeds=SEEDS,
-                              parallel="none", start=first)
+    on_expanded = fit_lib.fit(
+        tuned.replace(augment="expand"), train, evals, seeds=SEEDS, parallel="none", start=first
+    )
     assert on_expanded.history["train_loss"] != run.history["train_loss"]
 
 
@@ -213,7 +244,9 @@ def _empty_the_array_files(step_dir):
 
 def _change_a_byte_of_the_arrays(step_dir):
     """A byte in the middle of the arrays' data: Orbax restores it without complaint."""
-    data = max((f for f in (step_dir / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+    data = max(
+        (f for f in (step_dir / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size
+    )
     blob = bytearray(data.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
     data.write_bytes(bytes(blob))
@@ -232,15 +265,27 @@ def _other_shapes(step_dir):
 def one_epoch(small, tmp_path_factory):
     """A 1-epoch run's checkpoint folder, to copy and damage."""
     directory = tmp_path_factory.mktemp("one_epoch") / "checkpoint"
-    fit_lib.fit(CFG.replace(epochs=1), *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory)
+    fit_lib.fit(
+        CFG.replace(epochs=1), *small, seeds=SEEDS, parallel="none", checkpoint_dir=directory
+    )
     return directory
 
 
-@pytest.mark.parametrize("damage", [_remove_manifest, _empty_index_files, _empty_the_array_files,
-                                    _change_a_byte_of_the_arrays, _garble_sidecar, _other_shapes],
-                         ids=lambda f: f.__name__[1:])
-def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_afresh(small, uninterrupted, one_epoch,
-                                                                     tmp_path, capfd, damage):
+@pytest.mark.parametrize(
+    "damage",
+    [
+        _remove_manifest,
+        _empty_index_files,
+        _empty_the_array_files,
+        _change_a_byte_of_the_arrays,
+        _garble_sidecar,
+        _other_shapes,
+    ],
+    ids=lambda f: f.__name__[1:],
+)
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_afresh(
+    small, uninterrupted, one_epoch, tmp_path, capfd, damage
+):
     directory = tmp_path / "checkpoint"
     shutil.copytree(one_epoch, directory)
     damage(directory / "1")
@@ -254,7 +299,9 @@ def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_afresh(small, unin
     assert "Traceback" not in err and "Event loop is closed" not in err
     # The cause in words, not tensorstore's internals cut off midway.
     [warning] = [line for line in err.splitlines() if line.startswith("warning:")]
-    assert not any(junk in warning for junk in ("tensorstore_spec", "bound method", "TensorStore({"))
+    assert not any(
+        junk in warning for junk in ("tensorstore_spec", "bound method", "TensorStore({")
+    )
     assert warning.count('"') % 2 == 0, warning  # no quoted path cut in half
     assert (aside / "1").is_dir()  # kept for inspection, as it was
     assert checkpoint.latest_step(directory) == 2  # a fresh checkpoint beside it
@@ -267,16 +314,25 @@ def test_failed_restores_leave_no_tracebacks(tmp_path):
     issue 16 that printed dozens of "Event loop is closed" tracebacks, asyncio errors and
     never-awaited warnings, at exit or later. Eight failures of a 30-array state, in a subprocess
     (what is printed at exit counts): only the eight warnings are left."""
-    code = ("import sys, pathlib, jax.numpy as jnp\nfrom fmnist_jax import checkpoint\n"
-            "state = {f'a{i}': jnp.full((64, 100), float(i)) for i in range(30)}\n"
-            "for k in range(8):\n"
-            "    folder = pathlib.Path(sys.argv[1]) / str(k)\n"
-            "    checkpoint.save(folder, 1, state, {'epoch': 1})\n"
-            "    (folder / '1/state/manifest.ocdbt').unlink()\n"
-            "    assert checkpoint.resume(folder, state, 0) is None\n")
+    code = (
+        "import sys, pathlib, jax.numpy as jnp\nfrom fmnist_jax import checkpoint\n"
+        "state = {f'a{i}': jnp.full((64, 100), float(i)) for i in range(30)}\n"
+        "for k in range(8):\n"
+        "    folder = pathlib.Path(sys.argv[1]) / str(k)\n"
+        "    checkpoint.save(folder, 1, state, {'epoch': 1})\n"
+        "    (folder / '1/state/manifest.ocdbt').unlink()\n"
+        "    assert checkpoint.resume(folder, state, 0) is None\n"
+    )
     root = Path(__file__).resolve().parent.parent
-    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 8 and all(line.startswith("warning: the checkpoint in") for line in lines), proc.stderr
+    assert len(lines) == 8 and all(
+        line.startswith("warning: the checkpoint in") for line in lines
+    ), proc.stderr

@@ -13,8 +13,10 @@ from fmnist_jax import curves
 
 def history(train_loss, val_loss, train_acc=None, val_acc=None, seeds=3, jitter=0.0):
     """Per-seed curves around the given mean curves (seed k shifted by (k - 1) * jitter)."""
+
     def rows(curve):
         return [[float(v) + (k - 1) * jitter for v in curve] for k in range(seeds)]
+
     h = {"train_loss": rows(train_loss), "val_loss": rows(val_loss)}
     if train_acc is not None:
         h["train_accuracy"], h["val_accuracy"] = rows(train_acc), rows(val_acc)
@@ -23,20 +25,26 @@ def history(train_loss, val_loss, train_acc=None, val_acc=None, seeds=3, jitter=
 
 # The 10-epoch CNN row (online augmentation): the validation loss jitters by ~0.01 per epoch and
 # ends 0.009 above its minimum, a wobble, not a turn; the training loss still falls 5%.
-CNN_10 = history([0.2221, 0.1321, 0.1129, 0.1023, 0.0956, 0.0883, 0.0857, 0.0805, 0.0801, 0.0758],
-                 [0.1164, 0.1187, 0.0931, 0.0893, 0.0881, 0.0896, 0.0963, 0.0860, 0.0738, 0.0826],
-                 [0.9205, 0.9535, 0.9608, 0.9644, 0.9664, 0.9686, 0.9692, 0.9717, 0.9720, 0.9730],
-                 [0.9586, 0.9573, 0.9697, 0.9720, 0.9719, 0.9732, 0.9704, 0.9721, 0.9753, 0.9731])
+CNN_10 = history(
+    [0.2221, 0.1321, 0.1129, 0.1023, 0.0956, 0.0883, 0.0857, 0.0805, 0.0801, 0.0758],
+    [0.1164, 0.1187, 0.0931, 0.0893, 0.0881, 0.0896, 0.0963, 0.0860, 0.0738, 0.0826],
+    [0.9205, 0.9535, 0.9608, 0.9644, 0.9664, 0.9686, 0.9692, 0.9717, 0.9720, 0.9730],
+    [0.9586, 0.9573, 0.9697, 0.9720, 0.9719, 0.9732, 0.9704, 0.9721, 0.9753, 0.9731],
+)
 # The tuned row: its last two epochs on the original images while the rate falls to 0 (train
 # loss 0.019, val loss 0.077, train accuracy 99.3%), formerly called "underfitting".
-TUNED = history([0.1369, 0.0749, 0.0613, 0.0509, 0.0449, 0.0292, 0.0186],
-                [0.0899, 0.0854, 0.0849, 0.0785, 0.0847, 0.0741, 0.0774],
-                [0.952, 0.9735, 0.978, 0.9812, 0.9835, 0.9893, 0.993],
-                [0.9707, 0.9743, 0.9761, 0.9759, 0.976, 0.9792, 0.9806])
+TUNED = history(
+    [0.1369, 0.0749, 0.0613, 0.0509, 0.0449, 0.0292, 0.0186],
+    [0.0899, 0.0854, 0.0849, 0.0785, 0.0847, 0.0741, 0.0774],
+    [0.952, 0.9735, 0.978, 0.9812, 0.9835, 0.9893, 0.993],
+    [0.9707, 0.9743, 0.9761, 0.9759, 0.976, 0.9792, 0.9806],
+)
 
 
 def test_a_validation_loss_that_turns_up_is_overfitting():
-    d = curves.diagnose(history([0.5, 0.3, 0.2, 0.12, 0.07, 0.04], [0.45, 0.32, 0.28, 0.3, 0.34, 0.4]))
+    d = curves.diagnose(
+        history([0.5, 0.3, 0.2, 0.12, 0.07, 0.04], [0.45, 0.32, 0.28, 0.3, 0.34, 0.4])
+    )
     assert d["verdict"] == "overfitting"
     assert d["best_val_epoch"] == 3 and d["val_loss_rise_from_min"] == pytest.approx(0.12)
 
@@ -50,8 +58,14 @@ def test_two_epochs_cannot_show_a_turn():
 
 
 def test_a_large_accuracy_gap_is_overfitting():
-    d = curves.diagnose(history([0.3, 0.1, 0.03, 0.01], [0.2, 0.15, 0.14, 0.14],
-                                [0.9, 0.97, 0.995, 0.999], [0.94, 0.955, 0.96, 0.962]))
+    d = curves.diagnose(
+        history(
+            [0.3, 0.1, 0.03, 0.01],
+            [0.2, 0.15, 0.14, 0.14],
+            [0.9, 0.97, 0.995, 0.999],
+            [0.94, 0.955, 0.96, 0.962],
+        )
+    )
     assert d["verdict"] == "overfitting"
     assert d["train_minus_val_accuracy_points"] == pytest.approx(3.7)
 
@@ -70,22 +84,40 @@ def test_underfitting_is_checked_before_a_gap():
 
 
 def test_low_training_accuracy_is_underfitting():
-    d = curves.diagnose(history([1.2, 0.9, 0.7, 0.62], [1.1, 0.85, 0.7, 0.63],
-                                [0.6, 0.75, 0.82, 0.86], [0.62, 0.76, 0.83, 0.86]))
+    d = curves.diagnose(
+        history(
+            [1.2, 0.9, 0.7, 0.62],
+            [1.1, 0.85, 0.7, 0.63],
+            [0.6, 0.75, 0.82, 0.86],
+            [0.62, 0.76, 0.83, 0.86],
+        )
+    )
     assert d["verdict"] == "underfitting" and d["final_train_accuracy"] == pytest.approx(0.86)
 
 
 def test_a_training_loss_still_falling_is_still_improving_unless_the_rate_was_decayed():
-    falling = history([0.4, 0.25, 0.18, 0.15], [0.3, 0.2, 0.16, 0.14],
-                      [0.9, 0.95, 0.96, 0.965], [0.92, 0.95, 0.96, 0.962])
+    falling = history(
+        [0.4, 0.25, 0.18, 0.15],
+        [0.3, 0.2, 0.16, 0.14],
+        [0.9, 0.95, 0.96, 0.965],
+        [0.92, 0.95, 0.96, 0.962],
+    )
     d = curves.diagnose(falling)
-    assert d["verdict"] == "still improving" and d["train_loss_last_epoch_drop"] == pytest.approx(1 / 6)
+    assert d["verdict"] == "still improving" and d["train_loss_last_epoch_drop"] == pytest.approx(
+        1 / 6
+    )
     assert curves.diagnose(falling, decayed=True)["verdict"] == "good fit"
 
 
 def test_a_flat_converged_run_is_a_good_fit():
-    d = curves.diagnose(history([0.3, 0.12, 0.1, 0.099], [0.2, 0.13, 0.11, 0.108],
-                                [0.9, 0.965, 0.97, 0.971], [0.94, 0.962, 0.966, 0.967]))
+    d = curves.diagnose(
+        history(
+            [0.3, 0.12, 0.1, 0.099],
+            [0.2, 0.13, 0.11, 0.108],
+            [0.9, 0.965, 0.97, 0.971],
+            [0.94, 0.962, 0.966, 0.967],
+        )
+    )
     assert d["verdict"] == "good fit"
     assert d["final_val_minus_train_loss"] == pytest.approx(0.009)
 
@@ -109,14 +141,21 @@ def test_the_tuned_row_is_a_good_fit():
 
 
 def test_diverged_and_short_curves():
-    assert curves.diagnose(history([0.5, float("nan")], [0.4, float("nan")]))["verdict"] == "diverged"
+    assert (
+        curves.diagnose(history([0.5, float("nan")], [0.4, float("nan")]))["verdict"] == "diverged"
+    )
     one = curves.diagnose(history([0.5], [0.4], [0.9], [0.92]))  # one epoch: no trend, no noise
     assert math.isnan(one["train_loss_last_epoch_drop"]) and one["verdict"] == "underfitting"
     # One epoch of a model that fits its data: nothing says it has converged.
     assert curves.diagnose(history([0.3], [0.2], [0.97], [0.96]))["verdict"] == "still improving"
-    autoencoder = curves.diagnose(history([0.05, 0.03, 0.025, 0.0245], [0.04, 0.028, 0.026, 0.0258]))
+    autoencoder = curves.diagnose(
+        history([0.05, 0.03, 0.025, 0.0245], [0.04, 0.028, 0.026, 0.0258])
+    )
     assert autoencoder["verdict"] == "good fit" and autoencoder["final_train_accuracy"] is None
-    assert "overfitting:" in autoencoder["criteria"] and "underfitting (checked first):" in autoencoder["criteria"]
+    assert (
+        "overfitting:" in autoencoder["criteria"]
+        and "underfitting (checked first):" in autoencoder["criteria"]
+    )
 
 
 def test_roughness_is_the_spread_of_the_epoch_to_epoch_changes():

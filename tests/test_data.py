@@ -28,7 +28,9 @@ HAS_TFDS = importlib.util.find_spec("tensorflow_datasets") is not None
 
 def debian_fix() -> str:
     """The fix naming the Debian package: use its files when installed, else install it."""
-    return str(REAL_DIR) if (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file() else "apt-get install"
+    return (
+        str(REAL_DIR) if (REAL_DIR / "t10k-labels-idx1-ubyte.gz").is_file() else "apt-get install"
+    )
 
 
 @functools.cache
@@ -54,7 +56,7 @@ def make_dir(root: Path, overrides: dict[str, bytes] | None = None, *, gz: bool 
 
 def with_header_field(raw: bytes, index: int, value: int) -> bytes:
     """`raw` with its big-endian uint32 header field `index` replaced."""
-    return raw[:4 * index] + value.to_bytes(4, "big") + raw[4 * index + 4:]
+    return raw[: 4 * index] + value.to_bytes(4, "big") + raw[4 * index + 4 :]
 
 
 def assert_clean_error(excinfo, *must_contain: str) -> str:
@@ -144,8 +146,11 @@ def test_to_float_range_shape_dtype():
 def test_load_task_contract(task_data, raw_data):
     t = task_data
     assert (len(t.train_images), len(t.val_images), len(t.test_images)) == (27_000, 3_000, 5_000)
-    for x, y in ((t.train_images, t.train_labels), (t.val_images, t.val_labels),
-                 (t.test_images, t.test_labels)):
+    for x, y in (
+        (t.train_images, t.train_labels),
+        (t.val_images, t.val_labels),
+        (t.test_images, t.test_labels),
+    ):
         assert x.dtype == np.float32 and x.shape[1:] == (28, 28, 1) and len(x) == len(y)
         assert x.min() >= 0.0 and x.max() <= 1.0
         assert y.dtype == np.int32 and set(np.unique(y).tolist()) == {0, 1, 2, 3, 4}
@@ -207,7 +212,7 @@ def test_folder_missing_one_file(tmp_path):
 
 def _truncated() -> tuple[str, bytes]:
     name = "t10k-images-idx3-ubyte"
-    return name, real_bytes(name)[:-784 * 3 - 5]
+    return name, real_bytes(name)[: -784 * 3 - 5]
 
 
 def _wrong_magic() -> tuple[str, bytes]:
@@ -222,7 +227,7 @@ def _wrong_count() -> tuple[str, bytes]:
 
 def _consistent_but_short() -> tuple[str, bytes]:
     name = "t10k-labels-idx1-ubyte"  # header and payload agree, but not 10,000 labels
-    return name, with_header_field(real_bytes(name), 1, 9_000)[:8 + 9_000]
+    return name, with_header_field(real_bytes(name), 1, 9_000)[: 8 + 9_000]
 
 
 def _wrong_dims() -> tuple[str, bytes]:
@@ -231,13 +236,16 @@ def _wrong_dims() -> tuple[str, bytes]:
 
 
 @pytest.mark.parametrize("gz", [True, False], ids=["gz", "raw"])
-@pytest.mark.parametrize("case, expected", [
-    (_truncated, "truncated"),
-    (_wrong_magic, "magic number 2051"),
-    (_wrong_count, "header says 10001 labels, expected 10000"),
-    (_consistent_but_short, "header says 9000 labels, expected 10000"),
-    (_wrong_dims, "27x28"),
-])
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        (_truncated, "truncated"),
+        (_wrong_magic, "magic number 2051"),
+        (_wrong_count, "header says 10001 labels, expected 10000"),
+        (_consistent_but_short, "header says 9000 labels, expected 10000"),
+        (_wrong_dims, "27x28"),
+    ],
+)
 def test_malformed_file_is_a_clear_data_error(tmp_path, case, expected, gz):
     name, payload = case()
     spec = next(f for f in sources.FILES.values() if f.name == name)
@@ -253,7 +261,9 @@ def test_loader_checks_structure_even_unverified(tmp_path):
     folder = make_dir(tmp_path / "d", {name: payload})
     with pytest.raises(DataError) as excinfo:
         data.load_fashion_mnist(data_dir=folder, verify=False)
-    assert_clean_error(excinfo, str(folder / f"{name}.gz"), "truncated", "delete it and use --source download")
+    assert_clean_error(
+        excinfo, str(folder / f"{name}.gz"), "truncated", "delete it and use --source download"
+    )
 
 
 def test_truncated_gzip_stream(tmp_path):
@@ -288,8 +298,14 @@ def test_hash_mismatch_and_verify_false(tmp_path, raw_data):
     folder = make_dir(tmp_path / "d", {name: bytes(changed)})
     with pytest.raises(DataError) as excinfo:
         data.load_fashion_mnist(data_dir=folder)
-    assert_clean_error(excinfo, str(folder / f"{name}.gz"), sources.FILES["test_images"].sha256,
-                       "MNIST", "verify=False", "--allow-unverified-data")
+    assert_clean_error(
+        excinfo,
+        str(folder / f"{name}.gz"),
+        sources.FILES["test_images"].sha256,
+        "MNIST",
+        "verify=False",
+        "--allow-unverified-data",
+    )
     train, test = data.load_fashion_mnist(data_dir=folder, verify=False)
     difference = np.argwhere(test.images != raw_data[1].images)
     assert difference.tolist() == [[1, 7, 20]]  # pixel 1000 = image 1, row 7, column 20
@@ -315,14 +331,17 @@ def _place(folder: Path, names: dict[str, str], gz: bool) -> None:
 DOTTED = {spec.name: spec.name.replace("-idx", ".idx") for spec in sources.FILES.values()}
 
 
-@pytest.mark.parametrize("given, holder, names, gz", [
-    ("d", "d", DOTTED, False),                      # unpacked by an archive tool: train-images.idx3-ubyte
-    ("d", "d", DOTTED, True),
-    ("root", "root/FashionMNIST/raw", {}, False),    # torchvision's root=...
-    ("root/FashionMNIST", "root/FashionMNIST/raw", {}, True),
-    ("repo", "repo/data/fashion", {}, True),         # a clone of zalandoresearch/fashion-mnist
-    ("datasets", "datasets/fashion-mnist", {}, True),  # Keras' ~/.keras/datasets
-])
+@pytest.mark.parametrize(
+    "given, holder, names, gz",
+    [
+        ("d", "d", DOTTED, False),  # unpacked by an archive tool: train-images.idx3-ubyte
+        ("d", "d", DOTTED, True),
+        ("root", "root/FashionMNIST/raw", {}, False),  # torchvision's root=...
+        ("root/FashionMNIST", "root/FashionMNIST/raw", {}, True),
+        ("repo", "repo/data/fashion", {}, True),  # a clone of zalandoresearch/fashion-mnist
+        ("datasets", "datasets/fashion-mnist", {}, True),  # Keras' ~/.keras/datasets
+    ],
+)
 def test_layouts_other_tools_leave_are_found(tmp_path, raw_data, given, holder, names, gz):
     _place(tmp_path / holder, names, gz)
     assert sources.find_data_dir(tmp_path / given) == tmp_path / holder
@@ -333,8 +352,10 @@ def test_layouts_other_tools_leave_are_found(tmp_path, raw_data, given, holder, 
 
 
 def _sorted_examples(split: sources.RawSplit) -> np.ndarray:
-    rows = np.concatenate([split.images.reshape(len(split.labels), -1),
-                           split.labels[:, None].astype(np.uint8)], axis=1)
+    rows = np.concatenate(
+        [split.images.reshape(len(split.labels), -1), split.labels[:, None].astype(np.uint8)],
+        axis=1,
+    )
     return rows[np.lexsort(rows.T[::-1])]
 
 
@@ -345,7 +366,9 @@ def test_kaggle_csv_is_read_and_verified_in_its_own_order(kaggle_csv_dir, raw_da
         assert got.images.shape == want.images.shape and got.images.dtype == np.uint8
         assert got.labels.dtype == np.int32
         assert not np.array_equal(got.labels, want.labels)  # another order ...
-        np.testing.assert_array_equal(_sorted_examples(got), _sorted_examples(want))  # ... same examples
+        np.testing.assert_array_equal(
+            _sorted_examples(got), _sorted_examples(want)
+        )  # ... same examples
     task = data.load_task(kaggle_csv_dir, limit=100)
     assert task.info["source"] == "csv" and task.info["file_order"] is False
 
@@ -356,22 +379,35 @@ def test_kaggle_csv_of_other_images_is_refused(kaggle_csv_dir, tmp_path):
     (folder / sources.CSV_FILES["train"]).symlink_to(kaggle_csv_dir / sources.CSV_FILES["train"])
     blob = bytearray((kaggle_csv_dir / sources.CSV_FILES["test"]).read_bytes())
     last = blob.rindex(b",") + 1  # the last pixel of the last row: well-formed, another image
-    blob[last:last + 1] = b"7" if blob[last:last + 1] != b"7" else b"8"
+    blob[last : last + 1] = b"7" if blob[last : last + 1] != b"7" else b"8"
     (folder / sources.CSV_FILES["test"]).write_bytes(bytes(blob))
     with pytest.raises(DataError) as excinfo:
         data.load_fashion_mnist(data_dir=folder)
-    assert_clean_error(excinfo, str(folder / sources.CSV_FILES["test"]),
-                       "does not hold the official Fashion-MNIST test examples", "--allow-unverified-data")
+    assert_clean_error(
+        excinfo,
+        str(folder / sources.CSV_FILES["test"]),
+        "does not hold the official Fashion-MNIST test examples",
+        "--allow-unverified-data",
+    )
     assert data.load_fashion_mnist(data_dir=folder, verify=False)[1].labels.shape == (10_000,)
 
 
-@pytest.mark.parametrize("body, expected", [
-    (b"label,pixel1\n1,2\n", "not Kaggle's header"),
-    (sources.CSV_HEADER.encode() + b"\n1,2,3\n", "1 rows of 3 numbers"),
-    (sources.CSV_HEADER.encode() + b"\n1,2,3\n1,2\n", "not rows of 785 integers"),
-    (sources.CSV_HEADER.encode() + b"\n" + b",".join([b"300"] * 785) + b"\n", "not rows of 785 integers"),
-    (sources.CSV_HEADER.encode() + b"\n" + b",".join([b"1"] * 785) + b"\n", "1 rows of 785 numbers"),
-])
+@pytest.mark.parametrize(
+    "body, expected",
+    [
+        (b"label,pixel1\n1,2\n", "not Kaggle's header"),
+        (sources.CSV_HEADER.encode() + b"\n1,2,3\n", "1 rows of 3 numbers"),
+        (sources.CSV_HEADER.encode() + b"\n1,2,3\n1,2\n", "not rows of 785 integers"),
+        (
+            sources.CSV_HEADER.encode() + b"\n" + b",".join([b"300"] * 785) + b"\n",
+            "not rows of 785 integers",
+        ),
+        (
+            sources.CSV_HEADER.encode() + b"\n" + b",".join([b"1"] * 785) + b"\n",
+            "1 rows of 785 numbers",
+        ),
+    ],
+)
 def test_malformed_kaggle_csv(tmp_path, body, expected):
     for name in sources.CSV_FILES.values():
         (tmp_path / name).write_bytes(body)
@@ -392,32 +428,53 @@ def test_what_was_found_is_named_with_the_fix(tmp_path):
     with pytest.raises(DataError) as excinfo:
         sources.find_data_dir(folder)
     assert_clean_error(
-        excinfo, "missing in FashionMNIST/raw/ t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
+        excinfo,
+        "missing in FashionMNIST/raw/ t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte",
         "has fashion-mnist_train.csv but not fashion-mnist_test.csv",
-        f"unzip {folder / 'fashionmnist.zip'} -d {folder}", f"--source tfds --data-dir {folder}",
-        "holds FashionMNIST/, fashion-mnist_train.csv, fashion_mnist/, fashionmnist.zip")
+        f"unzip {folder / 'fashionmnist.zip'} -d {folder}",
+        f"--source tfds --data-dir {folder}",
+        "holds FashionMNIST/, fashion-mnist_train.csv, fashion_mnist/, fashionmnist.zip",
+    )
 
 
 def test_a_file_given_as_the_folder(tmp_path):
     given = REAL_DIR / "t10k-labels-idx1-ubyte.gz"
     with pytest.raises(DataError) as excinfo:
         sources.find_data_dir(given)
-    assert_clean_error(excinfo, "a file, not a folder: it is gzip-compressed", f"--data-dir {REAL_DIR}")
+    assert_clean_error(
+        excinfo, "a file, not a folder: it is gzip-compressed", f"--data-dir {REAL_DIR}"
+    )
 
 
 # ----------------------------------------------------------------------------- files not what their name says
 
 
-@pytest.mark.parametrize("payload, expected", [
-    (lambda: gzip.compress(gzip.compress(real_bytes("train-labels-idx1-ubyte"))), "gzip-compressed twice"),
-    (lambda: b"", "the file is empty"),
-    (lambda: b"<!DOCTYPE html>\n<html><body>Access denied</body></html>\n", "it is an HTML page"),
-    (lambda: b"label,pixel1,pixel2\n9,0,0\n", "it is text (CSV?), starting 'label,pixel1,pixel2'"),
-    (lambda: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n", "git lfs pull"),
-    (lambda: real_bytes("t10k-images-idx3-ubyte"), "it is an IDX images file"),
-    (lambda: b"BZh91AY&SY" + bytes(40), "bzip2-compressed"),
-    (lambda: b"PK\x03\x04" + bytes(40), "a zip archive"),
-], ids=["gzip-twice", "empty", "html", "text", "git-lfs", "swapped", "bzip2", "zip"])
+@pytest.mark.parametrize(
+    "payload, expected",
+    [
+        (
+            lambda: gzip.compress(gzip.compress(real_bytes("train-labels-idx1-ubyte"))),
+            "gzip-compressed twice",
+        ),
+        (lambda: b"", "the file is empty"),
+        (
+            lambda: b"<!DOCTYPE html>\n<html><body>Access denied</body></html>\n",
+            "it is an HTML page",
+        ),
+        (
+            lambda: b"label,pixel1,pixel2\n9,0,0\n",
+            "it is text (CSV?), starting 'label,pixel1,pixel2'",
+        ),
+        (
+            lambda: b"version https://git-lfs.github.com/spec/v1\noid sha256:0\nsize 9\n",
+            "git lfs pull",
+        ),
+        (lambda: real_bytes("t10k-images-idx3-ubyte"), "it is an IDX images file"),
+        (lambda: b"BZh91AY&SY" + bytes(40), "bzip2-compressed"),
+        (lambda: b"PK\x03\x04" + bytes(40), "a zip archive"),
+    ],
+    ids=["gzip-twice", "empty", "html", "text", "git-lfs", "swapped", "bzip2", "zip"],
+)
 def test_a_file_that_is_not_what_its_name_says_is_described(tmp_path, payload, expected):
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(payload())
@@ -446,10 +503,20 @@ def test_nothing_found_lists_places_and_fixes(no_default_places):
     debian, cache = no_default_places
     with pytest.raises(DataError) as excinfo:
         sources.find_data_dir()
-    message = assert_clean_error(excinfo, str(debian), str(cache), "--data-dir", "FMNIST_DATA_DIR",
-                                 "--source download", "--source tfds", "t10k-images-idx3-ubyte")
+    message = assert_clean_error(
+        excinfo,
+        str(debian),
+        str(cache),
+        "--data-dir",
+        "FMNIST_DATA_DIR",
+        "--source download",
+        "--source tfds",
+        "t10k-images-idx3-ubyte",
+    )
     # Only fixes that apply: no install of what is installed.
-    assert ("sudo apt-get install dataset-fashion-mnist" in message) == bool(shutil.which("apt-get"))
+    assert ("sudo apt-get install dataset-fashion-mnist" in message) == bool(
+        shutil.which("apt-get")
+    )
     assert ("pip install" in message) != HAS_TFDS
 
 
@@ -495,7 +562,8 @@ def server(tmp_path):
             super().do_GET()
 
     httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root)))
+        ("127.0.0.1", 0), functools.partial(Handler, directory=str(root))
+    )
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/", root, requests
@@ -539,8 +607,9 @@ def test_corrupt_download_is_rejected_and_leaves_nothing(server, tmp_path):
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
         remote.download(dest, base_url=url)
-    assert_clean_error(excinfo, f"{url}{name}.gz", sources.FILES["test_labels"].sha256,
-                       "Nothing was written")
+    assert_clean_error(
+        excinfo, f"{url}{name}.gz", sources.FILES["test_labels"].sha256, "Nothing was written"
+    )
     assert requests == [f"/{name}.gz"]  # the three valid seeded files were not fetched
     assert not [p for p in dest.iterdir() if name in p.name]  # neither final nor temp
 
@@ -601,11 +670,17 @@ def test_tfds_source_under_mock_data():
         pytest.skip("install the tfds extra: pip install 'fmnist-jax[tfds]'")
     # PYTHONPATH: the probe imports this checkout's fmnist_jax, whatever the environment installed.
     root = Path(__file__).resolve().parent.parent
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "JAX_PLATFORMS": "cpu",
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "JAX_PLATFORMS": "cpu",
+        "CUDA_VISIBLE_DEVICES": "",
+        "PYTHONPATH": str(root),
+    }
     probe = Path(__file__).with_name("_tfds_probe.py")
-    done = subprocess.run([sys.executable, str(probe), "40"], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(probe), "40"], capture_output=True, text=True, env=env, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
     for split in ("train", "test"):
@@ -639,8 +714,9 @@ def test_tfds_failing_midway_leaves_nothing_behind(tmp_path, monkeypatch):
         (root / "fashion_mnist" / "incomplete.AB12_3.0.1").mkdir(parents=True)
         raise ConnectionError("Connection reset by peer")
 
-    fake = types.SimpleNamespace(load=load, builder=lambda name, data_dir: types.SimpleNamespace(
-        data_dir_root=data_dir))
+    fake = types.SimpleNamespace(
+        load=load, builder=lambda name, data_dir: types.SimpleNamespace(data_dir_root=data_dir)
+    )
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
     monkeypatch.setattr(remote, "_check_reachable", lambda *args: None)  # never the network
     with pytest.raises(DataError) as excinfo:
@@ -648,4 +724,8 @@ def test_tfds_failing_midway_leaves_nothing_behind(tmp_path, monkeypatch):
     message = assert_clean_error(excinfo, "Connection reset by peer")
     assert "pip install" not in message  # tensorflow_datasets is importable here
     assert sorted(str(p.relative_to(root)) for p in root.rglob("*")) == [
-        "downloads", "downloads/other_dataset.tar.gz", "mnist", "mnist/3.0.1"]
+        "downloads",
+        "downloads/other_dataset.tar.gz",
+        "mnist",
+        "mnist/3.0.1",
+    ]

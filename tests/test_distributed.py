@@ -21,14 +21,26 @@ from fmnist_jax import distributed, io, results
 
 ROOT = Path(__file__).resolve().parent.parent
 # A quick pretraining: 200 train / 50 val / 50 test images, 1 epoch, an encoder checkpoint.
-COMMAND = ["experiments.q2_autoencoder", "--stage", "pretrain", "--quick", "--limit", "200",
-           "--seeds", "2"]
+COMMAND = [
+    "experiments.q2_autoencoder",
+    "--stage",
+    "pretrain",
+    "--quick",
+    "--limit",
+    "200",
+    "--seeds",
+    "2",
+]
 ATOL = 1e-5  # seen: metrics within 1e-7 (float32 sums split over processes), the same predictions
 
 
 def _env(devices: int, **more) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+    env = dict(
+        os.environ,
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        JAX_PLATFORMS="cpu",
+        JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+    )
     env.update({k: str(v) for k, v in more.items()})
     return env
 
@@ -44,11 +56,19 @@ def launch(tmp: Path, args_of, n: int = 2) -> list[tuple[subprocess.Popen, Path,
     port, procs = _free_port(), []
     for i in range(n):
         out, err = tmp / f"p{i}.out", tmp / f"p{i}.err"
-        env = _env(2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=n,
-                   JAX_PROCESS_ID=i)
+        env = _env(
+            2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=n, JAX_PROCESS_ID=i
+        )
         with open(out, "w") as fo, open(err, "w") as fe:
-            procs.append((subprocess.Popen([sys.executable, "-m", *args_of(i)], cwd=ROOT, env=env,
-                                           stdout=fo, stderr=fe), out, err))
+            procs.append(
+                (
+                    subprocess.Popen(
+                        [sys.executable, "-m", *args_of(i)], cwd=ROOT, env=env, stdout=fo, stderr=fe
+                    ),
+                    out,
+                    err,
+                )
+            )
     return procs
 
 
@@ -59,8 +79,14 @@ def wait_all(procs, timeout: float = 600) -> list[int]:
 @pytest.mark.parametrize("parallel", ["data", "seeds"])
 def test_two_processes_give_the_numbers_of_one(tmp_path, parallel):
     command = [*COMMAND, "--parallel", parallel, "--quiet"]
-    one = subprocess.run([sys.executable, "-m", *command, "--out", str(tmp_path / "one")],
-                         cwd=ROOT, env=_env(4), capture_output=True, text=True, timeout=600)
+    one = subprocess.run(
+        [sys.executable, "-m", *command, "--out", str(tmp_path / "one")],
+        cwd=ROOT,
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert one.returncode == 0, one.stderr[-3000:]
     procs = launch(tmp_path, lambda i: [*command, "--out", str(tmp_path / "two")])
     assert wait_all(procs) == [0, 0], [err.read_text()[-3000:] for _, _, err in procs]
@@ -72,15 +98,39 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, parallel):
     assert (metrics.parent / "encoder").is_dir() and (metrics.parent / "denoising.png").is_file()
     assert not [p for p in two.rglob("*") if results.is_temporary(p) or "tmp" in p.name]
     # The same numbers as one process; the comparison would see a difference (a changed value).
-    same = subprocess.run([sys.executable, "-m", "fmnist_jax.compare", str(tmp_path / "one"),
-                           str(two), "--atol", str(ATOL)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    same = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fmnist_jax.compare",
+            str(tmp_path / "one"),
+            str(two),
+            "--atol",
+            str(ATOL),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert same.returncode == 0 and "identical: 1 files compared" in same.stdout, same.stdout
     run["val_mse"]["mean"] += 10 * ATOL
     io.write_json(metrics, run)
-    changed = subprocess.run([sys.executable, "-m", "fmnist_jax.compare", str(tmp_path / "one"),
-                              str(two), "--atol", str(ATOL)], cwd=ROOT, capture_output=True,
-                             text=True, timeout=120)
+    changed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fmnist_jax.compare",
+            str(tmp_path / "one"),
+            str(two),
+            "--atol",
+            str(ATOL),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert changed.returncode == 1 and "val_mse.mean" in changed.stdout
 
 
@@ -122,6 +172,7 @@ def as_process(monkeypatch):
         monkeypatch.setattr(distributed, "_process", (process_id, 2))
         monkeypatch.setattr(distributed, "barrier", barriers.append)
         return barriers
+
     return become
 
 
@@ -145,11 +196,20 @@ def test_only_process_0_writes_and_every_write_is_a_barrier(tmp_path, as_process
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two' is not an integer"),
-    ({"JAX_COORDINATOR_ADDRESS": "127.0.0.1:1", "JAX_NUM_PROCESSES": "2",
-      "JAX_PROCESS_ID": "2"}, "cannot join the other processes"),
-])
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two' is not an integer"),
+        (
+            {
+                "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
+                "JAX_NUM_PROCESSES": "2",
+                "JAX_PROCESS_ID": "2",
+            },
+            "cannot join the other processes",
+        ),
+    ],
+)
 def test_bad_settings_are_one_error_line_and_status_2(monkeypatch, capsys, env, message):
     for name in distributed.ENV:
         monkeypatch.delenv(name, raising=False)

@@ -35,22 +35,30 @@ def _is_conv_bias(path: str) -> bool:
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
-    return {jax.tree_util.keystr(p): np.asarray(x, np.float64)
-            for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {
+        jax.tree_util.keystr(p): np.asarray(x, np.float64)
+        for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
 
 
 def test_cnn_training_loss_and_gradients_agree_under_both_convolutions(task_data):
     images = jnp.asarray(task_data.train_images[:N_TRAIN])
     labels = jnp.asarray(task_data.train_labels[:N_TRAIN])
-    variables = CNN().init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                           images[:1])
+    variables = CNN().init(
+        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)}, images[:1]
+    )
 
     def loss_and_grads(conv_impl):
         def loss(params):
             logits, _ = CNN(conv_impl=conv_impl).apply(
-                {**variables, "params": params}, images, train=True,
-                rngs={"dropout": jax.random.PRNGKey(2)}, mutable=["batch_stats"])
+                {**variables, "params": params},
+                images,
+                train=True,
+                rngs={"dropout": jax.random.PRNGKey(2)},
+                mutable=["batch_stats"],
+            )
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
         return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
     (loss_m, grads_m), (loss_x, grads_x) = loss_and_grads("matmul"), loss_and_grads("xla")
@@ -67,24 +75,39 @@ def test_cnn_training_loss_and_gradients_agree_under_both_convolutions(task_data
 
 def _fits(task_data):
     train = (task_data.train_images[:N_TRAIN], task_data.train_labels[:N_TRAIN])
-    evals = {"val": (task_data.val_images[:N_VAL], task_data.val_labels[:N_VAL]),
-             "test": (task_data.test_images[:N_TEST], task_data.test_labels[:N_TEST])}
-    return [fit_lib.fit(CFG.replace(conv_impl=path["conv_impl"]), train, evals, seeds=[0, 1],
-                        parallel="none", member_map=path["member_map"])
-            for path in (CPU_PATH, GPU_PATH)]
+    evals = {
+        "val": (task_data.val_images[:N_VAL], task_data.val_labels[:N_VAL]),
+        "test": (task_data.test_images[:N_TEST], task_data.test_labels[:N_TEST]),
+    }
+    return [
+        fit_lib.fit(
+            CFG.replace(conv_impl=path["conv_impl"]),
+            train,
+            evals,
+            seeds=[0, 1],
+            parallel="none",
+            member_map=path["member_map"],
+        )
+        for path in (CPU_PATH, GPU_PATH)
+    ]
 
 
 def _assert_same_run(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, j: int) -> None:
     """Member k of `got` trained and evaluated like member j of `want`, up to rounding."""
-    a, b = _flat(jax.tree_util.tree_map(lambda x: x[k], got.states.params)), \
-        _flat(jax.tree_util.tree_map(lambda x: x[j], want.states.params))
+    a, b = (
+        _flat(jax.tree_util.tree_map(lambda x: x[k], got.states.params)),
+        _flat(jax.tree_util.tree_map(lambda x: x[j], want.states.params)),
+    )
     for path, y in b.items():  # 99% of each leaf within 0.3% of its scale or 5% of an Adam step
         if not _is_conv_bias(path):
-            tol = max(PARAMS_RTOL * np.max(np.abs(y)), ADAM_STEP_SHARE * CFG.optimizer.learning_rate)
+            tol = max(
+                PARAMS_RTOL * np.max(np.abs(y)), ADAM_STEP_SHARE * CFG.optimizer.learning_rate
+            )
             assert np.mean(np.abs(a[path] - y) > tol) <= 0.01, path
     for name in ("train_loss", "train_accuracy"):  # seen: <= 4e-7
-        np.testing.assert_allclose(got.history[name][k], want.history[name][j], rtol=1e-5,
-                                   atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(
+            got.history[name][k], want.history[name][j], rtol=1e-5, atol=1e-7, err_msg=name
+        )
     for split in ("val", "test"):  # seen: losses within 3e-7, the same predictions
         g, w = got.final[split], want.final[split]
         np.testing.assert_allclose(g["loss"][k], w["loss"][j], rtol=1e-3, err_msg=split)

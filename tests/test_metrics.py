@@ -62,7 +62,9 @@ def sklearn_values(y, p):
 def sk_text(y, p, digits):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UndefinedMetricWarning)
-        return classification_report(y, p, labels=np.arange(C), target_names=list(NAMES), digits=digits)
+        return classification_report(
+            y, p, labels=np.arange(C), target_names=list(NAMES), digits=digits
+        )
 
 
 def cases(real_labels):
@@ -101,7 +103,9 @@ def test_confusion_matrix_mask_jit_vmap():
 
     jitted = jax.jit(metrics.confusion_matrix, static_argnums=2)
     for s in range(3):
-        np.testing.assert_array_equal(np.asarray(metrics.confusion_matrix(ys[s], ps[s], C, masks[s])), expected[s])
+        np.testing.assert_array_equal(
+            np.asarray(metrics.confusion_matrix(ys[s], ps[s], C, masks[s])), expected[s]
+        )
         np.testing.assert_array_equal(np.asarray(jitted(ys[s], ps[s], C, masks[s])), expected[s])
     vmapped = jax.jit(jax.vmap(lambda y, p, m: metrics.confusion_matrix(y, p, C, m)))(ys, ps, masks)
     assert vmapped.shape == (3, C, C)
@@ -147,7 +151,9 @@ def test_multi_seed_report_matches_numpy_over_sklearn(real_labels):
         for j, k in enumerate(("precision", "recall", "f1-score")):
             check(rep[key][k], [r[idx][j] for r in refs])
     assert rep["accuracy"]["std"] > 0
-    np.testing.assert_array_equal(np.array(rep["confusion_matrix_sum"]), sum(sk_cm(y, p) for p in preds))
+    np.testing.assert_array_equal(
+        np.array(rep["confusion_matrix_sum"]), sum(sk_cm(y, p) for p in preds)
+    )
 
 
 def test_classification_report_text_multi(real_labels):
@@ -174,5 +180,9 @@ def test_classification_report_text_multi(real_labels):
     for name, yy, pp in cases(real_labels):
         rep = metrics.multi_seed_report(yy, np.stack([pp, pp]), NAMES)
         (prec, rec, _, sup), *_ = sklearn_values(yy, pp)
-        assert [rep["per_class"][n]["precision"]["mean"] for n in NAMES] == pytest.approx(prec, abs=1e-12), name
-        assert [rep["per_class"][n]["accuracy"]["mean"] for n in NAMES] == pytest.approx(rec, abs=1e-12), name
+        assert [rep["per_class"][n]["precision"]["mean"] for n in NAMES] == pytest.approx(
+            prec, abs=1e-12
+        ), name
+        assert [rep["per_class"][n]["accuracy"]["mean"] for n in NAMES] == pytest.approx(
+            rec, abs=1e-12
+        ), name

@@ -1,16 +1,23 @@
 """fmnist_jax.models: layer shapes, parameter counts, initialisation, pooling, the conv kernels,
 and loading a pretrained encoder, checked on real Fashion-MNIST images."""
 
-import flax.linen as nn
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fmnist_jax.models import (
-    BASE_WIDTHS, CNN, THICK_WIDTHS, Autoencoder, EncoderClassifier, conv3x3_valid, count_params,
-    resolve_conv_impl, with_pretrained_encoder,
+    BASE_WIDTHS,
+    CNN,
+    THICK_WIDTHS,
+    Autoencoder,
+    EncoderClassifier,
+    conv3x3_valid,
+    count_params,
+    resolve_conv_impl,
+    with_pretrained_encoder,
 )
 
 N_IMAGES = 16
@@ -24,8 +31,10 @@ def images(task_data):
 
 @pytest.fixture(scope="module")
 def cnn_variables():
-    return CNN().init({"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
-                      jnp.zeros((1, 28, 28, 1)))
+    return CNN().init(
+        {"params": jax.random.PRNGKey(0), "dropout": jax.random.PRNGKey(1)},
+        jnp.zeros((1, 28, 28, 1)),
+    )
 
 
 def _record_calls(module, variables, x, **kwargs):
@@ -78,8 +87,11 @@ def test_autoencoder_and_classifier_output_shapes(images):
         ae, clf = Autoencoder(widths), EncoderClassifier(widths)
         ae_vars = ae.init(jax.random.PRNGKey(0), images[:1])
         clf_vars = clf.init(jax.random.PRNGKey(0), images[:1])
-        return (ae.apply(ae_vars, images), ae.apply(ae_vars, images, method=Autoencoder.encode),
-                clf.apply(clf_vars, images))
+        return (
+            ae.apply(ae_vars, images),
+            ae.apply(ae_vars, images, method=Autoencoder.encode),
+            clf.apply(clf_vars, images),
+        )
 
     for widths in (BASE_WIDTHS, THICK_WIDTHS):
         recon, code, logits = jax.eval_shape(lambda: shapes(widths))
@@ -112,7 +124,7 @@ def _assert_glorot_uniform(kernel, fan_in, fan_out, name):
     want_var = 2.0 / (fan_in + fan_out)  # = limit**2 / 3
     # For U(-a, a) the sample variance has relative standard deviation sqrt(4/5 * 1/n) ~ 0.894/sqrt(n).
     rel_sd = np.sqrt(0.8 / n)
-    got_var = np.mean(w ** 2)
+    got_var = np.mean(w**2)
     assert abs(got_var / want_var - 1) < 5 * rel_sd, (name, got_var, want_var)
     assert abs(w.mean()) < 5 * np.sqrt(want_var / n), (name, w.mean())
     # Uniform, not normal: bounded by the limit, and reaching close to it.
@@ -122,7 +134,9 @@ def _assert_glorot_uniform(kernel, fan_in, fan_out, name):
 
 def test_kernels_are_glorot_uniform_and_biases_zero():
     x = jnp.zeros((1, 28, 28, 1))
-    cnn = CNN().init({"params": jax.random.PRNGKey(3), "dropout": jax.random.PRNGKey(4)}, x)["params"]
+    cnn = CNN().init({"params": jax.random.PRNGKey(3), "dropout": jax.random.PRNGKey(4)}, x)[
+        "params"
+    ]
     _assert_glorot_uniform(cnn["fc1"]["kernel"], 720, 265, "fc1")
     # A 3x3 conv's fans follow PyTorch's xavier_uniform_: 9 * C_in and 9 * C_out.
     _assert_glorot_uniform(cnn["conv_4"]["kernel"], 9 * 40, 9 * 80, "conv_4")
@@ -186,8 +200,11 @@ def test_matmul_conv_equals_xla_conv_with_gradients(images, c_in, c_out):
     probe = jax.random.normal(key_r, out_shape)
 
     def functional(impl):
-        return jax.jit(jax.value_and_grad(
-            lambda x, k: jnp.sum(conv3x3_valid(x, k, impl) * probe), argnums=(0, 1)))
+        return jax.jit(
+            jax.value_and_grad(
+                lambda x, k: jnp.sum(conv3x3_valid(x, k, impl) * probe), argnums=(0, 1)
+            )
+        )
 
     out_m = conv3x3_valid(x, kernel, "matmul")
     out_x = conv3x3_valid(x, kernel, "xla")
@@ -229,7 +246,9 @@ def test_with_pretrained_encoder_injects_exactly(images, widths):
     clf_params = EncoderClassifier(widths).init(jax.random.PRNGKey(11), images[:1])["params"]
     encoder = ae_params["encoder"]
     # Different keys: the classifier's own encoder differs before injection.
-    assert not np.array_equal(clf_params["encoder"]["dense_0"]["kernel"], encoder["dense_0"]["kernel"])
+    assert not np.array_equal(
+        clf_params["encoder"]["dense_0"]["kernel"], encoder["dense_0"]["kernel"]
+    )
 
     injected = with_pretrained_encoder(clf_params, encoder)
     chex.assert_trees_all_equal(injected["encoder"], encoder)

@@ -31,8 +31,10 @@ def _history(rng, n_seeds=3, n_epochs=6):
 
 
 def _ae_history(rng):
-    return {k: _curve(rng, 0.1, -0.05) for k in
-            ("train_loss", "val_loss", "test_loss", "val_noisy_loss", "test_noisy_loss")}
+    return {
+        k: _curve(rng, 0.1, -0.05)
+        for k in ("train_loss", "val_loss", "test_loss", "val_noisy_loss", "test_noisy_loss")
+    }
 
 
 def _cm(rng):
@@ -56,7 +58,11 @@ def _call(name, path, rng):
     if name == "learning_curves":
         return plots.learning_curves(_history(rng), path, title="CNN")
     if name == "overlay_curves":
-        curves = {"adam": _history(rng), "sgd": _history(rng, n_epochs=3), "one seed": _history(rng, 1, 8)}
+        curves = {
+            "adam": _history(rng),
+            "sgd": _history(rng, n_epochs=3),
+            "one seed": _history(rng, 1, 8),
+        }
         return plots.overlay_curves(curves, path, title="optimisers")
     if name == "confusion_matrix":
         return plots.confusion_matrix(_cm(rng), CLASSES, path, title="confusion")
@@ -107,7 +113,9 @@ def test_learning_curves_diverged_seed(tmp_path, rng):
     assert "train (1 diverged)" in legends and "val (1 diverged)" in legends
     assert "test" in legends
     # the mean ignores the diverged seed instead of turning NaN
-    mean_line = next(line for line in fig.axes[0].get_lines() if line.get_label() == "train (1 diverged)")
+    mean_line = next(
+        line for line in fig.axes[0].get_lines() if line.get_label() == "train (1 diverged)"
+    )
     y = np.asarray(mean_line.get_ydata(), dtype=float)
     assert np.all(np.isfinite(y))
     expected = np.nanmean(np.array(h["train_loss"], dtype=float), axis=0)
@@ -126,8 +134,13 @@ def test_learning_curves_all_nan_and_ragged(tmp_path, rng):
 
 
 def test_learning_curves_panels(rng):
-    fig = plots.learning_curves(_ae_history(rng), None, title="AE", ylabels={"loss": "MSE"},
-                                       sets=("train", "val", "test", "val_noisy", "test_noisy"))
+    fig = plots.learning_curves(
+        _ae_history(rng),
+        None,
+        title="AE",
+        ylabels={"loss": "MSE"},
+        sets=("train", "val", "test", "val_noisy", "test_noisy"),
+    )
     assert isinstance(fig, Figure)
     assert len(fig.axes) == 1
     assert fig.axes[0].get_ylabel() == "MSE"
@@ -141,7 +154,9 @@ def test_learning_curves_panels(rng):
     # epochs are 1-based
     assert full.axes[0].get_lines()[0].get_xdata()[0] == 1
 
-    only_val = plots.learning_curves(_history(rng), None, title="x", sets=("val",), metrics=("accuracy",))
+    only_val = plots.learning_curves(
+        _history(rng), None, title="x", sets=("val",), metrics=("accuracy",)
+    )
     assert len(only_val.axes) == 1 and len(only_val.axes[0].get_legend().get_texts()) == 1
 
     with pytest.raises(ValueError, match="no curves"):
@@ -149,7 +164,11 @@ def test_learning_curves_panels(rng):
 
 
 def test_overlay_curves_different_lengths_and_missing_metric(rng):
-    curves = {"a": _history(rng, n_epochs=10), "b": _history(rng, n_epochs=4), "no metric": {"train_loss": [[1.0]]}}
+    curves = {
+        "a": _history(rng, n_epochs=10),
+        "b": _history(rng, n_epochs=4),
+        "no metric": {"train_loss": [[1.0]]},
+    }
     fig = plots.overlay_curves(curves, None, title="t", metric="val_accuracy")
     lines = [line for line in fig.axes[0].get_lines() if not line.get_label().startswith("_")]
     assert [len(line.get_xdata()) for line in lines] == [10, 4]
@@ -171,7 +190,9 @@ def test_confusion_matrix_text_and_counts(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["a", "b"]
     counts = plots.confusion_matrix(cm, ["a", "b"], None, title="t", normalise=False)
     assert [t.get_text() for t in counts.axes[0].texts] == ["8", "2", "0", "0"]
-    _assert_png(plots.confusion_matrix(cm, ["a", "b"], tmp_path / "cm.png", title="t", normalise=False))
+    _assert_png(
+        plots.confusion_matrix(cm, ["a", "b"], tmp_path / "cm.png", title="t", normalise=False)
+    )
 
 
 def test_confusion_matrix_bad_input(tmp_path, rng):
@@ -195,7 +216,11 @@ def test_denoising_rows_shapes(shape, rng):
     assert im.get_array().shape == (28, 28)
     assert im.get_clim() == (0.0, 1.0)
     assert fig.axes[0].get_xticks().size == 0 and fig.axes[0].get_yticks().size == 0
-    assert [fig.axes[r * 4].get_ylabel() for r in range(3)] == ["noisy input", "reconstruction", "clean target"]
+    assert [fig.axes[r * 4].get_ylabel() for r in range(3)] == [
+        "noisy input",
+        "reconstruction",
+        "clean target",
+    ]
 
 
 def test_denoising_rows_bad_input(tmp_path, rng):
@@ -205,7 +230,9 @@ def test_denoising_rows_bad_input(tmp_path, rng):
     with pytest.raises(ValueError, match="labels"):
         plots.denoising_rows(noisy, rec, clean, tmp_path / "d.png", title="t", labels=CLASSES[:3])
     with pytest.raises(ValueError, match="expected images"):
-        plots.denoising_rows(noisy.reshape(5, -1)[:, :100], rec, clean, tmp_path / "d.png", title="t")
+        plots.denoising_rows(
+            noisy.reshape(5, -1)[:, :100], rec, clean, tmp_path / "d.png", title="t"
+        )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -220,7 +247,10 @@ def test_bar_comparison_zoom_and_inputs(rng):
     # non-accuracy data (e.g. MSE) is not forced up to 1.0; dict form and bare numbers accepted
     mse = plots.bar_comparison(
         {"a": {"x": {"mean": 0.02, "std": 0.001}, "y": 0.03}, "b": {"x": (0.025, float("nan"))}},
-        None, title="t", ylabel="MSE")
+        None,
+        title="t",
+        ylabel="MSE",
+    )
     assert mse.axes[0].get_ylim()[1] < 0.1
     with pytest.raises(ValueError):
         plots.bar_comparison({}, None, title="t", ylabel="y")

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from _results_checks import check_png, check_run_folder, check_sweep_folder, read_json
-from experiments import cli, q1, sweep as sweep_lib
+
+from experiments import cli, q1
+from experiments import sweep as sweep_lib
 from experiments.context import make_context
 from fmnist_jax.fit import FitResult
 from fmnist_jax.train import OptimizerConfig, TrainConfig
@@ -52,8 +53,20 @@ def out_root(tmp_path_factory) -> Path:
 def augmentation(out_root) -> Path:
     """The real command line, as a user types it."""
     proc = subprocess.run(
-        [sys.executable, "-m", "experiments.q1_augmentation", *QUICK, "--quiet", "--out", str(out_root)],
-        cwd=REPO, capture_output=True, text=True, timeout=900)
+        [
+            sys.executable,
+            "-m",
+            "experiments.q1_augmentation",
+            *QUICK,
+            "--quiet",
+            "--out",
+            str(out_root),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out_root / "q1_augmentation"
 
@@ -73,7 +86,9 @@ def optimizers(out_root, augmentation) -> tuple[Path, str]:
 @pytest.fixture(scope="module")
 def maxpool(out_root, epochs) -> Path:
     """The epochs sweep again with max pooling (one seed: only the layout is under test)."""
-    run_in_process("q1_epochs", ["--quick", "--seeds", "1", "--quiet", "--pool", "max", "--out", str(out_root)])
+    run_in_process(
+        "q1_epochs", ["--quick", "--seeds", "1", "--quiet", "--pool", "max", "--out", str(out_root)]
+    )
     return out_root
 
 
@@ -96,8 +111,10 @@ def check_sweep(sweep_dir: Path, experiment: str) -> None:
 
 def test_augmentation_sweep_outputs(augmentation):
     check_sweep(augmentation, "q1_augmentation")
-    augment = {n: read_json(augmentation / n / "config.json")["train_config"]["augment"]
-               for n in NAMES["q1_augmentation"]}
+    augment = {
+        n: read_json(augmentation / n / "config.json")["train_config"]["augment"]
+        for n in NAMES["q1_augmentation"]
+    }
     assert augment == {"none": "none", "expand": "expand", "online": "online"}
 
 
@@ -115,8 +132,15 @@ def test_epochs_sweep_outputs(epochs):
 def test_optimizer_sweep_outputs(optimizers):
     sweep_dir, _ = optimizers
     check_sweep(sweep_dir, "q1_optimizers")
-    opt = {n: read_json(sweep_dir / n / "config.json")["train_config"]["optimizer"] for n in NAMES["q1_optimizers"]}
-    assert (opt["sgd"]["name"], opt["sgd"]["learning_rate"], opt["sgd"]["momentum"]) == ("sgd", 1e-3, 0.0)
+    opt = {
+        n: read_json(sweep_dir / n / "config.json")["train_config"]["optimizer"]
+        for n in NAMES["q1_optimizers"]
+    }
+    assert (opt["sgd"]["name"], opt["sgd"]["learning_rate"], opt["sgd"]["momentum"]) == (
+        "sgd",
+        1e-3,
+        0.0,
+    )
     assert (opt["sgd_momentum"]["name"], opt["sgd_momentum"]["momentum"]) == ("sgd", 0.9)
     assert (opt["adam"]["name"], opt["adam"]["learning_rate"]) == ("adam", 1e-3)
 
@@ -130,7 +154,10 @@ def test_the_tuned_row_continues_the_expand_row_beside_the_sweeps(augmentation, 
     config = check_run_folder(tuned_dir / "tuned", N_SEEDS, epochs=2)  # --quick: 1 + 1 epochs
     # Its own stage trains the originals; the run it continues is the expand row's.
     assert config["train_config"]["augment"] == "none"
-    assert config["start"]["train_config"] == read_json(augmentation / "expand" / "config.json")["train_config"]
+    assert (
+        config["start"]["train_config"]
+        == read_json(augmentation / "expand" / "config.json")["train_config"]
+    )
     tuned_history = read_json(tuned_dir / "tuned" / "history.json")
     for key, rows in read_json(augmentation / "expand" / "history.json").items():
         if key != "epoch":
@@ -171,8 +198,13 @@ def test_each_choice_is_tested_on_the_validation_images(augmentation):
     assert c["discordant"] == [b, d]
     assert c["p_images"] == pytest.approx(sps.binomtest(b, b + d).pvalue, rel=1e-9)
     summary = (augmentation / "summary.md").read_text()
-    word = ("better" if c["p_seeds"] < 0.05 and c["p_images"] < 0.05 else "not distinguishable"
-            if np.isfinite(c["p_seeds"]) else "untested over the seeds")
+    word = (
+        "better"
+        if c["p_seeds"] < 0.05 and c["p_images"] < 0.05
+        else "not distinguishable"
+        if np.isfinite(c["p_seeds"])
+        else "untested over the seeds"
+    )
     assert c["verdict"] == word and f"on the validation images: {word}," in summary
 
 
@@ -184,13 +216,26 @@ def test_full_size_specs():
     opts = {s.name: s for s in q1.optimizer_specs(args)}
     for spec in (aug["online"], opts["adam"], eps["epochs_5"]):
         cfg = spec.cfg
-        assert (cfg.model, cfg.pool, cfg.batch_size, cfg.epochs, cfg.augment) == ("cnn", "avg", 100, 5, "online")
-        assert (cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.schedule) == ("adam", 1e-3, "constant")
+        assert (cfg.model, cfg.pool, cfg.batch_size, cfg.epochs, cfg.augment) == (
+            "cnn",
+            "avg",
+            100,
+            5,
+            "online",
+        )
+        assert (cfg.optimizer.name, cfg.optimizer.learning_rate, cfg.optimizer.schedule) == (
+            "adam",
+            1e-3,
+            "constant",
+        )
         assert (cfg.aug.max_degrees, cfg.aug.noise_std) == (10.0, 0.1)
     assert aug["online"].cfg == opts["adam"].cfg == eps["epochs_5"].cfg  # one run, reused
     assert [s.cfg.augment for s in aug.values()] == ["none", "expand", "online"]
     assert [s.cfg.epochs for s in eps.values()] == [3, 5, 8, 10]
-    assert opts["sgd"].cfg.optimizer.learning_rate == 1e-3 and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
+    assert (
+        opts["sgd"].cfg.optimizer.learning_rate == 1e-3
+        and opts["sgd_momentum"].cfg.optimizer.momentum == 0.9
+    )
     assert "tuned" not in {**aug, **eps, **opts}  # each sweep varies only its own question
     tuned_spec = q1.tuned_spec(args)
     tuned = tuned_spec.cfg
@@ -218,9 +263,14 @@ def test_epochs_sweep_continues_each_run_from_the_shorter_one(tmp_path):
     spec = next(s for s in q1.epochs_specs(opts) if s.name == "epochs_5")
     sweep_lib.run_sweep(make_context(opts), sweep_lib.Sweep("alone", "alone", (spec,)))
     alone, chained = tmp_path / "alone" / "alone" / "epochs_5", sweep / "epochs_5"
-    assert read_json(alone / "config.json")["fingerprint"] == read_json(chained / "config.json")["fingerprint"]
+    assert (
+        read_json(alone / "config.json")["fingerprint"]
+        == read_json(chained / "config.json")["fingerprint"]
+    )
     assert read_json(alone / "history.json") == read_json(chained / "history.json")
-    assert np.array_equal(np.load(alone / "test_predictions.npy"), np.load(chained / "test_predictions.npy"))
+    assert np.array_equal(
+        np.load(alone / "test_predictions.npy"), np.load(chained / "test_predictions.npy")
+    )
     got, want = read_json(chained / "metrics.json"), read_json(alone / "metrics.json")
     # Its time is the 3-epoch run's plus its own share (no wall-clock comparison: too noisy here).
     chained_time, alone_time = got.pop("timing"), want.pop("timing")
@@ -235,15 +285,25 @@ def test_epochs_sweep_continues_each_run_from_the_shorter_one(tmp_path):
 
 def test_which_runs_continue_which():
     """Only a longer run of the same configuration at a constant rate continues a finished one."""
+
     def done(cfg, epochs_run=None):
-        return FitResult(cfg=cfg, seeds=[0], states=None, history={}, diverged=[False], final={},
-                         epochs_run=cfg.epochs if epochs_run is None else epochs_run)
+        return FitResult(
+            cfg=cfg,
+            seeds=[0],
+            states=None,
+            history={},
+            diverged=[False],
+            final={},
+            epochs_run=cfg.epochs if epochs_run is None else epochs_run,
+        )
 
     three = TrainConfig(epochs=3)
     assert sweep_lib._continues(done(three), three.replace(epochs=5))
     assert not sweep_lib._continues(done(three), three)  # the same run: returned, not continued
     assert not sweep_lib._continues(done(three.replace(epochs=5)), three)
-    assert not sweep_lib._continues(done(three, epochs_run=2), three.replace(epochs=5))  # stopped early
+    assert not sweep_lib._continues(
+        done(three, epochs_run=2), three.replace(epochs=5)
+    )  # stopped early
     assert not sweep_lib._continues(done(three), three.replace(epochs=5, augment="none"))
     wsd = OptimizerConfig(schedule="wsd", decay_epochs=1)
     assert not sweep_lib._continues(done(three), three.replace(epochs=5, optimizer=wsd))
@@ -271,10 +331,18 @@ def test_maxpool_writes_separate_folders(maxpool, epochs):
 # Bad flags: exit 2, the flag named, nothing written
 
 
-@pytest.mark.parametrize("flag,value", [
-    ("--epochs", "-1"), ("--seeds", "0"), ("--lr", "0"), ("--pool", "mean"), ("--batch-size", "0"),
-    ("--lr", "-1e-3"), ("--epochs", "two"),
-])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--epochs", "-1"),
+        ("--seeds", "0"),
+        ("--lr", "0"),
+        ("--pool", "mean"),
+        ("--batch-size", "0"),
+        ("--lr", "-1e-3"),
+        ("--epochs", "two"),
+    ],
+)
 def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, flag, value):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
@@ -287,21 +355,52 @@ def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, flag, value):
 
 def test_bad_flag_through_the_command_line(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-m", "experiments.q1_optimizers", "--quick", "--epochs", "-1",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.q1_optimizers",
+            "--quick",
+            "--epochs",
+            "-1",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2
     assert "--epochs must be >= 1, got -1" in proc.stderr
     assert not out.exists()
     # The epochs sweep sets its rows' epochs: it has no --epochs to ignore silently.
-    proc = subprocess.run([sys.executable, "-m", "experiments.q1_epochs", "--quick", "--epochs", "2",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.q1_epochs",
+            "--quick",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2 and "unrecognized arguments: --epochs 2" in proc.stderr
 
 
 def test_batch_larger_than_the_training_split_is_a_usage_error(tmp_path, capsys):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:
-        q1.main("q1_epochs", ["--quick", "--quiet", "--batch-size", str(cli.QUICK_TRAIN + 1), "--out", str(out)])
+        q1.main(
+            "q1_epochs",
+            ["--quick", "--quiet", "--batch-size", str(cli.QUICK_TRAIN + 1), "--out", str(out)],
+        )
     assert exc.value.code == 2
     assert "--batch-size" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())

@@ -18,12 +18,16 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-
 from _results_checks import check_png, check_run_folder, check_sweep_folder, read_json
-from experiments import cli as cli_lib, q2, sweep as sweep_lib
+
+from experiments import cli as cli_lib
+from experiments import q2
+from experiments import sweep as sweep_lib
 from experiments.cli import UsageError
 from experiments.context import Context
-from fmnist_jax import augment, fit as fit_lib, train as train_lib
+from fmnist_jax import augment
+from fmnist_jax import fit as fit_lib
+from fmnist_jax import train as train_lib
 from fmnist_jax.models import ARCHITECTURES, Autoencoder, Encoder
 
 REPO = Path(__file__).resolve().parent.parent
@@ -33,7 +37,9 @@ BASE = ARCHITECTURES["base"]
 
 
 def q2_args(argv):
-    return cli_lib.parse(cli_lib.parser("test", epochs=q2.EPOCHS, lr=q2.LR, question2=True), list(argv))
+    return cli_lib.parse(
+        cli_lib.parser("test", epochs=q2.EPOCHS, lr=q2.LR, question2=True), list(argv)
+    )
 
 
 def as_numpy(tree):
@@ -42,13 +48,20 @@ def as_numpy(tree):
 
 def trees_equal(a, b) -> bool:
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    return (jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
-            and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)))
+    return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+    )
 
 
 def tree_distance(a, b) -> float:
-    return float(np.sqrt(sum(np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
-                             for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))))
+    return float(
+        np.sqrt(
+            sum(
+                np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
+                for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+            )
+        )
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -58,14 +71,29 @@ def tree_distance(a, b) -> float:
 @pytest.fixture(scope="module")
 def ctx(task_data, tmp_path_factory) -> Context:
     out = tmp_path_factory.mktemp("q2_stages")
-    args = q2_args(["--quiet", "--seeds", str(len(SEEDS)), "--out", str(out), "--pretrain-epochs", "2",
-                    "--epochs", "1"])
+    args = q2_args(
+        [
+            "--quiet",
+            "--seeds",
+            str(len(SEEDS)),
+            "--out",
+            str(out),
+            "--pretrain-epochs",
+            "2",
+            "--epochs",
+            "1",
+        ]
+    )
     data = dataclasses.replace(
         task_data,
-        train_images=task_data.train_images[:N_TRAIN], train_labels=task_data.train_labels[:N_TRAIN],
-        val_images=task_data.val_images[:N_VAL], val_labels=task_data.val_labels[:N_VAL],
-        test_images=task_data.test_images[:N_TEST], test_labels=task_data.test_labels[:N_TEST],
-        info={**task_data.info, "counts": {"train": N_TRAIN, "val": N_VAL, "test": N_TEST}})
+        train_images=task_data.train_images[:N_TRAIN],
+        train_labels=task_data.train_labels[:N_TRAIN],
+        val_images=task_data.val_images[:N_VAL],
+        val_labels=task_data.val_labels[:N_VAL],
+        test_images=task_data.test_images[:N_TEST],
+        test_labels=task_data.test_labels[:N_TEST],
+        info={**task_data.info, "counts": {"train": N_TRAIN, "val": N_VAL, "test": N_TEST}},
+    )
     log: list[str] = []
     return Context(opts=args, data=data, seeds=SEEDS, log=log.append)
 
@@ -122,8 +150,11 @@ def test_dead_output_units_are_counted(pretrained, ctx):
     trained autoencoder (its last ReLU is why the reconstructions show black dots)."""
     folder, cfg, result, _ = pretrained
     m = read_json(folder / "metrics.json")
-    noisy = np.asarray(augment.corrupt(jax.random.PRNGKey(fit_lib.EVAL_NOISE_SEED), ctx.data.test_images,
-                                       cfg.denoise_std))
+    noisy = np.asarray(
+        augment.corrupt(
+            jax.random.PRNGKey(fit_lib.EVAL_NOISE_SEED), ctx.data.test_images, cfg.denoise_std
+        )
+    )
     model = Autoencoder(widths=cfg.widths)
     for k in range(len(SEEDS)):
         params = jax.tree_util.tree_map(lambda x: x[k], result.states.params)
@@ -137,7 +168,7 @@ def test_a_pretraining_without_its_encoder_is_pretrained_again(pretrained, ctx, 
     complete: the next row that needs it pretrains it again, with a warning."""
     folder, cfg, _, _ = pretrained
     copy_ctx = dataclasses.replace(ctx, opts=ctx.opts.replace(out=tmp_path / "out"), runs={})
-    again = (tmp_path / "out" / folder.parent.name / folder.name)
+    again = tmp_path / "out" / folder.parent.name / folder.name
     shutil.copytree(folder, again)
     shutil.rmtree(again / "encoder")
     assert q2.pretrain(copy_ctx, cfg) == again
@@ -182,14 +213,19 @@ def finetuned(ctx, pretrained):
             raise AssertionError("the autoencoder was pretrained again instead of reused")
         fresh = fit_lib.init_states(train_lib.program(cfg, len(train[1])), seeds)
         start = init if init is not None else fresh
-        call = {"cfg": cfg, "hooked": init is not None, "fresh": as_numpy(fresh.params),
-                "start": as_numpy(start.params)}
+        call = {
+            "cfg": cfg,
+            "hooked": init is not None,
+            "fresh": as_numpy(fresh.params),
+            "start": as_numpy(start.params),
+        }
         result = real_fit(cfg, train, eval_sets, seeds, init=init, **k)
         call["end"] = as_numpy(result.states.params)
         # The engine donates the states it trains: the states it was given must not be among
         # them (they stay usable, e.g. for a second run or a resume).
         call["init_arrays_alive"] = init is None or not any(
-            x.is_deleted() for x in jax.tree_util.tree_leaves(init))
+            x.is_deleted() for x in jax.tree_util.tree_leaves(init)
+        )
         calls[Path(k["checkpoint_dir"]).parent.name] = call
         return result
 
@@ -210,7 +246,9 @@ def test_finetuning_starts_from_the_pretrained_encoder(finetuned, pretrained, ct
         # The head is the classifier's own fresh one.
         assert trees_equal(run["start"]["head"], run["fresh"]["head"])
         # The row keeps its own copy of the encoder it started from.
-        row_copy = q2.restore_encoder(ctx.out / "q2_pretraining" / name / "encoder", BASE, len(SEEDS))
+        row_copy = q2.restore_encoder(
+            ctx.out / "q2_pretraining" / name / "encoder", BASE, len(SEEDS)
+        )
         assert trees_equal(row_copy, checkpoint_encoder)
         assert read_json(ctx.out / "q2_pretraining" / name / "metrics.json")["pretrain"]["complete"]
     # Full fine-tuning moves the encoder, and ends nearer the pretrained weights than the
@@ -228,12 +266,17 @@ def test_frozen_probe_leaves_the_encoder_exactly_unchanged(finetuned, ctx):
     # Its trained parameters are the head's alone (64 x 5 + 5), not the frozen encoder's.
     m = read_json(ctx.out / "q2_pretraining" / "frozen_probe" / "metrics.json")
     assert (m["n_trained_params"], m["n_params"]) == (325, 550_021)
-    assert read_json(ctx.out / "q2_pretraining" / "finetuned" / "metrics.json")["n_trained_params"] == 550_021
+    assert (
+        read_json(ctx.out / "q2_pretraining" / "finetuned" / "metrics.json")["n_trained_params"]
+        == 550_021
+    )
     probe = finetuned["frozen_probe"]
     assert probe["cfg"].freeze_encoder and not finetuned["finetuned"]["cfg"].freeze_encoder
     assert trees_equal(probe["end"]["encoder"], probe["start"]["encoder"])
     assert tree_distance(probe["end"]["head"], probe["start"]["head"]) > 0
-    assert not trees_equal(finetuned["finetuned"]["end"]["encoder"], finetuned["finetuned"]["start"]["encoder"])
+    assert not trees_equal(
+        finetuned["finetuned"]["end"]["encoder"], finetuned["finetuned"]["start"]["encoder"]
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -268,14 +311,23 @@ def test_sweep_specs():
     # Every row: the report's defaults where not swept, on both stages.
     for spec in [*lr, *arch, *epochs, *value.values()]:
         cfg, pre = spec.cfg, spec.pretrain
-        assert (cfg.model, cfg.batch_size, cfg.optimizer.name, cfg.augment) == ("encoder_classifier", 100, "adam", "none")
+        assert (cfg.model, cfg.batch_size, cfg.optimizer.name, cfg.augment) == (
+            "encoder_classifier",
+            100,
+            "adam",
+            "none",
+        )
         if spec not in lr:
             assert cfg.optimizer.learning_rate == 1e-3
         if spec not in epochs:
             assert cfg.epochs == 10
         if pre is not None:
             assert (pre.model, pre.batch_size, pre.denoise_std, pre.widths) == (
-                "autoencoder", 100, 0.3, cfg.widths)
+                "autoencoder",
+                100,
+                0.3,
+                cfg.widths,
+            )
             assert pre.optimizer.learning_rate == cfg.optimizer.learning_rate
             assert pre.epochs == cfg.epochs
     # The default row is one configuration shared by the sweeps (trained once, reused).
@@ -288,16 +340,21 @@ def test_a_longer_pretraining_continues_the_shorter_one(ctx, tmp_path):
     and 20 alike), and equals that configuration pretrained on its own in a fresh process:
     fingerprint, encoder, history and metrics."""
     log: list[str] = []
-    chained = dataclasses.replace(ctx, opts=ctx.opts.replace(out=tmp_path / "chained"), runs={},
-                                  log=log.append)
+    chained = dataclasses.replace(
+        ctx, opts=ctx.opts.replace(out=tmp_path / "chained"), runs={}, log=log.append
+    )
     cfg = q2.pretrain_config(ctx.opts, arch="base", lr=1e-3, epochs=2)
     q2.pretrain(chained, cfg.replace(epochs=1))
     folder = q2.pretrain(chained, cfg)
     assert "  pretrain: continues the 1-epoch run" in log
-    alone = q2.pretrain(dataclasses.replace(ctx, opts=ctx.opts.replace(out=tmp_path / "alone"), runs={}), cfg)
+    alone = q2.pretrain(
+        dataclasses.replace(ctx, opts=ctx.opts.replace(out=tmp_path / "alone"), runs={}), cfg
+    )
     assert alone.name == folder.name  # the same fingerprint
-    assert trees_equal(q2.restore_encoder(folder / "encoder", BASE, len(SEEDS)),
-                       q2.restore_encoder(alone / "encoder", BASE, len(SEEDS)))
+    assert trees_equal(
+        q2.restore_encoder(folder / "encoder", BASE, len(SEEDS)),
+        q2.restore_encoder(alone / "encoder", BASE, len(SEEDS)),
+    )
     assert read_json(folder / "history.json") == read_json(alone / "history.json")
     got, want = read_json(folder / "metrics.json"), read_json(alone / "metrics.json")
     for m in (got, want):
@@ -314,8 +371,13 @@ def test_a_longer_pretraining_continues_the_shorter_one(ctx, tmp_path):
 
 
 def cli(*argv, timeout=900):
-    return subprocess.run([sys.executable, "-m", "experiments.q2_autoencoder", *argv], cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "experiments.q2_autoencoder", *argv],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 QUICK = ("--quick", "--quiet", "--seeds", "2")
@@ -343,7 +405,12 @@ def test_quick_pretraining_sweep_writes_every_file(quick_sweep):
             assert (run_dir / extra).is_file() == pretrained, (name, extra)
         assert (run_dir / "encoder").is_dir() == pretrained
         if pretrained:
-            for key in ("pretrain_train_loss", "pretrain_val_loss", "pretrain_val_noisy_loss", "pretrain_test_loss"):
+            for key in (
+                "pretrain_train_loss",
+                "pretrain_val_loss",
+                "pretrain_val_noisy_loss",
+                "pretrain_test_loss",
+            ):
                 assert len(h[key]) == 2 and len(h[key][0]) == 1, key
             assert set(m["pretrain"]) >= {"test_mse", "test_noisy_mse", "n_params", "denoise_std"}
             assert m["pretrain"]["n_params"] == 1_100_112
@@ -357,11 +424,15 @@ def test_quick_pretraining_sweep_writes_every_file(quick_sweep):
     assert choice["reference"] == "finetuned" and "not a choice" in choice["note"]
     summary = (sweep_dir / "summary.md").read_text()
     assert "Δ val vs reference" in summary and "**chosen**" not in summary
-    assert re.search(r"^\| \[pretrained encoder, fine-tuned\].*\| \*\*reference\*\* \|", summary, re.M)
+    assert re.search(
+        r"^\| \[pretrained encoder, fine-tuned\].*\| \*\*reference\*\* \|", summary, re.M
+    )
     # One pretraining, shared by both pretrained rows.
     assert len(list((quick_sweep / "q2_pretrain").iterdir())) == 1
-    assert (read_json(sweep_dir / "finetuned" / "metrics.json")["encoder_checkpoint"]
-            == read_json(sweep_dir / "frozen_probe" / "metrics.json")["encoder_checkpoint"])
+    assert (
+        read_json(sweep_dir / "finetuned" / "metrics.json")["encoder_checkpoint"]
+        == read_json(sweep_dir / "frozen_probe" / "metrics.json")["encoder_checkpoint"]
+    )
 
 
 def test_pretrain_stage_then_finetune_stage(quick_sweep, tmp_path, capsys):
@@ -378,11 +449,15 @@ def test_pretrain_stage_then_finetune_stage(quick_sweep, tmp_path, capsys):
     (run_dir,) = [p for p in (out / "q2_finetune").iterdir() if p.is_dir()]
     config = check_run_folder(run_dir, 2, epochs=1)
     assert config["encoder_checkpoint"] == str(encoder)
-    assert trees_equal(q2.restore_encoder(run_dir / "encoder", BASE, 2), q2.restore_encoder(encoder, BASE, 2))
+    assert trees_equal(
+        q2.restore_encoder(run_dir / "encoder", BASE, 2), q2.restore_encoder(encoder, BASE, 2)
+    )
     # The same pretraining and fine-tuning as the sweep's fine-tuned row, in two commands: the
     # same predictions.
-    assert np.array_equal(np.load(run_dir / "test_predictions.npy"),
-                          np.load(quick_sweep / "q2_pretraining" / "finetuned" / "test_predictions.npy"))
+    assert np.array_equal(
+        np.load(run_dir / "test_predictions.npy"),
+        np.load(quick_sweep / "q2_pretraining" / "finetuned" / "test_predictions.npy"),
+    )
 
 
 def test_finetune_stage_without_encoder_exits_2(tmp_path, capsys):
@@ -397,24 +472,40 @@ def test_finetune_stage_without_encoder_exits_2(tmp_path, capsys):
 def test_encoder_of_another_architecture_exits_2(quick_sweep, tmp_path):
     encoder = quick_sweep / "q2_pretraining" / "finetuned" / "encoder"
     out = tmp_path / "out"
-    proc = cli(*QUICK, "--stage", "finetune", "--encoder", str(encoder), "--arch", "thick", "--out", str(out),
-               timeout=300)
+    proc = cli(
+        *QUICK,
+        "--stage",
+        "finetune",
+        "--encoder",
+        str(encoder),
+        "--arch",
+        "thick",
+        "--out",
+        str(out),
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "widths [512, 256, 64] (--arch base)" in proc.stderr and "--arch" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
 
 
-@pytest.mark.parametrize("argv,flag", [
-    (["--stage", "finetune", "--encoder", "/nonexistent/encoder"], "no encoder checkpoint"),
-    (["--epochs", "0"], "argument --epochs"),
-    (["--pretrain-epochs", "-2"], "argument --pretrain-epochs"),
-    (["--lr", "0"], "argument --lr"),
-    (["--arch", "huge"], "argument --arch"),
-    (["--stage", "both", "--sweep", "nope"], "argument --sweep"),
-    (["--freeze-encoder"], "--freeze-encoder makes the fine-tuning of a given encoder a linear probe"),
-    (["--sweep", "lr", "--freeze-encoder"], "--stage finetune --encoder PATH"),
-])
+@pytest.mark.parametrize(
+    "argv,flag",
+    [
+        (["--stage", "finetune", "--encoder", "/nonexistent/encoder"], "no encoder checkpoint"),
+        (["--epochs", "0"], "argument --epochs"),
+        (["--pretrain-epochs", "-2"], "argument --pretrain-epochs"),
+        (["--lr", "0"], "argument --lr"),
+        (["--arch", "huge"], "argument --arch"),
+        (["--stage", "both", "--sweep", "nope"], "argument --sweep"),
+        (
+            ["--freeze-encoder"],
+            "--freeze-encoder makes the fine-tuning of a given encoder a linear probe",
+        ),
+        (["--sweep", "lr", "--freeze-encoder"], "--stage finetune --encoder PATH"),
+    ],
+)
 def test_bad_flags_exit_2(tmp_path, capsys, argv, flag):
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exc:

@@ -36,8 +36,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import sources
-from fmnist_jax import io
+from fmnist_jax import io, sources
 from fmnist_jax.compare import compare
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,9 +63,14 @@ def child_env(**changes) -> dict:
 
 
 def cli(module: str, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *map(str, args)],
-                          cwd=ROOT, env=env or child_env(), capture_output=True, text=True,
-                          timeout=CHILD_TIMEOUT)
+    return subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", *map(str, args)],
+        cwd=ROOT,
+        env=env or child_env(),
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
 
 
 def assert_clean_failure(proc: subprocess.CompletedProcess, status: int, *needles: str) -> None:
@@ -88,8 +92,13 @@ class Background:
     def __init__(self, tmp: Path, name: str, module: str, *args):
         self.out_path, self.err_path = tmp / f"{name}.stdout", tmp / f"{name}.stderr"
         with open(self.out_path, "w") as out, open(self.err_path, "w") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", f"experiments.{module}", *map(str, args)],
-                                         cwd=ROOT, env=child_env(), stdout=out, stderr=err)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", f"experiments.{module}", *map(str, args)],
+                cwd=ROOT,
+                env=child_env(),
+                stdout=out,
+                stderr=err,
+            )
 
     @property
     def stdout(self) -> str:
@@ -102,7 +111,9 @@ class Background:
     def describe(self) -> str:
         return f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr (tail):\n{self.stderr[-3000:]}"
 
-    def wait_for(self, predicate, what: str, deadline_s: float = CHILD_TIMEOUT, poll_s: float = 0.005):
+    def wait_for(
+        self, predicate, what: str, deadline_s: float = CHILD_TIMEOUT, poll_s: float = 0.005
+    ):
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if predicate():
@@ -128,8 +139,10 @@ class Background:
 
 def is_temporary(path: Path, root: Path) -> bool:
     """A name only ever used while a file is being written (io.atomic_path, Orbax)."""
-    return any((part.startswith(".") and part.endswith(".tmp")) or "orbax-checkpoint-tmp" in part
-               for part in path.relative_to(root).parts)
+    return any(
+        (part.startswith(".") and part.endswith(".tmp")) or "orbax-checkpoint-tmp" in part
+        for part in path.relative_to(root).parts
+    )
 
 
 def temporaries(root: Path) -> list[Path]:
@@ -150,7 +163,9 @@ def check_final_files(root: Path) -> int:
             np.load(path)
         elif path.suffix == ".png":
             blob = path.read_bytes()
-            assert blob.startswith(PNG_SIGNATURE) and blob.endswith(PNG_END), f"{path} is not a whole PNG"
+            assert blob.startswith(PNG_SIGNATURE) and blob.endswith(PNG_END), (
+                f"{path} is not a whole PNG"
+            )
         elif path.suffix == ".md":
             path.read_text(encoding="utf-8")
         else:
@@ -190,14 +205,34 @@ def test_no_data_names_the_places_searched_and_the_fixes(tmp_path):
     empty, home, out = tmp_path / "empty", tmp_path / "home", tmp_path / "out"
     empty.mkdir()
     home.mkdir()
-    proc = cli("q1_optimizers", "--data-dir", empty, "--out", out, *SMALL,
-               env=child_env(HOME=home, XDG_CACHE_HOME=home / ".cache", FMNIST_DATA_DIR=None))
+    proc = cli(
+        "q1_optimizers",
+        "--data-dir",
+        empty,
+        "--out",
+        out,
+        *SMALL,
+        env=child_env(HOME=home, XDG_CACHE_HOME=home / ".cache", FMNIST_DATA_DIR=None),
+    )
     # The Debian package: its files when it is installed (this explicit folder was all that was
     # searched), else how to install it.
-    debian = (f"read the installed Debian package's files in {sources.DEBIAN_DIR}"
-              if sources._data_files(sources.DEBIAN_DIR) else "apt-get install dataset-fashion-mnist")
-    assert_clean_failure(proc, 1, str(empty), "not found", "train-images-idx3-ubyte", debian,
-                         "--data-dir", "FMNIST_DATA_DIR", "--source download", sources.OFFICIAL_BASE_URL)
+    debian = (
+        f"read the installed Debian package's files in {sources.DEBIAN_DIR}"
+        if sources._data_files(sources.DEBIAN_DIR)
+        else "apt-get install dataset-fashion-mnist"
+    )
+    assert_clean_failure(
+        proc,
+        1,
+        str(empty),
+        "not found",
+        "train-images-idx3-ubyte",
+        debian,
+        "--data-dir",
+        "FMNIST_DATA_DIR",
+        "--source download",
+        sources.OFFICIAL_BASE_URL,
+    )
     assert_nothing_written(out)
 
 
@@ -213,8 +248,13 @@ def test_no_data_in_the_default_places(tmp_path, monkeypatch, capsys):
         q1.main("q1_optimizers", ["--out", str(tmp_path / "out"), *SMALL, "--quiet"])
     err = capsys.readouterr().err
     assert exc.value.code == 1
-    for needle in (str(sources.DEBIAN_DIR), str(tmp_path / "cache" / "fmnist_jax"),
-                   "apt-get install dataset-fashion-mnist", "--data-dir", "--source download"):
+    for needle in (
+        str(sources.DEBIAN_DIR),
+        str(tmp_path / "cache" / "fmnist_jax"),
+        "apt-get install dataset-fashion-mnist",
+        "--data-dir",
+        "--source download",
+    ):
         assert needle in err, (needle, err)
     assert_nothing_written(tmp_path / "out")
 
@@ -243,10 +283,9 @@ def test_truncated_file_is_named_with_what_is_wrong(tmp_path):
     assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("damage, expected", [
-    ("truncate", "the file is truncated"),
-    ("magic", "magic number"),
-])
+@pytest.mark.parametrize(
+    "damage, expected", [("truncate", "the file is truncated"), ("magic", "magic number")]
+)
 def test_malformed_raw_file_is_named_with_what_is_wrong(tmp_path, capsys, damage, expected):
     from experiments import q1
 
@@ -255,12 +294,16 @@ def test_malformed_raw_file_is_named_with_what_is_wrong(tmp_path, capsys, damage
     for name, path in real_files().items():
         if name == "train-labels-idx1-ubyte":
             raw = bytearray(sources.read_bytes(path))
-            blob = bytes(raw[:-100]) if damage == "truncate" else b"\x00\x00\x08\x03" + bytes(raw[4:])
+            blob = (
+                bytes(raw[:-100]) if damage == "truncate" else b"\x00\x00\x08\x03" + bytes(raw[4:])
+            )
             (folder / name).write_bytes(blob)
         else:
             (folder / path.name).symlink_to(path)
     with pytest.raises(SystemExit) as exc:
-        q1.main("q1_optimizers", ["--data-dir", str(folder), "--out", str(tmp_path / "out"), *SMALL])
+        q1.main(
+            "q1_optimizers", ["--data-dir", str(folder), "--out", str(tmp_path / "out"), *SMALL]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 1
     assert str(folder / "train-labels-idx1-ubyte") in err and expected in err, err
@@ -284,8 +327,14 @@ def mnist_like(tmp_path_factory) -> Path:
 def test_other_idx_data_is_refused_by_checksum(mnist_like, tmp_path):
     out = tmp_path / "out"
     proc = cli("q1_optimizers", "--data-dir", mnist_like, "--out", out, *SMALL)
-    assert_clean_failure(proc, 1, str(mnist_like / "train-images-idx3-ubyte"), "sha256",
-                         "not the official Fashion-MNIST", "--allow-unverified-data")
+    assert_clean_failure(
+        proc,
+        1,
+        str(mnist_like / "train-images-idx3-ubyte"),
+        "sha256",
+        "not the official Fashion-MNIST",
+        "--allow-unverified-data",
+    )
     assert_nothing_written(out)
 
 
@@ -293,8 +342,17 @@ def test_unverified_data_is_accepted_with_the_override(mnist_like, tmp_path):
     # Passing the checksum gate is all this needs to show, so the run is stopped by the next
     # check (an impossible batch size, exit 2) instead of training on the fake data.
     out = tmp_path / "out"
-    proc = cli("q1_optimizers", "--data-dir", mnist_like, "--allow-unverified-data", "--out", out,
-               "--quick", "--batch-size", "100000")
+    proc = cli(
+        "q1_optimizers",
+        "--data-dir",
+        mnist_like,
+        "--allow-unverified-data",
+        "--out",
+        out,
+        "--quick",
+        "--batch-size",
+        "100000",
+    )
     assert_clean_failure(proc, 2, "--batch-size 100000", "larger than the training split")
     assert "sha256" not in proc.stderr
     assert_nothing_written(out)
@@ -308,7 +366,9 @@ def test_results_of_other_data_are_never_taken_for_these(reference, mnist_like, 
     out = tmp_path / "out"
     shutil.copytree(reference["out"] / "q1_optimizers", out / "q1_optimizers")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
-    proc = cli("q1_optimizers", "--data-dir", mnist_like, "--allow-unverified-data", "--out", out, *SMALL)
+    proc = cli(
+        "q1_optimizers", "--data-dir", mnist_like, "--allow-unverified-data", "--out", out, *SMALL
+    )
     assert_clean_failure(proc, 2, "different configuration", "--overwrite")
     assert "complete, skipped" not in proc.stdout
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
@@ -327,8 +387,12 @@ def test_data_laid_out_by_other_tools_is_read(tmp_path, kaggle_csv_dir):
         (dotted / name.replace("-idx", ".idx")).write_bytes(sources.read_bytes(path))
     for folder in (dotted, kaggle_csv_dir):
         out = tmp_path / f"out_{folder.name}"
-        proc = cli("q1_optimizers", "--data-dir", folder, "--out", out, "--quick", "--batch-size", "100000")
-        assert_clean_failure(proc, 2, "--batch-size 100000", "larger than the training split (--quick)")
+        proc = cli(
+            "q1_optimizers", "--data-dir", folder, "--out", out, "--quick", "--batch-size", "100000"
+        )
+        assert_clean_failure(
+            proc, 2, "--batch-size 100000", "larger than the training split (--quick)"
+        )
         assert_nothing_written(out)
 
 
@@ -352,17 +416,25 @@ def test_no_network_fails_fast_and_leaves_nothing(tmp_path, source):
     is a DNS failure: just as immediate). Before issue 16, tfds retried for 207 s."""
     folder, out = tmp_path / "data", tmp_path / "out"
     folder.mkdir()
-    env = child_env(http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", no_proxy="",
-                    NO_PROXY="")
+    env = child_env(
+        http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY=""
+    )
     t0 = time.monotonic()
-    proc = cli("q1_optimizers", "--source", source, "--data-dir", folder, "--out", out, *SMALL, env=env)
+    proc = cli(
+        "q1_optimizers", "--source", source, "--data-dir", folder, "--out", out, *SMALL, env=env
+    )
     elapsed = time.monotonic() - t0
     assert elapsed < 30, elapsed
     if source == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
         assert_clean_failure(proc, 1, "pip install 'fmnist-jax[tfds]'")
     else:
-        assert_clean_failure(proc, 1, "cannot be reached" if source == "tfds" else "failed",
-                             "Connection refused", "--data-dir")
+        assert_clean_failure(
+            proc,
+            1,
+            "cannot be reached" if source == "tfds" else "failed",
+            "Connection refused",
+            "--data-dir",
+        )
         # Only fixes that can work: not the source that failed, nothing that needs the network.
         assert "--source download" not in proc.stderr and "pip install" not in proc.stderr
     assert not list(folder.rglob("*")), sorted(folder.rglob("*"))
@@ -409,16 +481,20 @@ BAD_Q2_ARGS = [
 
 
 def test_bad_numbers_and_names_exit_2_before_anything(tmp_path):
-    for module, args, message in [("q1_optimizers", ["--lr", "-1"], "--lr must be > 0"),
-                                  ("q2_autoencoder", ["--denoise-std", "2"], "--denoise-std must be <= 1")]:
+    for module, args, message in [
+        ("q1_optimizers", ["--lr", "-1"], "--lr must be > 0"),
+        ("q2_autoencoder", ["--denoise-std", "2"], "--denoise-std must be <= 1"),
+    ]:
         out = tmp_path / module
         proc = cli(module, "--out", out, *SMALL, *args)
         assert_clean_failure(proc, 2, message, "usage:")
         assert_nothing_written(out)
 
 
-@pytest.mark.parametrize("entry, args, message",
-                         [("q1", a, m) for a, m in BAD_Q1_ARGS] + [("q2", a, m) for a, m in BAD_Q2_ARGS])
+@pytest.mark.parametrize(
+    "entry, args, message",
+    [("q1", a, m) for a, m in BAD_Q1_ARGS] + [("q2", a, m) for a, m in BAD_Q2_ARGS],
+)
 def test_every_flag_is_validated(tmp_path, capsys, entry, args, message):
     """The same main() the CLI runs, in-process (one interpreter for the whole matrix)."""
     from experiments import q1, q2
@@ -497,18 +573,39 @@ def build_reference(out: Path) -> dict:
     data_dir.mkdir()
     for path in real_files().values():
         (data_dir / path.name).symlink_to(path)
-    run = cli("q1_optimizers", "--out", out, *SMALL, "--quiet", "--overwrite", "--data-dir", data_dir,
-              "--keep-checkpoints")  # each row's checkpoint: the damaged-checkpoint test's material
+    run = cli(
+        "q1_optimizers",
+        "--out",
+        out,
+        *SMALL,
+        "--quiet",
+        "--overwrite",
+        "--data-dir",
+        data_dir,
+        "--keep-checkpoints",
+    )  # each row's checkpoint: the damaged-checkpoint test's material
     assert run.returncode == 0, run.stderr
-    return {"refused": {"returncode": refused.returncode, "stdout": refused.stdout, "stderr": refused.stderr},
-            "foreign_untouched": before == after, "folders_after_refusal": others}
+    return {
+        "refused": {
+            "returncode": refused.returncode,
+            "stdout": refused.stdout,
+            "stderr": refused.stderr,
+        },
+        "foreign_untouched": before == after,
+        "folders_after_refusal": others,
+    }
 
 
 @pytest.mark.slow
 def test_results_of_another_configuration_are_never_overwritten_silently(reference):
     refused = subprocess.CompletedProcess([], **reference["refused"])
-    assert_clean_failure(refused, 2, str(reference["out"] / "q1_optimizers" / "adam"),
-                         "different configuration", "--overwrite")
+    assert_clean_failure(
+        refused,
+        2,
+        str(reference["out"] / "q1_optimizers" / "adam"),
+        "different configuration",
+        "--overwrite",
+    )
     assert reference["foreign_untouched"]
     assert reference["folders_after_refusal"] == ["adam"]  # refused before training anything
     # --overwrite replaces them.
@@ -533,8 +630,14 @@ def test_a_backend_this_machine_lacks_is_one_error_line(tmp_path, platform):
         pytest.skip(f"this machine has a {platform} backend")
     out = tmp_path / "out"
     proc = cli("q1_optimizers", "--out", out, *SMALL, env=child_env(JAX_PLATFORMS=platform))
-    assert_clean_failure(proc, 1, f"JAX_PLATFORMS={platform} asks JAX for a backend",
-                         "unset JAX_PLATFORMS", "JAX_PLATFORMS=cpu", "jax[cuda12]")
+    assert_clean_failure(
+        proc,
+        1,
+        f"JAX_PLATFORMS={platform} asks JAX for a backend",
+        "unset JAX_PLATFORMS",
+        "JAX_PLATFORMS=cpu",
+        "jax[cuda12]",
+    )
     assert_nothing_written(out)
 
 
@@ -551,6 +654,7 @@ def test_output_the_terminal_cannot_encode_is_spelt_in_ascii(monkeypatch):
 
 def test_no_home_folder_falls_back_to_the_temporary_folder(monkeypatch, tmp_path):
     """HOME unset for a user without a passwd entry (some containers): Path.home() raises."""
+
     def no_home(cls):
         raise RuntimeError("Could not determine home directory.")
 
@@ -567,27 +671,52 @@ def test_no_home_folder_falls_back_to_the_temporary_folder(monkeypatch, tmp_path
 def test_an_unwritable_compilation_cache_is_turned_off_quietly():
     """A cache folder that exists but takes no files (here /proc) would make JAX warn once per
     compiled program; it is turned off instead (a subprocess: the test session's cache stays)."""
-    code = ("import jax; from fmnist_jax import compilation_cache as c; "
-            "print(c.enable(), jax.config.jax_compilation_cache_dir)")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
-                          env=child_env(FMNIST_JAX_CACHE="/proc"), timeout=CHILD_TIMEOUT)
+    code = (
+        "import jax; from fmnist_jax import compilation_cache as c; "
+        "print(c.enable(), jax.config.jax_compilation_cache_dir)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(FMNIST_JAX_CACHE="/proc"),
+        timeout=CHILD_TIMEOUT,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["None", "None"]
 
 
 ASCII_TERMINAL = {"PYTHONIOENCODING": "ascii"}
 # A C locale with Python's UTF-8 coercion and mode turned off: ASCII streams, argv undecodable.
-C_LOCALE = {"LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
-            "PYTHONIOENCODING": None}
+C_LOCALE = {
+    "LC_ALL": "C",
+    "LANG": "C",
+    "PYTHONCOERCECLOCALE": "0",
+    "PYTHONUTF8": "0",
+    "PYTHONIOENCODING": None,
+}
 
 
-@pytest.mark.parametrize("module, shown", [
-    ("experiments.q1_optimizers", "Q1 - optimizer"), ("experiments.q2_autoencoder", "+/-"),
-    ("experiments.study", "mean +/- std"), ("benchmarks.run", "usage:"), ("fmnist_jax.compare", "usage:"),
-])
+@pytest.mark.parametrize(
+    "module, shown",
+    [
+        ("experiments.q1_optimizers", "Q1 - optimizer"),
+        ("experiments.q2_autoencoder", "+/-"),
+        ("experiments.study", "mean +/- std"),
+        ("benchmarks.run", "usage:"),
+        ("fmnist_jax.compare", "usage:"),
+    ],
+)
 def test_help_prints_on_an_ascii_terminal(module, shown):
-    proc = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, capture_output=True,
-                          text=True, env=child_env(**ASCII_TERMINAL), timeout=CHILD_TIMEOUT)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--help"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=child_env(**ASCII_TERMINAL),
+        timeout=CHILD_TIMEOUT,
+    )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert shown in proc.stdout
 
@@ -598,7 +727,9 @@ def test_an_output_folder_name_the_locale_cannot_decode_is_refused(tmp_path):
     out = tmp_path / "out ü"
     proc = cli("q1_optimizers", "--out", out, *SMALL, env=child_env(**C_LOCALE))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert "--out" in proc.stderr and "LC_ALL=C.UTF-8" in proc.stderr and "PYTHONUTF8=1" in proc.stderr
+    assert (
+        "--out" in proc.stderr and "LC_ALL=C.UTF-8" in proc.stderr and "PYTHONUTF8=1" in proc.stderr
+    )
     assert not out.exists()
 
 
@@ -613,9 +744,17 @@ def test_a_backend_this_machine_lacks_is_one_error_line_in_every_entry_point(tmp
     else:
         pytest.skip("this machine has a cuda backend")
     args = ["--quick", "--json", str(tmp_path / "b.json")] if module == "benchmarks.run" else []
-    proc = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=CHILD_TIMEOUT, env=child_env(JAX_PLATFORMS="cuda"))
-    assert_clean_failure(proc, 1, "JAX_PLATFORMS=cuda asks JAX for a backend", "unset JAX_PLATFORMS")
+    proc = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+        env=child_env(JAX_PLATFORMS="cuda"),
+    )
+    assert_clean_failure(
+        proc, 1, "JAX_PLATFORMS=cuda asks JAX for a backend", "unset JAX_PLATFORMS"
+    )
 
 
 def test_paths_that_cannot_be_used_are_refused_before_any_work(tmp_path):
@@ -625,8 +764,13 @@ def test_paths_that_cannot_be_used_are_refused_before_any_work(tmp_path):
     assert_clean_failure(empty, 2, "--out needs a folder, got an empty string")
     long = cli("q1_epochs", "--out", tmp_path / ("x" * 300), *SMALL)
     assert_clean_failure(long, 2, "cannot be used", "File name too long", "--out DIR")
-    folder = subprocess.run([sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, timeout=CHILD_TIMEOUT)
+    folder = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT,
+    )
     assert_clean_failure(folder, 2, "cannot write the results", "--json PATH")
     assert "[benchmarks]" not in folder.stderr  # refused before measuring
 
@@ -641,8 +785,10 @@ def test_a_full_disk_while_a_checkpoint_is_written_is_an_os_error(tmp_path, monk
     from fmnist_jax import checkpoint
 
     def full(*args, **kwargs):
-        raise ValueError('RESOURCE_EXHAUSTED: Error writing "params/0.0": Failed to write 198773 '
-                         "bytes to file 17: No space left on device [os_error_code='28']")
+        raise ValueError(
+            'RESOURCE_EXHAUSTED: Error writing "params/0.0": Failed to write 198773 '
+            "bytes to file 17: No space left on device [os_error_code='28']"
+        )
 
     monkeypatch.setattr(ocp.CheckpointManager, "save", full)
     with pytest.raises(OSError) as excinfo:
@@ -663,11 +809,19 @@ def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, 
     ASCII-only, HOME is not a folder and TMPDIR does not exist. The files stay UTF-8."""
     command = recorded_command(reference)
     assert "'" in command and "data dir ü" in command and "--data-dir" in command
-    env = child_env(**terminal, HOME=tmp_path / "no-home", XDG_CACHE_HOME=None,
-                    TMPDIR=tmp_path / "no-tmp", PATH="/usr/bin:/bin")
-    finished = {p: p.stat().st_mtime_ns for p in (reference["out"] / "q1_optimizers").glob("*/metrics.json")}
-    proc = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True,
-                          timeout=CHILD_TIMEOUT)
+    env = child_env(
+        **terminal,
+        HOME=tmp_path / "no-home",
+        XDG_CACHE_HOME=None,
+        TMPDIR=tmp_path / "no-tmp",
+        PATH="/usr/bin:/bin",
+    )
+    finished = {
+        p: p.stat().st_mtime_ns for p in (reference["out"] / "q1_optimizers").glob("*/metrics.json")
+    }
+    proc = subprocess.run(
+        ["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, timeout=CHILD_TIMEOUT
+    )
     stdout, stderr = proc.stdout.decode("ascii"), proc.stderr.decode("ascii")  # ASCII only
     assert proc.returncode == 0 and "Traceback" not in stderr, stderr
     assert "Choice on validation" in stdout and "+/-" in stdout
@@ -681,12 +835,22 @@ def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, 
 def test_the_recorded_command_carries_the_environment_the_run_read(tmp_path):
     """Variables that choose the data or change the numbers are part of the recorded command."""
     out = tmp_path / "out"
-    proc = cli("q1_epochs", "--out", out, *SMALL, "--quiet",
-               env=child_env(FMNIST_DATA_DIR=sources.DEBIAN_DIR,
-                             XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+    proc = cli(
+        "q1_epochs",
+        "--out",
+        out,
+        *SMALL,
+        "--quiet",
+        env=child_env(
+            FMNIST_DATA_DIR=sources.DEBIAN_DIR, XLA_FLAGS="--xla_force_host_platform_device_count=1"
+        ),
+    )
     assert proc.returncode == 0, proc.stderr
     command = json.loads((out / "q1_epochs" / "epochs_1" / "config.json").read_text())["command"]
-    assert f"env FMNIST_DATA_DIR={sources.DEBIAN_DIR} XLA_FLAGS=--xla_force_host_platform_device_count=1 " in command
+    assert (
+        f"env FMNIST_DATA_DIR={sources.DEBIAN_DIR} XLA_FLAGS=--xla_force_host_platform_device_count=1 "
+        in command
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -774,9 +938,13 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
 
     # SIGKILL (no handler can run): once the moment a write starts (a checkpoint, a result or a
     # figure being written), once at a seeded random point.
-    for name, kill in [("sigkill_write", lambda r: kill_at_first_write(r, out, "[q1_optimizers] adam:")),
-                       ("sigkill_random", lambda r: kill_after_random_delay(r, "[q1_optimizers] adam:",
-                                                                            random.Random(7)))]:
+    for name, kill in [
+        ("sigkill_write", lambda r: kill_at_first_write(r, out, "[q1_optimizers] adam:")),
+        (
+            "sigkill_random",
+            lambda r: kill_after_random_delay(r, "[q1_optimizers] adam:", random.Random(7)),
+        ),
+    ]:
         run = Background(tmp_path, name, "q1_optimizers", *args)
         caught = kill(run)
         n = check_final_files(out)
@@ -794,8 +962,10 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
     # Every metric (timings aside) and every prediction equals the uninterrupted reference's.
     assert compare(out, reference["out"], ignore=("q1_epochs/*",)) == []
     for config in Q1_CONFIGS:
-        h_got, h_want = (json.loads((d / "q1_optimizers" / config / "history.json").read_text())
-                         for d in (out, reference["out"]))
+        h_got, h_want = (
+            json.loads((d / "q1_optimizers" / config / "history.json").read_text())
+            for d in (out, reference["out"])
+        )
         assert h_got["val_loss"] == h_want["val_loss"], config
     print("\n".join(log))
 
@@ -805,7 +975,9 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
 
 
 @pytest.mark.slow
-def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(reference, tmp_path):
+def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(
+    reference, tmp_path
+):
     """Two runs stopped after their last checkpoint (no metrics.json), whose checkpoints were then
     damaged as in the issue: `manifest.ocdbt` removed, the files under `state/d/` emptied. Rerunning
     the same command trains both afresh, with a warning naming each folder, keeps the damaged
@@ -818,8 +990,12 @@ def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(
     (sweep / "adam" / "metrics.json").unlink()
     for f in (sweep / "adam" / "checkpoint" / "1" / "state" / "d").iterdir():
         f.write_bytes(b"")
-    finished = {p: (p.read_bytes(), p.stat().st_mtime_ns)
-                for name in ("sgd_momentum",) for p in (sweep / name).iterdir() if p.is_file()}
+    finished = {
+        p: (p.read_bytes(), p.stat().st_mtime_ns)
+        for name in ("sgd_momentum",)
+        for p in (sweep / name).iterdir()
+        if p.is_file()
+    }
     args = ["--out", out, *SMALL, "--quiet", "--data-dir", reference["out"].parent / "data dir ü"]
     proc = cli("q1_optimizers", *args)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
@@ -827,8 +1003,11 @@ def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 2, proc.stderr
     for name in ("sgd", "adam"):
-        assert any(f"checkpoint in {sweep / name / 'checkpoint'} cannot be restored" in w and
-                   str(sweep / name / ".checkpoint.damaged") in w for w in warnings), warnings
+        assert any(
+            f"checkpoint in {sweep / name / 'checkpoint'} cannot be restored" in w
+            and str(sweep / name / ".checkpoint.damaged") in w
+            for w in warnings
+        ), warnings
         assert (sweep / name / ".checkpoint.damaged" / "1").is_dir()
         assert_complete(sweep / name)
     assert finished == {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished}
@@ -886,21 +1065,46 @@ def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
     widths = ARCHITECTURES["base"]
     params = Autoencoder(widths=widths).init(jax.random.PRNGKey(0), jnp.zeros((1, 784)))["params"]
     encoder = jax.tree_util.tree_map(lambda x: x[None], params["encoder"])  # 1 seed
-    given, pretrained = tmp_path / "mine" / "encoder", tmp_path / "out" / q2.PRETRAIN / "0123" / "encoder"
+    given, pretrained = (
+        tmp_path / "mine" / "encoder",
+        tmp_path / "out" / q2.PRETRAIN / "0123" / "encoder",
+    )
     for path in (given, pretrained):
         checkpoint.save(path, 0, encoder, {"widths": list(widths), "n_seeds": 1, "seeds": [0]})
         (path / "0" / "state" / "manifest.ocdbt").unlink()
-    with pytest.raises(checkpoint.CheckpointError, match=r"mv .*/q2_pretrain/0123 .*/q2_pretrain/0123\.damaged && cd "):
+    with pytest.raises(
+        checkpoint.CheckpointError,
+        match=r"mv .*/q2_pretrain/0123 .*/q2_pretrain/0123\.damaged && cd ",
+    ):
         q2.restore_encoder(pretrained, widths, 1)
     with pytest.raises(SystemExit) as exc:
-        q2.main(["--stage", "finetune", "--encoder", str(given), "--out", str(tmp_path / "out"), "--quick",
-                 "--limit", "200", "--seeds", "1", "--quiet"])
+        q2.main(
+            [
+                "--stage",
+                "finetune",
+                "--encoder",
+                str(given),
+                "--out",
+                str(tmp_path / "out"),
+                "--quick",
+                "--limit",
+                "200",
+                "--seeds",
+                "1",
+                "--quiet",
+            ]
+        )
     err = capsys.readouterr().err
     assert exc.value.code == 1 and err.count("error:") == 1, err
-    assert f"the encoder checkpoint in {given} cannot be restored" in err and "pass another --encoder" in err
+    assert (
+        f"the encoder checkpoint in {given} cannot be restored" in err
+        and "pass another --encoder" in err
+    )
 
 
-@pytest.mark.parametrize("damage", ['{"fingerprint": "0123', '["not", "an", "object"]'], ids=["truncated", "list"])
+@pytest.mark.parametrize(
+    "damage", ['{"fingerprint": "0123', '["not", "an", "object"]'], ids=["truncated", "list"]
+)
 def test_a_partial_run_whose_config_cannot_be_read_is_named(tmp_path, damage):
     """Not called "a different configuration": what is wrong is said, and the fix (exit 2, before
     anything trains)."""
@@ -909,8 +1113,9 @@ def test_a_partial_run_whose_config_cannot_be_read_is_named(tmp_path, damage):
     partial.mkdir(parents=True)
     (partial / "config.json").write_text(damage)
     proc = cli("q1_optimizers", "--out", out, *SMALL)
-    assert_clean_failure(proc, 2, f"{partial} holds a partial run whose config.json cannot be read",
-                         "--overwrite")
+    assert_clean_failure(
+        proc, 2, f"{partial} holds a partial run whose config.json cannot be read", "--overwrite"
+    )
     assert sorted(p.name for p in (out / "q1_optimizers").iterdir()) == ["sgd"]
 
 
@@ -918,11 +1123,20 @@ def test_a_partial_run_whose_config_cannot_be_read_is_named(tmp_path, damage):
 # 7. Resources (device memory) and the disk, through main_guard
 
 
-@pytest.mark.parametrize("fault, status, needles", [
-    ("oom", 1, ("the device ran out of memory", "RESOURCE_EXHAUSTED", "--batch-size", "fewer --seeds")),
-    ("enospc", 1, ("No space left on device", "metrics.json", "rerun the same command")),
-])
-def test_device_and_disk_faults_are_clear_errors(tmp_path, monkeypatch, capsys, fault, status, needles):
+@pytest.mark.parametrize(
+    "fault, status, needles",
+    [
+        (
+            "oom",
+            1,
+            ("the device ran out of memory", "RESOURCE_EXHAUSTED", "--batch-size", "fewer --seeds"),
+        ),
+        ("enospc", 1, ("No space left on device", "metrics.json", "rerun the same command")),
+    ],
+)
+def test_device_and_disk_faults_are_clear_errors(
+    tmp_path, monkeypatch, capsys, fault, status, needles
+):
     """An out-of-memory on the device or a full disk, raised where training happens, reaches the
     user as one clear message, not a traceback. The out-of-memory is real: the stand-in for `fit`
     asks XLA for a 512 TiB array, and XLA answers as it does when a batch does not fit
@@ -935,7 +1149,9 @@ def test_device_and_disk_faults_are_clear_errors(tmp_path, monkeypatch, capsys, 
         if fault == "oom":
             jnp.ones((1 << 47,), jnp.float32).block_until_ready()
             raise AssertionError("a 512 TiB allocation succeeded")
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "metrics.json"))
+        raise OSError(
+            errno.ENOSPC, os.strerror(errno.ENOSPC), str(tmp_path / "out" / "metrics.json")
+        )
 
     monkeypatch.setattr(sweep, "fit", failing_fit)
     with pytest.raises(SystemExit) as exc:
@@ -955,6 +1171,7 @@ def test_other_errors_keep_their_traceback():
     from experiments import cli
 
     for error in (RuntimeError("a bug"), jax.errors.JaxRuntimeError("INTERNAL: something else")):
+
         def run():
             raise error
 

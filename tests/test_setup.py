@@ -19,13 +19,16 @@ def _script(path: Path, body: str) -> None:
     path.chmod(0o755)
 
 
-@pytest.mark.parametrize("gpu, arg, asked, want", [
-    (False, "test,tfds", "", ".[test,tfds]"),  # here: nvidia-smi fails (or is missing)
-    (True, "test,tfds", "", ".[cuda12,test,tfds]"),
-    (True, "", "", ".[cuda12]"),
-    (False, "", "cuda12", ".[cuda12]"),
-    (False, "", "", "."),
-])
+@pytest.mark.parametrize(
+    "gpu, arg, asked, want",
+    [
+        (False, "test,tfds", "", ".[test,tfds]"),  # here: nvidia-smi fails (or is missing)
+        (True, "test,tfds", "", ".[cuda12,test,tfds]"),
+        (True, "", "", ".[cuda12]"),
+        (False, "", "cuda12", ".[cuda12]"),
+        (False, "", "", "."),
+    ],
+)
 def test_setup_chooses_the_extras(tmp_path, gpu, arg, asked, want):
     repo = tmp_path / "repo"
     (repo / "scripts").mkdir(parents=True)
@@ -33,9 +36,20 @@ def test_setup_chooses_the_extras(tmp_path, gpu, arg, asked, want):
     shutil.copy(ROOT / "pyproject.toml", repo)
     _script(repo / ".venv" / "bin" / "python", 'echo "venv-python $*"')
     _script(tmp_path / "bin" / "nvidia-smi", "echo 'GPU 0: NVIDIA H200'" if gpu else "exit 9")
-    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
-           "FMNIST_DATA_DIR": str(tmp_path), "FMNIST_JAX_EXTRAS": asked, "PYTHON": sys.executable}
-    done = subprocess.run([str(repo / "scripts" / "setup.sh"), *([arg] if arg else [])], cwd=repo,
-                          env=env, capture_output=True, text=True, timeout=60)
+    env = {
+        **os.environ,
+        "PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}",
+        "FMNIST_DATA_DIR": str(tmp_path),
+        "FMNIST_JAX_EXTRAS": asked,
+        "PYTHON": sys.executable,
+    }
+    done = subprocess.run(
+        [str(repo / "scripts" / "setup.sh"), *([arg] if arg else [])],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     assert f"venv-python -m pip install -q -e {want}\n" in done.stdout

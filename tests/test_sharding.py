@@ -83,15 +83,32 @@ CHILD = textwrap.dedent(
 @pytest.fixture(scope="module")
 def child_results(task_data, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sharding")
-    np.savez(tmp / "data.npz",
-             train_images=task_data.train_images[:N_TRAIN], train_labels=task_data.train_labels[:N_TRAIN],
-             val_images=task_data.val_images[:200], val_labels=task_data.val_labels[:200], batch=BATCH)
+    np.savez(
+        tmp / "data.npz",
+        train_images=task_data.train_images[:N_TRAIN],
+        train_labels=task_data.train_labels[:N_TRAIN],
+        val_images=task_data.val_images[:200],
+        val_labels=task_data.val_labels[:200],
+        batch=BATCH,
+    )
     env = dict(os.environ)
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}").strip()
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={N_DEVICES}"
+    ).strip()
     env["JAX_PLATFORMS"] = "cpu"
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(tmp / "data.npz"), str(tmp / "out.npz"), str(tmp / "meta.json")],
-        env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(tmp / "data.npz"),
+            str(tmp / "out.npz"),
+            str(tmp / "meta.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     with open(tmp / "meta.json") as f:
@@ -126,13 +143,17 @@ def assert_same_member(got, k, want, j):
             np.testing.assert_allclose(x, y, rtol=BN_VAR_RTOL, err_msg=path)
     got_history, want_history = got_meta["history"], want_meta["history"]
     for name in ("train_loss", "train_accuracy"):
-        np.testing.assert_allclose(got_history[name][k], want_history[name][j], rtol=TRAIN_RTOL, atol=1e-7,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            got_history[name][k], want_history[name][j], rtol=TRAIN_RTOL, atol=1e-7, err_msg=name
+        )
     # Gradient and update norms jump when a ReLU input near 0 flips: looser.
     for name in ("train_grad_norm", "train_update_norm", "train_param_norm"):
-        np.testing.assert_allclose(got_history[name][k], want_history[name][j], rtol=NORMS_RTOL, err_msg=name)
-    np.testing.assert_allclose(got_meta["history"]["val_loss"][k], want_meta["history"]["val_loss"][j],
-                               rtol=2e-2)
+        np.testing.assert_allclose(
+            got_history[name][k], want_history[name][j], rtol=NORMS_RTOL, err_msg=name
+        )
+    np.testing.assert_allclose(
+        got_meta["history"]["val_loss"][k], want_meta["history"]["val_loss"][j], rtol=2e-2
+    )
     assert got_meta["diverged"][k] == want_meta["diverged"][j] is False
 
 

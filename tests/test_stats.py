@@ -27,7 +27,7 @@ def correct_from_accuracies(accuracies, n_images=2000, seed=0):
 def welch_by_hand(a, b):
     a, b = np.asarray(a, float), np.asarray(b, float)
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
-    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
     diff, se = a.mean() - b.mean(), math.sqrt(va + vb)
     half = sps.t.ppf(0.975, df) * se
     return diff, (diff - half, diff + half), 2 * sps.t.sf(abs(diff) / se, df)
@@ -35,7 +35,7 @@ def welch_by_hand(a, b):
 
 def mcnemar_by_hand(b, c):
     n, k = b + c, min(b, c)
-    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n)
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def test_the_seed_test_is_welchs_t_with_its_interval():
@@ -76,7 +76,11 @@ def test_better_needs_both_tests():
     assert got["verdict"] == "not distinguishable"
     # Identical models: nothing to tell apart; one seed: the spread is unknown.
     same = stats.compare(b, b)
-    assert same["verdict"] == "not distinguishable" and same["p_images"] == 1.0 and same["difference"] == 0
+    assert (
+        same["verdict"] == "not distinguishable"
+        and same["p_images"] == 1.0
+        and same["difference"] == 0
+    )
     one = stats.compare(a[:1], b[:1])
     assert math.isnan(one["p_seeds"]) and one["verdict"] == "untested over the seeds"
     assert "undefined" in stats.describe(one)
@@ -87,8 +91,10 @@ def test_better_needs_both_tests():
     flat = stats.compare(flat_a, flat_b)
     assert flat["verdict"] == "untested over the seeds" and flat["p_images"] < 0.001
     # As read back from a JSON file (NaN written as "nan"): the same words.
-    assert stats.describe({k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in one.items()}
-                          | {"ci95": ["nan", "nan"]}) == stats.describe(one)
+    assert stats.describe(
+        {k: ("nan" if isinstance(v, float) and math.isnan(v) else v) for k, v in one.items()}
+        | {"ci95": ["nan", "nan"]}
+    ) == stats.describe(one)
 
 
 def test_describe_and_bad_input():
@@ -96,8 +102,12 @@ def test_describe_and_bad_input():
     b = correct_from_accuracies([0.968, 0.970, 0.966], seed=2)
     text = stats.describe(stats.compare(a, b))
     assert text.startswith("+0.70 points, 95% CI [") and "(seeds)" in text and "(images)" in text
-    assert re.search(r"\], p (= 0\.\d{3}|< 0\.001) \(seeds\), p (= 0\.\d{3}|< 0\.001) \(images\)$", text), text
-    tiny = stats.describe({"difference": 0.01, "ci95": [0.005, 0.015], "p_seeds": 1e-5, "p_images": 0.02})
+    assert re.search(
+        r"\], p (= 0\.\d{3}|< 0\.001) \(seeds\), p (= 0\.\d{3}|< 0\.001) \(images\)$", text
+    ), text
+    tiny = stats.describe(
+        {"difference": 0.01, "ci95": [0.005, 0.015], "p_seeds": 1e-5, "p_images": 0.02}
+    )
     assert tiny.endswith("p < 0.001 (seeds), p = 0.020 (images)")  # never "p = < 0.001"
     with pytest.raises(ValueError, match="one shape"):
         stats.compare(a, b[:2])

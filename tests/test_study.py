@@ -30,20 +30,29 @@ TRAINED = re.compile(r": (training|resuming|identical to .*, reused|pretraining 
 
 def run(args: list[str], timeout: int = 1200, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    assert done.returncode == 0, (
+        f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
     return done
 
 
 def mtimes(out: Path) -> dict[str, int]:
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("*/*/metrics.json"))}
+    return {
+        str(p.relative_to(out)): p.stat().st_mtime_ns for p in sorted(out.glob("*/*/metrics.json"))
+    }
 
 
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "results"
     done = run([*COMMAND, "--out", str(out)])
-    return {"out": out, "stdout": done.stdout, "report": (out / "REPORT.md").read_text(encoding="utf-8"),
-            "study_json": (out / "study.json").read_bytes(), "mtimes": mtimes(out)}
+    return {
+        "out": out,
+        "stdout": done.stdout,
+        "report": (out / "REPORT.md").read_text(encoding="utf-8"),
+        "study_json": (out / "study.json").read_bytes(),
+        "mtimes": mtimes(out),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +61,12 @@ def rerun(study, tmp_path_factory):
     out = study["out"]
     command = json.loads(study["study_json"])["command"]
     done = run(["bash", "-c", command], cwd=tmp_path_factory.mktemp("elsewhere"))
-    return {"stdout": done.stdout, "report": (out / "REPORT.md").read_text(encoding="utf-8"),
-            "study_json": (out / "study.json").read_bytes(), "mtimes": mtimes(out)}
+    return {
+        "stdout": done.stdout,
+        "report": (out / "REPORT.md").read_text(encoding="utf-8"),
+        "study_json": (out / "study.json").read_bytes(),
+        "mtimes": mtimes(out),
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -106,14 +119,26 @@ def test_study_writes_report_and_study_json(study):
     out = study["out"]
     assert (out / "REPORT.md").is_file()
     record = json.loads(study["study_json"])
-    assert record["complete"] and record["total_wall_s"] > 0 and record["seeds"] == 2 and record["quick"]
+    assert (
+        record["complete"]
+        and record["total_wall_s"] > 0
+        and record["seeds"] == 2
+        and record["quick"]
+    )
     for model in ("cnn", "encoder_classifier_base", "encoder_classifier_thick"):
         assert record["inference"][model]["images_per_s"] > 0
     assert record["environment"]["jax"] and record["environment"]["backend"]
     assert record["invocations"][0]["trained"], "the first run trains"
     # Every question's sweeps ran.
-    assert {"q1_augmentation", "q1_epochs", "q1_optimizers", "q2_lr", "q2_arch", "q2_epochs",
-            "q2_pretraining"} <= set(sweep_folders(out))
+    assert {
+        "q1_augmentation",
+        "q1_epochs",
+        "q1_optimizers",
+        "q2_lr",
+        "q2_arch",
+        "q2_epochs",
+        "q2_pretraining",
+    } <= set(sweep_folders(out))
 
 
 @pytest.mark.slow
@@ -140,7 +165,11 @@ def test_the_report_says_how_each_claim_was_tested(study):
     of its own and takes part in no choice; the comparison's "original recipe" is the expand row;
     the denoising figure's black dots are explained with their count."""
     out, report = study["out"], study["report"]
-    assert "## Statistics" in report and "Welch's t-test" in report and "McNemar's exact test" in report
+    assert (
+        "## Statistics" in report
+        and "Welch's t-test" in report
+        and "McNemar's exact test" in report
+    )
     for exp in sweep_folders(out):
         choice = json.loads((out / exp / "choice.json").read_text())
         if "choice" in choice and "comparison" in choice:
@@ -161,7 +190,10 @@ def test_the_report_says_how_each_claim_was_tested(study):
     assert not any("q1_tuned" in c for t, c in columns.items() if t in ("CNN", "autoencoder"))
     pre = read_metrics(out, "q2_pretraining/finetuned")["pretrain"]
     assert len(pre["dead_outputs"]["per_seed"]) == 2
-    assert "black dots in the reconstructions" in report and f"{pre['dead_outputs']['mean']:.1f}" in report
+    assert (
+        "black dots in the reconstructions" in report
+        and f"{pre['dead_outputs']['mean']:.1f}" in report
+    )
 
 
 @pytest.mark.slow
@@ -172,8 +204,14 @@ def test_the_study_runs_on_several_devices(tmp_path):
     devices = 2
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
     out = tmp_path / "results"
-    done = subprocess.run([*COMMAND[:-1], "3", "--limit", "200", "--quiet", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    done = subprocess.run(
+        [*COMMAND[:-1], "3", "--limit", "200", "--quiet", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "study.json").read_text())
     assert record["environment"]["device_count"] == devices
@@ -192,9 +230,13 @@ def test_every_linked_image_exists_and_is_a_png(study):
         path = out / link
         assert path.is_file(), f"missing image {link}"
         assert path.read_bytes()[:8] == PNG_MAGIC, f"not a PNG: {link}"
-    for must in ("cnn_vs_autoencoder.png", "q1_epochs/sweep_val_accuracy.png",
-                 "q1_augmentation/none/learning_curves.png", "q1_augmentation/none/confusion_matrix.png",
-                 "q2_lr/lr_0.001/denoising.png"):
+    for must in (
+        "cnn_vs_autoencoder.png",
+        "q1_epochs/sweep_val_accuracy.png",
+        "q1_augmentation/none/learning_curves.png",
+        "q1_augmentation/none/confusion_matrix.png",
+        "q2_lr/lr_0.001/denoising.png",
+    ):
         assert must in links, must
 
 
@@ -222,7 +264,9 @@ def test_table_numbers_equal_metrics_json(study):
     out, report = study["out"], study["report"]
     checked = 0
     for head, rows in tables(report, "configuration | test acc %"):
-        classes = [h[:-2] for h in head if h.endswith(" %") and h not in ("test acc %", "val acc %")]
+        classes = [
+            h[:-2] for h in head if h.endswith(" %") and h not in ("test acc %", "val acc %")
+        ]
         for r in rows:
             cells = dict(zip(head, r))
             m = read_metrics(out, METRICS_LINK.search(r[0]).group(1))
@@ -244,9 +288,15 @@ def test_table_numbers_equal_metrics_json(study):
         m = read_metrics(out, rel)
         assert cells["test accuracy %"][i] == ms(m["test_accuracy"])
         assert cells["validation accuracy %"][i] == ms(m["val_accuracy"])
-        assert cells["parameters of the classifier (trained)"][i] == f"{m['n_params']:,} ({m['n_trained_params']:,})"
+        assert (
+            cells["parameters of the classifier (trained)"][i]
+            == f"{m['n_params']:,} ({m['n_trained_params']:,})"
+        )
     record = json.loads(study["study_json"])
-    assert cells["inference images/s (one model, batch 1000)"][0] == f"{record['inference']['cnn']['images_per_s']:,.0f}"
+    assert (
+        cells["inference images/s (one model, batch 1000)"][0]
+        == f"{record['inference']['cnn']['images_per_s']:,.0f}"
+    )
 
 
 @pytest.mark.slow
@@ -259,7 +309,10 @@ def test_choice_and_fit_diagnoses_are_reported(study):
             continue
         assert f"val {ms(choice['val'])}%, test {ms(choice['test'])}%" in report
     m = read_metrics(out, "q2_lr/lr_0.001")
-    assert f"| {ms(m['pretrain']['test_mse'], 1.0, 4)} | {ms(m['pretrain']['test_noisy_mse'], 1.0, 4)} |" in report
+    assert (
+        f"| {ms(m['pretrain']['test_mse'], 1.0, 4)} | {ms(m['pretrain']['test_noisy_mse'], 1.0, 4)} |"
+        in report
+    )
     assert m["fit_diagnosis"]["verdict"] in report
     assert "## CNN vs autoencoder" in report and "**Conclusion.**" in report
     assert "## Differences from the original report" in report and "270,000" in report
@@ -277,7 +330,9 @@ def test_rerun_skips_every_configuration_and_reproduces_the_report(study, rerun)
     out = study["out"]
     for exp, names in sweep_folders(out).items():
         for name in names:
-            assert f"[{exp}] {name}: complete, skipped" in rerun["stdout"], f"{exp}/{name} not skipped"
+            assert f"[{exp}] {name}: complete, skipped" in rerun["stdout"], (
+                f"{exp}/{name} not skipped"
+            )
     assert not TRAINED.search(rerun["stdout"]), TRAINED.search(rerun["stdout"]).group(0)
     assert rerun["mtimes"] == study["mtimes"], "a completed configuration was rewritten"
     assert rerun["study_json"] == study["study_json"], "study.json changed though nothing trained"
@@ -288,7 +343,9 @@ def test_rerun_skips_every_configuration_and_reproduces_the_report(study, rerun)
 def test_report_only_rebuilds_without_training(study, rerun):
     out = study["out"]
     (out / "REPORT.md").write_text("stale")
-    done = run([sys.executable, "-m", "experiments.study", "--report-only", "--out", str(out)], timeout=300)
+    done = run(
+        [sys.executable, "-m", "experiments.study", "--report-only", "--out", str(out)], timeout=300
+    )
     assert not TRAINED.search(done.stdout)
     assert (out / "REPORT.md").read_text(encoding="utf-8") == study["report"]
     assert mtimes(out) == study["mtimes"]
@@ -313,7 +370,9 @@ def test_report_flags_a_diverged_run(study, tmp_path):
     assert "Not available" in text  # no Question 2 to compare with
 
 
-TRAINING_SUM = re.compile(r"Training wall time summed over the distinct configurations trained .*?: ([\d,]+) s\.")
+TRAINING_SUM = re.compile(
+    r"Training wall time summed over the distinct configurations trained .*?: ([\d,]+) s\."
+)
 
 
 def test_a_run_that_continued_another_adds_only_its_own_time(study, tmp_path):
@@ -340,8 +399,20 @@ def test_a_run_that_continued_another_adds_only_its_own_time(study, tmp_path):
 
 
 def test_report_only_without_results_is_a_usage_error(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "experiments.study", "--report-only", "--out",
-                           str(tmp_path / "nothing")], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "experiments.study",
+            "--report-only",
+            "--out",
+            str(tmp_path / "nothing"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and "error:" in done.stderr
 
 
@@ -353,8 +424,11 @@ def test_written_folders_are_told_apart(tmp_path):
     (tmp_path / "a" / "old").mkdir(parents=True)
     (tmp_path / "a" / "old" / "metrics.json").write_text("{}")
     before = snapshot(tmp_path)
-    configs = {"a/trained": {"fingerprint": "f1"}, "b/copy": {"fingerprint": "f1", "reused_from": "a/trained"},
-               "b/unreadable": None}
+    configs = {
+        "a/trained": {"fingerprint": "f1"},
+        "b/copy": {"fingerprint": "f1", "reused_from": "a/trained"},
+        "b/unreadable": None,
+    }
     for folder, config in configs.items():
         (tmp_path / folder).mkdir(parents=True)
         (tmp_path / folder / "metrics.json").write_text("{}")

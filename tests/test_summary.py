@@ -14,14 +14,28 @@ ROOT = Path(__file__).resolve().parent.parent
 # The original report's counts (DESIGN §2).
 EXPECTED = {"cnn": 230_735, "autoencoder_base": 1_100_112, "autoencoder_thick": 2_167_596}
 # The CNN's per-layer output shapes, NHWC (the original's NCHW table transposed).
-CNN_SHAPES = ["[-1, 26, 26, 10]", "[-1, 13, 13, 10]", "[-1, 11, 11, 20]", "[-1, 9, 9, 40]",
-              "[-1, 7, 7, 80]", "[-1, 3, 3, 80]", "[-1, 720]", "[-1, 265]", "[-1, 5]"]
+CNN_SHAPES = [
+    "[-1, 26, 26, 10]",
+    "[-1, 13, 13, 10]",
+    "[-1, 11, 11, 20]",
+    "[-1, 9, 9, 40]",
+    "[-1, 7, 7, 80]",
+    "[-1, 3, 3, 80]",
+    "[-1, 720]",
+    "[-1, 265]",
+    "[-1, 5]",
+]
 
 
 @pytest.fixture(scope="module")
 def cli_output() -> str:
-    done = subprocess.run([sys.executable, "-m", "fmnist_jax.summary"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist_jax.summary"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -14,9 +14,8 @@ import pytest
 from sklearn.metrics import accuracy_score
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
-from fmnist_jax import augment
+from fmnist_jax import augment, placement
 from fmnist_jax import fit as fit_lib
-from fmnist_jax import placement
 from fmnist_jax import train as train_lib
 from fmnist_jax.models import CNN, with_pretrained_encoder
 from fmnist_jax.train import OptimizerConfig, TrainConfig
@@ -27,7 +26,9 @@ N_TEST = 1050  # not a multiple of the eval batch: the last batch is padded and 
 BATCH = 50
 
 # The CNN run several tests share: online augmentation, adam 1e-3, 2 epochs of 40 steps.
-CNN_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=2, eval_batch_size=1000)
+CNN_CFG = TrainConfig(
+    model="cnn", augment="online", batch_size=BATCH, epochs=2, eval_batch_size=1000
+)
 
 # Comparisons between *different compiled programs* (3 members vs 1, stacked learning rates)
 # run 1 epoch of 3 steps. Training this CNN is chaotic at the level of rounding: programs that
@@ -36,8 +37,12 @@ CNN_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=2,
 # the two runs differ by 1e-2 relative. Bugs (a wrong key, learning rate or member) show from
 # the first step, so a short horizon keeps the comparison both tight and meaningful.
 N_SHORT = 150
-SHORT_CFG = TrainConfig(model="cnn", augment="online", batch_size=BATCH, epochs=1, eval_batch_size=1000)
-PARAMS_RTOL = 3e-3  # of each leaf's largest magnitude, for 99% of its elements; other seeds/rates: 0.1-2
+SHORT_CFG = TrainConfig(
+    model="cnn", augment="online", batch_size=BATCH, epochs=1, eval_batch_size=1000
+)
+PARAMS_RTOL = (
+    3e-3  # of each leaf's largest magnitude, for 99% of its elements; other seeds/rates: 0.1-2
+)
 ADAM_STEP_SHARE = 0.05  # ... or 5% of one Adam step (lr); another rate differs by whole steps
 TRAIN_RTOL = 1e-5  # epoch-mean train loss/accuracy; seen: <=2e-7
 NORMS_RTOL = 1e-2  # epoch-mean gradient/update/param norms; seen: <=1e-4
@@ -54,9 +59,16 @@ def is_conv_bias(path: str) -> bool:
 def leaves_close(got, want, rtol, atol=0.0, what=""):
     """Every leaf of two pytrees equal within tolerance (with the path in the message)."""
     chex.assert_trees_all_equal_structs(got, want)
-    for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(got)[0], jax.tree_util.tree_leaves(want)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol,
-                                   err_msg=f"{what}{jax.tree_util.keystr(path)}")
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(got)[0], jax.tree_util.tree_leaves(want)
+    ):
+        np.testing.assert_allclose(
+            np.asarray(a),
+            np.asarray(b),
+            rtol=rtol,
+            atol=atol,
+            err_msg=f"{what}{jax.tree_util.keystr(path)}",
+        )
 
 
 def assert_same_member(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, j: int):
@@ -73,7 +85,9 @@ def assert_same_member(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, 
 def assert_same_trajectory(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, j: int):
     """Params (conv biases aside), BatchNorm variances and training metrics agree."""
     a, b = member(got.states, k), member(want.states, j)
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a.params)[0], jax.tree_util.tree_leaves(b.params)):
+    for (path, x), y in zip(
+        jax.tree_util.tree_flatten_with_path(a.params)[0], jax.tree_util.tree_leaves(b.params)
+    ):
         name = jax.tree_util.keystr(path)
         if is_conv_bias(name):
             continue
@@ -81,16 +95,23 @@ def assert_same_trajectory(got: fit_lib.FitResult, k: int, want: fit_lib.FitResu
         # Adam's step is about lr whatever the gradient's size, so on near-zero gradients it
         # turns rounding differences into a fraction of a step: allowed, as is 1% of units whose
         # ReLU input flipped sign in one run only (see above).
-        tol = max(PARAMS_RTOL * np.max(np.abs(y)), ADAM_STEP_SHARE * SHORT_CFG.optimizer.learning_rate)
+        tol = max(
+            PARAMS_RTOL * np.max(np.abs(y)), ADAM_STEP_SHARE * SHORT_CFG.optimizer.learning_rate
+        )
         assert np.mean(np.abs(x - y) > tol) <= 0.01, name
     for layer, stats in b.batch_stats.items():
-        np.testing.assert_allclose(a.batch_stats[layer]["var"], stats["var"], rtol=1e-4, err_msg=layer)
+        np.testing.assert_allclose(
+            a.batch_stats[layer]["var"], stats["var"], rtol=1e-4, err_msg=layer
+        )
     for name in ("train_loss", "train_accuracy"):
-        np.testing.assert_allclose(got.history[name][k], want.history[name][j], rtol=TRAIN_RTOL, atol=1e-7,
-                                   err_msg=name)
+        np.testing.assert_allclose(
+            got.history[name][k], want.history[name][j], rtol=TRAIN_RTOL, atol=1e-7, err_msg=name
+        )
     # Gradient and update norms jump when a ReLU flips (see above): looser.
     for name in ("train_grad_norm", "train_update_norm", "train_param_norm"):
-        np.testing.assert_allclose(got.history[name][k], want.history[name][j], rtol=NORMS_RTOL, err_msg=name)
+        np.testing.assert_allclose(
+            got.history[name][k], want.history[name][j], rtol=NORMS_RTOL, err_msg=name
+        )
     # Evaluation uses the BatchNorm running means, which carry the conv-bias noise: looser.
     np.testing.assert_allclose(got.history["val_loss"][k], want.history["val_loss"][j], rtol=2e-2)
 
@@ -103,8 +124,10 @@ def member(tree, k):
 def small(task_data):
     """(train, eval_sets) of real images: 2,000 train, 500 val, 1,050 test."""
     train = (task_data.train_images[:N_TRAIN], task_data.train_labels[:N_TRAIN])
-    evals = {"val": (task_data.val_images[:N_VAL], task_data.val_labels[:N_VAL]),
-             "test": (task_data.test_images[:N_TEST], task_data.test_labels[:N_TEST])}
+    evals = {
+        "val": (task_data.val_images[:N_VAL], task_data.val_labels[:N_VAL]),
+        "test": (task_data.test_images[:N_TEST], task_data.test_labels[:N_TEST]),
+    }
     return train, evals
 
 
@@ -288,8 +311,12 @@ def test_learning_rates_at_once_equal_separate_runs(tiny, short_seed_one):
     lrs = [SHORT_CFG.optimizer.learning_rate, 3e-3]
     together = fit_lib.fit(SHORT_CFG, *tiny, seeds=[1, 1], learning_rates=lrs, parallel="none")
     np.testing.assert_array_equal(np.asarray(together.states.learning_rate), np.float32(lrs))
-    alone = fit_lib.fit(SHORT_CFG.replace(optimizer=OptimizerConfig(learning_rate=lrs[1])), *tiny,
-                        seeds=[1], parallel="none")
+    alone = fit_lib.fit(
+        SHORT_CFG.replace(optimizer=OptimizerConfig(learning_rate=lrs[1])),
+        *tiny,
+        seeds=[1],
+        parallel="none",
+    )
     assert_same_member(together, 0, short_seed_one, 0)  # seed 1 at the config's rate
     assert_same_member(together, 1, alone, 0)
     with pytest.raises(AssertionError):  # the tolerance tells 1e-3 from 3e-3 after 3 steps
@@ -297,8 +324,12 @@ def test_learning_rates_at_once_equal_separate_runs(tiny, short_seed_one):
 
 
 def test_a_diverging_member_is_flagged_and_the_other_finishes(small):
-    cfg = TrainConfig(augment="none", batch_size=BATCH, epochs=2,
-                      optimizer=OptimizerConfig(name="sgd", learning_rate=0.05))
+    cfg = TrainConfig(
+        augment="none",
+        batch_size=BATCH,
+        epochs=2,
+        optimizer=OptimizerConfig(name="sgd", learning_rate=0.05),
+    )
     # sgd at 1e20 overflows to inf/NaN within the first epoch. (Rates like 1e6-1e10 explode the
     # loss to ~1e24-1e34 but, BatchNorm keeping activations finite, not to NaN/inf.)
     res = fit_lib.fit(cfg, *small, seeds=[0, 0], learning_rates=[1e20, 0.05], parallel="none")
@@ -317,18 +348,34 @@ def test_a_test_set_is_never_a_reason_to_flag_divergence(task_data):
     NaN (an out-of-range class has no log-probability)."""
     cfg = TrainConfig(augment="none", batch_size=BATCH, epochs=1)
     bad_labels = np.full(50, 7, np.int32)
-    res = fit_lib.fit(cfg, (task_data.train_images[:200], task_data.train_labels[:200]),
-                      {"val": (task_data.val_images[:100], task_data.val_labels[:100]),
-                       "test": (task_data.test_images[:50], bad_labels)}, seeds=[0], parallel="none")
+    res = fit_lib.fit(
+        cfg,
+        (task_data.train_images[:200], task_data.train_labels[:200]),
+        {
+            "val": (task_data.val_images[:100], task_data.val_labels[:100]),
+            "test": (task_data.test_images[:50], bad_labels),
+        },
+        seeds=[0],
+        parallel="none",
+    )
     assert np.isnan(res.history["test_loss"][0][0]) and res.diverged == [False]
 
 
 def test_all_members_diverged_stops_early(task_data):
-    cfg = TrainConfig(augment="none", batch_size=BATCH, epochs=4,
-                      optimizer=OptimizerConfig(name="sgd", learning_rate=1e20))
+    cfg = TrainConfig(
+        augment="none",
+        batch_size=BATCH,
+        epochs=4,
+        optimizer=OptimizerConfig(name="sgd", learning_rate=1e20),
+    )
     train = (task_data.train_images[:200], task_data.train_labels[:200])
-    res = fit_lib.fit(cfg, train, {"val": (task_data.val_images[:100], task_data.val_labels[:100])},
-                      seeds=[0], parallel="none")
+    res = fit_lib.fit(
+        cfg,
+        train,
+        {"val": (task_data.val_images[:100], task_data.val_labels[:100])},
+        seeds=[0],
+        parallel="none",
+    )
     assert res.diverged == [True]
     assert res.epochs_run == 1
     assert len(res.history["train_loss"][0]) == 1
@@ -343,15 +390,24 @@ def test_every_eval_image_counts(three_seeds, small):
     for k in range(3):
         preds = final["predictions"][k]
         assert final["confusion"][k].sum() == N_TEST
-        np.testing.assert_array_equal(final["confusion"][k],
-                                      sk_confusion_matrix(test_labels, preds, labels=np.arange(5)))
-        np.testing.assert_allclose(final["accuracy"][k], accuracy_score(test_labels, preds), rtol=1e-6)
-        assert three_seeds.history["test_accuracy"][k][-1] == pytest.approx(float(final["accuracy"][k]))
+        np.testing.assert_array_equal(
+            final["confusion"][k], sk_confusion_matrix(test_labels, preds, labels=np.arange(5))
+        )
+        np.testing.assert_allclose(
+            final["accuracy"][k], accuracy_score(test_labels, preds), rtol=1e-6
+        )
+        assert three_seeds.history["test_accuracy"][k][-1] == pytest.approx(
+            float(final["accuracy"][k])
+        )
 
         # The predictions are this member's, in the order of the images: recompute them directly.
-        variables = {"params": member(three_seeds.states.params, k),
-                     "batch_stats": member(three_seeds.states.batch_stats, k)}
-        logits = np.asarray(jax.jit(lambda v, x: CNN().apply(v, x, train=False))(variables, test_images))
+        variables = {
+            "params": member(three_seeds.states.params, k),
+            "batch_stats": member(three_seeds.states.batch_stats, k),
+        }
+        logits = np.asarray(
+            jax.jit(lambda v, x: CNN().apply(v, x, train=False))(variables, test_images)
+        )
         top2 = np.sort(logits, axis=-1)[:, -2:]
         clear = top2[:, 1] - top2[:, 0] > 1e-4  # ignore exact near-ties, where float order decides
         assert clear.mean() > 0.99
@@ -359,7 +415,9 @@ def test_every_eval_image_counts(three_seeds, small):
 
         # The loss is the mean over exactly the 1,050 images.
         ce = -jax.nn.log_softmax(logits)[np.arange(N_TEST), test_labels]
-        assert three_seeds.history["test_loss"][k][-1] == pytest.approx(float(np.mean(ce)), rel=1e-4)
+        assert three_seeds.history["test_loss"][k][-1] == pytest.approx(
+            float(np.mean(ce)), rel=1e-4
+        )
 
 
 def test_automatic_eval_batch_changes_no_result(three_seeds, small):
@@ -382,7 +440,9 @@ def test_eval_batch_is_automatic_unless_set():
     assert TrainConfig(model="autoencoder").eval_batch(3) == 1000
     assert TrainConfig(model="cnn", eval_batch_size=64).eval_batch(3) == 64
     cpu = jax.default_backend() == "cpu"
-    assert TrainConfig(model="cnn").eval_batch(1) == (train_lib.CPU_CNN_EVAL_IMAGES if cpu else 1000)
+    assert TrainConfig(model="cnn").eval_batch(1) == (
+        train_lib.CPU_CNN_EVAL_IMAGES if cpu else 1000
+    )
     assert TrainConfig(model="cnn").eval_batch(1000) == (1 if cpu else 1000)
     with pytest.raises(ValueError, match="batch size"):
         TrainConfig(eval_batch_size=0)
@@ -395,15 +455,35 @@ def test_expand_mode_trains_each_member_on_its_own_expanded_set(task_data):
     images, labels = task_data.train_images[:n], task_data.train_labels[:n]
     cfg = TrainConfig(augment="expand", batch_size=BATCH, epochs=1)
     assert train_lib.epoch_size(cfg, n) == 3 * n
-    for other in (cfg.replace(augment="none"), cfg.replace(augment="online"), cfg.replace(model="autoencoder")):
+    for other in (
+        cfg.replace(augment="none"),
+        cfg.replace(augment="online"),
+        cfg.replace(model="autoencoder"),
+    ):
         assert train_lib.epoch_size(other, n) == n
-    res = fit_lib.fit(cfg, (images, labels), {"val": (task_data.val_images[:100], task_data.val_labels[:100])},
-                      seeds=[0, 1], parallel="none")
-    np.testing.assert_array_equal(np.asarray(res.states.step), 3 * (n // BATCH))  # one epoch = 3x the steps
+    res = fit_lib.fit(
+        cfg,
+        (images, labels),
+        {"val": (task_data.val_images[:100], task_data.val_labels[:100])},
+        seeds=[0, 1],
+        parallel="none",
+    )
+    np.testing.assert_array_equal(
+        np.asarray(res.states.step), 3 * (n // BATCH)
+    )  # one epoch = 3x the steps
     assert np.all(np.isfinite(res.history["train_loss"]))
     states = fit_lib.init_states(train_lib.program(cfg, 3 * n), [0, 1])
-    copies = [np.asarray(augment.expanded_batch(jax.random.fold_in(states.key[k], train_lib._EXPAND),
-                                               jnp.asarray(images), jnp.arange(3 * n), cfg.aug)) for k in (0, 1)]
+    copies = [
+        np.asarray(
+            augment.expanded_batch(
+                jax.random.fold_in(states.key[k], train_lib._EXPAND),
+                jnp.asarray(images),
+                jnp.arange(3 * n),
+                cfg.aug,
+            )
+        )
+        for k in (0, 1)
+    ]
     np.testing.assert_array_equal(copies[0][:n], copies[1][:n])  # the originals
     assert np.abs(copies[0][n:] - copies[1][n:]).mean() > 0.01  # each seed its own copies
 
@@ -452,14 +532,20 @@ def test_autoencoder_denoises(autoencoder_run):
     assert h["train_loss"][0][1] < h["train_loss"][0][0]
     # The noisy input's MSE is the corruption's, fixed across epochs (fixed eval noise).
     assert noisy[0] == noisy[1]
-    assert 0 < noisy[0] < 0.3 ** 2
+    assert 0 < noisy[0] < 0.3**2
 
 
 def test_frozen_encoder_stays_exactly_as_loaded(small, autoencoder_run):
     train, evals = small
     pretrained = autoencoder_run.states.params["encoder"]  # stacked [1, ...]
-    cfg = TrainConfig(model="encoder_classifier", freeze_encoder=True, batch_size=BATCH, epochs=1,
-                      optimizer=OptimizerConfig(learning_rate=1e-2))
+    cfg = TrainConfig(
+        model="encoder_classifier",
+        freeze_encoder=True,
+        batch_size=BATCH,
+        epochs=1,
+        optimizer=OptimizerConfig(learning_rate=1e-2),
+    )
+
     def start_of(cfg):
         fresh = fit_lib.init_states(train_lib.program(cfg, N_TRAIN), [5])
         return fresh.replace(params=with_pretrained_encoder(fresh.params, pretrained))
@@ -474,10 +560,17 @@ def test_frozen_encoder_stays_exactly_as_loaded(small, autoencoder_run):
 
     # Without freezing, the same start fine-tunes the encoder too.
     unfrozen_cfg = cfg.replace(freeze_encoder=False)
-    unfrozen = fit_lib.fit(unfrozen_cfg, train, {"val": evals["val"]}, seeds=[5],
-                           init=start_of(unfrozen_cfg), parallel="none")
-    assert not np.allclose(unfrozen.states.params["encoder"]["dense_0"]["kernel"],
-                           pretrained["dense_0"]["kernel"])
+    unfrozen = fit_lib.fit(
+        unfrozen_cfg,
+        train,
+        {"val": evals["val"]},
+        seeds=[5],
+        init=start_of(unfrozen_cfg),
+        parallel="none",
+    )
+    assert not np.allclose(
+        unfrozen.states.params["encoder"]["dense_0"]["kernel"], pretrained["dense_0"]["kernel"]
+    )
 
 
 # --------------------------------------------------------------------------- bad configs
@@ -492,8 +585,9 @@ def test_wsd_schedule_holds_then_falls_linearly_to_zero():
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert got[-1] > 0  # the last step still learns
     # The schedule of the first epochs does not depend on the run's length.
-    np.testing.assert_array_equal(train_lib.lr_scales(cfg.replace(epochs=9), 10, 2),
-                                  train_lib.lr_scales(cfg, 10, 2))
+    np.testing.assert_array_equal(
+        train_lib.lr_scales(cfg.replace(epochs=9), 10, 2), train_lib.lr_scales(cfg, 10, 2)
+    )
     np.testing.assert_array_equal(train_lib.lr_scales(TrainConfig(epochs=5), 10, 4), np.ones(10))
 
 
@@ -537,8 +631,14 @@ def test_bad_configs_raise_clear_errors(task_data):
     with pytest.raises(ValueError, match="--batch-size"):
         fit_lib.fit(TrainConfig(batch_size=100, epochs=1), train, evals, seeds=[0], parallel="none")
     with pytest.raises(ValueError, match="one learning rate per seed"):
-        fit_lib.fit(TrainConfig(batch_size=20, epochs=1), train, evals, seeds=[0, 1],
-                    learning_rates=[1e-3], parallel="none")
+        fit_lib.fit(
+            TrainConfig(batch_size=20, epochs=1),
+            train,
+            evals,
+            seeds=[0, 1],
+            learning_rates=[1e-3],
+            parallel="none",
+        )
     with pytest.raises(ValueError, match="parallel"):
         fit_lib.fit(TrainConfig(batch_size=20, epochs=1), train, evals, seeds=[0], parallel="pmap")
     with pytest.raises(ValueError, match="seed"):
