@@ -53,6 +53,8 @@ def check_png(path: Path, min_bytes: int = 5_000) -> None:
 
 
 def _close(got, want, what):
+    # Both sides are float64 ratios of the same integer counts (JSON keeps a float64 exactly):
+    # 1e-9 is far below one image (1 / 5,000) and far above the last bits of a division.
     np.testing.assert_allclose(
         np.asarray(got, np.float64), np.asarray(want, np.float64), rtol=0, atol=1e-9, err_msg=what
     )
@@ -126,7 +128,8 @@ def check_history(run_dir: Path, n_seeds: int, epochs: int) -> dict:
                 f"{split}_{metric}"
             )
             assert np.all(np.isfinite(curve))
-    # The last epoch's test accuracy is the reported one (float32 on the device).
+    # The last epoch's test accuracy is the reported one (float32 on the device: a fraction in
+    # [0, 1] rounds by < 6e-8, so 1e-6; one image is 2e-4).
     m = read_json(Path(run_dir) / "metrics.json")
     np.testing.assert_allclose(
         [c[-1] for c in h["test_accuracy"]], m["test_accuracy"]["per_seed"], atol=1e-6

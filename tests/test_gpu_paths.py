@@ -22,16 +22,15 @@ from fmnist_jax import fit as fit_lib
 from fmnist_jax.models import CNN
 from fmnist_jax.train import TrainConfig
 
+try:  # under pytest tests/ is on sys.path; as `python -m tests.test_gpu_paths` the root is
+    import _numerics as numerics
+except ImportError:
+    from tests import _numerics as numerics
+
 N_TRAIN, N_VAL, N_TEST = 150, 100, 150  # 3 steps of 50; the test set's last eval batch padded
 CFG = TrainConfig(model="cnn", augment="online", batch_size=50, epochs=1, eval_batch_size=100)
-PARAMS_RTOL, ADAM_STEP_SHARE = 3e-3, 0.05  # as in test_train.py
 CPU_PATH = {"conv_impl": "matmul", "member_map": "map"}
 GPU_PATH = {"conv_impl": "xla", "member_map": "vmap"}
-
-
-def _is_conv_bias(path: str) -> bool:
-    # Before a train-mode BatchNorm: exactly zero gradient, so rounding noise (see test_train.py).
-    return "conv_" in path and path.endswith("['bias']")
 
 
 def _flat(tree) -> dict[str, np.ndarray]:
@@ -62,15 +61,22 @@ def test_cnn_training_loss_and_gradients_agree_under_both_convolutions(task_data
         return jax.jit(jax.value_and_grad(loss))(variables["params"])
 
     (loss_m, grads_m), (loss_x, grads_x) = loss_and_grads("matmul"), loss_and_grads("xla")
-    np.testing.assert_allclose(loss_x, loss_m, rtol=1e-5)
+    # Two convolution algorithms: the same products summed in another order (fc1's 720 terms,
+    # then the mean over the images), see tests/_numerics.py.
+    rtol = numerics.reorder_rtol(numerics.FC1_TERMS) + numerics.reorder_rtol(N_TRAIN)
+    np.testing.assert_allclose(loss_x, loss_m, rtol=rtol)
+    # A kernel's gradient sums over the images x 26 x 26 positions; normwise it is dominated by
+    # its large, well-conditioned elements, which err by less than that sum's reorder bound.
+    grad_rtol = numerics.reorder_rtol(N_TRAIN * 26 * 26)
     grads_m, grads_x = _flat(grads_m), _flat(grads_x)
     assert grads_m.keys() == grads_x.keys()
     for path, want in grads_m.items():
         got, scale = grads_x[path], np.linalg.norm(want)
-        if _is_conv_bias(path):
+        if numerics.is_conv_bias(path):
+            # Exactly 0 in exact arithmetic (BatchNorm subtracts the bias): rounding noise only.
             assert np.max(np.abs(got)) < 1e-5 * max(np.linalg.norm(g) for g in grads_m.values())
         else:
-            assert np.linalg.norm(got - want) <= 1e-4 * scale, path
+            assert np.linalg.norm(got - want) <= grad_rtol * scale, path
 
 
 def _fits(task_data):
@@ -94,23 +100,17 @@ def _fits(task_data):
 
 def _assert_same_run(got: fit_lib.FitResult, k: int, want: fit_lib.FitResult, j: int) -> None:
     """Member k of `got` trained and evaluated like member j of `want`, up to rounding."""
-    a, b = (
-        _flat(jax.tree_util.tree_map(lambda x: x[k], got.states.params)),
-        _flat(jax.tree_util.tree_map(lambda x: x[j], want.states.params)),
+    numerics.assert_same_member(
+        numerics.flat_member(got.states, k),
+        numerics.member_history(got.history, k),
+        numerics.flat_member(want.states, j),
+        numerics.member_history(want.history, j),
     )
-    for path, y in b.items():  # 99% of each leaf within 0.3% of its scale or 5% of an Adam step
-        if not _is_conv_bias(path):
-            tol = max(
-                PARAMS_RTOL * np.max(np.abs(y)), ADAM_STEP_SHARE * CFG.optimizer.learning_rate
-            )
-            assert np.mean(np.abs(a[path] - y) > tol) <= 0.01, path
-    for name in ("train_loss", "train_accuracy"):  # seen: <= 4e-7
-        np.testing.assert_allclose(
-            got.history[name][k], want.history[name][j], rtol=1e-5, atol=1e-7, err_msg=name
-        )
-    for split in ("val", "test"):  # seen: losses within 3e-7, the same predictions
+    for split in ("val", "test"):
         g, w = got.final[split], want.final[split]
-        np.testing.assert_allclose(g["loss"][k], w["loss"][j], rtol=1e-3, err_msg=split)
+        np.testing.assert_allclose(g["loss"][k], w["loss"][j], rtol=numerics.EVAL_LOSS_RTOL)
+        # Near-ties may flip under the running means' noise (see tests/_numerics.py): 2% of the
+        # images; a member of another seed disagrees on far more after 3 steps.
         assert np.mean(g["predictions"][k] == w["predictions"][j]) >= 0.98, split
         assert abs(g["accuracy"][k] - w["accuracy"][j]) <= 0.02, split
 

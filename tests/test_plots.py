@@ -240,7 +240,7 @@ def test_bar_comparison_zoom_and_inputs(rng):
     fig = plots.bar_comparison(_bars(), None, title="t", ylabel="acc")
     ax = fig.axes[0]
     lo, hi = ax.get_ylim()
-    assert hi == pytest.approx(1.0)
+    assert hi == pytest.approx(1.0)  # an axis limit set to 1.0; approx's default 1e-6 relative
     assert 0.7 < lo < 0.83  # zoomed: below min(mean - std) = 0.83, but not down to 0
     assert [t.get_text() for t in ax.get_xticklabels()] == CLASSES + ["overall"]
     assert len(ax.patches) == 12

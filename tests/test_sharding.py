@@ -4,9 +4,9 @@ JAX fixes its device count when it starts, so the 8-device runs happen in a chil
 started with XLA_FLAGS=--xla_force_host_platform_device_count=8; it trains on a small real
 subset passed through an .npz and writes its results to another .npz that the tests compare.
 
-Horizon and tolerances as in test_train.py: the runs are 2 epochs of 3 steps, because on 8
-devices the sums (BatchNorm statistics over a split batch, per-device member programs) round
-differently, and this CNN's training amplifies rounding differences chaotically after a few
+Horizon and tolerances as in test_train.py (tests/_numerics.py derives them): the runs are 2
+epochs of 3 steps, because on 8 devices the sums (BatchNorm statistics over a split batch,
+per-device member programs) round differently, and this CNN's training amplifies rounding differences chaotically after a few
 dozen steps. Conv biases (exactly-zero gradient, noise under Adam) are not compared; eval
 metrics, which see them through BatchNorm's running means, are compared loosely.
 """
@@ -17,25 +17,13 @@ import subprocess
 import sys
 import textwrap
 
+import _numerics as numerics
 import numpy as np
 import pytest
 
 N_DEVICES = 8
 N_TRAIN = 240  # 3 steps of 80 per epoch
 BATCH = 80  # divisible by 8: each device gets 10 images of a batch in "data" mode
-PARAMS_RTOL = 3e-3  # of each leaf's largest magnitude; seen: <=1.5e-4; other seeds: 0.1-2
-# Compared at the 99th percentile of |difference| per leaf, plus a tenth of one Adam step
-# (lr 1e-3): Adam moves every parameter by about lr per step whatever its gradient's size, so
-# the few elements whose gradients are near zero turn rounding differences into a fraction of
-# a step (on an AMD EPYC host: 4e-5 in the first BatchNorm's bias, 6e-4 in one of fc1's 190,800
-# weights, whose typical difference is 1e-7). A member trained on other data or keys differs by
-# whole steps in most of its elements.
-PARAMS_ATOL = 1e-4
-PARAMS_QUANTILE = 0.99
-TRAIN_RTOL = 2e-4  # epoch-mean train loss/accuracy; seen: <=2e-7, 2.6e-5 on an AMD EPYC host
-BN_VAR_RTOL = 1e-3  # BatchNorm running variances; seen: <=1e-4, 1.9e-4 on an AMD EPYC host
-NORMS_RTOL = 1e-2  # epoch-mean gradient/update/param norms
-
 CHILD = textwrap.dedent(
     """
     import json, sys
@@ -47,7 +35,9 @@ CHILD = textwrap.dedent(
     data = np.load(sys.argv[1])
     train = (data["train_images"], data["train_labels"])
     evals = {"val": (data["val_images"], data["val_labels"])}
-    cfg = TrainConfig(augment="online", batch_size=int(data["batch"]), epochs=2, eval_batch_size=100)
+    cfg = TrainConfig(
+        augment="online", batch_size=int(data["batch"]), epochs=2, eval_batch_size=100
+    )
 
     runs = {
         "none8": ("none", list(range(8))),
@@ -66,7 +56,8 @@ CHILD = textwrap.dedent(
         devices = {len(leaf.sharding.device_set) for _, leaf in flat}
         meta["runs"][name] = {
             "parallel": res.parallel, "seeds": res.seeds, "history": res.history,
-            "diverged": res.diverged, "epochs_run": res.epochs_run, "state_devices": sorted(devices),
+            "diverged": res.diverged, "epochs_run": res.epochs_run,
+            "state_devices": sorted(devices),
             "final_val_predictions_shape": list(np.shape(res.final["val"]["predictions"])),
         }
     # A padded seeds run continued for one more epoch (the padding members need a history too).
@@ -122,37 +113,15 @@ def child_results(task_data, tmp_path_factory):
     return meta, states
 
 
-def _is_conv_bias(path: str) -> bool:
-    return path.startswith(".params['conv_") and path.endswith("['bias']")
-
-
 def assert_same_member(got, k, want, j):
     """(meta, states) of two runs: member k of `got` trained like member j of `want`."""
     (got_meta, got_states), (want_meta, want_states) = got, want
     assert got_meta["seeds"][k] == want_meta["seeds"][j]
-    assert set(got_states) == set(want_states)
-    for path, want_leaf in want_states.items():
-        x, y = np.asarray(got_states[path][k], np.float64), np.asarray(want_leaf[j], np.float64)
-        assert x.shape == y.shape, path
-        if path.startswith((".key", ".step", ".learning_rate")):
-            np.testing.assert_array_equal(x, y, err_msg=path)
-        elif path.startswith(".params") and not _is_conv_bias(path):
-            diff = np.quantile(np.abs(x - y), PARAMS_QUANTILE)
-            assert diff <= PARAMS_RTOL * np.max(np.abs(y)) + PARAMS_ATOL, path
-        elif path.startswith(".batch_stats") and path.endswith("['var']"):
-            np.testing.assert_allclose(x, y, rtol=BN_VAR_RTOL, err_msg=path)
-    got_history, want_history = got_meta["history"], want_meta["history"]
-    for name in ("train_loss", "train_accuracy"):
-        np.testing.assert_allclose(
-            got_history[name][k], want_history[name][j], rtol=TRAIN_RTOL, atol=1e-7, err_msg=name
-        )
-    # Gradient and update norms jump when a ReLU input near 0 flips: looser.
-    for name in ("train_grad_norm", "train_update_norm", "train_param_norm"):
-        np.testing.assert_allclose(
-            got_history[name][k], want_history[name][j], rtol=NORMS_RTOL, err_msg=name
-        )
-    np.testing.assert_allclose(
-        got_meta["history"]["val_loss"][k], want_meta["history"]["val_loss"][j], rtol=2e-2
+    numerics.assert_same_member(
+        {path: leaf[k] for path, leaf in got_states.items()},
+        numerics.member_history(got_meta["history"], k),
+        {path: leaf[j] for path, leaf in want_states.items()},
+        numerics.member_history(want_meta["history"], j),
     )
     assert got_meta["diverged"][k] == want_meta["diverged"][j] is False
 
