@@ -1,6 +1,6 @@
-"""The 5-class task (DESIGN.md §1): the raw data from one of the sources (`load_raw`: files on this
-machine, `fmnist_jax.sources`; the download or TFDS, `fmnist_jax.remote`), the classes kept, the
-stratified validation split, pixels in [0, 1].
+"""The 5-class task: the raw data from one of the sources (`fmnist_jax.sources.load_raw`: files on
+this machine, the official download or TensorFlow Datasets), the classes kept, the stratified
+validation split, pixels in [0, 1].
 
 Pure NumPy: nothing here imports JAX, so data problems surface before any device work.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fmnist_jax import remote
-from fmnist_jax.sources import SOURCES, DataError, RawSplit, find_data_dir, load_dir
+from fmnist_jax.sources import DataError as DataError  # re-exported: callers catch data.DataError
+from fmnist_jax.sources import RawSplit, load_raw
 
 CLASSES: tuple[int, ...] = (1, 3, 5, 7, 9)
 CLASS_NAMES: tuple[str, ...] = ("Trouser", "Dress", "Sandal", "Sneaker", "Ankle boot")
@@ -36,54 +36,14 @@ class TaskData:
 def load_fashion_mnist(
     source: str = "idx", data_dir: str | os.PathLike | None = None, *, verify: bool = True
 ) -> tuple[RawSplit, RawSplit]:
-    """(train, test) of the full 10-class data from `source` (see SOURCES).
-
-    For "download", `data_dir` is where files go (default: user cache); for "tfds" it
-    is TFDS's data_dir. TFDS and Kaggle's CSV files hold the examples in their own order, not
-    the IDX files' order.
-
-    Raises:
-      DataError: see `load_raw`.
-    """
-    train, test, _ = load_raw(source, data_dir, verify)
-    return train, test
-
-
-def load_raw(source: str, data_dir, verify: bool) -> tuple[RawSplit, RawSplit, dict]:
-    """(train, test, where) from `source`; `where` says what was read: "source" ("idx",
-    "download", "tfds", or "csv" for Kaggle's files), "directory" (None for TFDS's default) and
-    "file_order" (whether the examples are in the IDX files' order).
+    """(train, test) of the full 10-class data from `source` (see `sources.load_raw`). TFDS and
+    Kaggle's CSV files hold the examples in their own order, not the IDX files' order.
 
     Raises:
       DataError: the data is missing, damaged or not verified; the message says how to fix it.
     """
-    if source == "tfds":
-        train, test = remote.load_tfds(data_dir, verify)
-        return (
-            train,
-            test,
-            {
-                "source": source,
-                "directory": None if data_dir is None else str(data_dir),
-                "file_order": False,
-            },
-        )
-    if source == "idx":
-        directory = find_data_dir(data_dir)
-    elif source == "download":
-        directory = remote.download(data_dir)
-    else:
-        raise DataError(f"Unknown data source {source!r}; valid sources: {', '.join(SOURCES)}.")
-    train, test, file_format = load_dir(directory, verify)
-    return (
-        train,
-        test,
-        {
-            "source": "csv" if file_format == "csv" else source,
-            "directory": str(directory),
-            "file_order": file_format == "idx",
-        },
-    )
+    train, test, _ = load_raw(source, data_dir, verify)
+    return train, test
 
 
 def select_classes(
@@ -136,7 +96,7 @@ def load_task(
     `info["source"]` is "csv" when the folder held Kaggle's CSV files (another example order).
 
     Raises:
-      DataError: see `load_raw`.
+      DataError: see `load_fashion_mnist`.
     """
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")

@@ -1,4 +1,5 @@
-"""fmnist_jax.sources and fmnist_jax.data: real-data facts (DESIGN §1), the task contract, bad data, download, tfds."""
+"""fmnist_jax.sources and fmnist_jax.data: real-data facts, the task contract, bad data, download,
+tfds."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fmnist_jax import data, remote, sources
+from fmnist_jax import data, sources
 from fmnist_jax.sources import DataError
 
 REAL_DIR = sources.DEBIAN_DIR
@@ -314,7 +315,7 @@ def test_hash_mismatch_and_verify_false(tmp_path, raw_data):
     assert task.info["verified"] is False
 
 
-# ----------------------------------------------------------------------------- layouts of other tools
+# ------------------------------------------------------------------------- layouts of other tools
 
 
 def _place(folder: Path, names: dict[str, str], gz: bool) -> None:
@@ -362,7 +363,7 @@ def _sorted_examples(split: sources.RawSplit) -> np.ndarray:
 def test_kaggle_csv_is_read_and_verified_in_its_own_order(kaggle_csv_dir, raw_data):
     train, test, where = data.load_raw("idx", kaggle_csv_dir, verify=True)
     assert where == {"source": "csv", "directory": str(kaggle_csv_dir), "file_order": False}
-    for got, want in zip((train, test), raw_data):
+    for got, want in zip((train, test), raw_data, strict=True):
         assert got.images.shape == want.images.shape and got.images.dtype == np.uint8
         assert got.labels.dtype == np.int32
         assert not np.array_equal(got.labels, want.labels)  # another order ...
@@ -446,7 +447,7 @@ def test_a_file_given_as_the_folder(tmp_path):
     )
 
 
-# ----------------------------------------------------------------------------- files not what their name says
+# --------------------------------------------------------------- files not what their name says
 
 
 @pytest.mark.parametrize(
@@ -575,7 +576,7 @@ def server(tmp_path):
 def test_download_lands_verified_files_once(server, tmp_path, raw_data):
     url, _, requests = server
     dest = tmp_path / "dest"
-    assert remote.download(dest, base_url=url, timeout=10) == dest
+    assert sources.download(dest, base_url=url, timeout=10) == dest
     names = sorted(p.name for p in dest.iterdir())
     assert names == sorted(f"{f.name}.gz" for f in sources.FILES.values())  # no temp files
     assert len(requests) == 4
@@ -583,7 +584,7 @@ def test_download_lands_verified_files_once(server, tmp_path, raw_data):
     np.testing.assert_array_equal(train.labels, raw_data[0].labels)
     np.testing.assert_array_equal(test.images, raw_data[1].images)
     # Present and valid: nothing fetched again, so source="download" works offline.
-    remote.download(dest, base_url=url)
+    sources.download(dest, base_url=url)
     train2, _ = data.load_fashion_mnist("download", dest)
     assert len(requests) == 4
     np.testing.assert_array_equal(train2.images, raw_data[0].images)
@@ -606,7 +607,7 @@ def test_corrupt_download_is_rejected_and_leaves_nothing(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        remote.download(dest, base_url=url)
+        sources.download(dest, base_url=url)
     assert_clean_error(
         excinfo, f"{url}{name}.gz", sources.FILES["test_labels"].sha256, "Nothing was written"
     )
@@ -621,7 +622,7 @@ def test_download_http_error(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        remote.download(dest, base_url=url)
+        sources.download(dest, base_url=url)
     assert_clean_error(excinfo, f"{url}{name}.gz", "HTTP 404", debian_fix())
     assert not [p for p in dest.iterdir() if name in p.name]
 
@@ -640,7 +641,7 @@ def test_download_without_network_fails_at_once_with_fixes_that_apply(tmp_path):
     dest = tmp_path / "dest"
     t0 = time.monotonic()
     with pytest.raises(DataError) as excinfo:
-        remote.download(dest, base_url=refused_url())
+        sources.download(dest, base_url=refused_url())
     assert time.monotonic() - t0 < 30  # the issue's bound; retries with back-off took minutes
     message = assert_clean_error(excinfo, "Connection refused", "Nothing was written", "--data-dir")
     assert "--source download" not in message  # the source that just failed
@@ -656,7 +657,7 @@ def test_download_of_an_html_page_says_so(server, tmp_path):
     dest = tmp_path / "dest"
     _seed_other_files(dest, name)
     with pytest.raises(DataError) as excinfo:
-        remote.download(dest, base_url=url)
+        sources.download(dest, base_url=url)
     assert_clean_error(excinfo, f"{url}{name}.gz", "it is an HTML page", "Nothing was written")
     assert not [p for p in dest.iterdir() if name in p.name]
 
@@ -718,7 +719,7 @@ def test_tfds_failing_midway_leaves_nothing_behind(tmp_path, monkeypatch):
         load=load, builder=lambda name, data_dir: types.SimpleNamespace(data_dir_root=data_dir)
     )
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-    monkeypatch.setattr(remote, "_check_reachable", lambda *args: None)  # never the network
+    monkeypatch.setattr(sources, "_check_reachable", lambda *args: None)  # never the network
     with pytest.raises(DataError) as excinfo:
         data.load_fashion_mnist("tfds", root)
     message = assert_clean_error(excinfo, "Connection reset by peer")
