@@ -1,4 +1,5 @@
-"""Flax Linen models of the study: the small CNN, the denoising MLP autoencoder, the encoder classifier.
+"""Flax Linen models of the study: the small CNN, the denoising MLP autoencoder, the encoder
+classifier.
 
 Every kernel is Xavier/Glorot-uniform (PyTorch's `xavier_uniform_` with its fan convention:
 for a conv kernel fan_in = 9 * C_in, fan_out = 9 * C_out), every bias zero.
@@ -38,7 +39,8 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 def conv3x3_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
-    """3x3 'VALID' convolution, stride 1, NHWC. x [B, H, W, Cin], kernel [3, 3, Cin, Cout] -> [B, H-2, W-2, Cout]."""
+    """3x3 'VALID' convolution, stride 1, NHWC: x [B, H, W, Cin], kernel [3, 3, Cin, Cout] ->
+    [B, H-2, W-2, Cout]."""
     impl = resolve_conv_impl(impl)
     if impl == "xla":
         return jax.lax.conv_general_dilated(
@@ -57,7 +59,7 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Ar
 
 
 class Conv3x3(nn.Module):
-    """A 3x3 VALID convolution whose implementation is chosen per backend (same params either way)."""
+    """A 3x3 VALID convolution, its implementation chosen per backend (same params either way)."""
 
     features: int
     impl: str = "auto"
@@ -67,6 +69,37 @@ class Conv3x3(nn.Module):
         kernel = self.param("kernel", XAVIER, (3, 3, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", ZEROS, (self.features,), jnp.float32)
         return conv3x3_valid(x, kernel, self.impl) + bias
+
+
+class ReLU(nn.Module):
+    """`nn.relu` as a layer (PyTorch's `nn.ReLU`), so that the layer tables list it."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x)
+
+
+class Pool(nn.Module):
+    """`avg` (the assignment's) or `max` pooling over `window`, stride `window`, VALID, NHWC.
+
+    Raises:
+      ValueError: an unknown kind.
+    """
+
+    kind: str = "avg"
+    window: tuple[int, int] = (2, 2)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kind not in POOLS:
+            raise ValueError(f"unknown pool {self.kind!r}; choose one of {POOLS}")
+        pool = nn.avg_pool if self.kind == "avg" else nn.max_pool
+        return pool(x, self.window, strides=self.window, padding="VALID")
+
+
+class Flatten(nn.Module):
+    """[B, ...] -> [B, prod(...)], in the array's (H, W, C) order."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.reshape(x.shape[0], -1)
 
 
 class CNN(nn.Module):
@@ -81,13 +114,6 @@ class CNN(nn.Module):
     num_classes: int = NUM_CLASSES
     dropout_rate: float = 0.5
 
-    def _pool(self, x: jax.Array) -> jax.Array:
-        if self.pool == "avg":
-            return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        if self.pool == "max":
-            return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        raise ValueError(f"unknown pool {self.pool!r}; choose one of {POOLS}")
-
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         # PyTorch BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
@@ -96,21 +122,20 @@ class CNN(nn.Module):
             x = nn.BatchNorm(
                 use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn_{name}"
             )(x)
-            return nn.relu(x)
+            return ReLU()(x)
 
-        x = self._pool(block(x, 10, "1"))
+        x = Pool(self.pool)(block(x, 10, "1"))
         x = block(x, 20, "2")
         x = block(x, 40, "3")
-        x = self._pool(block(x, 80, "4"))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(265, kernel_init=XAVIER, bias_init=ZEROS, name="fc1")(x))
+        x = Flatten()(Pool(self.pool)(block(x, 80, "4")))
+        x = ReLU()(nn.Dense(265, kernel_init=XAVIER, bias_init=ZEROS, name="fc1")(x))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         return nn.Dense(self.num_classes, kernel_init=XAVIER, bias_init=ZEROS, name="fc2")(x)
 
 
 def _dense_relu_stack(x: jax.Array, widths: Sequence[int], prefix: str) -> jax.Array:
     for i, width in enumerate(widths):
-        x = nn.relu(nn.Dense(width, kernel_init=XAVIER, bias_init=ZEROS, name=f"{prefix}_{i}")(x))
+        x = ReLU()(nn.Dense(width, kernel_init=XAVIER, bias_init=ZEROS, name=f"{prefix}_{i}")(x))
     return x
 
 
