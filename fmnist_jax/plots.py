@@ -158,12 +158,7 @@ def learning_curves(
 
 
 def overlay_curves(
-    curves: dict[str, dict],
-    path,
-    *,
-    title: str,
-    metric: str = "val_accuracy",
-    ylabel: str | None = None,
+    curves: dict[str, dict], path, *, title: str, metric: str = "val_accuracy"
 ) -> Path | Figure:
     """One mean line + band per configuration (label -> history) for `metric`; configurations
     may differ in epochs, and those without `metric` are skipped.
@@ -186,7 +181,7 @@ def overlay_curves(
     for i, (label, raw, k) in enumerate(series):
         style = (f"C{i % 10}", ["-", "--", "-.", ":"][(i // 10) % 4])
         _plot_mean_band(ax, raw, _diverged(f"{label} (n={raw.shape[0]})", k), style, False)
-    _epoch_axes(ax, ylabel or metric.replace("_", " "), ncol=2 if len(series) > 6 else 1)
+    _epoch_axes(ax, metric.replace("_", " "), ncol=2 if len(series) > 6 else 1)
     band = ", mean ± std over seeds" if max(raw.shape[0] for _, raw, _ in series) > 1 else ""
     ax.set_title(f"{title}{band}")
     return _finish(fig, path)
@@ -287,7 +282,9 @@ def denoising_rows(
     return _finish(fig, path)
 
 
-def _mean_std(v: Any, where: str) -> tuple[float, float]:
+def _mean_std(cats: Mapping, c: str, label: str) -> tuple[float, float]:
+    """Category `c` of series `label` as (mean, std); a missing one is (NaN, 0)."""
+    v, where = cats.get(c, math.nan), f"{label}/{c}"
     if isinstance(v, Mapping) and "mean" in v:
         m, s = v["mean"], v.get("std", 0.0)
     elif isinstance(v, (tuple, list, np.ndarray)) and len(v) == 2:
@@ -318,15 +315,9 @@ def bar_comparison(
     categories = list(dict.fromkeys(c for cats in groups.values() for c in cats))
     if not categories:
         raise ValueError("groups hold no categories")
-    values = np.array(
-        [
-            [
-                _mean_std(cats[c], f"{label}/{c}") if c in cats else (math.nan, 0.0)
-                for c in categories
-            ]
-            for label, cats in groups.items()
-        ]
-    )  # [series, category, (mean, std)]
+    values = np.array(  # [series, category, (mean, std)]
+        [[_mean_std(cats, c, label) for c in categories] for label, cats in groups.items()]
+    )
 
     n_s, n_c = len(groups), len(categories)
     width = 0.8 / n_s
