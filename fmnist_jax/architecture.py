@@ -1,23 +1,20 @@
 """Layer tables of the study's models, as PyTorch's `torchsummary` prints them: every layer's
-output shape and parameter count, and the totals.
+output shape and parameter count, and the totals (`python -m fmnist_jax.architecture`).
 
-    python -m fmnist_jax.architecture
+The tables come from Flax's own summary machinery on the real modules under `jax.eval_shape`
+(nothing is computed): `Module.module_paths` gives the layers in call order, with their types,
+and `capture_intermediates` their outputs. A row is a module without submodules (ReLU, pooling
+and flatten are modules in `fmnist_jax.models` for that reason).
 
-The tables come from Flax's own summary machinery, run on the real modules under
-`jax.eval_shape` (nothing is computed): `Module.module_paths` gives the layers in call order
-with their types, `capture_intermediates` each layer's output. A row is a module without
-submodules; ReLU, pooling and flatten are layers of their own in `fmnist_jax.models` so that
-they appear.
-
-Shapes are NHWC (batch first, channels last) as JAX computes them, so the CNN's first
-convolution reads `[-1, 26, 26, 10]` where the original report (PyTorch, NCHW) printed
-`[-1, 10, 26, 26]`. "Trainable params" counts every parameter, BatchNorm scale and bias
-included; BatchNorm's running statistics are state, not parameters (as in PyTorch, where
-they are buffers), and are listed separately.
+Shapes are NHWC (batch first, channels last), so the CNN's first convolution reads
+`[-1, 26, 26, 10]` where the original report (PyTorch, NCHW) printed `[-1, 10, 26, 26]`.
+"Trainable params" counts every parameter, BatchNorm scale and bias included; BatchNorm's
+running statistics are state, not parameters (in PyTorch, buffers), and are listed apart.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -100,6 +97,7 @@ def trace(cfg: TrainConfig, input_shape: tuple[int, ...], title: str) -> ModelSu
     )
 
 
+@functools.cache
 def summaries(pool: str = "avg") -> dict[str, ModelSummary]:
     """The study's models: the CNN, both autoencoders, and the encoder classifiers of Q2."""
     cnn = TrainConfig(model="cnn", pool=pool)

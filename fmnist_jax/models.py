@@ -43,13 +43,8 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Ar
     [B, H-2, W-2, Cout]."""
     impl = resolve_conv_impl(impl)
     if impl == "xla":
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(1, 1),
-            padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        nhwc = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=nhwc)
     _, h, w, _ = x.shape
     # Patches ordered (dy, dx, cin) to match kernel.reshape(9 * Cin, Cout).
     patches = jnp.concatenate(
@@ -111,8 +106,6 @@ class CNN(nn.Module):
 
     pool: str = "avg"
     conv_impl: str = "auto"
-    num_classes: int = NUM_CLASSES
-    dropout_rate: float = 0.5
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -129,13 +122,13 @@ class CNN(nn.Module):
         x = block(x, 40, "3")
         x = Flatten()(Pool(self.pool)(block(x, 80, "4")))
         x = ReLU()(nn.Dense(265, kernel_init=XAVIER, bias_init=ZEROS, name="fc1")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=XAVIER, bias_init=ZEROS, name="fc2")(x)
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(NUM_CLASSES, kernel_init=XAVIER, bias_init=ZEROS, name="fc2")(x)
 
 
-def _dense_relu_stack(x: jax.Array, widths: Sequence[int], prefix: str) -> jax.Array:
+def _dense_relu_stack(x: jax.Array, widths: Sequence[int]) -> jax.Array:
     for i, width in enumerate(widths):
-        x = ReLU()(nn.Dense(width, kernel_init=XAVIER, bias_init=ZEROS, name=f"{prefix}_{i}")(x))
+        x = ReLU()(nn.Dense(width, kernel_init=XAVIER, bias_init=ZEROS, name=f"dense_{i}")(x))
     return x
 
 
@@ -146,18 +139,17 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _dense_relu_stack(x.reshape(x.shape[0], -1), self.widths, "dense")
+        return _dense_relu_stack(x.reshape(x.shape[0], -1), self.widths)
 
 
 class Decoder(nn.Module):
     """Mirror of the encoder back to 784, ReLU after every layer including the last."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
-    output_dim: int = 784
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        return _dense_relu_stack(z, tuple(reversed(self.widths[:-1])) + (self.output_dim,), "dense")
+        return _dense_relu_stack(z, (*reversed(self.widths[:-1]), 784))
 
 
 class Autoencoder(nn.Module):
@@ -183,13 +175,12 @@ class EncoderClassifier(nn.Module):
     """The autoencoder's encoder plus a linear head to 5 classes -> logits [B, 5]."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
-    num_classes: int = NUM_CLASSES
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train
         z = Encoder(self.widths, name="encoder")(x)
-        return nn.Dense(self.num_classes, kernel_init=XAVIER, bias_init=ZEROS, name="head")(z)
+        return nn.Dense(NUM_CLASSES, kernel_init=XAVIER, bias_init=ZEROS, name="head")(z)
 
 
 def with_pretrained_encoder(classifier_params: dict, encoder_params: dict) -> dict:
