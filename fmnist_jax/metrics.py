@@ -43,29 +43,24 @@ def mean_std(values) -> dict:
     }
 
 
-def _skm():
-    # Imported when a report is made, not with the engine (which needs only the confusion matrix).
-    from sklearn import metrics as skm
-
-    return skm
+def _sklearn_args(class_names) -> dict:
+    classes = list(range(len(class_names)))
+    return {"labels": classes, "target_names": list(class_names), "zero_division": 0}
 
 
-def _report(labels, predictions, class_names) -> dict:
-    """scikit-learn's report of one seed, with per-class "accuracy" (the share of the class's
-    images predicted right, i.e. its recall)."""
-    skm = _skm()
-    rep = skm.classification_report(
-        labels,
-        predictions,
-        labels=list(range(len(class_names))),
-        target_names=list(class_names),
-        output_dict=True,
-        zero_division=0,
-    )
-    for name in class_names:
-        rep[name]["accuracy"] = rep[name]["recall"]
-    rep["accuracy"] = float(skm.accuracy_score(labels, predictions))
-    return rep
+def _reports(labels, predictions, class_names) -> list[dict]:
+    """scikit-learn's report of each seed's predictions, with per-class "accuracy" (the share of
+    the class's images predicted right, i.e. its recall)."""
+    from sklearn import metrics as skm  # imported for a report, not with the engine
+
+    reports = []
+    for p in predictions:
+        rep = skm.classification_report(labels, p, output_dict=True, **_sklearn_args(class_names))
+        for name in class_names:
+            rep[name]["accuracy"] = rep[name]["recall"]
+        rep["accuracy"] = float(skm.accuracy_score(labels, p))
+        reports.append(rep)
+    return reports
 
 
 def multi_seed_report(labels, predictions, class_names) -> dict:
@@ -73,23 +68,20 @@ def multi_seed_report(labels, predictions, class_names) -> dict:
     every number as `mean_std` over seeds: ``{"accuracy", "per_class": {name: {precision,
     recall, f1-score, support, accuracy}}, "macro avg", "weighted avg"}`` plus
     ``"confusion_matrix_sum"`` ([C, C] counts summed over seeds)."""
-    predictions, skm = np.asarray(predictions), _skm()
-    reps = [_report(labels, p, class_names) for p in predictions]
-    per_class = {
-        n: {k: mean_std([r[n][k] for r in reps]) for k in (*_HEADERS, "accuracy")}
-        for n in class_names
-    }
+    predictions = np.asarray(predictions)
+    reps = _reports(labels, predictions, class_names)
+    classes = len(class_names)
+    cm_sum = confusion_matrix(np.tile(labels, len(predictions)), predictions.ravel(), classes)
+
+    def over_seeds(key, fields):
+        return {k: mean_std([r[key][k] for r in reps]) for k in fields}
+
     return {
         "accuracy": mean_std([r["accuracy"] for r in reps]),
-        "per_class": per_class,
-        **{
-            avg: {k: mean_std([r[avg][k] for r in reps]) for k in _HEADERS}
-            for avg in ("macro avg", "weighted avg")
-        },
-        "confusion_matrix_sum": sum(
-            skm.confusion_matrix(labels, p, labels=list(range(len(class_names))))
-            for p in predictions
-        ).tolist(),
+        "per_class": {n: over_seeds(n, (*_HEADERS, "accuracy")) for n in class_names},
+        "macro avg": over_seeds("macro avg", _HEADERS),
+        "weighted avg": over_seeds("weighted avg", _HEADERS),
+        "confusion_matrix_sum": np.asarray(cm_sum).tolist(),
     }
 
 
@@ -98,37 +90,28 @@ def classification_report_text(labels, predictions, class_names, digits: int = 2
     score cell is ``"mean ± std"`` over seeds and the support is the seeds' mean."""
     predictions = np.asarray(predictions)
     if len(predictions) == 1:
-        return _skm().classification_report(
-            labels,
-            predictions[0],
-            labels=list(range(len(class_names))),
-            target_names=list(class_names),
-            digits=digits,
-            zero_division=0,
+        from sklearn.metrics import classification_report
+
+        return classification_report(
+            labels, predictions[0], digits=digits, **_sklearn_args(class_names)
         )
     rep = multi_seed_report(labels, predictions, class_names)
-    cell = lambda ms: f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"  # noqa: E731 - several seeds
-    rows = {n: rep["per_class"][n] for n in class_names} | {
-        a: rep[a] for a in ("macro avg", "weighted avg")
-    }
-    cells = {
-        n: [cell(d[k]) for k in _HEADERS[:3]] + [str(int(round(d["support"]["mean"])))]
-        for n, d in rows.items()
-    }
-    width, w = (
-        max(max(len(n) for n in class_names), len("weighted avg")),
-        max(9, len(cell(rep["accuracy"]))),
-    )
+    averages = ("macro avg", "weighted avg")
+
+    def cell(ms):
+        return f"{ms['mean']:.{digits}f} ± {ms['std']:.{digits}f}"
+
+    def row(d):
+        return [cell(d[k]) for k in _HEADERS[:3]] + [str(int(round(d["support"]["mean"])))]
+
+    width = max(len(n) for n in (*class_names, *averages))
+    w = max(9, len(cell(rep["accuracy"])))
 
     def line(label, values):
         return f"{label:>{width}s} " + "".join(f" {v:>{w}}" for v in values) + "\n"
 
-    support = str(int(round(rep["macro avg"]["support"]["mean"])))
-    return (
-        line("", _HEADERS)
-        + "\n"
-        + "".join(line(n, cells[n]) for n in class_names)
-        + "\n"
-        + line("accuracy", ["", "", cell(rep["accuracy"]), support])
-        + "".join(line(a, cells[a]) for a in ("macro avg", "weighted avg"))
+    accuracy = ["", "", cell(rep["accuracy"]), row(rep["macro avg"])[-1]]
+    return "".join(
+        [line("", _HEADERS), "\n", *(line(n, row(rep["per_class"][n])) for n in class_names)]
+        + ["\n", line("accuracy", accuracy), *(line(a, row(rep[a])) for a in averages)]
     )

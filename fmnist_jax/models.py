@@ -1,4 +1,5 @@
-"""Flax Linen models of the study: the small CNN, the denoising MLP autoencoder, the encoder classifier.
+"""Flax Linen models of the study: the small CNN, the denoising MLP autoencoder, the encoder
+classifier.
 
 Every kernel is Xavier/Glorot-uniform (PyTorch's `xavier_uniform_` with its fan convention:
 for a conv kernel fan_in = 9 * C_in, fan_out = 9 * C_out), every bias zero.
@@ -38,16 +39,12 @@ def resolve_conv_impl(impl: str) -> str:
 
 
 def conv3x3_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Array:
-    """3x3 'VALID' convolution, stride 1, NHWC. x [B, H, W, Cin], kernel [3, 3, Cin, Cout] -> [B, H-2, W-2, Cout]."""
+    """3x3 'VALID' convolution, stride 1, NHWC: x [B, H, W, Cin], kernel [3, 3, Cin, Cout] ->
+    [B, H-2, W-2, Cout]."""
     impl = resolve_conv_impl(impl)
     if impl == "xla":
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            window_strides=(1, 1),
-            padding="VALID",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        nhwc = ("NHWC", "HWIO", "NHWC")
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), "VALID", dimension_numbers=nhwc)
     _, h, w, _ = x.shape
     # Patches ordered (dy, dx, cin) to match kernel.reshape(9 * Cin, Cout).
     patches = jnp.concatenate(
@@ -57,7 +54,7 @@ def conv3x3_valid(x: jax.Array, kernel: jax.Array, impl: str = "auto") -> jax.Ar
 
 
 class Conv3x3(nn.Module):
-    """A 3x3 VALID convolution whose implementation is chosen per backend (same params either way)."""
+    """A 3x3 VALID convolution, its implementation chosen per backend (same params either way)."""
 
     features: int
     impl: str = "auto"
@@ -69,6 +66,37 @@ class Conv3x3(nn.Module):
         return conv3x3_valid(x, kernel, self.impl) + bias
 
 
+class ReLU(nn.Module):
+    """`nn.relu` as a layer (PyTorch's `nn.ReLU`), so that the layer tables list it."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return nn.relu(x)
+
+
+class Pool(nn.Module):
+    """`avg` (the assignment's) or `max` pooling over `window`, stride `window`, VALID, NHWC.
+
+    Raises:
+      ValueError: an unknown kind.
+    """
+
+    kind: str = "avg"
+    window: tuple[int, int] = (2, 2)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.kind not in POOLS:
+            raise ValueError(f"unknown pool {self.kind!r}; choose one of {POOLS}")
+        pool = nn.avg_pool if self.kind == "avg" else nn.max_pool
+        return pool(x, self.window, strides=self.window, padding="VALID")
+
+
+class Flatten(nn.Module):
+    """[B, ...] -> [B, prod(...)], in the array's (H, W, C) order."""
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return x.reshape(x.shape[0], -1)
+
+
 class CNN(nn.Module):
     """The report's CNN (230,735 trainable parameters), NHWC input [B, 28, 28, 1] -> logits [B, 5].
 
@@ -78,15 +106,6 @@ class CNN(nn.Module):
 
     pool: str = "avg"
     conv_impl: str = "auto"
-    num_classes: int = NUM_CLASSES
-    dropout_rate: float = 0.5
-
-    def _pool(self, x: jax.Array) -> jax.Array:
-        if self.pool == "avg":
-            return nn.avg_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        if self.pool == "max":
-            return nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
-        raise ValueError(f"unknown pool {self.pool!r}; choose one of {POOLS}")
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
@@ -96,21 +115,20 @@ class CNN(nn.Module):
             x = nn.BatchNorm(
                 use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn_{name}"
             )(x)
-            return nn.relu(x)
+            return ReLU()(x)
 
-        x = self._pool(block(x, 10, "1"))
+        x = Pool(self.pool)(block(x, 10, "1"))
         x = block(x, 20, "2")
         x = block(x, 40, "3")
-        x = self._pool(block(x, 80, "4"))
-        x = x.reshape(x.shape[0], -1)
-        x = nn.relu(nn.Dense(265, kernel_init=XAVIER, bias_init=ZEROS, name="fc1")(x))
-        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, kernel_init=XAVIER, bias_init=ZEROS, name="fc2")(x)
+        x = Flatten()(Pool(self.pool)(block(x, 80, "4")))
+        x = ReLU()(nn.Dense(265, kernel_init=XAVIER, bias_init=ZEROS, name="fc1")(x))
+        x = nn.Dropout(0.5, deterministic=not train)(x)
+        return nn.Dense(NUM_CLASSES, kernel_init=XAVIER, bias_init=ZEROS, name="fc2")(x)
 
 
-def _dense_relu_stack(x: jax.Array, widths: Sequence[int], prefix: str) -> jax.Array:
+def _dense_relu_stack(x: jax.Array, widths: Sequence[int]) -> jax.Array:
     for i, width in enumerate(widths):
-        x = nn.relu(nn.Dense(width, kernel_init=XAVIER, bias_init=ZEROS, name=f"{prefix}_{i}")(x))
+        x = ReLU()(nn.Dense(width, kernel_init=XAVIER, bias_init=ZEROS, name=f"dense_{i}")(x))
     return x
 
 
@@ -121,18 +139,17 @@ class Encoder(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _dense_relu_stack(x.reshape(x.shape[0], -1), self.widths, "dense")
+        return _dense_relu_stack(x.reshape(x.shape[0], -1), self.widths)
 
 
 class Decoder(nn.Module):
     """Mirror of the encoder back to 784, ReLU after every layer including the last."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
-    output_dim: int = 784
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        return _dense_relu_stack(z, tuple(reversed(self.widths[:-1])) + (self.output_dim,), "dense")
+        return _dense_relu_stack(z, (*reversed(self.widths[:-1]), 784))
 
 
 class Autoencoder(nn.Module):
@@ -158,13 +175,12 @@ class EncoderClassifier(nn.Module):
     """The autoencoder's encoder plus a linear head to 5 classes -> logits [B, 5]."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
-    num_classes: int = NUM_CLASSES
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train
         z = Encoder(self.widths, name="encoder")(x)
-        return nn.Dense(self.num_classes, kernel_init=XAVIER, bias_init=ZEROS, name="head")(z)
+        return nn.Dense(NUM_CLASSES, kernel_init=XAVIER, bias_init=ZEROS, name="head")(z)
 
 
 def with_pretrained_encoder(classifier_params: dict, encoder_params: dict) -> dict:

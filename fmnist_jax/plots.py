@@ -1,9 +1,9 @@
 """Figures for the results: learning curves, overlays, confusion matrices, image rows, bars.
 
-Everything uses `matplotlib.figure.Figure` with the Agg canvas directly: no pyplot, no
-global backend state, safe in worker processes and headless machines. Every figure is
-written atomically through `fmnist_jax.io.atomic_path` (a crash never leaves a truncated
-PNG under the final name) and the written `Path` is returned.
+Everything uses `matplotlib.figure.Figure` with the Agg canvas directly: no pyplot, no global
+backend state, safe in worker processes and headless machines. With a path, a figure is written
+as PNG atomically through `fmnist_jax.io.atomic_path` (a crash never leaves a truncated PNG
+under the final name) and the path is returned; with `path=None` the `Figure` itself is.
 
 History format (shared across the project)::
 
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,18 +33,13 @@ from fmnist_jax.io import atomic_path
 DPI = 110
 
 _SET_STYLE = {
-    "train": {"color": "tab:blue", "linestyle": "-"},
-    "val": {"color": "tab:orange", "linestyle": "-"},
-    "test": {"color": "tab:green", "linestyle": "-"},
-    "val_noisy": {"color": "tab:orange", "linestyle": "--"},
-    "test_noisy": {"color": "tab:green", "linestyle": "--"},
+    "train": ("tab:blue", "-"),
+    "val": ("tab:orange", "-"),
+    "test": ("tab:green", "-"),
+    "val_noisy": ("tab:orange", "--"),
+    "test_noisy": ("tab:green", "--"),
 }
 _EXTRA_COLORS = ["tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:gray", "tab:olive"]
-
-_DEFAULT_YLABELS = {"loss": "loss", "accuracy": "accuracy"}
-
-
-# --------------------------------------------------------------------------- helpers
 
 
 def _new_figure(figsize: tuple[float, float]) -> Figure:
@@ -54,8 +49,6 @@ def _new_figure(figsize: tuple[float, float]) -> Figure:
 
 
 def _finish(fig: Figure, path: str | os.PathLike | None) -> Path | Figure:
-    """Write `fig` as PNG to `path` atomically and return the path; with no path, return the
-    figure itself (to inspect it)."""
     if path is None:
         return fig
     path = Path(path)
@@ -65,118 +58,55 @@ def _finish(fig: Figure, path: str | os.PathLike | None) -> Path | Figure:
 
 
 def _to_float(v: Any) -> float:
-    if v is None:
-        return math.nan
     try:
-        return float(v)
+        return math.nan if v is None else float(v)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"history value {v!r} is not a number") from exc
 
 
-def _seed_matrix(per_seed: Any, name: str = "curve") -> np.ndarray:
-    """Per-seed per-epoch values -> float array [n_seeds, max_epochs], ragged padded with NaN.
-
-    Accepts a list of per-seed lists, a 2-D array, or a single flat list (one seed).
-    Strings like "nan"/"inf" (as written by `io.write_json`) become floats.
-    """
-    if isinstance(per_seed, np.ndarray):
-        arr = np.asarray(per_seed, dtype=float)
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2:
-            raise ValueError(
-                f"{name}: expected per-seed per-epoch values (2-D), got shape {arr.shape}"
-            )
-        return arr
-    if not isinstance(per_seed, Sequence) or isinstance(per_seed, (str, bytes)):
-        raise ValueError(
-            f"{name}: expected a list of per-seed lists, got {type(per_seed).__name__}"
-        )
-    seqs = list(per_seed)
-    if seqs and not any(
-        isinstance(s, (Sequence, np.ndarray)) and not isinstance(s, (str, bytes)) for s in seqs
-    ):
-        seqs = [seqs]  # a single seed given as a flat list
-    rows = []
-    for s in seqs:
-        if isinstance(s, (str, bytes)) or not isinstance(s, (Sequence, np.ndarray)):
-            raise ValueError(f"{name}: every seed must be a list of per-epoch values, got {s!r}")
-        rows.append([_to_float(v) for v in np.asarray(s, dtype=object).ravel()])
-    n_ep = max((len(r) for r in rows), default=0)
-    out = np.full((len(rows), n_ep), np.nan)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
-
-
-def _n_diverged(raw: np.ndarray, lengths: np.ndarray | None = None) -> int:
-    """Seeds with any non-finite value among their recorded epochs."""
-    return int(np.sum(~np.all(np.isfinite(raw) | _padding_mask(raw, lengths), axis=1)))
-
-
-def _padding_mask(raw: np.ndarray, lengths: np.ndarray | None) -> np.ndarray:
-    mask = np.zeros_like(raw, dtype=bool)
-    if lengths is not None:
-        for i, n in enumerate(lengths):
-            mask[i, n:] = True
-    return mask
-
-
-def _seed_lengths(per_seed: Any) -> np.ndarray | None:
+def _seeds(per_seed: Any, name: str) -> tuple[np.ndarray, int]:
+    """Per-seed per-epoch values -> (float array [n_seeds, max_epochs], ragged seeds padded with
+    NaN; the number of seeds with a non-finite value among their own epochs)."""
     try:
-        seqs = list(per_seed)
-        if seqs and all(
-            isinstance(s, (Sequence, np.ndarray)) and not isinstance(s, (str, bytes)) for s in seqs
-        ):
-            return np.array([len(s) for s in seqs])
+        rows = [[_to_float(v) for v in seed] for seed in per_seed]
     except TypeError:
-        pass
-    return None
+        raise ValueError(f"{name}: expected a list of per-seed lists of per-epoch values") from None
+    out = np.full((len(rows), max(map(len, rows), default=0)), np.nan)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = row
+    return out, sum(not np.all(np.isfinite(row)) for row in rows)
 
 
-def _stats(raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(epochs 1-based, nan-mean, nan-std) over seeds, ignoring non-finite values."""
+def _plot_mean_band(ax, raw: np.ndarray, label: str, style, per_seed_lines=True) -> None:
+    """Mean line + mean±std band over seeds, ignoring non-finite values (+ thin per-seed lines
+    for up to 5 seeds)."""
+    line = {"color": style[0], "linestyle": style[1]}
     finite = np.where(np.isfinite(raw), raw, np.nan)
-    n_ep = finite.shape[1]
-    mean = np.full(n_ep, np.nan)
-    std = np.full(n_ep, np.nan)
-    counts = np.sum(np.isfinite(finite), axis=0)
-    ok = counts > 0
-    if np.any(ok):
-        mean[ok] = np.nanmean(finite[:, ok], axis=0)
-        std[ok] = np.nanstd(finite[:, ok], axis=0)
-    return np.arange(1, n_ep + 1), mean, std
-
-
-def _plot_mean_band(
-    ax, raw: np.ndarray, label: str, color, linestyle="-", per_seed_lines=True
-) -> bool:
-    """Mean line + mean±std band (+ thin per-seed lines for few seeds). False if nothing finite."""
-    epochs, mean, std = _stats(raw)
-    if not np.any(np.isfinite(mean)):
-        ax.plot([], [], color=color, linestyle=linestyle, label=f"{label} (no finite values)")
-        return False
-    marker = "o" if np.sum(np.isfinite(mean)) <= 3 else None
-    ax.plot(
-        epochs,
-        mean,
-        color=color,
-        linestyle=linestyle,
-        linewidth=1.8,
-        marker=marker,
-        markersize=4,
-        label=label,
-    )
+    epochs, (mean, std) = np.arange(1, raw.shape[1] + 1), np.full((2, raw.shape[1]), np.nan)
+    ok = np.any(np.isfinite(finite), axis=0)
+    if not np.any(ok):
+        ax.plot([], [], **line, label=f"{label} (no finite values)")
+        return
+    mean[ok], std[ok] = np.nanmean(finite[:, ok], axis=0), np.nanstd(finite[:, ok], axis=0)
+    marker = "o" if np.sum(ok) <= 3 else None
+    ax.plot(epochs, mean, **line, linewidth=1.8, marker=marker, markersize=4, label=label)
     if raw.shape[0] > 1:
-        ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.18, linewidth=0)
+        ax.fill_between(epochs, mean - std, mean + std, color=style[0], alpha=0.18, linewidth=0)
         if raw.shape[0] <= 5 and per_seed_lines:
-            finite = np.where(np.isfinite(raw), raw, np.nan)
             for row in finite:
-                ax.plot(epochs, row, color=color, linestyle=linestyle, linewidth=0.6, alpha=0.35)
-    return True
+                ax.plot(epochs, row, **line, linewidth=0.6, alpha=0.35)
 
 
-# --------------------------------------------------------------------------- learning curves
+def _epoch_axes(ax, ylabel: str, **legend) -> None:
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(fontsize=8, loc="best", **legend)
+
+
+def _diverged(label: str, k: int) -> str:
+    return label + (f" ({k} diverged)" if k else "")
 
 
 def learning_curves(
@@ -190,7 +120,7 @@ def learning_curves(
 ) -> Path | Figure:
     """One panel per metric present in `history`; per set the mean over seeds vs epoch
     (1-based) with a mean ± std band (and thin per-seed lines when there are <= 5 seeds).
-    Missing metrics/sets are skipped.
+    Missing metrics/sets are skipped; `ylabels` maps a metric to its axis label.
 
     Raises:
       ValueError: nothing at all is plottable.
@@ -199,101 +129,62 @@ def learning_curves(
         raise ValueError(
             f"history must be a dict name -> per-seed lists, got {type(history).__name__}"
         )
-    labels = dict(_DEFAULT_YLABELS)
-    labels.update(ylabels or {})
-    panels = []  # (metric, [(set, raw, lengths)])
-    n_seeds = 0
+    ylabels = {"loss": "loss", "accuracy": "accuracy", **(ylabels or {})}
+    panels = {}  # metric -> [(set, raw, diverged)]
     for metric in metrics:
-        lines = []
-        for s in sets:
-            key = f"{s}_{metric}"
-            if key not in history:
-                continue
-            raw = _seed_matrix(history[key], key)
-            if raw.size == 0:
-                continue
-            lines.append((s, raw, _seed_lengths(history[key])))
-            n_seeds = max(n_seeds, raw.shape[0])
-        if lines:
-            panels.append((metric, lines))
+        keys = [(s, f"{s}_{metric}") for s in sets if f"{s}_{metric}" in history]
+        lines = [(s, *_seeds(history[key], key)) for s, key in keys]
+        if lines := [line for line in lines if line[1].size]:
+            panels[metric] = lines
     if not panels:
         raise ValueError(
             f"history has no curves for metrics {tuple(metrics)} x sets {tuple(sets)}; "
             f"keys present: {sorted(history)}"
         )
+    n_seeds = max(raw.shape[0] for lines in panels.values() for _, raw, _ in lines)
 
     fig = _new_figure((5.0 * len(panels) + 0.4, 3.9))
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
-    for ax, (metric, lines) in zip(axes, panels):
+    for ax, (metric, lines) in zip(axes, panels.items(), strict=True):
         extra = iter(_EXTRA_COLORS)
-        for s, raw, lengths in lines:
-            style = _SET_STYLE.get(s) or {"color": next(extra, "black"), "linestyle": "-"}
-            k = _n_diverged(raw, lengths)
-            label = s.replace("_", " ") + (f" ({k} diverged)" if k else "")
-            _plot_mean_band(ax, raw, label, style["color"], style["linestyle"])
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(labels.get(metric, metric))
+        for s, raw, k in lines:
+            style = _SET_STYLE.get(s) or (next(extra, "black"), "-")
+            _plot_mean_band(ax, raw, _diverged(s.replace("_", " "), k), style)
         ax.set_title(metric.replace("_", " "))
-        ax.grid(True, alpha=0.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8, loc="best")
-    seeds = f"{n_seeds} seed" + ("s" if n_seeds != 1 else "")
+        _epoch_axes(ax, ylabels.get(metric, metric))
     band = ", mean ± std" if n_seeds > 1 else ""
-    fig.suptitle(f"{title} ({seeds}{band})")
+    fig.suptitle(f"{title} ({n_seeds} seed{'s' * (n_seeds != 1)}{band})")
     return _finish(fig, path)
 
 
-# --------------------------------------------------------------------------- overlay
-
-
 def overlay_curves(
-    curves: dict[str, dict],
-    path,
-    *,
-    title: str,
-    metric: str = "val_accuracy",
-    ylabel: str | None = None,
+    curves: dict[str, dict], path, *, title: str, metric: str = "val_accuracy"
 ) -> Path | Figure:
-    """One mean line + band per configuration for `metric` (configs may differ in epochs).
-    Configurations without `metric` are skipped.
+    """One mean line + band per configuration (label -> history) for `metric`; configurations
+    may differ in epochs, and those without `metric` are skipped.
 
     Raises:
       ValueError: no configuration has `metric`.
     """
     if not isinstance(curves, Mapping) or not curves:
         raise ValueError("curves must be a non-empty dict config label -> history")
-    series = []
-    for label, hist in curves.items():
-        if not isinstance(hist, Mapping) or metric not in hist:
-            continue
-        raw = _seed_matrix(hist[metric], f"{label}:{metric}")
-        if raw.size == 0:
-            continue
-        series.append((str(label), raw, _seed_lengths(hist[metric])))
-    if not series:
+    series = [
+        (str(label), *_seeds(hist[metric], f"{label}:{metric}"))
+        for label, hist in curves.items()
+        if isinstance(hist, Mapping) and metric in hist
+    ]
+    if not (series := [s for s in series if s[1].size]):
         raise ValueError(f"no configuration has the curve {metric!r}")
 
     fig = _new_figure((7.0, 4.2))
     ax = fig.subplots()
-    colors = [f"C{i}" for i in range(10)]
-    styles = ["-", "--", "-.", ":"]
-    n_max = 0
-    for i, (label, raw, lengths) in enumerate(series):
-        n_max = max(n_max, raw.shape[0])
-        k = _n_diverged(raw, lengths)
-        full = f"{label} (n={raw.shape[0]})" + (f" ({k} diverged)" if k else "")
-        _plot_mean_band(ax, raw, full, colors[i % 10], styles[(i // 10) % 4], per_seed_lines=False)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel or metric.replace("_", " "))
-    ax.grid(True, alpha=0.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.legend(fontsize=8, loc="best", ncol=2 if len(series) > 6 else 1)
-    band = ", mean ± std over seeds" if n_max > 1 else ""
+    for i, (label, raw, k) in enumerate(series):
+        style = (f"C{i % 10}", ["-", "--", "-.", ":"][(i // 10) % 4])
+        _plot_mean_band(ax, raw, _diverged(f"{label} (n={raw.shape[0]})", k), style, False)
+    _epoch_axes(ax, metric.replace("_", " "), ncol=2 if len(series) > 6 else 1)
+    band = ", mean ± std over seeds" if max(raw.shape[0] for _, raw, _ in series) > 1 else ""
     ax.set_title(f"{title}{band}")
     return _finish(fig, path)
-
-
-# --------------------------------------------------------------------------- confusion matrix
 
 
 def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = True) -> Path | Figure:
@@ -324,120 +215,86 @@ def confusion_matrix(cm, class_names, path, *, title: str, normalise: bool = Tru
     fig = _new_figure((side + 0.8, side))
     ax = fig.subplots()
     im = ax.imshow(shown, cmap="Blues", vmin=0.0, vmax=vmax)
-    cbar = fig.colorbar(im, ax=ax, shrink=0.85)
-    cbar.set_label("fraction of true class" if normalise else "count")
+    fig.colorbar(im, ax=ax, shrink=0.85).set_label(
+        "fraction of true class" if normalise else "count"
+    )
     fontsize = 9 if c <= 6 else 7 if c <= 10 else 5
-    for i in range(c):
-        for j in range(c):
-            if normalise:
-                text = f"{100 * frac[i, j]:.1f}%\n({int(round(cm[i, j]))})"
-            else:
-                text = (
-                    f"{int(round(cm[i, j]))}" if float(cm[i, j]).is_integer() else f"{cm[i, j]:.1f}"
-                )
-            dark = shown[i, j] / vmax > 0.55
-            ax.text(
-                j,
-                i,
-                text,
-                ha="center",
-                va="center",
-                fontsize=fontsize,
-                color="white" if dark else "black",
-            )
+    for (i, j), n in np.ndenumerate(cm):
+        count = f"{int(round(n))}" if n.is_integer() or normalise else f"{n:.1f}"
+        text = f"{100 * frac[i, j]:.1f}%\n({count})" if normalise else count
+        color = "white" if shown[i, j] / vmax > 0.55 else "black"
+        ax.text(j, i, text, ha="center", va="center", fontsize=fontsize, color=color)
     ax.set_xticks(range(c), labels=names, rotation=30, ha="right")
     ax.set_yticks(range(c), labels=names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    total = int(round(cm.sum()))
     acc = np.trace(cm) / cm.sum() if cm.sum() > 0 else float("nan")
     what = "row-normalised" if normalise else "counts"
-    ax.set_title(f"{title}\n({what}; n={total}, accuracy {100 * acc:.1f}%)", fontsize=10)
+    n = int(round(cm.sum()))
+    ax.set_title(f"{title}\n({what}; n={n}, accuracy {100 * acc:.1f}%)", fontsize=10)
     return _finish(fig, path)
-
-
-# --------------------------------------------------------------------------- denoising rows
-
-
-def _as_images(x, what: str) -> np.ndarray:
-    a = np.asarray(x, dtype=float)
-    if a.ndim < 2 or a.size != len(a) * 784:
-        raise ValueError(
-            f"{what}: expected images [n, 28, 28], [n, 784] or [n, 28, 28, 1], got shape {np.shape(x)}"
-        )
-    return a.reshape(len(a), 28, 28)
 
 
 def denoising_rows(
     noisy, reconstructed, clean, path, *, title: str, labels: list[str] | None = None
 ) -> Path | Figure:
-    """Three rows (noisy input / reconstruction / clean target) of n greyscale images
-    (vmin 0, vmax 1, no ticks); column titles from `labels`.
+    """Three rows (noisy input / reconstruction / clean target) of n greyscale images, each
+    [n, 28, 28], [n, 784] or [n, 28, 28, 1] in [0, 1] (vmin 0, vmax 1, no ticks); column
+    titles from `labels`.
 
     Raises:
-      ValueError: mismatched image counts or sizes, or as many labels as images.
+      ValueError: another shape, mismatched image counts, or not as many labels as images.
     """
-    rows = [
-        ("noisy input", _as_images(noisy, "noisy")),
-        ("reconstruction", _as_images(reconstructed, "reconstructed")),
-        ("clean target", _as_images(clean, "clean")),
-    ]
-    counts = {name: imgs.shape[0] for name, imgs in rows}
+    rows = {}
+    names = ("noisy input", "reconstruction", "clean target")
+    for name, x in zip(names, (noisy, reconstructed, clean), strict=True):
+        a = np.asarray(x, dtype=float)
+        if a.ndim < 2 or a.size != len(a) * 784:
+            raise ValueError(
+                f"{name}: expected images [n, 28, 28], [n, 784] or [n, 28, 28, 1], "
+                f"got shape {np.shape(x)}"
+            )
+        rows[name] = a.reshape(len(a), 28, 28)
+    counts = {name: len(imgs) for name, imgs in rows.items()}
     if len(set(counts.values())) != 1:
         raise ValueError(
             f"noisy/reconstructed/clean must hold the same number of images, got {counts}"
         )
-    shapes = {name: imgs.shape[1:] for name, imgs in rows}
-    if len(set(shapes.values())) != 1:
-        raise ValueError(f"noisy/reconstructed/clean images differ in size: {shapes}")
     n = counts["noisy input"]
     if n == 0:
         raise ValueError("no images to plot")
-    if labels is not None:
-        labels = [str(s) for s in labels]
-        if len(labels) != n:
-            raise ValueError(f"{len(labels)} labels for {n} images")
+    if labels is not None and len(labels) != n:
+        raise ValueError(f"{len(labels)} labels for {n} images")
 
     fig = _new_figure((max(1.25 * n + 1.0, 4.0), 4.6))
     axes = fig.subplots(3, n, squeeze=False)
-    for r, (row_name, imgs) in enumerate(rows):
-        for j in range(n):
-            ax = axes[r, j]
-            ax.imshow(
-                np.nan_to_num(imgs[j], nan=0.0),
-                cmap="gray",
-                vmin=0.0,
-                vmax=1.0,
-                interpolation="nearest",
-            )
+    image = {"cmap": "gray", "vmin": 0.0, "vmax": 1.0, "interpolation": "nearest"}
+    for r, (row_name, imgs) in enumerate(rows.items()):
+        for j, ax in enumerate(axes[r]):
+            ax.imshow(np.nan_to_num(imgs[j], nan=0.0), **image)
             ax.set_xticks([])
             ax.set_yticks([])
             if j == 0:
                 ax.set_ylabel(row_name, fontsize=9)
             if r == 0 and labels is not None:
-                ax.set_title(labels[j], fontsize=9)
+                ax.set_title(str(labels[j]), fontsize=9)
     fig.suptitle(title)
     return _finish(fig, path)
 
 
-# --------------------------------------------------------------------------- bar comparison
-
-
-def _mean_std(v: Any, where: str) -> tuple[float, float]:
-    if isinstance(v, Mapping):
-        if "mean" not in v:
-            raise ValueError(f"{where}: expected (mean, std) or {{'mean', 'std'}}, got {v!r}")
+def _mean_std(cats: Mapping, c: str, label: str) -> tuple[float, float]:
+    """Category `c` of series `label` as (mean, std); a missing one is (NaN, 0)."""
+    v, where = cats.get(c, math.nan), f"{label}/{c}"
+    if isinstance(v, Mapping) and "mean" in v:
         m, s = v["mean"], v.get("std", 0.0)
-    elif isinstance(v, (tuple, list, np.ndarray)):
-        if len(v) != 2:
-            raise ValueError(f"{where}: expected (mean, std), got {v!r}")
+    elif isinstance(v, (tuple, list, np.ndarray)) and len(v) == 2:
         m, s = v
+    elif isinstance(v, (Mapping, tuple, list, np.ndarray)):
+        raise ValueError(f"{where}: expected (mean, std) or {{'mean', 'std'}}, got {v!r}")
     else:
         m, s = v, 0.0
     m, s = _to_float(m), _to_float(s)
-    if not math.isfinite(s):
-        s = 0.0
-    return m, abs(s)
+    return m, abs(s) if math.isfinite(s) else 0.0
 
 
 def bar_comparison(
@@ -452,66 +309,41 @@ def bar_comparison(
     """
     if not isinstance(groups, Mapping) or not groups:
         raise ValueError("groups must be a non-empty dict series label -> {category: (mean, std)}")
-    categories: list[str] = []
     for label, cats in groups.items():
         if not isinstance(cats, Mapping):
             raise ValueError(f"groups[{label!r}] must be a dict category -> (mean, std)")
-        for c in cats:
-            if c not in categories:
-                categories.append(c)
+    categories = list(dict.fromkeys(c for cats in groups.values() for c in cats))
     if not categories:
         raise ValueError("groups hold no categories")
-    series = []
-    for label, cats in groups.items():
-        vals = [
-            (_mean_std(cats[c], f"{label}/{c}") if c in cats else (math.nan, 0.0))
-            for c in categories
-        ]
-        series.append((str(label), np.array([v[0] for v in vals]), np.array([v[1] for v in vals])))
+    values = np.array(  # [series, category, (mean, std)]
+        [[_mean_std(cats, c, label) for c in categories] for label, cats in groups.items()]
+    )
 
-    n_s, n_c = len(series), len(categories)
+    n_s, n_c = len(groups), len(categories)
     width = 0.8 / n_s
     x = np.arange(n_c)
     fig = _new_figure((max(5.0, 1.0 + n_c * (0.35 * n_s + 0.5)), 4.2))
     ax = fig.subplots()
-    for i, (label, means, stds) in enumerate(series):
-        pos = x - 0.4 + width * (i + 0.5)
-        ok = np.isfinite(means)
+    bar = {"capsize": 3, "edgecolor": "black", "linewidth": 0.5, "error_kw": {"linewidth": 0.9}}
+    for i, (label, (means, stds)) in enumerate(zip(groups, values.transpose(0, 2, 1), strict=True)):
+        pos, ok = x - 0.4 + width * (i + 0.5), np.isfinite(means)
         ax.bar(
-            pos[ok],
-            means[ok],
-            width * 0.95,
-            yerr=stds[ok],
-            capsize=3,
-            label=label,
-            color=f"C{i}",
-            edgecolor="black",
-            linewidth=0.5,
-            error_kw={"linewidth": 0.9},
+            pos[ok], means[ok], width * 0.95, yerr=stds[ok], label=str(label), color=f"C{i}", **bar
         )
 
-    all_m = np.concatenate([m for _, m, _ in series])
-    all_s = np.concatenate([s for _, _, s in series])
-    ok = np.isfinite(all_m)
-    if np.any(ok):
-        lo = float(np.min(all_m[ok] - all_s[ok]))
-        hi = float(np.max(all_m[ok] + all_s[ok]))
+    means, stds = values[..., 0].ravel(), values[..., 1].ravel()
+    if np.any(ok := np.isfinite(means)):
+        means, stds = means[ok], stds[ok]
+        lo, hi = float(np.min(means - stds)), float(np.max(means + stds))
         span = max(hi - lo, 0.05)
-        bottom = lo - 0.2 * span
-        top = hi + 0.08 * span
-        if np.all((all_m[ok] >= 0) & (all_m[ok] <= 1)) and np.max(all_m[ok]) >= 0.5:
-            # accuracy-like: view up to 1.0
-            bottom = max(0.0, bottom)
-            top = 1.0 if hi <= 1.0 else top
+        bottom, top = lo - 0.2 * span, hi + 0.08 * span
+        if np.all((means >= 0) & (means <= 1)) and np.max(means) >= 0.5:
+            bottom, top = max(0.0, bottom), 1.0 if hi <= 1.0 else top  # accuracy-like: up to 1
         elif lo >= 0:
             bottom = max(0.0, bottom)
         ax.set_ylim(bottom, top)
-    ax.set_xticks(
-        x,
-        labels=[str(c) for c in categories],
-        rotation=20 if n_c > 5 else 0,
-        ha="right" if n_c > 5 else "center",
-    )
+    rotation, ha = (20, "right") if n_c > 5 else (0, "center")
+    ax.set_xticks(x, labels=[str(c) for c in categories], rotation=rotation, ha=ha)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)

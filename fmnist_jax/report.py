@@ -393,13 +393,13 @@ def _data_section(row: Row | None) -> list[str]:
 
 
 def _models_section(pool: str) -> list[str]:
-    from fmnist_jax import summary
+    from fmnist_jax import architecture
 
-    tables, titles = summary.model_tables(pool), summary.titles(pool)
+    tables, titles = architecture.model_tables(pool), architecture.titles(pool)
     lines = [
         "## Models",
         "",
-        "Flax modules, Xavier/Glorot-uniform kernels, zero biases. " + summary.NOTE,
+        "Flax modules, Xavier/Glorot-uniform kernels, zero biases. " + architecture.NOTE,
         "",
     ]
     for key in (

@@ -733,7 +733,7 @@ def test_an_output_folder_name_the_locale_cannot_decode_is_refused(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("module", ["fmnist_jax.summary", "benchmarks.run"])
+@pytest.mark.parametrize("module", ["fmnist_jax.architecture", "benchmarks.run"])
 def test_a_backend_this_machine_lacks_is_one_error_line_in_every_entry_point(tmp_path, module):
     import jax
 
