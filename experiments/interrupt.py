@@ -18,11 +18,11 @@ Use at the very top of an entry module, before other imports:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _message = "rerun the same command to resume"
@@ -67,7 +67,5 @@ def install() -> None:
 
 
 def _unblock_in_child() -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    except (OSError, ValueError):
-        pass

@@ -36,10 +36,9 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _manager(
-    directory: str | os.PathLike, max_to_keep: int | None = 1, *, write: bool = False
-) -> ocp.CheckpointManager:
-    """A manager that writes (creates the folder, removes what a killed save left) or only reads.
+def _manager(directory: str | os.PathLike, *, write: bool = False) -> ocp.CheckpointManager:
+    """A manager that writes (creates the folder, removes what a killed save left, keeps only the
+    newest checkpoint) or only reads.
 
     Only writers clean up temporary directories: Orbax runs that cleanup in a background thread
     that `close()` does not wait for (orbax-checkpoint 0.12), so a reader in a process about to
@@ -47,7 +46,7 @@ def _manager(
     shutdown. `save` waits for it before writing.
     """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
+        max_to_keep=1,
         enable_async_checkpointing=False,
         create=write,
         cleanup_tmp_directories=write,  # a save killed midway leaves only a temporary directory
@@ -66,14 +65,9 @@ def _digest(state: Any) -> str | None:
     return digest.hexdigest()
 
 
-def save(
-    directory: str | os.PathLike,
-    step: int,
-    state: Any,
-    extra: dict | None = None,
-    max_to_keep: int | None = 1,
-) -> None:
-    """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`.
+def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None = None) -> None:
+    """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`, the
+    only one kept.
 
     An existing checkpoint `step` is replaced (Orbax alone refuses): a rerun after an
     interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
@@ -88,7 +82,7 @@ def save(
     if (digest := _digest(state)) is not None:
         extra[_DIGEST] = digest
     try:
-        with _manager(directory, max_to_keep, write=True) as mngr:
+        with _manager(directory, write=True) as mngr:
             if step in mngr.all_steps():
                 mngr.delete(step)
             args = ocp.args.Composite(
@@ -101,12 +95,6 @@ def save(
             f"cannot write a checkpoint in {directory} ({_cause(e)}); free space or fix the "
             "folder's permissions, then rerun the same command"
         ) from e
-
-
-def _require_dir(directory) -> None:
-    # Checked here because the manager would otherwise create a mistyped folder before failing.
-    if not Path(directory).is_dir():
-        raise FileNotFoundError(f"no checkpoint found in {directory}: no such folder")
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
@@ -126,7 +114,8 @@ def _cause(error: Exception, limit: int = 500) -> str:
 
 
 def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
-    _require_dir(directory)
+    if not Path(directory).is_dir():  # else the manager would create a mistyped folder
+        raise FileNotFoundError(f"no checkpoint found in {directory}: no such folder")
     try:
         with _manager(directory) as mngr:
             step = mngr.latest_step() if step is None else step
