@@ -7,6 +7,7 @@ and checks the batch size against it: a refusal costs seconds and writes nothing
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -68,24 +69,25 @@ def check_writable(out: Path) -> None:
         raise UsageError(f"--out {out} is a file, not a folder; choose another with --out DIR")
     created = []
     try:
-        missing = [parent for parent in (out, *out.parents) if not parent.exists()]
-        for folder in reversed(missing):
+        for folder in reversed([p for p in (out, *out.parents) if not p.exists()]):
             folder.mkdir()
             created.append(folder)
         with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
             pass
     except OSError as e:
+        where = f": {e.filename}" if e.filename else ""
         raise UsageError(
-            f"the output folder {out} is not writable ({e.strerror or e}"
-            f"{': ' + str(e.filename) if e.filename else ''}); "
+            f"the output folder {out} is not writable ({e.strerror or e}{where}); "
             "choose another with --out DIR"
         ) from None
     finally:
         for folder in reversed(created):
-            try:
+            with contextlib.suppress(OSError):
                 folder.rmdir()
-            except OSError:
-                pass
+
+
+# TaskData's arrays are {split}_{kind}
+_SPLITS, _KINDS = ("train", "val", "test"), ("images", "labels")
 
 
 def load_data(opts: Options) -> TaskData:
@@ -110,11 +112,7 @@ def load_data(opts: Options) -> TaskData:
             val_labels=data.val_labels[:QUICK_VAL],
         )
         data.info.update(quick=True)
-    data.info["counts"] = {
-        "train": len(data.train_labels),
-        "val": len(data.val_labels),
-        "test": len(data.test_labels),
-    }
+    data.info["counts"] = {s: len(getattr(data, f"{s}_labels")) for s in _SPLITS}
     data.info["digest"] = digest(data)
     return data
 
@@ -122,15 +120,9 @@ def load_data(opts: Options) -> TaskData:
 def digest(data: TaskData) -> str:
     """sha256 (first 16 hex digits) of the images and labels actually used, every split."""
     h = hashlib.sha256()
-    for array in (
-        data.train_images,
-        data.train_labels,
-        data.val_images,
-        data.val_labels,
-        data.test_images,
-        data.test_labels,
-    ):
-        h.update(np.ascontiguousarray(array).tobytes())
+    for split in _SPLITS:
+        for kind in _KINDS:
+            h.update(np.ascontiguousarray(getattr(data, f"{split}_{kind}")).tobytes())
     return h.hexdigest()[:16]
 
 
@@ -153,7 +145,8 @@ def make_context(opts: Options) -> Context:
     """Check the output folder, turn on the compilation cache, load the data, check the batch.
 
     Raises:
-      UsageError, fmnist_jax.sources.DataError: see `check_writable`, `load_data`, `check_batch_size`.
+      UsageError, fmnist_jax.sources.DataError: see `check_writable`, `load_data` and
+        `check_batch_size`.
     """
     if distributed.is_writer():  # the only process that writes (see fmnist_jax.distributed)
         check_writable(opts.out)
@@ -180,19 +173,10 @@ def command_line() -> str:
     quoted (a bare `python` may be another interpreter, or none, in the next shell; relative
     paths need the folder; the variables of `RECORDED_ENV` that are set change the data or the
     numbers)."""
-    main = sys.modules.get("__main__")
-    spec = getattr(main, "__spec__", None)
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
     entry = ["-m", spec.name] if spec is not None and spec.name else sys.argv[:1]
     env = [f"{k}={os.environ[k]}" for k in RECORDED_ENV if os.environ.get(k)]
+    words = [os.getcwd(), *(["env", *env] if env else []), sys.executable, *entry, *sys.argv[1:]]
     # Words the locale could not decode (held as surrogates) as the UTF-8 they most likely were.
-    cwd, *words = (
-        os.fsencode(w).decode("utf-8", "surrogateescape")
-        for w in (
-            os.getcwd(),
-            *(["env", *env] if env else []),
-            sys.executable,
-            *entry,
-            *sys.argv[1:],
-        )
-    )
+    cwd, *words = (os.fsencode(w).decode("utf-8", "surrogateescape") for w in words)
     return f"cd {shlex.quote(cwd)} && {shlex.join(words)}"

@@ -4,8 +4,8 @@ A compiled epoch blocks the main thread inside XLA, where Python signal handlers
 until it returns (tens of seconds on a CPU). So the entry points block SIGINT/SIGTERM in every
 thread *before anything else starts threads* (NumPy's BLAS, XLA's pools) and one watcher
 thread receives them with `sigwait`, prints what is kept, and ends the process at once, with
-exit status 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell expects; one
-of several cooperating processes stops all of them with that status (`fmnist_jax.distributed`).
+exit status 128 + the signal number (130 for SIGINT, 143 for SIGTERM), as a shell expects (one of
+several cooperating processes: JAX's runtime then ends the others, see `fmnist_jax.distributed`).
 Nothing is lost by ending abruptly: every result file, checkpoint and download is written to a
 temporary name and renamed, so the last completed epoch's checkpoint and every completed
 configuration are intact, and rerunning the same command resumes.
@@ -18,12 +18,11 @@ Use at the very top of an entry module, before other imports:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
-
-from fmnist_jax import distributed  # standard library imports only
 
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _message = "rerun the same command to resume"
@@ -51,8 +50,6 @@ def _watch() -> None:
         name = signal.Signals(sig).name
         # os.write, not sys.stderr: no lock the main thread (a progress bar) could be holding.
         os.write(2, f"\ninterrupted by {name}: {_message}\n".encode())
-        if distributed.is_multiprocess():
-            distributed.exit_all(128 + sig)  # every process stops with this status
     finally:
         os._exit(128 + sig)
 
@@ -70,7 +67,5 @@ def install() -> None:
 
 
 def _unblock_in_child() -> None:
-    try:
+    with contextlib.suppress(OSError, ValueError):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
-    except (OSError, ValueError):
-        pass

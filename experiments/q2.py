@@ -300,7 +300,7 @@ def encoder_metadata(path: Path, widths, n_seeds: int) -> dict:
     if path.is_dir():  # Orbax's manager would create a missing folder: look first
         try:
             meta = checkpoint.restore_extra(path)
-        except (FileNotFoundError, ValueError):
+        except OSError:  # none there, or unreadable (CheckpointError)
             meta = None
     if not meta or "widths" not in meta or "n_seeds" not in meta:
         raise UsageError(

@@ -9,13 +9,9 @@ data restores without complaint otherwise).
 
 from __future__ import annotations
 
-import errno
 import hashlib
-import logging
 import os
 import sys
-import threading
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,8 +25,10 @@ from fmnist_jax import placement
 _DIGEST = "state_sha256"  # sidecar key: the saved state's bytes, checked by `restore`
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that exists but cannot be restored as asked: damaged, or of other shapes."""
+class CheckpointError(OSError):
+    """A checkpoint that cannot be written (the disk full, the folder not writable, its path too
+    long) or restored as asked (damaged, or of other shapes). The message gives the folder and
+    the cause in words; `__cause__` is Orbax's or tensorstore's own error."""
 
 
 def abstract_like(tree: Any) -> Any:
@@ -38,10 +36,9 @@ def abstract_like(tree: Any) -> Any:
     return jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _manager(
-    directory: str | os.PathLike, max_to_keep: int | None = 1, *, write: bool = False
-) -> ocp.CheckpointManager:
-    """A manager that writes (creates the folder, removes what a killed save left) or only reads.
+def _manager(directory: str | os.PathLike, *, write: bool = False) -> ocp.CheckpointManager:
+    """A manager that writes (creates the folder, removes what a killed save left, keeps only the
+    newest checkpoint) or only reads.
 
     Only writers clean up temporary directories: Orbax runs that cleanup in a background thread
     that `close()` does not wait for (orbax-checkpoint 0.12), so a reader in a process about to
@@ -49,7 +46,7 @@ def _manager(
     shutdown. `save` waits for it before writing.
     """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
+        max_to_keep=1,
         enable_async_checkpointing=False,
         create=write,
         cleanup_tmp_directories=write,  # a save killed midway leaves only a temporary directory
@@ -68,61 +65,36 @@ def _digest(state: Any) -> str | None:
     return digest.hexdigest()
 
 
-def save(
-    directory: str | os.PathLike,
-    step: int,
-    state: Any,
-    extra: dict | None = None,
-    max_to_keep: int | None = 1,
-) -> None:
-    """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`.
+def save(directory: str | os.PathLike, step: int, state: Any, extra: dict | None = None) -> None:
+    """Save `state` (pytree of arrays) and `extra` (JSON-able dict) as checkpoint `step`, the
+    only one kept.
 
     An existing checkpoint `step` is replaced (Orbax alone refuses): a rerun after an
     interruption saves the same step again (e.g. the encoder copy a fine-tuning row writes
     before training), and must not crash on what the interrupted run left.
 
     Raises:
-      OSError: the disk is full, the path too long, or the folder not writable (tensorstore's
-        own errors, which say so only in their text, are raised as the OSError they are).
+      CheckpointError: Orbax or tensorstore cannot write it (the disk is full, the folder not
+        writable, the path too long: tensorstore says which only in its message).
     """
     state = placement.replicated_across_processes(state)  # Orbax saves global arrays only
     extra = dict(extra or {})
     if (digest := _digest(state)) is not None:
         extra[_DIGEST] = digest
-    _quiet_orbax_leftovers()  # a failed write leaves the same leftovers as a failed restore
     try:
-        with _manager(directory, max_to_keep, write=True) as mngr:
+        with _manager(directory, write=True) as mngr:
             if step in mngr.all_steps():
                 mngr.delete(step)
-            mngr.save(
-                step,
-                force=True,
-                args=ocp.args.Composite(
-                    state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
-                ),
+            args = ocp.args.Composite(
+                state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(extra)
             )
+            mngr.save(step, force=True, args=args)
             mngr.wait_until_finished()
-    except OSError:
-        raise
-    except Exception as e:  # noqa: BLE001 - tensorstore reports file-system errors as ValueError
-        code = next((c for c, words in _WRITE_ERRORS if any(w in str(e) for w in words)), None)
-        if code is None:
-            raise
-        raise OSError(code, os.strerror(code), str(directory)) from None
-
-
-_WRITE_ERRORS = (
-    (errno.ENOSPC, ("RESOURCE_EXHAUSTED", "No space left")),
-    (errno.ENAMETOOLONG, ("File name too long",)),
-    (errno.EROFS, ("Read-only file system",)),
-    (errno.EACCES, ("PERMISSION_DENIED", "Permission denied")),
-)
-
-
-def _require_dir(directory) -> None:
-    # Checked here because the manager would otherwise create a mistyped folder before failing.
-    if not Path(directory).is_dir():
-        raise FileNotFoundError(f"no checkpoint found in {directory}: no such folder")
+    except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
+        raise CheckpointError(
+            f"cannot write a checkpoint in {directory} ({_cause(e)}); free space or fix the "
+            "folder's permissions, then rerun the same command"
+        ) from e
 
 
 def latest_step(directory: str | os.PathLike) -> int | None:
@@ -131,54 +103,6 @@ def latest_step(directory: str | os.PathLike) -> int | None:
         return None
     with _manager(directory) as mngr:
         return mngr.latest_step()
-
-
-def _quiet_orbax_leftovers() -> None:
-    """After a failed restore or write, the reads and writes Orbax had in flight end after their
-    event loop closed, reported as unraisable or thread exceptions ("Event loop is closed", dozens
-    of tracebacks, at exit or later), asyncio's "exception was never retrieved" errors, absl's
-    thread tracebacks and "coroutine ... was never awaited" warnings: drop those (the failure
-    itself is reported once, by the caller), pass anything else on. Installed once, before the
-    first checkpoint operation (the leftovers can be reported while it is still failing); this
-    project runs no coroutines of its own. Keyed on message texts of orbax-checkpoint 0.12."""
-    previous = sys.unraisablehook
-    if getattr(previous, "quiets_orbax", False):
-        return
-
-    def hook(unraisable):
-        code = getattr(unraisable.object, "cr_code", None)  # a coroutine of Orbax's
-        if (
-            isinstance(unraisable.exc_value, RuntimeError)
-            and str(unraisable.exc_value) == "Event loop is closed"
-            or "orbax" in getattr(code, "co_filename", "")
-        ):
-            return
-        previous(unraisable)
-
-    previous_thread_hook = threading.excepthook
-
-    def thread_hook(args):  # the same leftovers, raised in one of Orbax's threads
-        if not (
-            isinstance(args.exc_value, RuntimeError)
-            and str(args.exc_value) == "Event loop is closed"
-        ):
-            previous_thread_hook(args)
-
-    hook.quiets_orbax = True
-    sys.unraisablehook, threading.excepthook = hook, thread_hook
-    # Orbax logs a failed write from each of its threads, traceback included; the caller reports it.
-    logging.getLogger("absl").addFilter(
-        lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage()
-    )
-    logging.getLogger("asyncio").addFilter(
-        lambda record: (
-            not (
-                "never retrieved" in (text := record.getMessage())
-                and ("orbax" in text or "tensorstore" in text)
-            )
-        )
-    )
-    warnings.filterwarnings("ignore", r"coroutine '.*' was never awaited", RuntimeWarning)
 
 
 def _cause(error: Exception, limit: int = 500) -> str:
@@ -190,8 +114,8 @@ def _cause(error: Exception, limit: int = 500) -> str:
 
 
 def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
-    _require_dir(directory)
-    _quiet_orbax_leftovers()  # before: a failing read's threads report while it fails
+    if not Path(directory).is_dir():  # else the manager would create a mistyped folder
+        raise FileNotFoundError(f"no checkpoint found in {directory}: no such folder")
     try:
         with _manager(directory) as mngr:
             step = mngr.latest_step() if step is None else step
@@ -203,7 +127,7 @@ def _restore(directory, step: int | None, items: dict) -> tuple[Any, dict]:
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - Orbax and tensorstore raise many types
-        raise CheckpointError(f"{type(e).__name__}: {_cause(e)}") from None
+        raise CheckpointError(f"{type(e).__name__}: {_cause(e)}") from e
     extra = dict(restored["extra"] or {})
     want = extra.pop(_DIGEST, None)
     if "state" in items and want is not None and _digest(restored["state"]) != want:
@@ -253,7 +177,7 @@ def resume(
         if missing := [key for key in required if key not in extra]:
             raise CheckpointError(f"its sidecar lacks {', '.join(missing)}")
         return state, extra
-    except (CheckpointError, OSError) as e:
+    except OSError as e:  # CheckpointError included
         aside, n = directory.with_name(f".{directory.name}.damaged"), 1
         while aside.exists():
             n += 1

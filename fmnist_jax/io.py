@@ -3,7 +3,6 @@ name), the user cache folder, and output streams that print whatever their encod
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import json
 import os
@@ -60,16 +59,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 def _fsync_dir(directory: Path) -> None:
     """Make the rename itself durable (best effort: not every platform can open a folder)."""
-    try:
+    with contextlib.suppress(OSError):
         fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -167,22 +162,36 @@ _ASCII_SPELLING = {
 }
 
 
-def _spell_in_ascii(error: UnicodeError) -> tuple[str, int]:
-    if not isinstance(error, UnicodeEncodeError):
-        raise error
-    text = error.object[error.start : error.end]
-    return "".join(
-        _ASCII_SPELLING.get(c) or c.encode("ascii", "backslashreplace").decode() for c in text
-    ), error.end
+class _AsciiSpelt:
+    """A text stream whose encoding lacks characters this project prints: they are written as
+    `_ASCII_SPELLING` says, others escaped (`\\xfc`); everything else is the stream's own."""
+
+    def __init__(self, stream):
+        stream.reconfigure(errors="backslashreplace")
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(text.translate(_ASCII_TABLE))
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
-codecs.register_error("fmnist_jax.ascii", _spell_in_ascii)
+_ASCII_TABLE = str.maketrans(_ASCII_SPELLING)
 
 
 def tolerant_output() -> None:
-    """Make stdout and stderr print characters their encoding cannot hold (PYTHONIOENCODING=ascii,
-    a C locale) in ASCII ('±' as '+/-', others escaped) instead of raising UnicodeEncodeError.
-    Files are not affected: they are always written as UTF-8."""
-    for stream in (sys.stdout, sys.stderr):
-        if hasattr(stream, "reconfigure"):
-            stream.reconfigure(errors="fmnist_jax.ascii")
+    """For an entry point: make stdout and stderr print characters their encoding cannot hold
+    (PYTHONIOENCODING=ascii, a C locale) in ASCII ('±' as '+/-', others escaped) instead of
+    raising UnicodeEncodeError. Files are not affected: they are always written as UTF-8."""
+
+    def spelt(stream):
+        if isinstance(stream, _AsciiSpelt) or not hasattr(stream, "reconfigure"):
+            return stream  # done already, or not a text file (None without a terminal)
+        try:
+            "".join(_ASCII_SPELLING).encode(stream.encoding)
+            return stream
+        except (UnicodeEncodeError, LookupError):
+            return _AsciiSpelt(stream)
+
+    sys.stdout, sys.stderr = spelt(sys.stdout), spelt(sys.stderr)

@@ -2,7 +2,7 @@
 machine, as the README's "Devices, processes and hosts" section shows: 2 processes on 127.0.0.1,
 each with 2 fake CPU devices and CPU collectives (gloo), run an entry point with `--parallel data`
 or `seeds` over all 4 devices; the results tree equals one process's with the same 4 devices
-(`python -m fmnist_jax.compare --atol`), and a process that stops stops the other with its status.
+(`python -m fmnist_jax.compare --atol`), and a process that stops makes JAX's runtime end the other.
 """
 
 import json
@@ -134,30 +134,39 @@ def test_two_processes_give_the_numbers_of_one(tmp_path, parallel):
     assert changed.returncode == 1 and "val_mse.mean" in changed.stdout
 
 
-def test_an_error_in_one_process_stops_every_process_with_its_status(tmp_path):
-    """Process 0 alone cannot write its --out (a file): it exits 2, and so does process 1."""
+# JAX's runtime ends a job with a failed process (see fmnist_jax.distributed): at the latest when
+# its shutdown barrier times out (300 s, jax.distributed.initialize's default). Waiting longer
+# than that means a hang.
+HANG_S = 600
+
+
+def test_an_error_in_one_process_ends_every_process_with_a_non_zero_status(tmp_path):
+    """Process 0 alone cannot write its --out (a file): its one error line and status 2; process 1
+    fails in its first collective (JAX's runtime: no peer), with a non-zero status."""
     (tmp_path / "a_file").write_text("")
     outs = [tmp_path / "a_file", tmp_path / "results"]
     procs = launch(tmp_path, lambda i: [*COMMAND, "--quiet", "--out", str(outs[i])])
-    assert wait_all(procs, timeout=300) == [2, 2]
+    status = wait_all(procs, timeout=HANG_S)
     errors = [err.read_text() for _, _, err in procs]
+    assert status[0] == 2 and status[1] != 0, (status, errors)
     assert "error: --out" in errors[0] and "is a file, not a folder" in errors[0]
-    assert "stopped: process 0 of 2 stopped with exit status 2" in errors[1]
-    assert "Traceback" not in errors[0] + errors[1]
+    assert "Traceback" not in errors[0]
 
 
-def test_an_interrupted_process_stops_every_process_with_its_status(tmp_path):
-    """SIGINT to process 1 alone, while it trains: both exit 130."""
+@pytest.mark.parametrize("victim", [0, 1])
+def test_an_interrupted_process_ends_every_process_with_a_non_zero_status(tmp_path, victim):
+    """SIGINT to one process while it trains: it exits 130 at once; JAX's runtime ends the other
+    (at once when process 0, which hosts the runtime, is gone; else after its heartbeat timeout)."""
     procs = launch(tmp_path, lambda i: [*COMMAND, "--out", str(tmp_path / "results")])
+    proc, out, err = procs[victim]
     deadline = time.monotonic() + 300
-    while "pretraining" not in procs[1][1].read_text():
-        assert time.monotonic() < deadline and procs[1][0].poll() is None, procs[1][2].read_text()
+    while "pretraining" not in out.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, err.read_text()
         time.sleep(0.2)
-    procs[1][0].send_signal(signal.SIGINT)
-    assert wait_all(procs, timeout=300) == [130, 130]
-    errors = [err.read_text() for _, _, err in procs]
-    assert "interrupted by SIGINT" in errors[1]
-    assert "stopped: process 1 of 2 stopped with exit status 130" in errors[0]
+    proc.send_signal(signal.SIGINT)
+    status = wait_all(procs, timeout=HANG_S)
+    assert status[victim] == 130 and status[1 - victim] != 0, status
+    assert "interrupted by SIGINT" in err.read_text()
 
 
 # ------------------------------------------------------------------------------- in-process
@@ -226,4 +235,4 @@ def test_without_the_variables_a_process_is_alone(monkeypatch):
     for name in distributed.ENV:
         monkeypatch.delenv(name, raising=False)
     assert distributed.initialize() is False
-    assert distributed.is_writer() and not distributed.is_multiprocess()
+    assert distributed.is_writer()

@@ -775,25 +775,32 @@ def test_paths_that_cannot_be_used_are_refused_before_any_work(tmp_path):
     assert "[benchmarks]" not in folder.stderr  # refused before measuring
 
 
-def test_a_full_disk_while_a_checkpoint_is_written_is_an_os_error(tmp_path, monkeypatch):
-    """tensorstore says 'disk full' only in a ValueError's text: save raises it as the OSError
-    it is (which main_guard turns into one error line, exit 1), and nothing else is printed."""
-    import errno as errno_lib
-
+def test_a_full_disk_while_a_checkpoint_is_written_is_one_error_line(tmp_path, monkeypatch, capsys):
+    """tensorstore says 'disk full' only in a ValueError's text: save raises it as a
+    CheckpointError (an OSError) that names the folder and the cause, and main_guard turns it
+    into one error line, exit 1."""
     import orbax.checkpoint as ocp
 
+    from experiments import cli
     from fmnist_jax import checkpoint
 
-    def full(*args, **kwargs):
-        raise ValueError(
-            'RESOURCE_EXHAUSTED: Error writing "params/0.0": Failed to write 198773 '
-            "bytes to file 17: No space left on device [os_error_code='28']"
-        )
+    full = ValueError(
+        'RESOURCE_EXHAUSTED: Error writing "params/0.0": Failed to write 198773 '
+        "bytes to file 17: No space left on device [os_error_code='28']"
+    )
 
-    monkeypatch.setattr(ocp.CheckpointManager, "save", full)
-    with pytest.raises(OSError) as excinfo:
+    def save(*args, **kwargs):
+        raise full
+
+    monkeypatch.setattr(ocp.CheckpointManager, "save", save)
+    with pytest.raises(checkpoint.CheckpointError) as excinfo:
         checkpoint.save(tmp_path / "ckpt", 1, {"w": np.zeros(3, np.float32)})
-    assert excinfo.value.errno == errno_lib.ENOSPC and str(tmp_path / "ckpt") in str(excinfo.value)
+    assert isinstance(excinfo.value, OSError) and excinfo.value.__cause__ is full
+    with pytest.raises(SystemExit) as stop:
+        cli.main_guard(lambda: checkpoint.save(tmp_path / "ckpt", 1, {"w": np.zeros(3)}))
+    err = capsys.readouterr().err
+    assert stop.value.code == 1 and err.count("error:") == 1 and "Traceback" not in err, err
+    assert f"checkpoint in {tmp_path / 'ckpt'}" in err and "No space left on device" in err
 
 
 def recorded_command(reference) -> str:
