@@ -36,7 +36,6 @@ class Plan:
     n_small: int  # images per member-epoch: N seeds, device scaling
     reps: int
     reps_small: int
-    warmup: int
     members: tuple[int, ...]  # N for "N seeds vmapped"
     device_members: tuple[int, ...]  # N for the device-scaling workers
     data_parallel: bool
@@ -51,7 +50,6 @@ class Plan:
                 n_small=500,
                 reps=1,
                 reps_small=1,
-                warmup=1,
                 members=(1, 2),
                 device_members=(1,),
                 data_parallel=False,
@@ -62,7 +60,6 @@ class Plan:
             n_small=2_700,
             reps=5,
             reps_small=3,
-            warmup=1,
             members=(1, 2, 4, 8),
             device_members=(1, 2, 4),
             data_parallel=True,
@@ -91,9 +88,9 @@ def make_row(
     }
 
 
-def measure_cases(group: str, cases: list[Case], plan: Plan, reps: int) -> list[dict]:
-    """Time the cases in interleaved rounds and make their rows."""
-    ms = measure_interleaved({c.name: c.program.run for c in cases}, reps=reps, warmup=plan.warmup)
+def measure_cases(group: str, cases: list[Case], reps: int) -> list[dict]:
+    """Time the cases in interleaved rounds, after one warm-up call each, and make their rows."""
+    ms = measure_interleaved({c.name: c.program.run for c in cases}, reps=reps)
     rounds = "+".join(c.name for c in cases)  # rows with the same `rounds` were timed together
     return [
         make_row(
@@ -137,7 +134,6 @@ def cnn_train(plan: Plan, wl: Workload) -> list[dict]:
                 },
             )
         ],
-        plan,
         plan.reps,
     )
 
@@ -157,7 +153,6 @@ def ae_train(plan: Plan, wl: Workload) -> list[dict]:
                 },
             )
         ],
-        plan,
         plan.reps,
     )
 
@@ -168,21 +163,22 @@ INFER_NOTE = (
 )
 
 
-def _infer(name: str, cfg: TrainConfig, plan: Plan, wl: Workload) -> list[dict]:
-    c = eval_program(cfg, plan.n_train, wl.test_images, wl.test_labels)
-    return measure_cases(
-        "infer",
-        [Case(name, c, {"batch_size": cfg.eval_batch(1), "note": INFER_NOTE})],
-        plan,
-        plan.reps,
-    )
+def infer_row(name: str, cfg: TrainConfig, images, labels, *, reps: int) -> dict:
+    """The inference speed of `cfg`'s model: one member (fresh parameters: the speed does not
+    depend on them) evaluating `images` (float32 [N, 28, 28, 1]) and `labels` (int [N]) as `fit`
+    does, in batches of `cfg.eval_batch()`, timed `reps` times after a warm-up pass. -> a row
+    (`images_per_s` and the rest: see the module's docstring). The benchmarks' `cnn_infer` and
+    `ae_infer`, and the study's inference speed (experiments.study)."""
+    c = eval_program(cfg, images, labels)
+    fields = {"batch_size": cfg.eval_batch(1), "note": INFER_NOTE}
+    return measure_cases("infer", [Case(name, c, fields)], reps)[0]
 
 
 def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
     """One member, and the study's 3 members: fit's way (member map and batch automatic), and
     vmapped with the automatic batch and with a batch of 1000 (on the CPU the automatic batch
     keeps the images one op sees small: see TrainConfig.eval_batch and fit.resolve_member_map)."""
-    rows = _infer("cnn_infer", CNN, plan, wl)
+    rows = [infer_row("cnn_infer", CNN, wl.test_images, wl.test_labels, reps=plan.reps)]
     if plan.quick:
         return rows
     n, base = 3, "cnn_infer_3members_vmap_batch1000"
@@ -193,14 +189,7 @@ def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
         batch = cfg.eval_batch(side_by_side(n, member_map))
         return Case(
             name,
-            eval_program(
-                cfg,
-                plan.n_train,
-                wl.test_images,
-                wl.test_labels,
-                n_members=n,
-                member_map=member_map,
-            ),
+            eval_program(cfg, wl.test_images, wl.test_labels, n_members=n, member_map=member_map),
             {
                 "batch_size": batch,
                 "baseline": base,
@@ -213,12 +202,12 @@ def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
         case("cnn_infer_3members_vmap", CNN, "vmap", "vmapped"),
         case("cnn_infer_3members", CNN, auto_map, f"fit's way ({auto_map})"),
     ]
-    return rows + measure_cases("infer_members", cases, plan, plan.reps_small)
+    return rows + measure_cases("infer_members", cases, plan.reps_small)
 
 
 def ae_infer(plan: Plan, wl: Workload) -> list[dict]:
     """`ae_infer`: the autoencoder's evaluation over the test images, as fit runs it."""
-    return _infer("ae_infer", AE, plan, wl)
+    return [infer_row("ae_infer", AE, wl.test_images, wl.test_labels, reps=plan.reps)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -284,7 +273,7 @@ def scan_vs_loop(plan: Plan, wl: Workload) -> list[dict]:
             },
         )
     )
-    return measure_cases("scan_vs_loop", cases, plan, plan.reps_small)
+    return measure_cases("scan_vs_loop", cases, plan.reps_small)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -323,4 +312,4 @@ def seeds(plan: Plan, wl: Workload) -> list[dict]:
                     },
                 )
             )
-    return measure_cases("seeds", cases, plan, plan.reps_small)
+    return measure_cases("seeds", cases, plan.reps_small)

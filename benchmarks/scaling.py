@@ -72,7 +72,7 @@ def worker(args) -> dict:
                 },
             )
         )
-    rows = measure_cases("devices", cases, plan, plan.reps_small)
+    rows = measure_cases("devices", cases, plan.reps_small)
     return {"env": environment(), "rows": rows, "skipped": skipped, "data": wl.source}
 
 

@@ -118,7 +118,6 @@ def train_epoch_program(
 
 def eval_program(
     cfg: TrainConfig,
-    train_size: int,
     images: np.ndarray,
     labels: np.ndarray,
     *,
@@ -126,8 +125,8 @@ def eval_program(
     member_map: str = "auto",
 ) -> Compiled:
     """Evaluation of `n_members` members as `fit` does it: fit's jitted eval program over the
-    members on each padded, masked batch of its automatic size, sums kept on the device."""
-    prog = program(cfg, train_size)
+    members on each padded, masked batch of `cfg.eval_batch`, sums kept on the device."""
+    prog = program(cfg, cfg.batch_size)  # the training set's size plays no part in evaluation
     member_map = resolve_member_map(member_map, "none")
     eval_fn = member_programs(prog, None, member_map)[1]
     states = init_states(prog, list(range(n_members)))

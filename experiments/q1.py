@@ -52,6 +52,7 @@ def expand_spec(opts: Options) -> Spec:
         "expand",
         "expand (originals + rotated + noisy, 3x)",
         base_config(opts).replace(augment="expand"),
+        role="original",
     )
 
 
@@ -72,6 +73,7 @@ def tuned_spec(opts: Options) -> Spec:
         "the originals decaying to 0",
         cfg,
         start=start,
+        role="tuned",
     )
 
 
@@ -130,8 +132,9 @@ ORDER = ("q1_epochs", "q1_augmentation", "q1_tuned", "q1_optimizers")
 
 def sweep(experiment: str, opts: Options) -> Sweep:
     """One Question 1 sweep (`q1_augmentation`, `q1_epochs`, `q1_optimizers`), or the tuned row
-    (`q1_tuned`, reported beside them)."""
+    (`q1_tuned`, reported beside them); the report presents them in the order of `SWEEPS`."""
     title, make_specs = SWEEPS[experiment]
+    position = list(SWEEPS).index(experiment)
     specs = make_specs(opts)
     if opts.pool == "max":
         # Their own config and sweep folders, so the average-pooling summary.md and choice.json
@@ -142,7 +145,12 @@ def sweep(experiment: str, opts: Options) -> Sweep:
         ]
         experiment, title = f"{experiment}_maxpool", f"{title} [max pool]"
     return Sweep(
-        experiment, title, tuple(specs), note=TUNED_NOTE if "tuned" in experiment else None
+        experiment,
+        title,
+        tuple(specs),
+        note=TUNED_NOTE if "tuned" in experiment else None,
+        question="q1",
+        position=position,
     )
 
 

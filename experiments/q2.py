@@ -122,7 +122,7 @@ def sweep_specs(opts: Options, sweep: str) -> list[Spec]:
             for e in ((1,) if opts.quick else (2, 10, 20))
         ]
     return [
-        row(opts, "finetuned", "pretrained encoder, fine-tuned"),
+        dataclasses.replace(row(opts, "finetuned", "pretrained encoder, fine-tuned"), role="original"),
         row(opts, "frozen_probe", "pretrained encoder frozen (linear probe)", freeze=True),
         row(
             opts,
@@ -143,17 +143,17 @@ PRETRAINING_NOTE = (
 
 
 def sweep(name: str, opts: Options) -> Sweep:
-    """One Question 2 sweep, its rows run by `finetune`."""
-    if name == "pretraining":  # its rows measure the pretraining's value; none is an answer
-        return Sweep(
-            f"q2_{name}",
-            TITLES[name],
-            tuple(sweep_specs(opts, name)),
-            finetune,
-            note=PRETRAINING_NOTE,
-            reference="finetuned",
-        )
-    return Sweep(f"q2_{name}", TITLES[name], tuple(sweep_specs(opts, name)), finetune)
+    """One Question 2 sweep, its rows run by `finetune`; the report presents them in the order
+    of `TITLES`. The rows of `pretraining` measure the pretraining's value: none is an answer."""
+    return Sweep(
+        f"q2_{name}",
+        TITLES[name],
+        tuple(sweep_specs(opts, name)),
+        finetune,
+        **({"note": PRETRAINING_NOTE, "reference": "finetuned"} if name == "pretraining" else {}),
+        question="q2",
+        position=list(TITLES).index(name),
+    )
 
 
 def encoder_spec(opts: Options) -> Spec:
@@ -175,7 +175,8 @@ def encoder_spec(opts: Options) -> Spec:
 
 def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
     """Pretrain the denoising autoencoder (or find it done); -> its folder under
-    <out>/q2_pretrain/, holding `encoder/` (Orbax), history.json, metrics.json and figures."""
+    <out>/q2_pretrain/, holding `encoder/` (Orbax), history.json, metrics.json and figures
+    (named in `ctx.trained` when trained here)."""
     spec = Spec("pretrain", "denoising autoencoder", cfg)
     payload = spec.payload(ctx)
     fp = results.config_fingerprint(payload)
@@ -241,6 +242,7 @@ def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
         },
     )
     results.remove_tree(folder / "checkpoint")
+    ctx.trained.append(folder)
     return folder
 
 
@@ -430,7 +432,12 @@ def run(ctx: Context) -> None:
         sweep_lib.run_sweep(
             ctx,
             Sweep(
-                "q2_finetune", "Q2 · fine-tuning a given encoder", (encoder_spec(opts),), finetune
+                "q2_finetune",
+                "Q2 · fine-tuning a given encoder",
+                (encoder_spec(opts),),
+                finetune,
+                question="q2",
+                position=len(TITLES),
             ),
         )
         return

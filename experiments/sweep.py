@@ -31,8 +31,10 @@ from fmnist_jax.train import TrainConfig, TrainState, n_trained_params
 
 @dataclass(frozen=True)
 class Spec:
-    """One configuration of a sweep: a results folder `name`, its table `label`, and what its
-    numbers depend on besides the data and seeds."""
+    """One configuration of a sweep: a results folder `name`, its table `label`, what its
+    numbers depend on besides the data and seeds, and its `role` in the report ("original":
+    the original report's recipe of its question, "tuned": the recipe tuned beyond it), which
+    the sweep records in its choice.json."""
 
     name: str
     label: str
@@ -40,6 +42,7 @@ class Spec:
     start: Spec | None = None  # a run whose end this one continues
     pretrain: TrainConfig | None = None  # Question 2: the pretraining its encoder comes from
     encoder: Path | None = None  # Question 2: a given encoder checkpoint instead
+    role: str | None = None
 
     def payload(self, ctx: Context) -> dict:
         """What determines this configuration's numbers (its fingerprint is their hash)."""
@@ -66,7 +69,9 @@ class Spec:
 class Sweep:
     """A sweep's folder name, title, configurations, and how one row is run (`execute(ctx,
     spec, run_dir)`, which writes the folder). Rows that answer no choice (a tuned recipe, the
-    value of pretraining) carry a `note` instead, and may name a `reference` row."""
+    value of pretraining) carry a `note` instead, and may name a `reference` row. `question`
+    ("q1", "q2") and `position` (its order among that question's sweeps) place it in the
+    report; all of these are recorded in its choice.json."""
 
     experiment: str
     title: str
@@ -74,6 +79,21 @@ class Sweep:
     execute: Callable[[Context, Spec, Path], None] = field(default=None, compare=False)
     note: str | None = None
     reference: str | None = None  # with a note: the row the others are compared with
+    question: str | None = None
+    position: int = 0
+
+    def recorded(self) -> dict:
+        """What its choice.json records of it (see `fmnist_jax.summaries.write_summary`)."""
+        out = {
+            "title": self.title,
+            "question": self.question,
+            "position": self.position,
+            "rows": [s.name for s in self.specs],
+            "roles": {s.name: s.role for s in self.specs if s.role} or None,
+            "note": self.note,
+            "reference": self.reference,
+        }
+        return {k: v for k, v in out.items() if v is not None}
 
     def __post_init__(self):
         if self.execute is None:
@@ -343,7 +363,8 @@ def write_row(
 
 
 def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
-    """Do what the plan says for one configuration, leaving its folder complete."""
+    """Do what the plan says for one configuration, leaving its folder complete (and named in
+    `ctx.trained` or `ctx.reused` if this wrote it)."""
     where = f"[{sweep.experiment}] {item.spec.name}"
     if item.status == "skip":
         remove_checkpoints(ctx, item.run_dir)  # a process stopped between results and cleanup
@@ -365,6 +386,7 @@ def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
             },
         )
         ctx.log(f"{where}: identical to {source}, reused")
+        ctx.reused.append(item.run_dir)
         return
     if (
         item.status == "resume" and (item.run_dir / "metrics.json").is_file()
@@ -380,15 +402,18 @@ def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
     results.clean_stale_temporaries(item.run_dir)
     io.write_json(item.run_dir / "config.json", item.config)
     sweep.execute(ctx, item.spec, item.run_dir)
+    ctx.trained.append(item.run_dir)
 
 
-def run_sweep(ctx: Context, sweep: Sweep) -> dict:
+def run_sweep(ctx: Context, sweep: Sweep) -> tuple[list[str], list[str]]:
     """Run every configuration not already complete, then write the sweep's summary.md,
-    choice.json and overlay figures. -> the choice (see `fmnist_jax.summaries.choose`).
+    choice.json and overlay figures. -> (trained, reused): the result folders (relative to
+    `--out`) it trained (Question 2: with the pretrainings) and copied from identical runs.
 
     Raises:
       UsageError: a folder holds another configuration's results (before anything trains).
     """
+    n_trained, n_reused = len(ctx.trained), len(ctx.reused)
     sweep_dir = ctx.out / sweep.experiment
     results.clean_stale_temporaries(sweep_dir)  # a killed summary write
     planned = plan(ctx, sweep)
@@ -398,14 +423,15 @@ def run_sweep(ctx: Context, sweep: Sweep) -> dict:
     )
     for item in planned:
         run_planned(ctx, sweep, item)
-    summary = summaries.write_summary(
-        sweep_dir, sweep.title, [s.name for s in sweep.specs], sweep.note, sweep.reference
-    )
+    summary = summaries.write_summary(sweep_dir, sweep.recorded())
     for line in summary.warnings:
         ctx.log(line)
     # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).
     print("\n" + summary.verdict, flush=True)
-    return summary.choice
+    return tuple(
+        [str(p.relative_to(ctx.out)) for p in paths[n:]]
+        for paths, n in ((ctx.trained, n_trained), (ctx.reused, n_reused))
+    )
 
 
 def check_all(ctx: Context, sweeps: Sequence[Sweep]) -> None:

@@ -11,6 +11,7 @@ presented by `fmnist_jax.summaries.sweep_section`, as in its own summary.md.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -38,29 +39,18 @@ REPORT_NAME = "REPORT.md"
 STUDY_JSON = "study.json"
 COMPARISON_FIGURE = "cnn_vs_autoencoder.png"
 PRETRAIN_CACHE = "q2_pretrain"
-# Known sweeps first, in the study's order; anything else found on disk follows, sorted.
-SWEEP_ORDER = (
-    "q1_augmentation",
-    "q1_epochs",
-    "q1_optimizers",
-    "q1_tuned",
-    "q2_lr",
-    "q2_arch",
-    "q2_epochs",
-    "q2_pretraining",
-    "q2_finetune",
-)
-ORIGINAL_RECIPE = {"q1": ("q1_augmentation", "expand"), "q2": ("q2_pretraining", "finetuned")}
-TUNED = ("q1_tuned", "tuned")
+# The questions, by the name their sweeps record, with what each trains; the roles a row can
+# record (see experiments.sweep.Spec), as the comparison's columns name them.
+QUESTIONS = {"q1": "CNN", "q2": "autoencoder"}
+ROLES = {"original": "original recipe", "tuned": "tuned (beyond the original)"}
 
 
 def find_sweeps(out: Path) -> list[SweepResult]:
-    """Every sweep folder under `out` (one holding `<config>/config.json`), in the study's order."""
-    names = sorted(
-        {p.parent.parent.name for p in Path(out).glob("*/*/config.json")} - {PRETRAIN_CACHE}
-    )
-    names = [n for n in SWEEP_ORDER if n in names] + [n for n in names if n not in SWEEP_ORDER]
-    return [read_sweep(Path(out) / n) for n in names]
+    """Every sweep folder under `out` (one holding `<config>/config.json`), ordered by the
+    question and position their choice.json records; one that records none follows, by name."""
+    names = {p.parent.parent.name for p in Path(out).glob("*/*/config.json")} - {PRETRAIN_CACHE}
+    sweeps = [read_sweep(Path(out) / n) for n in names]
+    return sorted(sweeps, key=lambda s: (s.question is None, s.question or "", s.position, s.name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,15 +100,10 @@ def _train_speed_cell(r: Row) -> str:
     return own
 
 
-def _row(sweeps: Sequence[SweepResult], experiment: str, name: str) -> Row | None:
+def _row(sweeps: Sequence[SweepResult], question: str, role: str) -> Row | None:
+    """The first complete row of `question` recorded in `role`."""
     return next(
-        (
-            r
-            for s in sweeps
-            if s.name == experiment
-            for r in s.rows
-            if r.name == name and r.complete
-        ),
+        (r for s in sweeps if s.question == question for r in s.rows if r.role == role and r.complete),
         None,
     )
 
@@ -152,25 +137,15 @@ def comparison(
         ]
         return lines
     cols = [("CNN", cnn), ("autoencoder", ae)]
-    extra = [
-        ("CNN, original recipe", *ORIGINAL_RECIPE["q1"]),
-        ("CNN, tuned (beyond the original)", *TUNED),
-        ("autoencoder, original recipe", *ORIGINAL_RECIPE["q2"]),
-    ]
-    for title, experiment, name in extra:
-        r = _row(sweeps, experiment, name)
-        same = next(
-            (
-                i
-                for i, (_, c) in enumerate(cols)
-                if r is not None and c.fingerprint == r.fingerprint
-            ),
-            None,
-        )
-        if r is not None and same is None:
-            cols.append((title, r))
-        elif same is not None and same < 2:  # the chosen row is this recipe: say so
-            cols[same] = (f"{cols[same][0]} (also the {title.split(', ', 1)[1]})", cols[same][1])
+    for (question, model), (role, recipe) in itertools.product(QUESTIONS.items(), ROLES.items()):
+        r = _row(sweeps, question, role)
+        if r is None:
+            continue
+        same = next((i for i, (_, c) in enumerate(cols) if c.fingerprint == r.fingerprint), None)
+        if same is None:
+            cols.append((f"{model}, {recipe}", r))
+        elif same < 2:  # the chosen row is this recipe: say so
+            cols[same] = (f"{cols[same][0]} (also the {recipe})", cols[same][1])
 
     lines += [
         f"Each side is its question's row with the highest mean validation accuracy among the "
@@ -262,7 +237,7 @@ def comparison(
     ]
     return lines + [
         _conclusion(
-            cnn, ae, _row(sweeps, *ORIGINAL_RECIPE["q1"]), _row(sweeps, *TUNED), study, class_names
+            cnn, ae, _row(sweeps, "q1", "original"), _row(sweeps, "q1", "tuned"), study, class_names
         ),
         "",
     ]
@@ -553,7 +528,7 @@ def write_report(out: str | Path) -> Path:
 
 def _dead_outputs_text(sweeps: Sequence[SweepResult]) -> list[str]:
     """Why the denoising figures show black dots, in the original recipe's numbers."""
-    row = _row(sweeps, *ORIGINAL_RECIPE["q2"])
+    row = _row(sweeps, "q2", "original")
     pre = (row.metrics.get("pretrain") or {}) if row else {}
     dead, background = pre.get("dead_outputs"), pre.get("dead_outputs_on_background")
     if not dead:

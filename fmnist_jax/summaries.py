@@ -2,7 +2,8 @@
 `summary.md` and `REPORT.md` show (one path: the same rows, the same choice, the same tables).
 
 A sweep folder `<out>/<experiment>/` holds one folder per configuration and, once the sweep has
-run, `choice.json`: its title, its rows in order and the choice made on validation.
+run, `choice.json`: what its definition says of it (title, question, position, rows in order,
+their roles, a note and its reference row) and the choice made on validation.
 """
 
 from __future__ import annotations
@@ -104,6 +105,7 @@ class Row:
     dir: Path
     config: dict
     metrics: dict | None  # None: incomplete (no complete metrics.json)
+    role: str | None = None  # what the report shows it as: "original" recipe, "tuned" recipe
 
     @classmethod
     def read(cls, run_dir: Path) -> Row:
@@ -139,11 +141,6 @@ class Row:
         """How many seeds the row trained."""
         return len((self.metrics or {}).get("seeds") or self.config.get("seeds") or [])
 
-    @property
-    def question(self) -> str:
-        """'q1' or 'q2', from the experiment's name."""
-        return self.experiment.split("_", 1)[0]
-
     def correct(self, split: str) -> np.ndarray | None:
         """Whether each seed's model got each image of `split` ("val" or "test") right: bool
         [n_seeds, n_images], from the saved predictions and labels (None if not saved)."""
@@ -166,7 +163,9 @@ def compare_rows(a: Row, b: Row, split: str) -> dict | None:
 @dataclass
 class SweepResult:
     """A sweep folder: its title, rows in order, the choice (None before it is made, and for
-    rows reported beside the sweeps, which carry a `note` instead)."""
+    rows reported beside the sweeps, which carry a `note` instead), and what its choice.json
+    recorded of its place in the study: `question` ("q1", "q2"; None if not recorded) and
+    `position` (its order among that question's sweeps)."""
 
     name: str
     dir: Path
@@ -176,11 +175,8 @@ class SweepResult:
     overlays: list[str] = field(default_factory=list)
     note: str | None = None
     reference: str | None = None  # with a note: the row the others are compared with
-
-    @property
-    def question(self) -> str:
-        """'q1' or 'q2', from the sweep's name."""
-        return self.name.split("_", 1)[0]
+    question: str | None = None
+    position: int = 0
 
 
 def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResult:
@@ -193,18 +189,21 @@ def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResu
         order += sorted(
             p.parent.name for p in sweep_dir.glob("*/config.json") if p.parent.name not in order
         )
+    roles = recorded.get("roles") or {}
     rows = [Row.read(sweep_dir / n) for n in order if (sweep_dir / n).is_dir()]
-    choice = recorded if recorded.get("choice") in {r.name for r in rows} else None
-    overlays = [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))]
+    for r in rows:
+        r.role = roles.get(r.name)
     return SweepResult(
         sweep_dir.name,
         sweep_dir,
         recorded.get("title") or sweep_dir.name,
         rows,
-        choice,
-        overlays,
+        recorded if recorded.get("choice") in {r.name for r in rows} else None,
+        [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))],
         recorded.get("note"),
         recorded.get("reference"),
+        recorded.get("question"),
+        recorded.get("position") if isinstance(recorded.get("position"), int) else 0,
     )
 
 
@@ -509,24 +508,20 @@ class Summary:
     warnings: list[str]
 
 
-def write_summary(
-    sweep_dir: Path,
-    title: str,
-    names: Sequence[str],
-    note: str | None = None,
-    reference: str | None = None,
-) -> Summary:
-    """Write a finished sweep's choice.json (title, rows in order, the choice), its overlay
-    figures of the validation curves, and summary.md. With a `note`, no choice is made on the
-    rows (a tuned recipe, the value of pretraining): the note says why, and the rows are
-    compared with the `reference` row."""
-    sweep_dir = Path(sweep_dir)
+def write_summary(sweep_dir: Path, recorded: Mapping) -> Summary:
+    """Write a finished sweep's choice.json (`recorded`, then the choice), its overlay figures
+    of the validation curves, and summary.md.
+
+    `recorded`: what the sweep's definition says of it: `title`, `rows` (folder names, in
+    order), and where they apply `question`, `position`, `roles` ({row: role}), `note` and
+    `reference` (see `SweepResult`). With a `note`, no choice is made on the rows (a tuned
+    recipe, the value of pretraining): the note says why, and the rows are compared with the
+    `reference` row."""
+    sweep_dir, title, names = Path(sweep_dir), recorded["title"], recorded["rows"]
+    note = recorded.get("note")
     rows = read_sweep(sweep_dir, names).rows
     choice = None if note else choose(rows)
-    extra = {"note": note, **({"reference": reference} if reference else {})} if note else {}
-    io.write_json(
-        sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {}), **extra}
-    )
+    io.write_json(sweep_dir / CHOICE_JSON, {**recorded, **(choice or {})})
     curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
     for metric in CURVE_METRICS:
         plots.overlay_curves(
