@@ -156,7 +156,8 @@ def make_context(opts: Options) -> Context:
     """Check the output folder, turn on the compilation cache, load the data, check the batch.
 
     Raises:
-      UsageError, fmnist_jax.sources.DataError: see `check_writable`, `load_data`, `check_batch_size`.
+      UsageError, fmnist_jax.sources.DataError: see `check_writable`, `load_data`,
+        `check_batch_size`.
     """
     if distributed.is_writer():  # the only process that writes (see fmnist_jax.distributed)
         check_writable(opts.out)

@@ -99,17 +99,13 @@ def epochs_specs(opts: Options) -> list[Spec]:
 def optimizer_specs(opts: Options) -> list[Spec]:
     """SGD vs SGD with momentum 0.9 vs Adam, at the same rate."""
     base, lr = base_config(opts), opts.lr or LR
+
+    def sgd(**momentum):
+        return base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr, **momentum))
+
     return [
-        Spec(
-            "sgd",
-            f"SGD lr {lr:g}",
-            base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr)),
-        ),
-        Spec(
-            "sgd_momentum",
-            f"SGD lr {lr:g} momentum 0.9",
-            base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr, momentum=0.9)),
-        ),
+        Spec("sgd", f"SGD lr {lr:g}", sgd()),
+        Spec("sgd_momentum", f"SGD lr {lr:g} momentum 0.9", sgd(momentum=0.9)),
         Spec("adam", f"Adam lr {lr:g}", base),
     ]
 

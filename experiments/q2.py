@@ -55,15 +55,8 @@ DENOISE_COLUMNS_PER_CLASS = 2
 
 def pretrain_config(opts: Options, *, arch: str, lr: float, epochs: int) -> TrainConfig:
     """The denoising autoencoder's training (noisy input -> clean target, MSE)."""
-    return TrainConfig(
-        model="autoencoder",
-        widths=ARCHITECTURES[arch],
-        batch_size=opts.batch_size,
-        epochs=1 if opts.quick else epochs,
-        augment="none",
-        denoise_std=opts.denoise_std,
-        optimizer=OptimizerConfig(name="adam", learning_rate=lr),
-    )
+    cfg = finetune_config(opts, arch=arch, lr=lr, epochs=epochs)
+    return cfg.replace(model="autoencoder", denoise_std=opts.denoise_std)
 
 
 def finetune_config(
@@ -92,9 +85,10 @@ def row(
     pretrain_epochs=None,
     freeze=None,
     pretrained: bool = True,
+    role: str | None = None,
 ) -> Spec:
     """One row: a pretraining (unless not `pretrained`) and a fine-tuning, the options'
-    values where not given."""
+    values where not given; `role`: see `experiments.sweep.Spec`."""
     arch, lr = arch or opts.arch, lr or opts.lr or LR
     epochs = epochs or opts.epochs or EPOCHS
     pre = pretrain_config(opts, arch=arch, lr=lr, epochs=pretrain_epochs or opts.pretrain_epochs)
@@ -104,6 +98,7 @@ def row(
         label,
         finetune_config(opts, arch=arch, lr=lr, epochs=epochs, freeze=freeze),
         pretrain=pre if pretrained else None,
+        role=role,
     )
 
 
@@ -122,7 +117,7 @@ def sweep_specs(opts: Options, sweep: str) -> list[Spec]:
             for e in ((1,) if opts.quick else (2, 10, 20))
         ]
     return [
-        dataclasses.replace(row(opts, "finetuned", "pretrained encoder, fine-tuned"), role="original"),
+        row(opts, "finetuned", "pretrained encoder, fine-tuned", role="original"),
         row(opts, "frozen_probe", "pretrained encoder frozen (linear probe)", freeze=True),
         row(
             opts,
@@ -191,28 +186,18 @@ def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
             file=sys.stderr,
             flush=True,
         )
-    ctx.log(
-        f"[{PRETRAIN}] {fp}: pretraining {'-'.join(map(str, (784, *cfg.widths)))}, {cfg.epochs} epochs"
-    )
+    widths = "-".join(map(str, (784, *cfg.widths)))
+    ctx.log(f"[{PRETRAIN}] {fp}: pretraining {widths}, {cfg.epochs} epochs")
     folder.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temporaries(folder)
     io.write_json(folder / "config.json", {**payload, "fingerprint": fp})
     res = sweep_lib.train(ctx, spec, folder / "checkpoint")
     params0 = jax.tree_util.tree_map(lambda x: x[0], res.states.params)
-    checkpoint.save(
-        folder / "encoder",
-        0,
-        res.states.params["encoder"],
-        {
-            "widths": list(cfg.widths),
-            "n_seeds": len(ctx.seeds),
-            "seeds": ctx.seeds,
-            "denoise_std": cfg.denoise_std,
-        },
-    )
-    io.write_json(
-        folder / "history.json", {"epoch": list(range(1, res.epochs_run + 1)), **res.history}
-    )
+    meta = {"widths": list(cfg.widths), "n_seeds": len(ctx.seeds), "seeds": ctx.seeds}
+    meta["denoise_std"] = cfg.denoise_std
+    checkpoint.save(folder / "encoder", 0, res.states.params["encoder"], meta)
+    history = {"epoch": list(range(1, res.epochs_run + 1)), **res.history}
+    io.write_json(folder / "history.json", history)
     plots.learning_curves(
         res.history,
         folder / "reconstruction_curves.png",
@@ -422,23 +407,14 @@ def run(ctx: Context) -> None:
     """What the options ask: a pretraining alone, a fine-tuning of a given encoder, or sweeps."""
     opts = ctx.opts
     if opts.stage == "pretrain":
-        folder = pretrain(
-            ctx,
-            pretrain_config(opts, arch=opts.arch, lr=opts.lr or LR, epochs=opts.pretrain_epochs),
-        )
-        print(f"encoder checkpoint: {folder / 'encoder'}")
+        cfg = pretrain_config(opts, arch=opts.arch, lr=opts.lr or LR, epochs=opts.pretrain_epochs)
+        print(f"encoder checkpoint: {pretrain(ctx, cfg) / 'encoder'}")
         return
     if opts.stage == "finetune" or opts.encoder:
+        title = "Q2 · fine-tuning a given encoder"
+        specs = (encoder_spec(opts),)
         sweep_lib.run_sweep(
-            ctx,
-            Sweep(
-                "q2_finetune",
-                "Q2 · fine-tuning a given encoder",
-                (encoder_spec(opts),),
-                finetune,
-                question="q2",
-                position=len(TITLES),
-            ),
+            ctx, Sweep("q2_finetune", title, specs, finetune, question="q2", position=len(TITLES))
         )
         return
     sweeps = [sweep(s, opts) for s in (SWEEPS if opts.sweep == "all" else (opts.sweep,))]
