@@ -23,7 +23,7 @@ import numpy as np
 from experiments import interrupt
 from experiments.cli import UsageError
 from experiments.context import Context, command_line
-from fmnist_jax import curves, distributed, io, plots, results, summaries
+from fmnist_jax import curves, distributed, io, plots, results, sweep_report
 from fmnist_jax.fit import FitResult, fit
 from fmnist_jax.models import count_params
 from fmnist_jax.train import TrainConfig, TrainState, n_trained_params
@@ -81,7 +81,7 @@ class Sweep:
     position: int = 0
 
     def recorded(self) -> dict:
-        """What its choice.json records of it (see `fmnist_jax.summaries.write_summary`)."""
+        """What its choice.json records of it (see `fmnist_jax.sweep_report.write_summary`)."""
         out = {
             "title": self.title,
             "question": self.question,
@@ -389,7 +389,7 @@ def run_sweep(ctx: Context, sweep: Sweep) -> tuple[list[str], list[str]]:
     )
     for item in planned:
         run_planned(ctx, sweep, item)
-    verdict, warnings = summaries.write_summary(sweep_dir, sweep.recorded())
+    verdict, warnings = sweep_report.write_summary(sweep_dir, sweep.recorded())
     for line in warnings:
         ctx.log(line)
     # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).

@@ -6,7 +6,7 @@ Every number in the report is read from a `metrics.json`, `choice.json`, `config
 `study.json` under `out` (the original report's figures quoted in "Differences from the
 original report" excepted, and marked as such), so the same files always give the same
 report: a rerun of the study that trains nothing reproduces it byte for byte. Each sweep is
-presented by `fmnist_jax.summaries.sweep_section`, as in its own summary.md.
+presented by `fmnist_jax.sweep_report.sweep_section`, as in its own summary.md.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fmnist_jax import io, plots, stats
-from fmnist_jax.summaries import (
+from fmnist_jax.sweep_report import (
     Row,
     SweepResult,
     choose,
