@@ -1,1 +1,1 @@
-"""Benchmarks of fmnist-jax: `python -m benchmarks.run` (DESIGN.md §6)."""
+"""Benchmarks of fmnist-jax: `python -m benchmarks.run` (see benchmarks/run.py)."""

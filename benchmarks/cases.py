@@ -12,15 +12,15 @@ numbers come from drift in speed by tens of percent over minutes, invisibly from
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
-from typing import Any
+import statistics
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 
-from benchmarks.timing import Measurement, device_label, measure, measure_interleaved, timed
+from benchmarks.timing import device_label, measure_interleaved, timed
 from benchmarks.workload import Compiled, Workload, eval_program, train_epoch_program
-from fmnist_jax.placement import resolve_member_map, side_by_side
+from fmnist_jax.placement import resolve_member_map
 from fmnist_jax.train import TrainConfig, init_state, program, train_step
 
 CNN = TrainConfig(model="cnn", batch_size=100, augment="online")  # the engine's default path
@@ -36,7 +36,6 @@ class Plan:
     n_small: int  # images per member-epoch: N seeds, device scaling
     reps: int
     reps_small: int
-    warmup: int
     members: tuple[int, ...]  # N for "N seeds vmapped"
     device_members: tuple[int, ...]  # N for the device-scaling workers
     data_parallel: bool
@@ -45,69 +44,36 @@ class Plan:
     def make(cls, quick: bool) -> Plan:
         """What a quick (smoke) or a full run measures."""
         if quick:
-            return cls(
-                True,
-                n_train=500,
-                n_small=500,
-                reps=1,
-                reps_small=1,
-                warmup=1,
-                members=(1, 2),
-                device_members=(1,),
-                data_parallel=False,
-            )
-        return cls(
-            False,
-            n_train=27_000,
-            n_small=2_700,
-            reps=5,
-            reps_small=3,
-            warmup=1,
-            members=(1, 2, 4, 8),
-            device_members=(1, 2, 4),
-            data_parallel=True,
-        )
+            return cls(True, 500, 500, 1, 1, (1, 2), (1,), data_parallel=False)
+        return cls(False, 27_000, 2_700, 5, 3, (1, 2, 4, 8), (1, 2, 4), data_parallel=True)
 
 
 @dataclass
 class Case:
-    """One program to time and the row fields to report with it."""
+    """One program to time and the row fields to report with it (baseline, note, ...)."""
 
     name: str
     program: Compiled
-    fields: dict[str, Any] = field(default_factory=dict)  # baseline, note, batch_size, ...
+    fields: dict
 
 
-def make_row(
-    name: str, group: str, m: Measurement, images_per_rep: int, *, n_devices: int = 1, **fields
-) -> dict[str, Any]:
-    """A result row: the measurement's summary and the given fields."""
-    return {
-        "name": name,
-        "group": group,
-        "device": device_label(n_devices),
-        **m.summary(images_per_rep),
-        **fields,
-    }
-
-
-def measure_cases(group: str, cases: list[Case], plan: Plan, reps: int) -> list[dict]:
-    """Time the cases in interleaved rounds and make their rows."""
-    ms = measure_interleaved({c.name: c.program.run for c in cases}, reps=reps, warmup=plan.warmup)
+def measure_cases(group: str, cases: list[Case], reps: int) -> list[dict]:
+    """Time the cases in interleaved rounds, after one warm-up call each, and make their rows."""
+    ms = measure_interleaved({c.name: c.program.run for c in cases}, reps=reps)
     rounds = "+".join(c.name for c in cases)  # rows with the same `rounds` were timed together
     return [
-        make_row(
-            c.name,
-            group,
-            ms[c.name],
-            c.program.images_per_call,
-            n_devices=c.program.n_devices,
-            compile_s=c.program.compile_s,
-            n_members=c.program.n_members,
-            parallel=c.program.parallel,
-            rounds=rounds,
+        {
+            "name": c.name,
+            "group": group,
+            "device": device_label(c.program.n_devices),
+            **ms[c.name].summary(c.program.images_per_call),
+            "compile_s": c.program.compile_s,
+            "n_members": c.program.n_members,
+            "parallel": c.program.parallel,
+            "batch_size": c.program.batch_size,
+            "rounds": rounds,
             **c.fields,
-        )
+        }
         for c in cases
     ]
 
@@ -120,46 +86,25 @@ def _subset(wl: Workload, n: int) -> tuple[np.ndarray, np.ndarray]:
 # Training and inference of both models
 
 
+def _train(name: str, cfg: TrainConfig, plan: Plan, wl: Workload, note: str) -> list[dict]:
+    c = train_epoch_program(cfg, *_subset(wl, plan.n_train))
+    return measure_cases("train", [Case(name, c, {"note": note})], plan.reps)
+
+
 def cnn_train(plan: Plan, wl: Workload) -> list[dict]:
     """`cnn_train`: one CNN member through fit's epoch program (online augmentation)."""
-    c = train_epoch_program(CNN, *_subset(wl, plan.n_train))
-    return measure_cases(
-        "train",
-        [
-            Case(
-                "cnn_train",
-                c,
-                {
-                    "batch_size": CNN.batch_size,
-                    "note": "fit's path: one jitted lax.scan epoch over the members (1 here; lax.map on the "
-                    "CPU, vmap elsewhere), online augmentation, device-side shuffle; compile_s = lower "
-                    "+ compile of that epoch program",
-                },
-            )
-        ],
-        plan,
-        plan.reps,
+    note = (
+        "fit's path: one jitted lax.scan epoch over the members (1 here; lax.map on the CPU, "
+        "vmap elsewhere), online augmentation, device-side shuffle; compile_s = lower + "
+        "compile of that epoch program"
     )
+    return _train("cnn_train", CNN, plan, wl, note)
 
 
 def ae_train(plan: Plan, wl: Workload) -> list[dict]:
     """`ae_train`: one denoising autoencoder member through fit's epoch program."""
-    c = train_epoch_program(AE, *_subset(wl, plan.n_train))
-    return measure_cases(
-        "train",
-        [
-            Case(
-                "ae_train",
-                c,
-                {
-                    "batch_size": AE.batch_size,
-                    "note": f"denoising autoencoder {AE.widths}, input noise sigma {AE.denoise_std}",
-                },
-            )
-        ],
-        plan,
-        plan.reps,
-    )
+    note = f"denoising autoencoder {AE.widths}, input noise sigma {AE.denoise_std}"
+    return _train("ae_train", AE, plan, wl, note)
 
 
 INFER_NOTE = (
@@ -168,65 +113,43 @@ INFER_NOTE = (
 )
 
 
-def _infer(name: str, cfg: TrainConfig, plan: Plan, wl: Workload) -> list[dict]:
-    c = eval_program(cfg, plan.n_train, wl.test_images, wl.test_labels)
-    return measure_cases(
-        "infer",
-        [Case(name, c, {"batch_size": cfg.eval_batch(1), "note": INFER_NOTE})],
-        plan,
-        plan.reps,
-    )
+def infer_row(name: str, cfg: TrainConfig, images, labels, *, reps: int) -> dict:
+    """The inference speed of `cfg`'s model: one member (fresh parameters: the speed does not
+    depend on them) evaluating `images` (float32 [N, 28, 28, 1]) and `labels` (int [N]) as `fit`
+    does, in batches of `cfg.eval_batch()`, timed `reps` times after a warm-up pass. -> a row
+    (`images_per_s` and the rest: see the module's docstring). The benchmarks' `cnn_infer` and
+    `ae_infer`, and the study's inference speed (experiments.study)."""
+    c = eval_program(cfg, images, labels)
+    return measure_cases("infer", [Case(name, c, {"note": INFER_NOTE})], reps)[0]
 
 
 def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
     """One member, and the study's 3 members: fit's way (member map and batch automatic), and
     vmapped with the automatic batch and with a batch of 1000 (on the CPU the automatic batch
     keeps the images one op sees small: see TrainConfig.eval_batch and fit.resolve_member_map)."""
-    rows = _infer("cnn_infer", CNN, plan, wl)
+    rows = [infer_row("cnn_infer", CNN, wl.test_images, wl.test_labels, reps=plan.reps)]
     if plan.quick:
         return rows
-    n, base = 3, "cnn_infer_3members_vmap_batch1000"
-    fixed = CNN.replace(eval_batch_size=1000)
-    auto_map = resolve_member_map("auto", "none")
-
-    def case(name, cfg, member_map, note):
-        batch = cfg.eval_batch(side_by_side(n, member_map))
-        return Case(
-            name,
-            eval_program(
-                cfg,
-                plan.n_train,
-                wl.test_images,
-                wl.test_labels,
-                n_members=n,
-                member_map=member_map,
-            ),
-            {
-                "batch_size": batch,
-                "baseline": base,
-                "note": f"{n} members, {note}, eval batch {batch}",
-            },
-        )
-
-    cases = [
-        case(base, fixed, "vmap", "vmapped"),
-        case("cnn_infer_3members_vmap", CNN, "vmap", "vmapped"),
-        case("cnn_infer_3members", CNN, auto_map, f"fit's way ({auto_map})"),
-    ]
-    return rows + measure_cases("infer_members", cases, plan, plan.reps_small)
+    n, base, auto_map = 3, "cnn_infer_3members_vmap_batch1000", resolve_member_map("auto", "none")
+    cases = []
+    for name, cfg, member_map, how in (
+        (base, CNN.replace(eval_batch_size=1000), "vmap", "vmapped"),
+        ("cnn_infer_3members_vmap", CNN, "vmap", "vmapped"),
+        ("cnn_infer_3members", CNN, auto_map, f"fit's way ({auto_map})"),
+    ):
+        c = eval_program(cfg, wl.test_images, wl.test_labels, n_members=n, member_map=member_map)
+        note = f"{n} members, {how}, eval batch {c.batch_size}"
+        cases.append(Case(name, c, {"baseline": base, "note": note}))
+    return rows + measure_cases("infer_members", cases, plan.reps_small)
 
 
 def ae_infer(plan: Plan, wl: Workload) -> list[dict]:
     """`ae_infer`: the autoencoder's evaluation over the test images, as fit runs it."""
-    return _infer("ae_infer", AE, plan, wl)
+    return [infer_row("ae_infer", AE, wl.test_images, wl.test_labels, reps=plan.reps)]
 
 
 # ---------------------------------------------------------------------------------------------
 # The epoch as one scan vs a Python loop of jitted steps
-
-
-def _single_state(prog):
-    return jax.jit(functools.partial(init_state, prog))(jax.random.PRNGKey(0))
 
 
 def _loop_program(prog, images, labels) -> tuple[Compiled, float]:
@@ -234,10 +157,9 @@ def _loop_program(prog, images, labels) -> tuple[Compiled, float]:
     -> (program, host-side batching seconds per step)."""
     steps, batch = prog.steps_per_epoch, prog.cfg.batch_size
     step_fn = jax.jit(functools.partial(train_step, prog), donate_argnums=0)
-    box = {"state": _single_state(prog), "rng": np.random.default_rng(0)}
-    _, compile_s = timed(
-        lambda: step_fn.lower(box["state"], images[:batch], labels[:batch]).compile()
-    )
+    state = jax.jit(functools.partial(init_state, prog))(jax.random.PRNGKey(0))
+    box = {"state": state, "rng": np.random.default_rng(0)}
+    _, compile_s = timed(lambda: step_fn.lower(state, images[:batch], labels[:batch]).compile())
 
     def host_batches():
         order = box["rng"].permutation(images.shape[0])[: steps * batch].reshape(steps, batch)
@@ -250,41 +172,30 @@ def _loop_program(prog, images, labels) -> tuple[Compiled, float]:
             box["state"], metrics = step_fn(box["state"], batch_images, batch_labels)
         return box["state"], metrics  # no per-step sync: dispatch runs ahead asynchronously
 
-    host = measure(lambda: sum(1 for _ in host_batches()), reps=3, warmup=0)
-    return Compiled(run, compile_s, steps * batch, "none", 1), host.median_s / steps
+    host = measure_interleaved({"host": lambda: sum(1 for _ in host_batches())}, reps=3, warmup=0)
+    host_s = statistics.median(host["host"].wall_s) / steps
+    return Compiled(run, compile_s, steps * batch, "none", 1, batch), host_s
 
 
 def scan_vs_loop(plan: Plan, wl: Workload) -> list[dict]:
     """fit's scan epoch vs a host loop of jitted steps: same config, data and number of steps as
     cnn_train."""
     images, labels = _subset(wl, plan.n_train)
-    prog = program(CNN, int(images.shape[0]))
-    loop, host_s = _loop_program(prog, images, labels)
-    cases = [
-        Case(
-            "cnn_train_scan",
-            train_epoch_program(CNN, images, labels),
-            {
-                "batch_size": CNN.batch_size,
-                "baseline": "cnn_train_scan",
-                "note": "cnn_train's program again, timed in rounds with the loop",
-            },
-        )
-    ]
-    cases.append(
-        Case(
-            "cnn_train_loop",
-            loop,
-            {
-                "batch_size": CNN.batch_size,
-                "baseline": "cnn_train_scan",
-                "host_batching_ms_per_step": 1e3 * host_s,
-                "note": "Python loop over jitted train_step (donated state), batches gathered in numpy "
-                "on the host and copied in per step; compile_s is one step's",
-            },
-        )
+    loop, host_s = _loop_program(program(CNN, int(images.shape[0])), images, labels)
+    scan_note = "cnn_train's program again, timed in rounds with the loop"
+    loop_note = (
+        "Python loop over jitted train_step (donated state), batches gathered in numpy on the "
+        "host and copied in per step; compile_s is one step's"
     )
-    return measure_cases("scan_vs_loop", cases, plan, plan.reps_small)
+    cases = [
+        Case("cnn_train_scan", train_epoch_program(CNN, images, labels), {"note": scan_note}),
+        Case(
+            "cnn_train_loop", loop, {"host_batching_ms_per_step": 1e3 * host_s, "note": loop_note}
+        ),
+    ]
+    for c in cases:
+        c.fields["baseline"] = "cnn_train_scan"
+    return measure_cases("scan_vs_loop", cases, plan.reps_small)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -296,31 +207,16 @@ def seeds(plan: Plan, wl: Workload) -> list[dict]:
     images, labels = _subset(wl, plan.n_small)
     cases = []
     for n in plan.members:
-        note = (
-            f"{n} members vmapped in one program on one device"
-            if n > 1
-            else "1 member; N sequential single runs run this same program N times, so their "
-            "total throughput is this row's (compile excluded, paid once)"
-        )
-        c = train_epoch_program(CNN, images, labels, n_members=n, member_map="vmap")
-        cases.append(
-            Case(
-                f"cnn_seeds_vmap_N{n}",
-                c,
-                {"batch_size": CNN.batch_size, "baseline": "cnn_seeds_vmap_N1", "note": note},
+        for member_map in ("vmap", "map") if n > 1 else ("vmap",):
+            note = (
+                "1 member; N sequential single runs run this same program N times, so their "
+                "total throughput is this row's (compile excluded, paid once)"
+                if n == 1
+                else f"{n} members vmapped in one program on one device"
+                if member_map == "vmap"
+                else f"{n} members one after another (lax.map) in one program on one device"
             )
-        )
-        if n > 1:
-            c = train_epoch_program(CNN, images, labels, n_members=n, member_map="map")
-            cases.append(
-                Case(
-                    f"cnn_seeds_map_N{n}",
-                    c,
-                    {
-                        "batch_size": CNN.batch_size,
-                        "baseline": "cnn_seeds_vmap_N1",
-                        "note": f"{n} members one after another (lax.map) in one program on one device",
-                    },
-                )
-            )
-    return measure_cases("seeds", cases, plan, plan.reps_small)
+            c = train_epoch_program(CNN, images, labels, n_members=n, member_map=member_map)
+            fields = {"baseline": "cnn_seeds_vmap_N1", "note": note}
+            cases.append(Case(f"cnn_seeds_{member_map}_N{n}", c, fields))
+    return measure_cases("seeds", cases, plan.reps_small)

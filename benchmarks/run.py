@@ -1,9 +1,10 @@
-"""`python -m benchmarks.run [--quick] [--json PATH] [--markdown PATH] [--only GROUP ...]`
+"""`python -m benchmarks.run [--quick] [--json PATH] [--only GROUP ...]`
 
 Measures training and inference images/s of both models, the CNN epoch's compile time, the scan
 epoch vs a Python loop of jitted steps, N seeds vmapped vs N sequential runs, and scaling over
-devices; writes JSON (DESIGN.md §6) and a Markdown table of ratios against baselines measured in
-the same run. Runs unchanged on CPU, GPU or TPU.
+devices; writes JSON ({"env", "quick", "rows", "ratios", "skipped"}: every row has a `name` and
+a positive `images_per_s`, see benchmarks/cases.py) and a Markdown table of ratios against
+baselines measured in the same run. Runs unchanged on CPU, GPU or TPU.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from fmnist_jax.io import tolerant_output, write_json, write_text  # noqa: E402
 from fmnist_jax.placement import backend_problem  # noqa: E402
 
 DEFAULT_JSON = Path(__file__).parent / "out" / "results.json"
-REQUIRED_ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
 GROUPS = {  # run in this order
     "cnn_train": cases.cnn_train,
     "scan_vs_loop": cases.scan_vs_loop,
@@ -43,7 +43,7 @@ def _ratio(row: dict, base: dict) -> float:
     rounds (robust to the machine's drift between rounds), else the ratio of medians."""
     a, b = row["images_per_s_reps"], base["images_per_s_reps"]
     if row.get("rounds") is not None and row.get("rounds") == base.get("rounds"):
-        return statistics.median(x / y for x, y in zip(a, b))
+        return statistics.median(x / y for x, y in zip(a, b, strict=True))
     return row["images_per_s"] / base["images_per_s"]
 
 
@@ -123,7 +123,7 @@ def markdown(result: dict) -> str:
 
 
 def check(result: dict) -> None:
-    """The §6 contract: fail loudly rather than write a result others cannot rely on."""
+    """The JSON's contract: fail loudly rather than write a result others cannot rely on."""
     for r in result["rows"]:
         v = r.get("images_per_s")
         if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
@@ -136,33 +136,19 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument(
-        "--quick",
-        action="store_true",
-        help="tiny epochs, one repetition: a smoke run (< ~60 s on 2 CPU cores)",
-    )
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"default {DEFAULT_JSON}")
-    parser.add_argument(
-        "--markdown", type=Path, default=None, help="default: beside the JSON, same name with .md"
-    )
-    parser.add_argument(
-        "--only",
-        nargs="+",
-        choices=list(GROUPS),
-        metavar="GROUP",
-        help=f"measure only these groups: {', '.join(GROUPS)}",
-    )
-    parser.add_argument(
-        "--random-data",
-        action="store_true",
-        help="random arrays of the task's shapes instead of Fashion-MNIST",
-    )
+    quick = "tiny epochs, one repetition: a smoke run (< ~60 s on 2 CPU cores)"
+    parser.add_argument("--quick", action="store_true", help=quick)
+    json_help = f"default {DEFAULT_JSON}; the Markdown table goes beside it (.md)"
+    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help=json_help)
+    only = f"measure only these groups: {', '.join(GROUPS)}"
+    parser.add_argument("--only", nargs="+", choices=list(GROUPS), metavar="GROUP", help=only)
     args = parser.parse_args(argv)
     if (problem := backend_problem()) is not None:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(1)
+    md_path = args.json.with_suffix(".md")
     try:  # the results must have somewhere to go before minutes of measuring
-        for path in (args.json, args.markdown or args.json.with_suffix(".md")):
+        for path in (args.json, md_path):
             path.parent.mkdir(parents=True, exist_ok=True)
             if path.is_dir() or not os.access(path.parent, os.W_OK):
                 raise OSError(f"{path} is a folder or its folder is not writable")
@@ -172,7 +158,7 @@ def main(argv=None) -> dict:
     t_start = time.perf_counter()
     plan = cases.Plan.make(args.quick)
     selected = [g for g in GROUPS if not args.only or g in args.only]
-    workload = load_workload(random_data=args.random_data)
+    workload = load_workload()
     env = {**environment(), "data": workload.source, "plan": plan.__dict__}
     rows, skipped = [], []
     for group in selected:
@@ -181,25 +167,17 @@ def main(argv=None) -> dict:
             got, lost, env["device_workers"] = scaling.run_workers(
                 plan, random_data=workload.source == "random", timeout_s=300 if plan.quick else 1200
             )
-            rows += got
-            skipped += lost
+            rows, skipped = rows + got, skipped + lost
         else:
             rows += GROUPS[group](plan, workload)
         print(
             f"[benchmarks] {group}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True
         )
-
-    result = {
-        "env": env,
-        "quick": plan.quick,
-        "rows": rows,
-        "ratios": ratios(rows),
-        "skipped": skipped,
-    }
+    result = {"env": env, "quick": plan.quick, "rows": rows, "ratios": ratios(rows)}
+    result["skipped"] = skipped
     env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     env["total_s"] = time.perf_counter() - t_start
     check(result)
-    md_path = args.markdown or args.json.with_suffix(".md")
     table = markdown(result)
     write_json(args.json, result)
     write_text(md_path, table)

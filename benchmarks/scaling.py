@@ -27,6 +27,13 @@ from benchmarks.workload import load_workload, train_epoch_program
 
 BASELINE = "cnn_dev1_none_N1"
 _FORCE_FLAG = re.compile(r"--xla_force_host_platform_device_count=\S+")
+NOTES = {
+    "none": "1 member, unsharded, in a process with {k} device(s): the reference of its rows",
+    "seeds": "{n} members vmapped, the member axis sharded over {k} devices (padded to a multiple "
+    "of {k}; only real members counted); no communication between devices",
+    "data": "1 member; each batch of 100 split over {k} devices, parameters replicated, "
+    "gradients all-reduced by XLA",
+}
 
 
 def row_name(devices: int, mode: str, members: int) -> str:
@@ -61,35 +68,9 @@ def worker(args) -> dict:
         except Exception as e:  # e.g. a batch that does not split over K devices
             skipped.append({"name": name, "why": f"{type(e).__name__}: {e}"[:500]})
             continue
-        cases.append(
-            Case(
-                name,
-                c,
-                {
-                    "batch_size": CNN.batch_size,
-                    "baseline": baseline,
-                    "note": _NOTES[mode].format(k=k, n=n),
-                },
-            )
-        )
-    rows = measure_cases("devices", cases, plan, plan.reps_small)
-    return {"env": environment(), "rows": rows, "skipped": skipped, "data": wl.source}
-
-
-_NOTES = {
-    "none": "1 member, unsharded, in a process with {k} device(s): the reference of its rows",
-    "seeds": "{n} members vmapped, the member axis sharded over {k} devices (padded to a multiple "
-    "of {k}; only real members counted); no communication between devices",
-    "data": "1 member; each batch of 100 split over {k} devices, parameters replicated, "
-    "gradients all-reduced by XLA",
-}
-
-
-def _env_for(devices: int) -> dict[str, str]:
-    env = dict(os.environ)
-    flags = _FORCE_FLAG.sub("", env.get("XLA_FLAGS", "")).strip()
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
-    return env
+        cases.append(Case(name, c, {"baseline": baseline, "note": NOTES[mode].format(k=k, n=n)}))
+    rows = measure_cases("devices", cases, plan.reps_small)
+    return {"env": environment(), "rows": rows, "skipped": skipped}
 
 
 def device_counts(plan: Plan) -> list[int]:
@@ -105,51 +86,36 @@ def device_counts(plan: Plan) -> list[int]:
 
 def run_workers(plan: Plan, *, random_data: bool, timeout_s: float) -> tuple[list, list, list]:
     """One worker per K -> (rows, skipped, per-worker env)."""
-    rows, skipped, envs = [], [], []
-    seen = set()
-    on_cpu = jax.default_backend() == "cpu"
+    rows, skipped, envs, seen = [], [], [], set()
     for k in device_counts(plan):
+        env = dict(os.environ)
+        if jax.default_backend() == "cpu":
+            flags = _FORCE_FLAG.sub("", env.get("XLA_FLAGS", "")).strip()
+            env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={k}".strip()
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "worker.json"
             cmd = [sys.executable, "-m", "benchmarks.scaling", "--out", str(out)]
             cmd += ["--quick"] * plan.quick + ["--random-data"] * random_data
-            env = _env_for(k) if on_cpu else dict(os.environ)
             try:
-                proc = subprocess.run(
+                done = subprocess.run(
                     cmd, env=env, capture_output=True, text=True, timeout=timeout_s
                 )
+                ok = done.returncode == 0 and out.exists()
+                why = None if ok else f"worker failed (rc {done.returncode}): {done.stderr[-800:]}"
             except subprocess.TimeoutExpired:
-                skipped.append(
-                    {"name": f"devices K={k}", "why": f"worker timed out ({timeout_s} s)"}
-                )
-                continue
-            if proc.returncode != 0 or not out.exists():
-                why = f"worker failed (rc {proc.returncode}): {proc.stderr[-800:]}"
-                skipped.append({"name": f"devices K={k}", "why": why})
-                continue
-            result = json.loads(out.read_text())
-        got = result["env"]["device_count"]
-        if got in seen:
-            skipped.append({"name": f"devices K={k}", "why": f"backend gave {got} devices again"})
+                why = f"worker timed out ({timeout_s} s)"
+            result = json.loads(out.read_text()) if why is None else {}
+        got = result.get("env", {}).get("device_count")
+        if why is None and got in seen:
+            why = f"backend gave {got} devices again"
+        if why is not None:
+            skipped.append({"name": f"devices K={k}", "why": why})
             continue
         seen.add(got)
         rows += result["rows"]
         skipped += result["skipped"]
-        envs.append(
-            {
-                "requested_devices": k,
-                **{
-                    key: result["env"][key]
-                    for key in (
-                        "device_count",
-                        "device_kind",
-                        "backend",
-                        "xla_flags",
-                        "load_average",
-                    )
-                },
-            }
-        )
+        keys = ("device_count", "device_kind", "backend", "xla_flags", "load_average")
+        envs.append({"requested_devices": k, **{key: result["env"][key] for key in keys}})
     return rows, skipped, envs
 
 

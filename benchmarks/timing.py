@@ -10,13 +10,14 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import jax
+
+from fmnist_jax import results
 
 
 def host_cpu_count() -> int:
@@ -48,15 +49,11 @@ class Measurement:
     cpu_s: list[float]
     other_cores: list[float]  # empty where /proc/stat is unavailable
 
-    @property
-    def median_s(self) -> float:
-        """The median wall seconds of one repetition."""
-        return statistics.median(self.wall_s)
-
     def summary(self, images_per_rep: int) -> dict[str, Any]:
         """Row fields: median images/s and the spread over repetitions."""
         rates = [images_per_rep / w for w in self.wall_s]
         med = statistics.median(rates)
+        cores = [c / w for c, w in zip(self.cpu_s, self.wall_s, strict=True)]
         out = {
             "images_per_s": med,
             "images_per_s_min": min(rates),
@@ -64,10 +61,10 @@ class Measurement:
             "images_per_s_reps": rates,  # in measuring order: rounds pair up within a group
             "spread": (max(rates) - min(rates)) / med,  # relative, over the repetitions
             "reps": len(rates),
-            "seconds_per_rep": self.median_s,
+            "seconds_per_rep": statistics.median(self.wall_s),
             "cpu_seconds_per_rep": statistics.median(self.cpu_s),
             "images_per_rep": images_per_rep,
-            "cpu_per_wall": statistics.median(c / w for c, w in zip(self.cpu_s, self.wall_s)),
+            "cpu_per_wall": statistics.median(cores),
             # Images per CPU-second of this process: the cost of an image, which other
             # processes sharing the cores change far less than they change images/s.
             "images_per_cpu_s": images_per_rep / statistics.median(self.cpu_s),
@@ -77,16 +74,12 @@ class Measurement:
         return out
 
 
-def measure(run: Callable[[], Any], *, reps: int, warmup: int = 1) -> Measurement:
-    """Time `run` (which returns arrays to wait for) `reps` times after `warmup` untimed calls."""
-    return measure_interleaved({"run": run}, reps=reps, warmup=warmup)["run"]
-
-
 def measure_interleaved(
     runs: dict[str, Callable[[], Any]], *, reps: int, warmup: int = 1
 ) -> dict[str, Measurement]:
-    """Time several programs in rounds (A B C, A B C, ...), so that a machine whose speed drifts
-    (a shared VM does, by tens of percent over minutes) biases none of their ratios."""
+    """Time several programs (each returns arrays to wait for) `reps` times after `warmup`
+    untimed calls, in rounds (A B C, A B C, ...), so that a machine whose speed drifts (a shared
+    VM does, by tens of percent over minutes) biases none of their ratios."""
     for run in runs.values():
         for _ in range(warmup):
             jax.block_until_ready(run())
@@ -115,12 +108,9 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
+            return next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
 
 
 def device_label(n_devices: int = 1) -> str:
@@ -129,27 +119,12 @@ def device_label(n_devices: int = 1) -> str:
 
 
 def environment() -> dict[str, Any]:
-    """Versions, backend and machine: absolute numbers are only meaningful beside these."""
-    import flax
-    import jaxlib
-    import numpy as np
-    import optax
-
-    devices = jax.devices()
+    """`fmnist_jax.results.environment()` (versions, backend, devices) and what else absolute
+    speeds depend on: the host's CPUs, XLA's flags, the compilation cache, the load."""
     return {
-        "jax": jax.__version__,
-        "jaxlib": jaxlib.__version__,
-        "flax": flax.__version__,
-        "optax": optax.__version__,
-        "numpy": np.__version__,
-        "python": sys.version.split()[0],
-        "backend": jax.default_backend(),
-        "device_kind": devices[0].device_kind,
-        "device_count": len(devices),
+        **results.environment(),
         "cpu_count": host_cpu_count(),
         "cpu_model": _cpu_model(),
-        "machine": platform.machine(),
-        "platform": platform.platform(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # Set, compile_s can be a cache load rather than a compile.
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,

@@ -27,7 +27,7 @@ from fmnist_jax.placement import (
 )
 from fmnist_jax.train import TrainConfig, lr_scales, pad_for_eval, program
 
-N_TRAIN, N_TEST = 27_000, 5_000  # the task's sizes (DESIGN.md §1), also for random stand-ins
+N_TRAIN, N_TEST = 27_000, 5_000  # the task's sizes, also for random stand-ins
 
 
 @dataclass(frozen=True)
@@ -42,16 +42,13 @@ class Workload:
 
 
 def load_workload(random_data: bool = False) -> Workload:
-    """The real 5-class task when it can be loaded, else random arrays of the same shapes."""
+    """The real 5-class task when it can be loaded (and not `random_data`), else random arrays
+    of the same shapes."""
     if not random_data:
         try:
-            task = data.load_task()
+            t = data.load_task()
             return Workload(
-                task.train_images,
-                task.train_labels,
-                task.test_images,
-                task.test_labels,
-                "fashion-mnist",
+                t.train_images, t.train_labels, t.test_images, t.test_labels, "fashion-mnist"
             )
         except data.DataError:
             pass
@@ -74,6 +71,7 @@ class Compiled:
     images_per_call: int  # images of the real members only (padding members excluded)
     parallel: str
     n_members: int
+    batch_size: int  # images per member in one step or evaluation call
     n_devices: int = 1
 
 
@@ -86,7 +84,7 @@ def train_epoch_program(
     parallel: str = "none",
     member_map: str = "auto",
 ) -> Compiled:
-    """One training epoch of `n_members` members, placed, mapped and compiled the way `fit` does."""
+    """One training epoch of `n_members` members, placed, mapped and compiled as `fit` does."""
     mode = resolve_parallel(parallel, n_members)
     trained = padded_members(n_members, mode)
     prog = program(cfg, int(images.shape[0]))
@@ -113,12 +111,11 @@ def train_epoch_program(
 
     used = prog.steps_per_epoch * cfg.batch_size
     n_devices = 1 if place.mesh is None else place.mesh.size
-    return Compiled(run, compile_s, n_members * used, mode, n_members, n_devices)
+    return Compiled(run, compile_s, n_members * used, mode, n_members, cfg.batch_size, n_devices)
 
 
 def eval_program(
     cfg: TrainConfig,
-    train_size: int,
     images: np.ndarray,
     labels: np.ndarray,
     *,
@@ -126,8 +123,8 @@ def eval_program(
     member_map: str = "auto",
 ) -> Compiled:
     """Evaluation of `n_members` members as `fit` does it: fit's jitted eval program over the
-    members on each padded, masked batch of its automatic size, sums kept on the device."""
-    prog = program(cfg, train_size)
+    members on each padded, masked batch of `cfg.eval_batch`, sums kept on the device."""
+    prog = program(cfg, cfg.batch_size)  # the training set's size plays no part in evaluation
     member_map = resolve_member_map(member_map, "none")
     eval_fn = member_programs(prog, None, member_map)[1]
     states = init_states(prog, list(range(n_members)))
@@ -135,7 +132,9 @@ def eval_program(
     padded_images, padded_labels = pad_for_eval(
         np.asarray(images, np.float32), np.asarray(labels, np.int32), batch
     )
-    batches = [(jnp.asarray(i), jnp.asarray(l)) for i, l in zip(padded_images, padded_labels)]
+    batches = [
+        (jnp.asarray(x), jnp.asarray(y)) for x, y in zip(padded_images, padded_labels, strict=True)
+    ]
     key = jax.random.PRNGKey(0)
     compiled, compile_s = timed(lambda: eval_fn.lower(states, *batches[0], key).compile())
 
@@ -147,4 +146,4 @@ def eval_program(
             sums = out if sums is None else jax.tree_util.tree_map(jnp.add, sums, out)
         return sums
 
-    return Compiled(run, compile_s, n_members * int(images.shape[0]), "none", n_members)
+    return Compiled(run, compile_s, n_members * int(images.shape[0]), "none", n_members, batch)

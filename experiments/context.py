@@ -29,13 +29,16 @@ from fmnist_jax.fit import FitResult
 @dataclass
 class Context:
     """An invocation's options, data, seeds and log, and `runs`: the results it trained, by
-    the fingerprint of their configuration without its length (see `experiments.sweep.train`)."""
+    the fingerprint of their configuration without its length (see `experiments.sweep.train`);
+    `trained` and `reused`: the result folders it wrote by training and by copying."""
 
     opts: Options
     data: TaskData
     seeds: list[int]
     log: Callable[[str], None]
     runs: dict[str, FitResult] = field(default_factory=dict)
+    trained: list[Path] = field(default_factory=list)
+    reused: list[Path] = field(default_factory=list)
 
     @property
     def out(self) -> Path:

@@ -52,6 +52,7 @@ def expand_spec(opts: Options) -> Spec:
         "expand",
         "expand (originals + rotated + noisy, 3x)",
         base_config(opts).replace(augment="expand"),
+        role="original",
     )
 
 
@@ -72,6 +73,7 @@ def tuned_spec(opts: Options) -> Spec:
         "the originals decaying to 0",
         cfg,
         start=start,
+        role="tuned",
     )
 
 
@@ -97,17 +99,13 @@ def epochs_specs(opts: Options) -> list[Spec]:
 def optimizer_specs(opts: Options) -> list[Spec]:
     """SGD vs SGD with momentum 0.9 vs Adam, at the same rate."""
     base, lr = base_config(opts), opts.lr or LR
+
+    def sgd(**momentum):
+        return base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr, **momentum))
+
     return [
-        Spec(
-            "sgd",
-            f"SGD lr {lr:g}",
-            base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr)),
-        ),
-        Spec(
-            "sgd_momentum",
-            f"SGD lr {lr:g} momentum 0.9",
-            base.replace(optimizer=OptimizerConfig(name="sgd", learning_rate=lr, momentum=0.9)),
-        ),
+        Spec("sgd", f"SGD lr {lr:g}", sgd()),
+        Spec("sgd_momentum", f"SGD lr {lr:g} momentum 0.9", sgd(momentum=0.9)),
         Spec("adam", f"Adam lr {lr:g}", base),
     ]
 
@@ -130,8 +128,9 @@ ORDER = ("q1_epochs", "q1_augmentation", "q1_tuned", "q1_optimizers")
 
 def sweep(experiment: str, opts: Options) -> Sweep:
     """One Question 1 sweep (`q1_augmentation`, `q1_epochs`, `q1_optimizers`), or the tuned row
-    (`q1_tuned`, reported beside them)."""
+    (`q1_tuned`, reported beside them); the report presents them in the order of `SWEEPS`."""
     title, make_specs = SWEEPS[experiment]
+    position = list(SWEEPS).index(experiment)
     specs = make_specs(opts)
     if opts.pool == "max":
         # Their own config and sweep folders, so the average-pooling summary.md and choice.json
@@ -142,7 +141,12 @@ def sweep(experiment: str, opts: Options) -> Sweep:
         ]
         experiment, title = f"{experiment}_maxpool", f"{title} [max pool]"
     return Sweep(
-        experiment, title, tuple(specs), note=TUNED_NOTE if "tuned" in experiment else None
+        experiment,
+        title,
+        tuple(specs),
+        note=TUNED_NOTE if "tuned" in experiment else None,
+        question="q1",
+        position=position,
     )
 
 

@@ -55,15 +55,8 @@ DENOISE_COLUMNS_PER_CLASS = 2
 
 def pretrain_config(opts: Options, *, arch: str, lr: float, epochs: int) -> TrainConfig:
     """The denoising autoencoder's training (noisy input -> clean target, MSE)."""
-    return TrainConfig(
-        model="autoencoder",
-        widths=ARCHITECTURES[arch],
-        batch_size=opts.batch_size,
-        epochs=1 if opts.quick else epochs,
-        augment="none",
-        denoise_std=opts.denoise_std,
-        optimizer=OptimizerConfig(name="adam", learning_rate=lr),
-    )
+    cfg = finetune_config(opts, arch=arch, lr=lr, epochs=epochs)
+    return cfg.replace(model="autoencoder", denoise_std=opts.denoise_std)
 
 
 def finetune_config(
@@ -92,9 +85,10 @@ def row(
     pretrain_epochs=None,
     freeze=None,
     pretrained: bool = True,
+    role: str | None = None,
 ) -> Spec:
     """One row: a pretraining (unless not `pretrained`) and a fine-tuning, the options'
-    values where not given."""
+    values where not given; `role`: see `experiments.sweep.Spec`."""
     arch, lr = arch or opts.arch, lr or opts.lr or LR
     epochs = epochs or opts.epochs or EPOCHS
     pre = pretrain_config(opts, arch=arch, lr=lr, epochs=pretrain_epochs or opts.pretrain_epochs)
@@ -104,6 +98,7 @@ def row(
         label,
         finetune_config(opts, arch=arch, lr=lr, epochs=epochs, freeze=freeze),
         pretrain=pre if pretrained else None,
+        role=role,
     )
 
 
@@ -122,7 +117,7 @@ def sweep_specs(opts: Options, sweep: str) -> list[Spec]:
             for e in ((1,) if opts.quick else (2, 10, 20))
         ]
     return [
-        row(opts, "finetuned", "pretrained encoder, fine-tuned"),
+        row(opts, "finetuned", "pretrained encoder, fine-tuned", role="original"),
         row(opts, "frozen_probe", "pretrained encoder frozen (linear probe)", freeze=True),
         row(
             opts,
@@ -143,17 +138,17 @@ PRETRAINING_NOTE = (
 
 
 def sweep(name: str, opts: Options) -> Sweep:
-    """One Question 2 sweep, its rows run by `finetune`."""
-    if name == "pretraining":  # its rows measure the pretraining's value; none is an answer
-        return Sweep(
-            f"q2_{name}",
-            TITLES[name],
-            tuple(sweep_specs(opts, name)),
-            finetune,
-            note=PRETRAINING_NOTE,
-            reference="finetuned",
-        )
-    return Sweep(f"q2_{name}", TITLES[name], tuple(sweep_specs(opts, name)), finetune)
+    """One Question 2 sweep, its rows run by `finetune`; the report presents them in the order
+    of `TITLES`. The rows of `pretraining` measure the pretraining's value: none is an answer."""
+    return Sweep(
+        f"q2_{name}",
+        TITLES[name],
+        tuple(sweep_specs(opts, name)),
+        finetune,
+        **({"note": PRETRAINING_NOTE, "reference": "finetuned"} if name == "pretraining" else {}),
+        question="q2",
+        position=list(TITLES).index(name),
+    )
 
 
 def encoder_spec(opts: Options) -> Spec:
@@ -175,7 +170,8 @@ def encoder_spec(opts: Options) -> Spec:
 
 def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
     """Pretrain the denoising autoencoder (or find it done); -> its folder under
-    <out>/q2_pretrain/, holding `encoder/` (Orbax), history.json, metrics.json and figures."""
+    <out>/q2_pretrain/, holding `encoder/` (Orbax), history.json, metrics.json and figures
+    (named in `ctx.trained` when trained here)."""
     spec = Spec("pretrain", "denoising autoencoder", cfg)
     payload = spec.payload(ctx)
     fp = results.config_fingerprint(payload)
@@ -190,28 +186,18 @@ def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
             file=sys.stderr,
             flush=True,
         )
-    ctx.log(
-        f"[{PRETRAIN}] {fp}: pretraining {'-'.join(map(str, (784, *cfg.widths)))}, {cfg.epochs} epochs"
-    )
+    widths = "-".join(map(str, (784, *cfg.widths)))
+    ctx.log(f"[{PRETRAIN}] {fp}: pretraining {widths}, {cfg.epochs} epochs")
     folder.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temporaries(folder)
     io.write_json(folder / "config.json", {**payload, "fingerprint": fp})
     res = sweep_lib.train(ctx, spec, folder / "checkpoint")
     params0 = jax.tree_util.tree_map(lambda x: x[0], res.states.params)
-    checkpoint.save(
-        folder / "encoder",
-        0,
-        res.states.params["encoder"],
-        {
-            "widths": list(cfg.widths),
-            "n_seeds": len(ctx.seeds),
-            "seeds": ctx.seeds,
-            "denoise_std": cfg.denoise_std,
-        },
-    )
-    io.write_json(
-        folder / "history.json", {"epoch": list(range(1, res.epochs_run + 1)), **res.history}
-    )
+    meta = {"widths": list(cfg.widths), "n_seeds": len(ctx.seeds), "seeds": ctx.seeds}
+    meta["denoise_std"] = cfg.denoise_std
+    checkpoint.save(folder / "encoder", 0, res.states.params["encoder"], meta)
+    history = {"epoch": list(range(1, res.epochs_run + 1)), **res.history}
+    io.write_json(folder / "history.json", history)
     plots.learning_curves(
         res.history,
         folder / "reconstruction_curves.png",
@@ -241,6 +227,7 @@ def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
         },
     )
     results.remove_tree(folder / "checkpoint")
+    ctx.trained.append(folder)
     return folder
 
 
@@ -420,18 +407,14 @@ def run(ctx: Context) -> None:
     """What the options ask: a pretraining alone, a fine-tuning of a given encoder, or sweeps."""
     opts = ctx.opts
     if opts.stage == "pretrain":
-        folder = pretrain(
-            ctx,
-            pretrain_config(opts, arch=opts.arch, lr=opts.lr or LR, epochs=opts.pretrain_epochs),
-        )
-        print(f"encoder checkpoint: {folder / 'encoder'}")
+        cfg = pretrain_config(opts, arch=opts.arch, lr=opts.lr or LR, epochs=opts.pretrain_epochs)
+        print(f"encoder checkpoint: {pretrain(ctx, cfg) / 'encoder'}")
         return
     if opts.stage == "finetune" or opts.encoder:
+        title = "Q2 · fine-tuning a given encoder"
+        specs = (encoder_spec(opts),)
         sweep_lib.run_sweep(
-            ctx,
-            Sweep(
-                "q2_finetune", "Q2 · fine-tuning a given encoder", (encoder_spec(opts),), finetune
-            ),
+            ctx, Sweep("q2_finetune", title, specs, finetune, question="q2", position=len(TITLES))
         )
         return
     sweeps = [sweep(s, opts) for s in (SWEEPS if opts.sweep == "all" else (opts.sweep,))]

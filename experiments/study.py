@@ -54,70 +54,30 @@ def sweeps(opts: Options) -> list[sweep_lib.Sweep]:
     return [q1.sweep(e, opts) for e in q1.ORDER] + [q2.sweep(s, opts) for s in q2.SWEEPS]
 
 
-def snapshot(out: Path) -> dict[str, int]:
-    """Modification times of every results folder's metrics.json (to tell what a run wrote)."""
-    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in out.glob("*/*/metrics.json")}
-
-
-def written(out: Path, before: dict[str, int]) -> tuple[list[str], list[str]]:
-    """(trained, reused): the result folders whose metrics.json appeared or changed since
-    `before`, split by whether they were copied from an identical completed run."""
-    trained, reused = [], []
-    for key, mtime in sorted(snapshot(out).items()):
-        if before.get(key) != mtime:
-            folder = str(Path(key).parent)
-            try:
-                copied = io.read_json_object(out / folder / "config.json").get("reused_from")
-            except (OSError, ValueError):
-                copied = None
-            (reused if copied else trained).append(folder)
-    return trained, reused
-
-
 # ----------------------------------------------------------------------------------------------
 # Inference speed
 
 
 def measure_inference(ctx: Context, pool: str) -> dict:
-    """Images/s of one model's forward pass (eval mode) over the test images, batch 1000,
-    after a warm-up pass; parameters are freshly initialised (speed does not depend on them)."""
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
+    """Images/s of each model's evaluation over the test images, one model (fresh parameters:
+    the speed does not depend on them), batch 1000, as `benchmarks.cases.infer_row` times it."""
+    from benchmarks.cases import infer_row
+    from fmnist_jax.models import ARCHITECTURES
+    from fmnist_jax.train import TrainConfig
 
-    from fmnist_jax.models import ARCHITECTURES, CNN, EncoderClassifier
-
-    images = np.asarray(ctx.data.test_images, np.float32)
-    n = len(images) // INFERENCE_BATCH * INFERENCE_BATCH or len(images)
-    batch = min(INFERENCE_BATCH, n)
-    batches = [jnp.asarray(images[i : i + batch]) for i in range(0, n, batch)]
-    repeats = 1 if ctx.opts.quick else 3
-    models = {"cnn": CNN(pool=pool)}
-    models.update(
-        {f"encoder_classifier_{a}": EncoderClassifier(widths=w) for a, w in ARCHITECTURES.items()}
-    )
-    out = {}
-    for name, model in models.items():
-        variables = model.init(jax.random.PRNGKey(0), batches[0][:1])
-        forward = jax.jit(lambda v, x, model=model: model.apply(v, x))
-        for b in batches:  # warm-up: compile, and one full pass
-            forward(variables, b).block_until_ready()
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            for b in batches:
-                last = forward(variables, b)
-            last.block_until_ready()
-        seconds = time.perf_counter() - t0
-        out[name] = {
-            "images_per_s": repeats * n / seconds,
-            "images": n,
-            "batch": batch,
-            "repeats": repeats,
-            "seconds": seconds,
-        }
-        if name == "cnn":
-            out[name]["pool"] = pool
-    return out
+    labels = ctx.data.test_labels
+    common = dict(augment="none", eval_batch_size=min(INFERENCE_BATCH, len(labels)))
+    cfgs = {"cnn": TrainConfig(model="cnn", pool=pool, **common)}
+    for arch, widths in ARCHITECTURES.items():
+        cfgs[f"encoder_classifier_{arch}"] = TrainConfig(
+            model="encoder_classifier", widths=widths, **common
+        )
+    reps = 1 if ctx.opts.quick else 3
+    return {
+        name: infer_row(name, cfg, ctx.data.test_images, labels, reps=reps)
+        | ({"pool": pool} if name == "cnn" else {})
+        for name, cfg in cfgs.items()
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,12 +146,11 @@ def run_study(opts: Options) -> Path:
     ctx = make_context(opts)
     all_sweeps = sweeps(opts)
     sweep_lib.check_all(ctx, all_sweeps)
-    before = snapshot(opts.out)
     trained, reused = [], []
     for s in all_sweeps:
         ctx.log(f"\n== {s.experiment} ==")
-        sweep_lib.run_sweep(ctx, s)
-        trained, reused = written(opts.out, before)
+        got = sweep_lib.run_sweep(ctx, s)
+        trained, reused = sorted([*trained, *got[0]]), sorted([*reused, *got[1]])
         if trained or reused:  # keep the time spent so far should the study be interrupted
             record.write(trained, reused, complete=False)
     if trained or reused or record.needs_writing:

@@ -23,7 +23,7 @@ import numpy as np
 from experiments import interrupt
 from experiments.cli import UsageError
 from experiments.context import Context, command_line
-from fmnist_jax import curves, distributed, io, plots, results, summaries
+from fmnist_jax import curves, distributed, io, plots, results, sweep_report
 from fmnist_jax.fit import FitResult, fit
 from fmnist_jax.models import count_params
 from fmnist_jax.train import TrainConfig, TrainState, n_trained_params
@@ -31,8 +31,10 @@ from fmnist_jax.train import TrainConfig, TrainState, n_trained_params
 
 @dataclass(frozen=True)
 class Spec:
-    """One configuration of a sweep: a results folder `name`, its table `label`, and what its
-    numbers depend on besides the data and seeds."""
+    """One configuration of a sweep: a results folder `name`, its table `label`, what its
+    numbers depend on besides the data and seeds, and its `role` in the report ("original":
+    the original report's recipe of its question, "tuned": the recipe tuned beyond it), which
+    the sweep records in its choice.json."""
 
     name: str
     label: str
@@ -40,13 +42,12 @@ class Spec:
     start: Spec | None = None  # a run whose end this one continues
     pretrain: TrainConfig | None = None  # Question 2: the pretraining its encoder comes from
     encoder: Path | None = None  # Question 2: a given encoder checkpoint instead
+    role: str | None = None
 
     def payload(self, ctx: Context) -> dict:
         """What determines this configuration's numbers (its fingerprint is their hash)."""
-        data = {
-            k: ctx.data.info.get(k)
-            for k in ("source", "split_seed", "val_fraction", "counts", "quick", "digest")
-        }
+        keys = ("source", "split_seed", "val_fraction", "counts", "quick", "digest")
+        data = {k: ctx.data.info.get(k) for k in keys}
         out = {
             "results_version": results.RESULTS_VERSION,
             "train_config": results.config_to_dict(self.cfg),
@@ -65,19 +66,32 @@ class Spec:
 @dataclass(frozen=True)
 class Sweep:
     """A sweep's folder name, title, configurations, and how one row is run (`execute(ctx,
-    spec, run_dir)`, which writes the folder). Rows that answer no choice (a tuned recipe, the
-    value of pretraining) carry a `note` instead, and may name a `reference` row."""
+    spec, run_dir)`, which writes the folder; `train_row` if None). Rows that answer no choice
+    (a tuned recipe, the value of pretraining) carry a `note` instead, and may name a
+    `reference` row. `question` ("q1", "q2") and `position` (its order among that question's
+    sweeps) place it in the report; all of these are recorded in its choice.json."""
 
     experiment: str
     title: str
     specs: tuple[Spec, ...]
-    execute: Callable[[Context, Spec, Path], None] = field(default=None, compare=False)
+    execute: Callable[[Context, Spec, Path], None] | None = field(default=None, compare=False)
     note: str | None = None
     reference: str | None = None  # with a note: the row the others are compared with
+    question: str | None = None
+    position: int = 0
 
-    def __post_init__(self):
-        if self.execute is None:
-            object.__setattr__(self, "execute", train_row)
+    def recorded(self) -> dict:
+        """What its choice.json records of it (see `fmnist_jax.sweep_report.write_summary`)."""
+        out = {
+            "title": self.title,
+            "question": self.question,
+            "position": self.position,
+            "rows": [s.name for s in self.specs],
+            "roles": {s.name: s.role for s in self.specs if s.role} or None,
+            "note": self.note,
+            "reference": self.reference,
+        }
+        return {k: v for k, v in out.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -89,11 +103,6 @@ class Planned:
     run_dir: Path
     config: dict  # its config.json
     status: str
-
-    @property
-    def fingerprint(self) -> str:
-        """The hash of the configuration's payload."""
-        return self.config["fingerprint"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -149,11 +158,8 @@ def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
     for spec in sweep.specs:
         run_dir = ctx.out / sweep.experiment / spec.name
         config = config_json(ctx, sweep.experiment, spec)
-        out.append(
-            Planned(
-                spec, run_dir, config, _status(run_dir, config["fingerprint"], ctx.opts.overwrite)
-            )
-        )
+        status = _status(run_dir, config["fingerprint"], ctx.opts.overwrite)
+        out.append(Planned(spec, run_dir, config, status))
     return out
 
 
@@ -164,12 +170,11 @@ def find_completed(out: Path, fingerprint: str, exclude: Path) -> Path | None:
         if run_dir.resolve() == exclude.resolve():
             continue
         try:
-            if io.read_json_object(config).get(
-                "fingerprint"
-            ) == fingerprint and results.is_complete(run_dir):
-                return run_dir
+            found = io.read_json_object(config).get("fingerprint")
         except (OSError, ValueError):
             continue
+        if found == fingerprint and results.is_complete(run_dir):
+            return run_dir
     return None
 
 
@@ -178,11 +183,7 @@ def copy_run(source: Path, run_dir: Path, config: dict) -> None:
     config.json, then metrics.json last (its presence marks completion), each atomically."""
     run_dir.mkdir(parents=True, exist_ok=True)
     for f in sorted(source.iterdir()):
-        if (
-            f.name.startswith(".")
-            or f.name.startswith("checkpoint")
-            or f.name in ("metrics.json", "config.json")
-        ):
+        if f.name.startswith((".", "checkpoint")) or f.name in ("metrics.json", "config.json"):
             continue
         if f.is_dir():
             results.remove_tree(run_dir / f.name)
@@ -208,9 +209,8 @@ def _stem(ctx: Context, spec: Spec) -> str:
 def _continues(done: FitResult, cfg: TrainConfig) -> bool:
     """Whether `cfg` is `done` trained for longer at a constant rate (so continuing `done` is
     exactly training `cfg` from the start)."""
-    constant = cfg.optimizer.schedule == "constant"
     return (
-        constant
+        cfg.optimizer.schedule == "constant"
         and done.epochs_run == done.cfg.epochs < cfg.epochs
         and cfg.replace(epochs=done.cfg.epochs) == done.cfg
     )
@@ -313,11 +313,7 @@ def write_row(
             **(extra_metrics or {}),
         }
     )
-    history = {
-        "epoch": list(range(1, result.epochs_run + 1)),
-        **result.history,
-        **(extra_history or {}),
-    }
+    history = {"epoch": list(range(1, result.epochs_run + 1)), **result.history}
     confusion = np.asarray(test["confusion"]).sum(axis=0)
     draw = {
         "learning_curves.png": lambda p: plots.learning_curves(
@@ -330,7 +326,7 @@ def write_row(
     }
     results.write_run(
         run_dir,
-        history=history,
+        history={**history, **(extra_history or {})},
         metrics=metrics,
         figures=draw,
         predictions={"val": val["predictions"], "test": test["predictions"]},
@@ -343,7 +339,8 @@ def write_row(
 
 
 def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
-    """Do what the plan says for one configuration, leaving its folder complete."""
+    """Do what the plan says for one configuration, leaving its folder complete (and named in
+    `ctx.trained` or `ctx.reused` if this wrote it)."""
     where = f"[{sweep.experiment}] {item.spec.name}"
     if item.status == "skip":
         remove_checkpoints(ctx, item.run_dir)  # a process stopped between results and cleanup
@@ -351,24 +348,15 @@ def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
         return
     if item.status == "replace":
         results.remove_tree(item.run_dir)
-    source = find_completed(ctx.out, item.fingerprint, item.run_dir)
+    source = find_completed(ctx.out, item.config["fingerprint"], item.run_dir)
     if source is not None:
-        copy_run(
-            source,
-            item.run_dir,
-            {
-                **io.read_json(source / "config.json"),
-                "experiment": sweep.experiment,
-                "name": item.spec.name,
-                "label": item.spec.label,
-                "reused_from": str(source),
-            },
-        )
+        ours = {"experiment": sweep.experiment, "name": item.spec.name, "label": item.spec.label}
+        config = {**io.read_json(source / "config.json"), **ours, "reused_from": str(source)}
+        copy_run(source, item.run_dir, config)
         ctx.log(f"{where}: identical to {source}, reused")
+        ctx.reused.append(item.run_dir)
         return
-    if (
-        item.status == "resume" and (item.run_dir / "metrics.json").is_file()
-    ):  # written last: damaged since
+    if item.status == "resume" and (item.run_dir / "metrics.json").is_file():  # damaged since
         print(
             f"warning: {item.run_dir / 'metrics.json'} cannot be read as complete results; this "
             "configuration is run again (from its last checkpoint, if kept)",
@@ -379,16 +367,19 @@ def run_planned(ctx: Context, sweep: Sweep, item: Planned) -> None:
     item.run_dir.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temporaries(item.run_dir)
     io.write_json(item.run_dir / "config.json", item.config)
-    sweep.execute(ctx, item.spec, item.run_dir)
+    (sweep.execute or train_row)(ctx, item.spec, item.run_dir)
+    ctx.trained.append(item.run_dir)
 
 
-def run_sweep(ctx: Context, sweep: Sweep) -> dict:
+def run_sweep(ctx: Context, sweep: Sweep) -> tuple[list[str], list[str]]:
     """Run every configuration not already complete, then write the sweep's summary.md,
-    choice.json and overlay figures. -> the choice (see `fmnist_jax.summaries.choose`).
+    choice.json and overlay figures. -> (trained, reused): the result folders (relative to
+    `--out`) it trained (Question 2: with the pretrainings) and copied from identical runs.
 
     Raises:
       UsageError: a folder holds another configuration's results (before anything trains).
     """
+    before = len(ctx.trained), len(ctx.reused)
     sweep_dir = ctx.out / sweep.experiment
     results.clean_stale_temporaries(sweep_dir)  # a killed summary write
     planned = plan(ctx, sweep)
@@ -398,14 +389,15 @@ def run_sweep(ctx: Context, sweep: Sweep) -> dict:
     )
     for item in planned:
         run_planned(ctx, sweep, item)
-    summary = summaries.write_summary(
-        sweep_dir, sweep.title, [s.name for s in sweep.specs], sweep.note, sweep.reference
-    )
-    for line in summary.warnings:
+    verdict, warnings = sweep_report.write_summary(sweep_dir, sweep.recorded())
+    for line in warnings:
         ctx.log(line)
     # The verdict is the sweep's answer: printed even with --quiet (which only hides progress).
-    print("\n" + summary.verdict, flush=True)
-    return summary.choice
+    print("\n" + verdict, flush=True)
+    trained, reused = ctx.trained[before[0] :], ctx.reused[before[1] :]
+    return [str(p.relative_to(ctx.out)) for p in trained], [
+        str(p.relative_to(ctx.out)) for p in reused
+    ]
 
 
 def check_all(ctx: Context, sweeps: Sequence[Sweep]) -> None:

@@ -6,17 +6,19 @@ Every number in the report is read from a `metrics.json`, `choice.json`, `config
 `study.json` under `out` (the original report's figures quoted in "Differences from the
 original report" excepted, and marked as such), so the same files always give the same
 report: a rerun of the study that trains nothing reproduces it byte for byte. Each sweep is
-presented by `fmnist_jax.summaries.sweep_section`, as in its own summary.md.
+presented by `fmnist_jax.sweep_report.sweep_section`, as in its own summary.md.
 """
 
 from __future__ import annotations
 
+import collections
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from fmnist_jax import io, plots, stats
-from fmnist_jax.summaries import (
+from fmnist_jax.sweep_report import (
     Row,
     SweepResult,
     choose,
@@ -38,29 +40,18 @@ REPORT_NAME = "REPORT.md"
 STUDY_JSON = "study.json"
 COMPARISON_FIGURE = "cnn_vs_autoencoder.png"
 PRETRAIN_CACHE = "q2_pretrain"
-# Known sweeps first, in the study's order; anything else found on disk follows, sorted.
-SWEEP_ORDER = (
-    "q1_augmentation",
-    "q1_epochs",
-    "q1_optimizers",
-    "q1_tuned",
-    "q2_lr",
-    "q2_arch",
-    "q2_epochs",
-    "q2_pretraining",
-    "q2_finetune",
-)
-ORIGINAL_RECIPE = {"q1": ("q1_augmentation", "expand"), "q2": ("q2_pretraining", "finetuned")}
-TUNED = ("q1_tuned", "tuned")
+# The questions, by the name their sweeps record, with what each trains; the roles a row can
+# record (see experiments.sweep.Spec), as the comparison's columns name them.
+QUESTIONS = {"q1": "CNN", "q2": "autoencoder"}
+ROLES = {"original": "original recipe", "tuned": "tuned (beyond the original)"}
 
 
 def find_sweeps(out: Path) -> list[SweepResult]:
-    """Every sweep folder under `out` (one holding `<config>/config.json`), in the study's order."""
-    names = sorted(
-        {p.parent.parent.name for p in Path(out).glob("*/*/config.json")} - {PRETRAIN_CACHE}
-    )
-    names = [n for n in SWEEP_ORDER if n in names] + [n for n in names if n not in SWEEP_ORDER]
-    return [read_sweep(Path(out) / n) for n in names]
+    """Every sweep folder under `out` (one holding `<config>/config.json`), ordered by the
+    question and position their choice.json records; one that records none follows, by name."""
+    names = {p.parent.parent.name for p in Path(out).glob("*/*/config.json")} - {PRETRAIN_CACHE}
+    sweeps = [read_sweep(Path(out) / n) for n in names]
+    return sorted(sweeps, key=lambda s: (s.question is None, s.question or "", s.position, s.name))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -84,40 +75,48 @@ def _inference(study: Mapping, row: Row) -> Mapping:
     return inf.get(f"encoder_classifier_{_arch(row)}", {})
 
 
-def _epochs_cell(r: Row) -> str:
-    m = r.metrics
-    if m.get("pretrain"):
-        pre = r.config.get("pretrain_config") or {}
-        return f"{pre.get('epochs', '?')} + {m.get('epochs_run', '–')}"
-    return str(m.get("epochs_run", "–"))
+def _column(r: Row, study: Mapping, class_names: Sequence[str]) -> list[str]:
+    """A row's column of the comparison table, in the order of its measures."""
+    m, pre = r.metrics, r.metrics.get("pretrain")
+    per_class, timing = m.get("per_class_test_accuracy", {}), m.get("timing", {})
+    own_s, own_speed = fmt_num(timing.get("wall_s"), 1), fmt_num(timing.get("train_images_per_s"))
+    epochs, wall, speed = str(m.get("epochs_run", "–")), own_s, own_speed
+    if pre:
+        pre_timing = pre.get("timing", {})
+        epochs = f"{(r.config.get('pretrain_config') or {}).get('epochs', '?')} + {epochs}"
+        wall = (
+            f"{fmt_num(m.get('total_train_s'), 1)} ({fmt_num(pre_timing.get('wall_s'), 1)} "
+            f"pretraining + {own_s} fine-tuning)"
+        )
+        speed = (
+            f"{fmt_num(pre_timing.get('train_images_per_s'))} pretraining, {own_speed} fine-tuning"
+        )
+    return [
+        f"[{link_text(r.label)}]({r.experiment}/{r.name}/metrics.json)",
+        fmt(m.get("test_accuracy")),
+        fmt(m.get("val_accuracy")),
+        *[fmt(per_class.get(c), digits=1) for c in class_names],
+        fmt(m.get("classification_report", {}).get("macro avg", {}).get("f1-score")),
+        str(r.n_seeds),
+        f"{fmt_num(m.get('n_params'))} ({fmt_num(m.get('n_trained_params'))})",
+        fmt_num((pre or {}).get("n_params")),
+        epochs,
+        wall,
+        speed,
+        fmt_num(_inference(study, r).get("images_per_s")),
+        diverged_cell(m),
+    ]
 
 
-def _total_time_cell(r: Row) -> str:
-    m = r.metrics
-    own = fmt_num(m.get("timing", {}).get("wall_s"), 1)
-    if m.get("pretrain"):
-        pre = fmt_num(m["pretrain"].get("timing", {}).get("wall_s"), 1)
-        return f"{fmt_num(m.get('total_train_s'), 1)} ({pre} pretraining + {own} fine-tuning)"
-    return own
-
-
-def _train_speed_cell(r: Row) -> str:
-    m = r.metrics
-    own = fmt_num(m.get("timing", {}).get("train_images_per_s"))
-    if m.get("pretrain"):
-        pre = fmt_num(m["pretrain"].get("timing", {}).get("train_images_per_s"))
-        return f"{pre} pretraining, {own} fine-tuning"
-    return own
-
-
-def _row(sweeps: Sequence[SweepResult], experiment: str, name: str) -> Row | None:
+def _row(sweeps: Sequence[SweepResult], question: str, role: str) -> Row | None:
+    """The first complete row of `question` recorded in `role`."""
     return next(
         (
             r
             for s in sweeps
-            if s.name == experiment
+            if s.question == question
             for r in s.rows
-            if r.name == name and r.complete
+            if r.role == role and r.complete
         ),
         None,
     )
@@ -129,143 +128,100 @@ def comparison(
     """The CNN-vs-autoencoder section: each question's row chosen on validation among the rows
     its sweeps vary, side by side with the original recipes and the tuned CNN, and the
     conclusion, tested on the test images (draws the comparison figure)."""
-    q1 = distinct([r for s in sweeps if s.question == "q1" and s.note is None for r in s.rows])
-    q2 = distinct(
-        [
-            r
-            for s in sweeps
-            if s.question == "q2" and s.note is None
-            for r in s.rows
-            if r.complete and r.metrics.get("pretrain")
-        ]
-    )
-    best = {q: choose(rows) for q, rows in (("q1", q1), ("q2", q2))}
+
+    def varied(question):  # the rows of its sweeps that answer a choice
+        return [r for s in sweeps if s.question == question and s.note is None for r in s.rows]
+
+    q1 = distinct(varied("q1"))
+    q2 = distinct([r for r in varied("q2") if r.complete and r.metrics.get("pretrain")])
     cnn, ae = (
         next((r for r in rows if c and r.name == c["choice"]), None)
-        for rows, c in ((q1, best["q1"]), (q2, best["q2"]))
+        for rows, c in ((q1, choose(q1)), (q2, choose(q2)))
     )
     lines = ["## CNN vs autoencoder", ""]
     if cnn is None or ae is None:
-        lines += [
+        return lines + [
             "Not available: this needs completed Question 1 and Question 2 (pretrained) runs.",
             "",
         ]
-        return lines
     cols = [("CNN", cnn), ("autoencoder", ae)]
-    extra = [
-        ("CNN, original recipe", *ORIGINAL_RECIPE["q1"]),
-        ("CNN, tuned (beyond the original)", *TUNED),
-        ("autoencoder, original recipe", *ORIGINAL_RECIPE["q2"]),
-    ]
-    for title, experiment, name in extra:
-        r = _row(sweeps, experiment, name)
-        same = next(
-            (
-                i
-                for i, (_, c) in enumerate(cols)
-                if r is not None and c.fingerprint == r.fingerprint
-            ),
-            None,
-        )
-        if r is not None and same is None:
-            cols.append((title, r))
-        elif same is not None and same < 2:  # the chosen row is this recipe: say so
-            cols[same] = (f"{cols[same][0]} (also the {title.split(', ', 1)[1]})", cols[same][1])
+    for (question, model), (role, recipe) in itertools.product(QUESTIONS.items(), ROLES.items()):
+        r = _row(sweeps, question, role)
+        if r is None:
+            continue
+        same = next((i for i, (_, c) in enumerate(cols) if c.fingerprint == r.fingerprint), None)
+        if same is None:
+            cols.append((f"{model}, {recipe}", r))
+        elif same < 2:  # the chosen row is this recipe: say so
+            cols[same] = (f"{cols[same][0]} (also the {recipe})", cols[same][1])
 
     lines += [
         f"Each side is its question's row with the highest mean validation accuracy among the "
         f"configurations its sweeps vary: {len(q1)} distinct CNN configurations and {len(q2)} "
-        "autoencoder ones (pretrained encoder + head). Beside them: the original report's recipes "
-        "(Q1: the 3x expanded set with Adam; Q2: the base autoencoder, fine-tuned) and the tuned "
-        "CNN, whose validation accuracy is no evidence (it was selected on validation). Test numbers "
-        "are reported, never used to choose.",
+        "autoencoder ones (pretrained encoder + head). Beside them: the original report's "
+        "recipes (Q1: the 3x expanded set with Adam; Q2: the base autoencoder, fine-tuned) and "
+        "the tuned CNN, whose validation accuracy is no evidence (it was selected on "
+        "validation). Test numbers are reported, never used to choose.",
         "",
     ]
 
-    def cell_rows():
-        def each(f):
-            return [f(r) for _, r in cols]
-
-        ms = lambda r: r.metrics  # noqa: E731
-        yield [
-            "configuration",
-            *each(lambda r: f"[{link_text(r.label)}]({r.experiment}/{r.name}/metrics.json)"),
-        ]
-        yield ["test accuracy %", *each(lambda r: fmt(ms(r).get("test_accuracy")))]
-        yield ["validation accuracy %", *each(lambda r: fmt(ms(r).get("val_accuracy")))]
-        for c in class_names:
-            yield [
-                f"{c} test acc %",
-                *each(
-                    lambda r, c=c: fmt(ms(r).get("per_class_test_accuracy", {}).get(c), digits=1)
-                ),
-            ]
-        yield [
-            "macro F1 %",
-            *each(
-                lambda r: fmt(
-                    ms(r).get("classification_report", {}).get("macro avg", {}).get("f1-score")
-                )
-            ),
-        ]
-        yield ["seeds", *each(lambda r: str(r.n_seeds))]
-        yield [
-            "parameters of the classifier (trained)",
-            *each(
-                lambda r: (
-                    f"{fmt_num(ms(r).get('n_params'))} ({fmt_num(ms(r).get('n_trained_params'))})"
-                )
-            ),
-        ]
-        yield [
-            "autoencoder parameters (pretraining)",
-            *each(
-                lambda r: (
-                    fmt_num(ms(r)["pretrain"].get("n_params")) if ms(r).get("pretrain") else "–"
-                )
-            ),
-        ]
-        yield ["epochs (pretraining + training)", *each(_epochs_cell)]
-        yield ["training wall time s (all seeds at once)", *each(_total_time_cell)]
-        yield ["training images/s (all seeds)", *each(_train_speed_cell)]
-        yield [
-            "inference images/s (one model, batch 1000)",
-            *each(lambda r: fmt_num(_inference(study, r).get("images_per_s"))),
-        ]
-        yield ["diverged", *each(lambda r: diverged_cell(ms(r)))]
-
+    measures = [
+        "configuration",
+        "test accuracy %",
+        "validation accuracy %",
+        *[f"{c} test acc %" for c in class_names],
+        "macro F1 %",
+        "seeds",
+        "parameters of the classifier (trained)",
+        "autoencoder parameters (pretraining)",
+        "epochs (pretraining + training)",
+        "training wall time s (all seeds at once)",
+        "training images/s (all seeds)",
+        "inference images/s (one model, batch 1000)",
+        "diverged",
+    ]
+    columns = [_column(r, study, class_names) for _, r in cols]
     table = md_table(
-        ["measure", *[t for t, _ in cols]], list(cell_rows()), ["l", *["r"] * len(cols)]
+        ["measure", *[t for t, _ in cols]],
+        [[name, *cells] for name, *cells in zip(measures, *columns, strict=True)],
+        ["l", *["r"] * len(cols)],
     )
-    groups = {
-        f"{title}: {r.label}": {
-            **{
-                c: r.metrics["per_class_test_accuracy"][c]
-                for c in class_names
-                if c in r.metrics.get("per_class_test_accuracy", {})
-            },
+    groups = {}
+    for title, r in cols:
+        per_class = r.metrics.get("per_class_test_accuracy", {})
+        groups[f"{title}: {r.label}"] = {
+            **{c: per_class[c] for c in class_names if c in per_class},
             "overall": r.metrics["test_accuracy"],
         }
-        for title, r in cols
-    }
     plots.bar_comparison(
         groups,
         out / COMPARISON_FIGURE,
         title="CNN vs autoencoder: test accuracy (mean ± std over seeds)",
         ylabel="test accuracy",
     )
-    lines += [
+    original, tuned = _row(sweeps, "q1", "original"), _row(sweeps, "q1", "tuned")
+    return lines + [
         table,
         "",
         image(COMPARISON_FIGURE, "CNN vs autoencoder: per-class and overall test accuracy"),
         "",
-    ]
-    return lines + [
-        _conclusion(
-            cnn, ae, _row(sweeps, *ORIGINAL_RECIPE["q1"]), _row(sweeps, *TUNED), study, class_names
-        ),
+        _conclusion(cnn, ae, original, tuned, study, class_names),
         "",
     ]
+
+
+VERDICTS = {  # the conclusion's verdict, and how it stands against the original report's
+    "better": ("the CNN is more accurate", "these numbers agree."),
+    "worse": ("the autoencoder is more accurate", "these numbers contradict it."),
+    "not distinguishable": (
+        "the two are not distinguishable",
+        "these numbers cannot tell the two apart.",
+    ),
+    "untested over the seeds": (
+        "the difference is untested over the seeds (one seed, or no spread over them)",
+        "these numbers cannot test it.",
+    ),
+}
 
 
 def _conclusion(
@@ -279,28 +235,23 @@ def _conclusion(
     c = compare_rows(cnn, ae, "test")
     a, b = cnn.metrics["test_accuracy"], ae.metrics["test_accuracy"]
     if c is None:
-        return f"**Conclusion.** CNN {fmt(a)}% vs autoencoder {fmt(b)}% on test; no saved predictions to test the difference."
-    verdict = {
-        "better": "the CNN is more accurate",
-        "worse": "the autoencoder is more accurate",
-        "not distinguishable": "the two are not distinguishable",
-        "untested over the seeds": "the difference is untested over the seeds (one seed, or "
-        "no spread over them)",
-    }[c["verdict"]]
+        return (
+            f"**Conclusion.** CNN {fmt(a)}% vs autoencoder {fmt(b)}% on test; no saved "
+            "predictions to test the difference."
+        )
+    verdict, against_original = VERDICTS[c["verdict"]]
     # The difference is stated from the side that scored higher, so that it reads as positive.
     ahead = num(c["difference"]) >= 0
     d = c if ahead else compare_rows(ae, cnn, "test")
     text = (
         f"**Conclusion.** On the test images, {verdict}: {fmt(a)}% (CNN) vs {fmt(b)}% "
-        f"(autoencoder); {'CNN − autoencoder' if ahead else 'autoencoder − CNN'}: {stats.describe(d)}."
+        f"(autoencoder); {'CNN − autoencoder' if ahead else 'autoencoder − CNN'}: "
+        f"{stats.describe(d)}."
     )
+    per_class = [r.metrics["per_class_test_accuracy"] for r in (cnn, ae)]
     gaps = sorted(
         (
-            (
-                num(cnn.metrics["per_class_test_accuracy"].get(k, {}).get("mean"))
-                - num(ae.metrics["per_class_test_accuracy"].get(k, {}).get("mean")),
-                k,
-            )
+            (num(per_class[0].get(k, {}).get("mean")) - num(per_class[1].get(k, {}).get("mean")), k)
             for k in class_names
         ),
         key=lambda t: -abs(t[0]) if math.isfinite(t[0]) else 0,
@@ -308,8 +259,8 @@ def _conclusion(
     if gaps and math.isfinite(gaps[0][0]):
         k = gaps[0][1]
         text += (
-            f" The largest per-class gap is on {k}: {fmt(cnn.metrics['per_class_test_accuracy'][k], digits=1)}% "
-            f"(CNN) vs {fmt(ae.metrics['per_class_test_accuracy'][k], digits=1)}% (autoencoder)."
+            f" The largest per-class gap is on {k}: {fmt(per_class[0][k], digits=1)}% (CNN) vs "
+            f"{fmt(per_class[1][k], digits=1)}% (autoencoder)."
         )
     ratio = num(ae.metrics.get("n_trained_params")) / num(cnn.metrics.get("n_trained_params"))
     if math.isfinite(ratio):
@@ -323,19 +274,13 @@ def _conclusion(
     if not (cnn.config.get("data_info") or {}).get("quick"):  # a smoke run's numbers judge nothing
         text += (
             ' The original report concluded that the "CNN was performing quite better" than '
-            "the autoencoder; "
-            + {
-                "better": "these numbers agree.",
-                "worse": "these numbers contradict it.",
-                "not distinguishable": "these numbers cannot tell the two apart.",
-                "untested over the seeds": "these numbers cannot test it.",
-            }[c["verdict"]]
+            f"the autoencoder; {against_original}"
         )
     if tuned is not None and original is not None and (t := compare_rows(tuned, original, "test")):
         text += (
-            f" Beyond the original, the tuned CNN reaches {fmt(tuned.metrics['test_accuracy'])}% on "
-            f"test; against the original recipe ({fmt(original.metrics['test_accuracy'])}%) on the "
-            f"test images it is {t['verdict']}, {stats.describe(t)}."
+            f" Beyond the original, the tuned CNN reaches {fmt(tuned.metrics['test_accuracy'])}% "
+            f"on test; against the original recipe ({fmt(original.metrics['test_accuracy'])}%) on "
+            f"the test images it is {t['verdict']}, {stats.describe(t)}."
         )
     return text
 
@@ -344,44 +289,34 @@ def _conclusion(
 # The report
 
 
-def _first_complete(sweeps: Sequence[SweepResult]) -> Row | None:
-    return next((r for s in sweeps for r in s.rows if r.complete), None)
-
-
 def _data_section(row: Row | None) -> list[str]:
     lines = ["## Data", ""]
     info = (row.config.get("data_info") if row else None) or {}
     if not info:
         return lines + ["No configuration recorded its data.", ""]
-    counts = info.get("counts", {})
-    classes = info.get("classes", [])
+    counts, classes = info.get("counts", {}), info.get("classes", [])
+    directory = f" (`{info['directory']}`)" if info.get("directory") else ""
+    verified = (
+        "sha256-verified against the published files"
+        if info.get("verified")
+        else "**not** verified against the published checksums"
+    )
+    kept = (
+        " This run kept only the first images of each split (in file order), as the table "
+        "counts (`--quick` or `--limit`)."
+    )
+    split_rows = [[k, fmt_num(counts.get(k))] for k in ("train", "val", "test")]
     lines += [
-        f"Fashion-MNIST, source `{info.get('source', '?')}`"
-        + (f" (`{info['directory']}`)" if info.get("directory") else "")
-        + (
-            ", sha256-verified against the published files"
-            if info.get("verified")
-            else ", **not** verified against the published checksums"
-        )
-        + ".",
+        f"Fashion-MNIST, source `{info.get('source', '?')}`{directory}, {verified}.",
         f"The task keeps the original classes {', '.join(map(str, classes))} as new labels "
         f"0..{max(len(classes) - 1, 0)}, in file order.",
         "",
-        md_table(
-            ["split", "images"],
-            [[k, fmt_num(counts.get(k))] for k in ("train", "val", "test")],
-            ["l", "r"],
-        ),
+        md_table(["split", "images"], split_rows, ["l", "r"]),
         "",
-        f"Validation is a stratified {fmt_num(num(info.get('val_fraction')) * 100)}% of the training "
-        f"subset (split seed {info.get('split_seed', '?')}); every choice is made on it and the test "
-        "split is only reported. Pixels are float32 scaled to [0, 1]."
-        + (
-            " This run kept only the first images of each split (in file order), as the table counts "
-            "(`--quick` or `--limit`)."
-            if info.get("quick") or info.get("limit")
-            else ""
-        ),
+        f"Validation is a stratified {fmt_num(num(info.get('val_fraction')) * 100)}% of the "
+        f"training subset (split seed {info.get('split_seed', '?')}); every choice is made on it "
+        "and the test split is only reported. Pixels are float32 scaled to [0, 1]."
+        + (kept if info.get("quick") or info.get("limit") else ""),
     ]
     if info.get("quick"):
         lines += [
@@ -404,10 +339,7 @@ def _models_section(pool: str) -> list[str]:
     ]
     for key in (
         "cnn",
-        "autoencoder_base",
-        "autoencoder_thick",
-        "encoder_classifier_base",
-        "encoder_classifier_thick",
+        *[f"{m}_{a}" for m in ("autoencoder", "encoder_classifier") for a in ("base", "thick")],
     ):
         if key in tables:
             lines += [f"### {titles[key]}", "", tables[key], ""]
@@ -452,18 +384,11 @@ def write_report(out: str | Path) -> Path:
     except (OSError, ValueError):
         study = {}
     class_names = class_names_of([r for s in sweeps for r in s.rows])
-    first = _first_complete(sweeps)
-    pool = next(
-        (
-            r.config.get("train_config", {}).get("pool")
-            for s in sweeps
-            if s.question == "q1"
-            for r in s.rows
-            if r.config.get("train_config", {}).get("model") == "cnn"
-        ),
-        "avg",
-    )
-
+    first = next((r for s in sweeps for r in s.rows if r.complete), None)
+    q1_configs = [
+        r.config.get("train_config", {}) for s in sweeps if s.question == "q1" for r in s.rows
+    ]
+    pool = next((c.get("pool") for c in q1_configs if c.get("model") == "cnn"), "avg")
     lines = [
         "# Fashion-MNIST, five classes: a CNN vs a denoising autoencoder's encoder",
         "",
@@ -472,9 +397,6 @@ def write_report(out: str | Path) -> Path:
         "below is read from a `metrics.json`, `choice.json`, `config.json` or `study.json`, "
         "and each configuration links to its `metrics.json`.",
         "",
-    ]
-
-    lines += [
         "## Task",
         "",
         "Classify five Fashion-MNIST classes (original labels 1, 3, 5, 7, 9): "
@@ -533,27 +455,19 @@ def write_report(out: str | Path) -> Path:
                 *_dead_outputs_text(sweeps),
             ]
         for s in qs:
-            lines += [
-                f"### {s.title}",
-                "",
-                f"Folder `{s.name}/`.",
-                "",
-                *sweep_section(s, class_names, prefix=f"{s.name}/"),
-            ]
+            section = sweep_section(s, class_names, prefix=f"{s.name}/")
+            lines += [f"### {s.title}", "", f"Folder `{s.name}/`.", "", *section]
         lines += ["Fit criteria: " + _criteria(qs), ""]
 
-    lines += compared
-    lines += [DIFFERENCES]
-    lines += _environment_section(study, first, sweeps)
-    text = "\n".join(lines).rstrip() + "\n"
+    lines += [*compared, DIFFERENCES, *_environment_section(study, first, sweeps)]
     path = out / REPORT_NAME
-    io.write_text(path, text)
+    io.write_text(path, "\n".join(lines).rstrip() + "\n")
     return path
 
 
 def _dead_outputs_text(sweeps: Sequence[SweepResult]) -> list[str]:
     """Why the denoising figures show black dots, in the original recipe's numbers."""
-    row = _row(sweeps, *ORIGINAL_RECIPE["q2"])
+    row = _row(sweeps, "q2", "original")
     pre = (row.metrics.get("pretrain") or {}) if row else {}
     dead, background = pre.get("dead_outputs"), pre.get("dead_outputs_on_background")
     if not dead:
@@ -571,15 +485,15 @@ def _dead_outputs_text(sweeps: Sequence[SweepResult]) -> list[str]:
 
 
 def _criteria(sweeps: Sequence[SweepResult]) -> str:
-    for s in sweeps:
-        for r in s.rows:
-            if r.complete and r.metrics.get("fit_diagnosis", {}).get("criteria"):
-                return (
-                    r.metrics["fit_diagnosis"]["criteria"]
-                    + "; roughness: the std over epochs of the "
-                    "epoch-to-epoch changes of the validation loss (per seed, then mean ± std)."
-                )
-    return "–"
+    rows = (r for s in sweeps for r in s.rows if r.complete)
+    found = next(
+        (c for r in rows if (c := r.metrics.get("fit_diagnosis", {}).get("criteria"))), None
+    )
+    roughness = (
+        "; roughness: the std over epochs of the epoch-to-epoch changes of the validation loss "
+        "(per seed, then mean ± std)."
+    )
+    return found + roughness if found else "–"
 
 
 def _hardware(backend: str | None) -> str:
@@ -594,38 +508,26 @@ def _environment_section(
     env = study.get("environment") or (first.config.get("environment") if first else None) or {}
     lines = ["## Environment and wall time", ""]
     if env:
-        lines += [
-            md_table(
-                ["component", "version"],
-                [
-                    ["JAX / jaxlib", f"{env.get('jax', '?')} / {env.get('jaxlib', '?')}"],
-                    [
-                        "Flax / Optax / Orbax",
-                        f"{env.get('flax', '?')} / {env.get('optax', '?')} / {env.get('orbax_checkpoint', '?')}",
-                    ],
-                    ["Python / NumPy", f"{env.get('python', '?')} / {env.get('numpy', '?')}"],
-                    ["backend", f"{env.get('backend', '?')} ({_hardware(env.get('backend'))})"],
-                    ["device", f"{env.get('device_count', '?')} × {env.get('device_kind', '?')}"],
-                    ["platform", str(env.get("platform", "?"))],
-                ],
-            ),
-            "",
+        v = collections.defaultdict(lambda: "?", env)
+        versions = [
+            ["JAX / jaxlib", f"{v['jax']} / {v['jaxlib']}"],
+            ["Flax / Optax / Orbax", f"{v['flax']} / {v['optax']} / {v['orbax_checkpoint']}"],
+            ["Python / NumPy", f"{v['python']} / {v['numpy']}"],
+            ["backend", f"{v['backend']} ({_hardware(env.get('backend'))})"],
+            ["device", f"{v['device_count']} × {v['device_kind']}"],
+            ["platform", str(v["platform"])],
         ]
+        lines += [md_table(["component", "version"], versions), ""]
     # Each distinct configuration counts its own training time (a run that continued another
     # counts only its own epochs: `own_wall_s`).
-    config_s = sum(
-        num(
-            r.metrics.get("timing", {}).get("own_wall_s", r.metrics.get("timing", {}).get("wall_s"))
-        )
-        or 0.0
-        for r in distinct([r for s in sweeps for r in s.rows])
-    )
+    timings = [r.metrics.get("timing", {}) for r in distinct([r for s in sweeps for r in s.rows])]
+    config_s = sum(num(t.get("own_wall_s", t.get("wall_s"))) or 0.0 for t in timings)
     if study.get("total_wall_s") is not None:
-        inv = study.get("invocations", [])
+        n = len(study.get("invocations", []))
         lines.append(
             f"Total wall time of the study: **{fmt_num(study['total_wall_s'])} s** "
             f"({num(study['total_wall_s']) / 60:.1f} min"
-            + (f", over {len(inv)} invocations" if len(inv) > 1 else "")
+            + (f", over {n} invocations" if n > 1 else "")
             + ")."
         )
     else:

@@ -8,9 +8,6 @@ gradients (BatchNorm on batch statistics, dropout) and a whole `fit`, evaluation
 each way. Small real subsets; the fit is 1 epoch of 3 steps (see test_train.py on why
 comparisons of different programs keep a short horizon, and why Adam's steps on near-zero
 gradients get a tolerance of their own).
-
-Needs only JAX, Flax, Optax and NumPy: `python -m tests.test_gpu_paths` runs these tests without
-pytest (scripts/accelerator_check.sh does where pytest is missing).
 """
 
 import jax
@@ -127,13 +124,3 @@ def test_a_whole_fit_on_the_gpu_path_equals_the_cpu_path(task_data):
         pass
     else:
         raise AssertionError("members of different seeds passed as the same run")
-
-
-if __name__ == "__main__":  # without pytest: python -m tests.test_gpu_paths
-    from fmnist_jax import data
-
-    task = data.load_task()
-    for name, test in list(globals().items()):
-        if name.startswith("test_"):
-            test(task)
-            print(f"passed {name}", flush=True)

@@ -1044,7 +1044,7 @@ def test_results_files_that_are_json_but_not_objects_count_as_unreadable(tmp_pat
     results, as a garbled one is: never an AttributeError from `.get`."""
     from experiments import sweep as sweep_lib
     from experiments.cli import UsageError
-    from fmnist_jax import results, summaries
+    from fmnist_jax import results, sweep_report
 
     run_dir = tmp_path / "q1_optimizers" / "sgd"
     run_dir.mkdir(parents=True)
@@ -1053,7 +1053,7 @@ def test_results_files_that_are_json_but_not_objects_count_as_unreadable(tmp_pat
     with pytest.raises(ValueError, match="not an object"):
         io.read_json_object(run_dir / "metrics.json")
     assert not results.is_complete(run_dir)
-    [row] = summaries.read_sweep(run_dir.parent, ["sgd"]).rows
+    [row] = sweep_report.read_sweep(run_dir.parent, ["sgd"]).rows
     assert not row.complete
     with pytest.raises(UsageError, match="config.json cannot be read"):
         sweep_lib._status(run_dir, "a-fingerprint", overwrite=False)

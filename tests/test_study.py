@@ -110,6 +110,10 @@ def read_metrics(out: Path, rel: str) -> dict:
     return json.loads((out / rel / "metrics.json").read_text())
 
 
+def read_config(out: Path, rel: str) -> dict:
+    return json.loads((out / rel / "config.json").read_text())
+
+
 # ----------------------------------------------------------------------------------------------
 # The report
 
@@ -129,6 +133,11 @@ def test_study_writes_report_and_study_json(study):
         assert record["inference"][model]["images_per_s"] > 0
     assert record["environment"]["jax"] and record["environment"]["backend"]
     assert record["invocations"][0]["trained"], "the first run trains"
+    # trained / reused: every result folder the first run wrote, told apart by being a copy.
+    written = {str(p.parent.relative_to(out)) for p in out.glob("*/*/metrics.json")}
+    copies = {f for f in written if read_config(out, f).get("reused_from")}
+    assert record["invocations"][0]["reused"] == sorted(copies)
+    assert record["invocations"][0]["trained"] == sorted(written - copies)
     # Every question's sweeps ran.
     assert {
         "q1_augmentation",
@@ -370,6 +379,31 @@ def test_report_flags_a_diverged_run(study, tmp_path):
     assert "Not available" in text  # no Question 2 to compare with
 
 
+@pytest.mark.slow
+def test_the_report_places_rows_by_what_their_sweeps_recorded(study, tmp_path):
+    """The comparison's columns and the sections' order follow what choice.json records
+    (question, position, roles), not folder names: with every sweep folder renamed, the same
+    columns and sections, linking the renamed folders."""
+    from fmnist_jax import report
+
+    out = tmp_path / "results"
+    renamed = {exp: f"sweep_{i}" for i, exp in enumerate(sorted(sweep_folders(study["out"])))}
+    for exp, new in renamed.items():
+        shutil.copytree(study["out"] / exp, out / new)
+    text = report.write_report(out).read_text(encoding="utf-8")
+    [(head, rows)] = tables(text, "measure")
+    [(want_head, want_rows)] = tables(study["report"], "measure")
+    assert head == want_head
+    want = want_rows[0]
+    for exp, new in renamed.items():
+        want = [cell.replace(f"]({exp}/", f"]({new}/") for cell in want]
+    assert rows[0] == want  # the configuration row: each column's link
+    headings = [
+        [x for x in r.splitlines() if x.startswith("### Q")] for r in (text, study["report"])
+    ]
+    assert headings[0] == headings[1]
+
+
 TRAINING_SUM = re.compile(
     r"Training wall time summed over the distinct configurations trained .*?: ([\d,]+) s\."
 )
@@ -414,24 +448,3 @@ def test_report_only_without_results_is_a_usage_error(tmp_path):
         timeout=300,
     )
     assert done.returncode == 2 and "error:" in done.stderr
-
-
-def test_written_folders_are_told_apart(tmp_path):
-    """study.json's trained / reused lists: the folders whose metrics.json appeared since, told
-    apart by their config.json."""
-    from experiments.study import snapshot, written
-
-    (tmp_path / "a" / "old").mkdir(parents=True)
-    (tmp_path / "a" / "old" / "metrics.json").write_text("{}")
-    before = snapshot(tmp_path)
-    configs = {
-        "a/trained": {"fingerprint": "f1"},
-        "b/copy": {"fingerprint": "f1", "reused_from": "a/trained"},
-        "b/unreadable": None,
-    }
-    for folder, config in configs.items():
-        (tmp_path / folder).mkdir(parents=True)
-        (tmp_path / folder / "metrics.json").write_text("{}")
-        if config is not None:
-            (tmp_path / folder / "config.json").write_text(json.dumps(config))
-    assert written(tmp_path, before) == (["a/trained", "b/unreadable"], ["b/copy"])

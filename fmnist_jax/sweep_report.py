@@ -2,7 +2,8 @@
 `summary.md` and `REPORT.md` show (one path: the same rows, the same choice, the same tables).
 
 A sweep folder `<out>/<experiment>/` holds one folder per configuration and, once the sweep has
-run, `choice.json`: its title, its rows in order and the choice made on validation.
+run, `choice.json`: what its definition says of it (title, question, position, rows in order,
+their roles, a note and its reference row) and the choice made on validation.
 """
 
 from __future__ import annotations
@@ -58,20 +59,16 @@ def fmt_num(value: Any, digits: int = 0) -> str:
     return f"{v:,.{digits}f}" if math.isfinite(v) else "–"
 
 
-def md_table(
-    head: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] | None = None
-) -> str:
-    """A Markdown table; `align` per column: 'l' (default) or 'r'."""
-    align = align or ["l"] * len(head)
-    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
-    clean = lambda c: str(c).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    return "\n".join(
-        [
-            "| " + " | ".join(map(clean, head)) + " |",
-            rule,
-            *["| " + " | ".join(map(clean, r)) + " |" for r in rows],
-        ]
-    )
+def md_table(head: Sequence[str], rows: Sequence[Sequence[str]], align: Sequence[str] = ()) -> str:
+    """A Markdown table; `align` per column: 'l' (the default) or 'r'."""
+
+    def line(cells):
+        return (
+            "| " + " | ".join(str(c).replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+        )
+
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align or ["l"] * len(head)) + "|"
+    return "\n".join([line(head), rule, *map(line, rows)])
 
 
 def link_text(text: str) -> str:
@@ -104,20 +101,15 @@ class Row:
     dir: Path
     config: dict
     metrics: dict | None  # None: incomplete (no complete metrics.json)
+    role: str | None = None  # as its sweep recorded it (see experiments.sweep.Spec)
 
     @classmethod
-    def read(cls, run_dir: Path) -> Row:
+    def read(cls, run_dir: Path, role: str | None = None) -> Row:
         """The row of a configuration folder (incomplete when its metrics.json is missing)."""
         metrics = _read_json(run_dir / "metrics.json")
-        if metrics is not None and not metrics.get("complete"):
-            metrics = None
-        return cls(
-            run_dir.parent.name,
-            run_dir.name,
-            run_dir,
-            _read_json(run_dir / "config.json") or {},
-            metrics,
-        )
+        config = _read_json(run_dir / "config.json") or {}
+        done = metrics if metrics is not None and metrics.get("complete") else None
+        return cls(run_dir.parent.name, run_dir.name, run_dir, config, done, role)
 
     @property
     def label(self) -> str:
@@ -138,11 +130,6 @@ class Row:
     def n_seeds(self) -> int:
         """How many seeds the row trained."""
         return len((self.metrics or {}).get("seeds") or self.config.get("seeds") or [])
-
-    @property
-    def question(self) -> str:
-        """'q1' or 'q2', from the experiment's name."""
-        return self.experiment.split("_", 1)[0]
 
     def correct(self, split: str) -> np.ndarray | None:
         """Whether each seed's model got each image of `split` ("val" or "test") right: bool
@@ -166,7 +153,9 @@ def compare_rows(a: Row, b: Row, split: str) -> dict | None:
 @dataclass
 class SweepResult:
     """A sweep folder: its title, rows in order, the choice (None before it is made, and for
-    rows reported beside the sweeps, which carry a `note` instead)."""
+    rows reported beside the sweeps, which carry a `note` instead), and what its choice.json
+    recorded of its place in the study: `question` ("q1", "q2"; None if not recorded) and
+    `position` (its order among that question's sweeps)."""
 
     name: str
     dir: Path
@@ -176,11 +165,8 @@ class SweepResult:
     overlays: list[str] = field(default_factory=list)
     note: str | None = None
     reference: str | None = None  # with a note: the row the others are compared with
-
-    @property
-    def question(self) -> str:
-        """'q1' or 'q2', from the sweep's name."""
-        return self.name.split("_", 1)[0]
+    question: str | None = None
+    position: int = 0
 
 
 def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResult:
@@ -190,21 +176,20 @@ def read_sweep(sweep_dir: Path, names: Sequence[str] | None = None) -> SweepResu
     recorded = _read_json(sweep_dir / CHOICE_JSON) or {}
     order = list(names if names is not None else recorded.get("rows", []))
     if names is None:
-        order += sorted(
-            p.parent.name for p in sweep_dir.glob("*/config.json") if p.parent.name not in order
-        )
-    rows = [Row.read(sweep_dir / n) for n in order if (sweep_dir / n).is_dir()]
-    choice = recorded if recorded.get("choice") in {r.name for r in rows} else None
-    overlays = [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))]
+        order += sorted({p.parent.name for p in sweep_dir.glob("*/config.json")} - set(order))
+    roles, position = recorded.get("roles") or {}, recorded.get("position")
+    rows = [Row.read(sweep_dir / n, roles.get(n)) for n in order if (sweep_dir / n).is_dir()]
     return SweepResult(
         sweep_dir.name,
         sweep_dir,
         recorded.get("title") or sweep_dir.name,
         rows,
-        choice,
-        overlays,
+        recorded if recorded.get("choice") in {r.name for r in rows} else None,
+        [p.name for p in sorted(sweep_dir.glob("sweep_*.png"))],
         recorded.get("note"),
         recorded.get("reference"),
+        recorded.get("question"),
+        position if isinstance(position, int) else 0,
     )
 
 
@@ -237,13 +222,9 @@ def choose(rows: Sequence[Row]) -> dict | None:
     )
     if not ranked:
         return None
-    best = ranked[0]
-    out = {
-        "choice": best.name,
-        "label": best.label,
-        "val": best.metrics["val_accuracy"],
-        "test": best.metrics["test_accuracy"],
-    }
+    best, m = ranked[0], ranked[0].metrics
+    out = {"choice": best.name, "label": best.label}
+    out.update(val=m["val_accuracy"], test=m["test_accuracy"])
     if len(ranked) > 1:
         out.update(
             runner_up=ranked[1].name,
@@ -252,6 +233,15 @@ def choose(rows: Sequence[Row]) -> dict | None:
             method=stats.METHOD,
         )
     return out
+
+
+CHOICE_VERDICTS = {  # after "Against the runner-up, <label>, on the validation images: "
+    "better": "better, {}: the data support the choice.",
+    "untested over the seeds": "untested over the seeds, {}: with one seed, or no spread over "
+    "the seeds, only the images can be tested, and the choice is not tested.",
+    "not distinguishable": "not distinguishable, {}: with these seeds and images the choice is "
+    "a tie-break.",
+}
 
 
 def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
@@ -266,21 +256,14 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
     )
     if "runner_up" in choice:
         c = choice.get("comparison")
-        text += f" Against the runner-up, {link_text(str(choice['runner_up_label']))}, on the validation images: "
-        if c is None:
-            text += "no saved predictions to compare."
-        elif c["verdict"] == "better":
-            text += f"better, {stats.describe(c)}: the data support the choice."
-        elif c["verdict"] == "untested over the seeds":
-            text += (
-                f"untested over the seeds, {stats.describe(c)}: with one seed, or no spread over "
-                "the seeds, only the images can be tested, and the choice is not tested."
+        text += f" Against the runner-up, {link_text(str(choice['runner_up_label']))}, on the "
+        text += "validation images: " + (
+            "no saved predictions to compare."
+            if c is None
+            else CHOICE_VERDICTS.get(c["verdict"], CHOICE_VERDICTS["not distinguishable"]).format(
+                stats.describe(c)
             )
-        else:
-            text += (
-                f"not distinguishable, {stats.describe(c)}: with these seeds and images the "
-                "choice is a tie-break."
-            )
+        )
     return text
 
 
@@ -290,9 +273,8 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
 
 def class_names_of(rows: Sequence[Row]) -> list[str]:
     """The class names, from the first complete row."""
-    return next(
-        (list(r.metrics.get("per_class_test_accuracy", {})) for r in rows if r.complete), []
-    )
+    found = (list(r.metrics.get("per_class_test_accuracy", {})) for r in rows if r.complete)
+    return next(found, [])
 
 
 def diverged_cell(m: Mapping) -> str:
@@ -330,30 +312,17 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
     chosen = next((r for r in sweep.rows if r.name == name and r.complete), None)
     # A sweep with a note compares its rows with its reference row, if it names one; else with none.
     compared = sweep.choice is not None or sweep.reference is not None
-    mark = "**chosen**" if sweep.choice else "**reference**"
-    head = [
-        "configuration",
-        "test acc %",
-        "val acc %",
-        *[f"{c} %" for c in class_names],
-        *(
-            [f"Δ val vs {'chosen' if sweep.choice else 'reference'}, points (95% CI)"]
-            if compared
-            else []
-        ),
-        "train time s",
-        "diverged",
-    ]
+    which = "chosen" if sweep.choice else "reference"
+    head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names]]
+    head += [f"Δ val vs {which}, points (95% CI)"] * compared + ["train time s", "diverged"]
     rows = []
     for r in sweep.rows:
         if not r.complete:
-            rows.append(
-                [
-                    f"{link_text(r.label)} (`{prefix}{r.name}/`)",
-                    "incomplete: no metrics.json",
-                    *["–"] * (len(head) - 2),
-                ]
-            )
+            incomplete = [
+                f"{link_text(r.label)} (`{prefix}{r.name}/`)",
+                "incomplete: no metrics.json",
+            ]
+            rows.append(incomplete + ["–"] * (len(head) - 2))
             continue
         m, pc = r.metrics, r.metrics.get("per_class_test_accuracy", {})
         rows.append(
@@ -362,7 +331,7 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
                 fmt(m.get("test_accuracy")),
                 fmt(m.get("val_accuracy")),
                 *[fmt(pc.get(c), digits=1) for c in class_names],
-                *([delta_cell(r, chosen, mark)] if compared else []),
+                *[delta_cell(r, chosen, f"**{which}**")] * compared,
                 train_time_cell(m),
                 diverged_cell(m),
             ]
@@ -384,31 +353,20 @@ def _rise_cell(d: Mapping) -> str:
     return f"{rise:.4f} (turn > {threshold:.4f})" if math.isfinite(threshold) else f"{rise:.4f}"
 
 
+FIT_HEAD = (
+    "configuration|epochs|fit|best val epoch|val loss rise from min|val − train loss|"
+    "train − val acc, points|final train acc %|last-epoch train loss drop|val-loss roughness"
+).split("|")
+PRETRAIN_HEAD = (
+    "params (autoencoder)|pretraining fit|test recon MSE|noisy-input MSE|dead outputs (of 784)"
+).split("|")
+
+
 def diagnosis_table(sweep: SweepResult) -> str:
     """Fit verdicts with the numbers behind them (`fmnist_jax.curves.diagnose`), and for
     Question 2 the pretraining's fit, reconstruction MSE against the noisy input's, and its
     dead output units."""
     q2 = sweep.question == "q2"
-    head = [
-        "configuration",
-        "epochs",
-        "fit",
-        "best val epoch",
-        "val loss rise from min",
-        "val − train loss",
-        "train − val acc, points",
-        "final train acc %",
-        "last-epoch train loss drop",
-        "val-loss roughness",
-    ]
-    if q2:
-        head += [
-            "params (autoencoder)",
-            "pretraining fit",
-            "test recon MSE",
-            "noisy-input MSE",
-            "dead outputs (of 784)",
-        ]
     rows = []
     for r in (r for r in sweep.rows if r.complete):
         m, d = r.metrics, r.metrics.get("fit_diagnosis", {})
@@ -437,7 +395,7 @@ def diagnosis_table(sweep: SweepResult) -> str:
         elif q2:
             cells += ["– (no pretraining)", "–", "–", "–", "–"]
         rows.append(cells)
-    return md_table(head, rows)
+    return md_table(FIT_HEAD + PRETRAIN_HEAD * q2, rows)
 
 
 def divergence_lines(rows: Sequence[Row]) -> list[str]:
@@ -460,6 +418,10 @@ def divergence_lines(rows: Sequence[Row]) -> list[str]:
 def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> list[str]:
     """The Markdown lines that present a sweep (summary.md's body, and REPORT.md's section);
     every path is `prefix` + a path relative to the sweep folder."""
+    recon = (
+        " and reconstruction (test MSE of the reconstruction vs. of the noisy input itself, "
+        "against the clean image)"
+    )
     lines = [
         f"{max((r.n_seeds for r in sweep.rows), default=0)} seeds per configuration, "
         "accuracies in % as mean ± std over seeds"
@@ -470,23 +432,14 @@ def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = 
         *divergence_lines(sweep.rows),
         sweep.note or choice_text(sweep.choice),
         "",
-        "Fit diagnosis"
-        + (
-            " and reconstruction (test MSE of the reconstruction vs. of the noisy "
-            "input itself, against the clean image)"
-            if sweep.question == "q2"
-            else ""
-        )
-        + ":",
+        f"Fit diagnosis{recon if sweep.question == 'q2' else ''}:",
         "",
         diagnosis_table(sweep),
         "",
     ]
     if sweep.overlays:
-        lines += [
-            " ".join(image(f"{prefix}{f}", f"{sweep.title}: {f}") for f in sweep.overlays),
-            "",
-        ]
+        overlays = (image(f"{prefix}{f}", f"{sweep.title}: {f}") for f in sweep.overlays)
+        lines += [" ".join(overlays), ""]
     lines += ["<details><summary>Per-configuration figures</summary>", ""]
     for r in sweep.rows:
         figs = [(f, t) for f, t in ROW_FIGURES if (r.dir / f).is_file()]
@@ -500,33 +453,19 @@ def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = 
     return lines + ["</details>", ""]
 
 
-@dataclass(frozen=True)
-class Summary:
-    """What `write_summary` decided: the choice, its verdict in words, warnings to print."""
+def write_summary(sweep_dir: Path, recorded: Mapping) -> tuple[str, list[str]]:
+    """Write a finished sweep's choice.json (`recorded`, then the choice), its overlay figures
+    of the validation curves, and summary.md. -> (its verdict in words, warnings to print).
 
-    choice: dict | None
-    verdict: str
-    warnings: list[str]
-
-
-def write_summary(
-    sweep_dir: Path,
-    title: str,
-    names: Sequence[str],
-    note: str | None = None,
-    reference: str | None = None,
-) -> Summary:
-    """Write a finished sweep's choice.json (title, rows in order, the choice), its overlay
-    figures of the validation curves, and summary.md. With a `note`, no choice is made on the
-    rows (a tuned recipe, the value of pretraining): the note says why, and the rows are
-    compared with the `reference` row."""
-    sweep_dir = Path(sweep_dir)
-    rows = read_sweep(sweep_dir, names).rows
+    `recorded`: what the sweep's definition says of it: `title`, `rows` (folder names, in
+    order), and where they apply `question`, `position`, `roles` ({row: role}), `note` and
+    `reference` (see `SweepResult`). With a `note`, no choice is made on the rows (a tuned
+    recipe, the value of pretraining): the note says why, and the rows are compared with the
+    `reference` row."""
+    sweep_dir, title, note = Path(sweep_dir), recorded["title"], recorded.get("note")
+    rows = read_sweep(sweep_dir, recorded["rows"]).rows
     choice = None if note else choose(rows)
-    extra = {"note": note, **({"reference": reference} if reference else {})} if note else {}
-    io.write_json(
-        sweep_dir / CHOICE_JSON, {"title": title, "rows": list(names), **(choice or {}), **extra}
-    )
+    io.write_json(sweep_dir / CHOICE_JSON, {**recorded, **(choice or {})})
     curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
     for metric in CURVE_METRICS:
         plots.overlay_curves(
@@ -535,14 +474,8 @@ def write_summary(
             title=f"{title}: {metric.replace('_', ' ')}",
             metric=metric,
         )
-    sweep = read_sweep(sweep_dir, names)
-    io.write_text(
-        sweep_dir / "summary.md",
-        "\n".join([f"# {title}", "", *sweep_section(sweep, class_names_of(sweep.rows))]).rstrip()
-        + "\n",
-    )
-    return Summary(
-        choice,
-        note or choice_text(choice, markdown=False),
-        [line.replace("**", "") for line in divergence_lines(rows) if line],
-    )
+    sweep = read_sweep(sweep_dir, recorded["rows"])
+    body = [f"# {title}", "", *sweep_section(sweep, class_names_of(sweep.rows))]
+    io.write_text(sweep_dir / "summary.md", "\n".join(body).rstrip() + "\n")
+    warnings = [line.replace("**", "") for line in divergence_lines(rows) if line]
+    return note or choice_text(choice, markdown=False), warnings
