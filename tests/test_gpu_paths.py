@@ -10,6 +10,7 @@ comparisons of different programs keep a short horizon, and why Adam's steps on 
 gradients get a tolerance of their own).
 """
 
+import _numerics as numerics
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,11 +19,6 @@ import optax
 from fmnist_jax import fit as fit_lib
 from fmnist_jax.models import CNN
 from fmnist_jax.train import TrainConfig
-
-try:  # under pytest tests/ is on sys.path; as `python -m tests.test_gpu_paths` the root is
-    import _numerics as numerics
-except ImportError:
-    from tests import _numerics as numerics
 
 N_TRAIN, N_VAL, N_TEST = 150, 100, 150  # 3 steps of 50; the test set's last eval batch padded
 CFG = TrainConfig(model="cnn", augment="online", batch_size=50, epochs=1, eval_batch_size=100)
