@@ -27,9 +27,9 @@ TUNED_DECAY_EPOCHS = 2  # epochs on the originals, the rate falling linearly to 
 TUNED_CANDIDATES = 17  # recipes scored on validation before this one was kept (README)
 TUNED_NOTE = (
     f"Beyond the original: a recipe selected on the validation split (seeds 0-2) among at least "
-    f"{TUNED_CANDIDATES} candidates (listed in the README). That selection biases its validation "
-    "accuracy upwards, so its validation margin is no evidence and no choice is made here; its "
-    "test accuracy, never used for a choice, is."
+    f"{TUNED_CANDIDATES} candidates (listed in docs/tuning.md). That selection biases its "
+    "validation accuracy upwards, so its validation margin is no evidence and no choice is made "
+    "here; its test accuracy, never used for a choice, is."
 )
 
 
@@ -50,7 +50,7 @@ def expand_spec(opts: Options) -> Spec:
     """The original report's augmentation: the training set is originals + rotated + noisy."""
     return Spec(
         "expand",
-        "expand (originals + rotated + noisy, 3x)",
+        "expand (originals + rotated + noisy: 3x the images per epoch)",
         base_config(opts).replace(augment="expand"),
         role="original",
     )
@@ -78,13 +78,20 @@ def tuned_spec(opts: Options) -> Spec:
 
 
 def augmentation_specs(opts: Options) -> list[Spec]:
-    """none vs expand vs online."""
+    """none vs expand vs online, and a control: `expand` trains on 3x the images per epoch, so
+    3x the optimizer steps of the others; `none_3x_epochs` trains 3x the epochs of `none` (it
+    continues that run: see `sweep.train`), the steps of `expand` without augmentation (role
+    "control": no choice is made on it; it is compared with `expand`)."""
     base = base_config(opts)
-    return [
-        Spec("none", "no augmentation", base.replace(augment="none")),
-        expand_spec(opts),
-        Spec("online", "online (fresh rotation + noise per batch)", base),
-    ]
+    none = Spec("none", "no augmentation", base.replace(augment="none"))
+    control = Spec(
+        "none_3x_epochs",
+        f"no augmentation, {3 * none.cfg.epochs} epochs (expand's steps)",
+        none.cfg.replace(epochs=3 * none.cfg.epochs),
+        role="control",
+    )
+    online = Spec("online", "online (fresh rotation + noise per batch)", base)
+    return [none, expand_spec(opts), online, control]
 
 
 def epochs_specs(opts: Options) -> list[Spec]:

@@ -301,6 +301,7 @@ def write_row(
         {
             "seeds": ctx.seeds,
             "epochs_run": result.epochs_run,
+            "optimizer_steps": np.asarray(result.states.step).tolist(),
             "n_params": count_params(params),
             "n_trained_params": n_trained_params(spec.cfg, params),
             "val_loss_roughness": curves.roughness(result.history["val_loss"]),

@@ -7,9 +7,9 @@ that differ) and exits 1 when there is any, 0 when the two trees hold the same n
 A or B is not a folder or holds no results. Left out, because they differ between runs that
 compute the same numbers: timings (every key named `timing` or ending in `_s`, seconds),
 `encoder_checkpoint` (a path under the results root), and how the members were placed
-(`parallel`, `member_map`). `--atol` accepts metric values that differ by at most X (e.g. results of two backends);
-predictions must be equal. `--ignore` leaves out files whose path (relative to the root)
-matches a glob, e.g. `'q2_pretrain/*'`, whose folders are named by the configuration's hash.
+(`parallel`, `member_map`). `--atol` accepts metric values that differ by at most X (e.g.
+results of two backends); predictions must be equal. `--ignore` leaves out files whose path
+(relative to the root) matches a glob, e.g. `'q2_pretrain/*'`, whose folders are named by the configuration's hash.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ FILES = ("metrics.json", "test_predictions.npy")
 
 
 def is_left_out(key: str) -> bool:
-    """Whether a metrics key holds a timing, a path or the placement (left out of the comparison)."""
+    """Whether a metrics key holds a timing, a path or the placement (left out of comparing)."""
     return key in ("timing", "encoder_checkpoint", "parallel", "member_map") or key.endswith("_s")
 
 
@@ -61,7 +61,7 @@ def diff_values(a: Any, b: Any, where: str, atol: float = 0.0) -> Iterator[str]:
         if len(a) != len(b):
             yield f"{where}: {len(a)} items != {len(b)}"
             return
-        for i, (x, y) in enumerate(zip(a, b)):
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
             yield from diff_values(x, y, f"{where}[{i}]", atol)
         return
     x, y = _as_number(a), _as_number(b)

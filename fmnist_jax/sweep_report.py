@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,9 +214,10 @@ def _val(row: Row) -> float:
 
 def choose(rows: Sequence[Row]) -> dict | None:
     """The complete row with the best mean validation accuracy (rows with a diverged seed only if
-    every row has one), and how it compares with the runner-up on the validation images
-    (`stats.compare`). None when no row is complete."""
-    done = [r for r in rows if r.complete]
+    every row has one; a compute-matched control, role "control", never), and how it compares
+    with the runner-up on the validation images (`stats.compare`). None when no row is
+    complete."""
+    done = [r for r in rows if r.complete and r.role != "control"]
     ranked = sorted(
         [r for r in done if not r.metrics.get("n_diverged")] or done, key=lambda r: -_val(r)
     )
@@ -235,12 +236,26 @@ def choose(rows: Sequence[Row]) -> dict | None:
     return out
 
 
+def verdict_words(c: Mapping, scale: float = 100.0) -> str:
+    """A comparison's verdict with its numbers: 'better, +0.42 points, 95% CI [...] over seeds
+    and images, p = 0.010', fragility and, for a tie, the seeds that could settle it."""
+    if "covers" not in c:  # a choice.json written by older code, with other statistics
+        return f"{c.get('verdict')} (tested by older code: rerun the study to test it anew)"
+    text = f"{c['verdict_text']}, {stats.describe(c, scale)}"
+    if c["verdict"] == "not distinguishable":
+        need = c.get("seeds_needed") or {}
+        if need.get("seeds", 0) > c.get("n_seeds", 0):
+            text += (
+                f" (if this difference is real, about {need['seeds']} seeds per side would show it)"
+            )
+        elif need.get("why"):
+            text += f" (more seeds would not settle it: {need['why']})"
+    return text
+
+
 CHOICE_VERDICTS = {  # after "Against the runner-up, <label>, on the validation images: "
-    "better": "better, {}: the data support the choice.",
-    "untested over the seeds": "untested over the seeds, {}: with one seed, or no spread over "
-    "the seeds, only the images can be tested, and the choice is not tested.",
-    "not distinguishable": "not distinguishable, {}: with these seeds and images the choice is "
-    "a tie-break.",
+    "better": "{}: the data support the choice.",
+    "not distinguishable": "{}: with these seeds and images the choice is a tie-break.",
 }
 
 
@@ -261,7 +276,7 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
             "no saved predictions to compare."
             if c is None
             else CHOICE_VERDICTS.get(c["verdict"], CHOICE_VERDICTS["not distinguishable"]).format(
-                stats.describe(c)
+                verdict_words(c)
             )
         )
     return text
@@ -290,19 +305,27 @@ def train_time_cell(m: Mapping) -> str:
     return f"{fmt_num(pre.get('timing', {}).get('wall_s'))} + {fine}" if pre else fine
 
 
-def delta_cell(row: Row, chosen: Row | None, mark: str = "**chosen**") -> str:
-    """The validation difference to the chosen (or reference) row, points with 95% CI, and its
-    verdict; `mark` on that row itself."""
+def steps_cell(m: Mapping) -> str:
+    """Optimizer steps of one seed's run (all seeds take the same); Q2 rows: pretraining +
+    fine-tuning."""
+    fine = fmt_num((m.get("optimizer_steps") or [None])[0])
+    pre = m.get("pretrain")
+    return f"{fmt_num((pre.get('optimizer_steps') or [None])[0])} + {fine}" if pre else fine
+
+
+def delta_cell(row: Row, chosen: Row | None, mark: str = "**chosen**", split: str = "val") -> str:
+    """The difference to the chosen (or reference) row on `split`'s images, points with 95% CI,
+    and its verdict; `mark` on that row itself."""
     if chosen is None:
         return "–"
     if row.name == chosen.name:
         return mark
-    c = compare_rows(row, chosen, "val")
+    c = compare_rows(row, chosen, split)
     if c is None:
         return "–"
     low, high = (num(v) for v in c["ci95"])
-    ci = f" [{low * 100:+.2f}, {high * 100:+.2f}]" if math.isfinite(low) else ""
-    return f"{num(c['difference']) * 100:+.2f}{ci}, {c['verdict']}"
+    ci = f"[{low * 100:+.2f}, {high * 100:+.2f}]"
+    return f"{num(c['difference']) * 100:+.2f} {ci}, {c.get('verdict_text', c['verdict'])}"
 
 
 def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> str:
@@ -313,8 +336,10 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
     # A sweep with a note compares its rows with its reference row, if it names one; else with none.
     compared = sweep.choice is not None or sweep.reference is not None
     which = "chosen" if sweep.choice else "reference"
+    split = "val" if sweep.choice else "test"  # a note section makes no choice: test is reported
     head = ["configuration", "test acc %", "val acc %", *[f"{c} %" for c in class_names]]
-    head += [f"Δ val vs {which}, points (95% CI)"] * compared + ["train time s", "diverged"]
+    head += [f"Δ {split} vs {which}, points (95% CI)"] * compared
+    head += ["optimizer steps", "train time s", "diverged"]
     rows = []
     for r in sweep.rows:
         if not r.complete:
@@ -331,31 +356,29 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
                 fmt(m.get("test_accuracy")),
                 fmt(m.get("val_accuracy")),
                 *[fmt(pc.get(c), digits=1) for c in class_names],
-                *[delta_cell(r, chosen, f"**{which}**")] * compared,
+                *[delta_cell(r, chosen, f"**{which}**", split)] * compared,
+                steps_cell(m),
                 train_time_cell(m),
                 diverged_cell(m),
             ]
         )
     return md_table(
-        head, rows, ["l", "r", "r", *["r"] * len(class_names), *["l"] * compared, "r", "l"]
+        head, rows, ["l", "r", "r", *["r"] * len(class_names), *["l"] * compared, "r", "r", "l"]
     )
 
 
-def _percent(value: Any) -> str:
-    v = num(value)
-    return f"{v * 100:.1f}%" if math.isfinite(v) else "–"
-
-
-def _rise_cell(d: Mapping) -> str:
-    rise, threshold = num(d.get("val_loss_rise_from_min")), num(d.get("val_loss_turn_threshold"))
-    if not math.isfinite(rise):
+def _mean_se(d: Mapping, key: str, se_key: str) -> str:
+    """'mean ± t·SE' of a diagnosis' number (its half-width at 95%), '–' when undefined."""
+    value, se, t = num(d.get(key)), num(d.get(se_key)), num(d.get("t"))
+    if not math.isfinite(value):
         return "–"
-    return f"{rise:.4f} (turn > {threshold:.4f})" if math.isfinite(threshold) else f"{rise:.4f}"
+    return f"{value:+.4f} ± {t * se:.4f}" if math.isfinite(se * t) else f"{value:+.4f}"
 
 
 FIT_HEAD = (
-    "configuration|epochs|fit|best val epoch|val loss rise from min|val − train loss|"
-    "train − val acc, points|final train acc %|last-epoch train loss drop|val-loss roughness"
+    "configuration|epochs|fit|val loss slope per epoch, last epochs (± t·SE)|best val epoch|"
+    "val loss rise from it (± t·SE)|val − train loss|train − val acc, points|final train acc %|"
+    "val-loss roughness"
 ).split("|")
 PRETRAIN_HEAD = (
     "params (autoencoder)|pretraining fit|test recon MSE|noisy-input MSE|dead outputs (of 784)"
@@ -370,17 +393,17 @@ def diagnosis_table(sweep: SweepResult) -> str:
     rows = []
     for r in (r for r in sweep.rows if r.complete):
         m, d = r.metrics, r.metrics.get("fit_diagnosis", {})
-        drop = _percent(d.get("train_loss_last_epoch_drop"))
+        decayed = " (rate decayed to 0)" if d.get("learning_rate_decayed") else ""
         cells = [
             link_text(r.label),
             str(m.get("epochs_run", "–")),
-            str(d.get("verdict", "–")),
+            str(d.get("verdict", "–")) + decayed,
+            _mean_se(d, "val_loss_slope", "val_loss_slope_se"),
             str(d.get("best_val_epoch", "–")),
-            _rise_cell(d),
+            _mean_se(d, "val_loss_rise_from_min", "val_loss_rise_se"),
             fmt_num(d.get("final_val_minus_train_loss"), 3),
             fmt_num(d.get("train_minus_val_accuracy_points"), 2),
             fmt_num(num(d.get("final_train_accuracy")) * 100, 2),
-            drop + (" (rate decayed to 0)" if d.get("learning_rate_decayed") else ""),
             fmt(m.get("val_loss_roughness"), scale=1.0, digits=4),
         ]
         pre = m.get("pretrain")
@@ -415,6 +438,35 @@ def divergence_lines(rows: Sequence[Row]) -> list[str]:
     ]
 
 
+def comparison_lines(sweep: SweepResult) -> list[str]:
+    """The sentences beside a sweep's choice: a compute-matched control against the row of the
+    original recipe (validation images, as the choice), and a note section's rows against its
+    reference row (test images: such a section makes no choice)."""
+    done = {r.role or r.name: r for r in sweep.rows if r.complete}
+    lines = []
+    original = done.get("original")
+    for control in (r for r in sweep.rows if r.complete and r.role == "control" and original):
+        c = compare_rows(original, control, "val")
+        if c is not None:
+            lines.append(
+                f"**Compute-matched control.** {link_text(original.label)} against "
+                f"{link_text(control.label)}, the same number of optimizer steps "
+                f"({steps_cell(original.metrics)} vs {steps_cell(control.metrics)}), on the "
+                f"validation images: {verdict_words(c)}. This separates what augmentation adds "
+                "from what more steps add."
+            )
+    reference = next((r for r in sweep.rows if r.name == sweep.reference and r.complete), None)
+    if sweep.note and reference is not None:
+        for r in (r for r in sweep.rows if r.complete and r is not reference):
+            c = compare_rows(reference, r, "test")
+            if c is not None:
+                lines.append(
+                    f"**On the test images**, {link_text(reference.label)} against "
+                    f"{link_text(r.label)}: {verdict_words(c)}."
+                )
+    return [" ".join(lines), ""] if lines else []
+
+
 def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> list[str]:
     """The Markdown lines that present a sweep (summary.md's body, and REPORT.md's section);
     every path is `prefix` + a path relative to the sweep folder."""
@@ -432,6 +484,7 @@ def sweep_section(sweep: SweepResult, class_names: Sequence[str], prefix: str = 
         *divergence_lines(sweep.rows),
         sweep.note or choice_text(sweep.choice),
         "",
+        *comparison_lines(sweep),
         f"Fit diagnosis{recon if sweep.question == 'q2' else ''}:",
         "",
         diagnosis_table(sweep),
@@ -463,7 +516,10 @@ def write_summary(sweep_dir: Path, recorded: Mapping) -> tuple[str, list[str]]:
     recipe, the value of pretraining): the note says why, and the rows are compared with the
     `reference` row."""
     sweep_dir, title, note = Path(sweep_dir), recorded["title"], recorded.get("note")
-    rows = read_sweep(sweep_dir, recorded["rows"]).rows
+    roles = recorded.get("roles") or {}
+    rows = [
+        replace(r, role=roles.get(r.name)) for r in read_sweep(sweep_dir, recorded["rows"]).rows
+    ]
     choice = None if note else choose(rows)
     io.write_json(sweep_dir / CHOICE_JSON, {**recorded, **(choice or {})})
     curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}

@@ -129,7 +129,8 @@ class TrainConfig:
             raise ValueError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
         if self.augment not in augment_lib.AUG_MODES:
             raise ValueError(
-                f"unknown augmentation {self.augment!r}; choose one of {', '.join(augment_lib.AUG_MODES)}"
+                f"unknown augmentation {self.augment!r}; choose one of "
+                f"{', '.join(augment_lib.AUG_MODES)}"
             )
         if self.batch_size < 1 or (self.eval_batch_size is not None and self.eval_batch_size < 1):
             raise ValueError(
@@ -254,13 +255,15 @@ def held_fixed(cfg: TrainConfig, params) -> Any:
 
 
 def n_trained_params(cfg: TrainConfig, params) -> int:
-    """The number of scalars training updates (all but those `held_fixed`) in one member's params."""
+    """The number of scalars training updates (all but those `held_fixed`) in one member's
+    params."""
     return int(
         sum(
             x.size
             for x, fixed in zip(
                 jax.tree_util.tree_leaves(params),
                 jax.tree_util.tree_leaves(held_fixed(cfg, params)),
+                strict=True,
             )
             if not fixed
         )
@@ -479,7 +482,9 @@ def eval_step(prog: Program, state: TrainState, images, labels, mask, key):
 
 
 def pad_for_eval(images: np.ndarray, labels: np.ndarray, batch_size: int):
-    """Pad to whole batches; padded labels are -1 (masked). -> images [nb, B, ...], labels [nb, B]."""
+    """Pad to whole batches; padded labels are -1 (masked).
+
+    -> images [nb, B, ...], labels [nb, B]."""
     n = images.shape[0]
     nb = -(-n // batch_size)
     pad = nb * batch_size - n
