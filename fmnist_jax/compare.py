@@ -9,7 +9,8 @@ compute the same numbers: timings (every key named `timing` or ending in `_s`, s
 `encoder_checkpoint` (a path under the results root), and how the members were placed
 (`parallel`, `member_map`). `--atol` accepts metric values that differ by at most X (e.g.
 results of two backends); predictions must be equal. `--ignore` leaves out files whose path
-(relative to the root) matches a glob, e.g. `'q2_pretrain/*'`, whose folders are named by the configuration's hash.
+(relative to the root) matches a glob, e.g. `'q2_pretrain/*'`, whose folders are named by the
+configuration's hash.
 """
 
 from __future__ import annotations

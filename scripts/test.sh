@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Set up (idempotent, with the test and tfds extras), then run the whole test suite.
+# Set up (idempotent, with the test and tfds extras), check the style (ruff), then run the whole
+# test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh test,tfds
+.venv/bin/ruff check --quiet .
+.venv/bin/ruff format --check --quiet .
 exec .venv/bin/python -m pytest -n 2 -q "$@"

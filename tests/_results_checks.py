@@ -61,7 +61,8 @@ def _close(got, want, what):
 
 
 def check_metrics_against_predictions(run_dir: Path, n_seeds: int) -> np.ndarray:
-    """metrics.json agrees with test_predictions.npy against the real labels; returns the predictions."""
+    """metrics.json agrees with test_predictions.npy against the real labels; returns the
+    predictions."""
     run_dir = Path(run_dir)
     preds = np.load(run_dir / "test_predictions.npy")
     assert np.issubdtype(preds.dtype, np.integer), preds.dtype
@@ -182,7 +183,7 @@ def check_sweep_folder(sweep_dir: Path, names) -> dict:
     table_rows = first_table((sweep_dir / "summary.md").read_text())
     assert len(table_rows) == len(names), table_rows
     vals = {}
-    for name, cells in zip(names, table_rows):
+    for name, cells in zip(names, table_rows, strict=False):
         run_dir = sweep_dir / name
         m = read_json(run_dir / "metrics.json")
         label = read_json(run_dir / "config.json")["label"]

@@ -55,6 +55,6 @@ def kaggle_csv(split: sources.RawSplit, seed: int = 0) -> bytes:
 def kaggle_csv_dir(raw_data, tmp_path_factory) -> Path:
     """A folder holding only Kaggle's fashion-mnist_train.csv and fashion-mnist_test.csv."""
     folder = tmp_path_factory.mktemp("kaggle")
-    for name, split in zip(("train", "test"), raw_data):
+    for name, split in zip(("train", "test"), raw_data, strict=False):
         (folder / sources.CSV_FILES[name]).write_bytes(kaggle_csv(split, seed=len(name)))
     return folder

@@ -81,8 +81,8 @@ def test_every_kind_of_difference_is_one_line(tmp_path):
 
 def test_the_command_line_exits_0_1_and_2(tmp_path):
     a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
-    run = lambda *args: subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.compare", *map(str, args)],  # noqa: E731
+    run = lambda *args: subprocess.run(  # noqa: E731
+        [sys.executable, "-m", "fmnist_jax.compare", *map(str, args)],
         cwd=ROOT,
         capture_output=True,
         text=True,

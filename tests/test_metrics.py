@@ -99,7 +99,7 @@ def test_confusion_matrix_mask_jit_vmap():
         y = np.where(m, y, (y + 1) % C)  # padded entries carry valid but wrong labels
         ys.append(y), ps.append(p), masks.append(m)
     ys, ps, masks = map(np.stack, (ys, ps, masks))
-    expected = np.stack([sk_cm(y[m], p[m]) for y, p, m in zip(ys, ps, masks)])
+    expected = np.stack([sk_cm(y[m], p[m]) for y, p, m in zip(ys, ps, masks, strict=False)])
 
     jitted = jax.jit(metrics.confusion_matrix, static_argnums=2)
     for s in range(3):
@@ -117,7 +117,10 @@ def test_confusion_matrix_mask_jit_vmap():
 
 
 def seed_predictions(y, n_seeds=3):
-    return [corrupt(y, frac, 100 + s) for s, frac in zip(range(n_seeds), (0.05, 0.08, 0.12, 0.2))]
+    return [
+        corrupt(y, frac, 100 + s)
+        for s, frac in zip(range(n_seeds), (0.05, 0.08, 0.12, 0.2), strict=False)
+    ]
 
 
 def test_mean_std():

@@ -94,7 +94,7 @@ def test_autoencoder_and_classifier_output_shapes(images):
         )
 
     for widths in (BASE_WIDTHS, THICK_WIDTHS):
-        recon, code, logits = jax.eval_shape(lambda: shapes(widths))
+        recon, code, logits = jax.eval_shape(lambda w=widths: shapes(w))
         assert recon.shape == (N_IMAGES, 784)
         assert code.shape == (N_IMAGES, widths[-1])
         assert logits.shape == (N_IMAGES, 5)
@@ -122,7 +122,8 @@ def _assert_glorot_uniform(kernel, fan_in, fan_out, name):
     n = w.size
     limit = np.sqrt(6.0 / (fan_in + fan_out))
     want_var = 2.0 / (fan_in + fan_out)  # = limit**2 / 3
-    # For U(-a, a) the sample variance has relative standard deviation sqrt(4/5 * 1/n) ~ 0.894/sqrt(n).
+    # For U(-a, a) the sample variance has relative standard deviation sqrt(4/5 * 1/n)
+    # ~ 0.894/sqrt(n).
     rel_sd = np.sqrt(0.8 / n)
     got_var = np.mean(w**2)
     assert abs(got_var / want_var - 1) < 5 * rel_sd, (name, got_var, want_var)

@@ -49,7 +49,7 @@ def as_numpy(tree):
 def trees_equal(a, b) -> bool:
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
     return jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b) and all(
-        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb)
+        np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb, strict=False)
     )
 
 
@@ -58,7 +58,9 @@ def tree_distance(a, b) -> float:
         np.sqrt(
             sum(
                 np.sum((np.asarray(x, np.float64) - np.asarray(y, np.float64)) ** 2)
-                for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b))
+                for x, y in zip(
+                    jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b), strict=False
+                )
             )
         )
     )
@@ -126,7 +128,7 @@ def test_pretraining_denoises_real_images(pretrained, ctx):
     m = read_json(folder / "metrics.json")
     for split in ("val", "test"):
         got, noisy = m[f"{split}_mse"]["per_seed"], m[f"{split}_noisy_mse"]["per_seed"]
-        assert all(g < n for g, n in zip(got, noisy)), (split, got, noisy)
+        assert all(g < n for g, n in zip(got, noisy, strict=False)), (split, got, noisy)
     # Recomputed here, independently of the engine's evaluation: fresh noise on the test images.
     clean = ctx.data.test_images
     noisy = np.asarray(augment.corrupt(jax.random.PRNGKey(99), clean, cfg.denoise_std))
@@ -134,7 +136,7 @@ def test_pretraining_denoises_real_images(pretrained, ctx):
     noisy_mse = float(np.mean((noisy.reshape(len(clean), -1) - clean_flat) ** 2))
     model = Autoencoder(widths=cfg.widths)
     for k in range(len(SEEDS)):
-        params = jax.tree_util.tree_map(lambda x: x[k], result.states.params)
+        params = jax.tree_util.tree_map(lambda x, k=k: x[k], result.states.params)
         recon = np.asarray(model.apply({"params": params}, noisy))
         mse = float(np.mean((recon - clean_flat) ** 2))
         assert mse < 0.9 * noisy_mse, (k, mse, noisy_mse)
@@ -157,7 +159,7 @@ def test_dead_output_units_are_counted(pretrained, ctx):
     )
     model = Autoencoder(widths=cfg.widths)
     for k in range(len(SEEDS)):
-        params = jax.tree_util.tree_map(lambda x: x[k], result.states.params)
+        params = jax.tree_util.tree_map(lambda x, k=k: x[k], result.states.params)
         recon = np.asarray(model.apply({"params": params}, noisy))
         assert m["dead_outputs"]["per_seed"][k] == int(np.all(recon == 0, axis=0).sum())
     assert 0 <= m["dead_outputs_on_background"]["mean"] <= 1
@@ -439,7 +441,7 @@ def test_pretrain_stage_then_finetune_stage(quick_sweep, tmp_path, capsys):
     out = tmp_path / "staged"
     q2.main([*QUICK, "--stage", "pretrain", "--out", str(out)])
     printed = capsys.readouterr().out
-    line = next(l for l in printed.splitlines() if l.startswith("encoder checkpoint: "))
+    line = next(t for t in printed.splitlines() if t.startswith("encoder checkpoint: "))
     encoder = Path(line.removeprefix("encoder checkpoint: "))
     assert encoder.is_dir() and encoder.parent.parent == out / "q2_pretrain"
     assert not (out / "q2_pretraining").exists()  # the pretrain stage trains no classifier

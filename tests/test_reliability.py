@@ -109,7 +109,10 @@ class Background:
         return self.err_path.read_text()
 
     def describe(self) -> str:
-        return f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\nstderr (tail):\n{self.stderr[-3000:]}"
+        return (
+            f"exit {self.proc.returncode}\nstdout:\n{self.stdout}\n"
+            f"stderr (tail):\n{self.stderr[-3000:]}"
+        )
 
     def wait_for(
         self, predicate, what: str, deadline_s: float = CHILD_TIMEOUT, poll_s: float = 0.005
@@ -855,8 +858,8 @@ def test_the_recorded_command_carries_the_environment_the_run_read(tmp_path):
     assert proc.returncode == 0, proc.stderr
     command = json.loads((out / "q1_epochs" / "epochs_1" / "config.json").read_text())["command"]
     assert (
-        f"env FMNIST_DATA_DIR={sources.DEBIAN_DIR} XLA_FLAGS=--xla_force_host_platform_device_count=1 "
-        in command
+        f"env FMNIST_DATA_DIR={sources.DEBIAN_DIR} "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=1 " in command
     )
 
 
@@ -907,7 +910,8 @@ def kill_after_random_delay(run: Background, after_line: str, rng: random.Random
     time.sleep(delay)  # the kill point itself, not a synchronisation
     run.proc.send_signal(signal.SIGKILL)  # a no-op if the run has already finished
     rc = run.finish()
-    return f"{delay:.2f} s after {after_line!r} ({'killed' if rc == -signal.SIGKILL else f'had exited {rc}'})"
+    how = "killed" if rc == -signal.SIGKILL else f"had exited {rc}"
+    return f"{delay:.2f} s after {after_line!r} ({how})"
 
 
 @pytest.mark.slow
@@ -1179,7 +1183,7 @@ def test_other_errors_keep_their_traceback():
 
     for error in (RuntimeError("a bug"), jax.errors.JaxRuntimeError("INTERNAL: something else")):
 
-        def run():
+        def run(error=error):
             raise error
 
         with pytest.raises(type(error)):

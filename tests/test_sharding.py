@@ -6,9 +6,10 @@ subset passed through an .npz and writes its results to another .npz that the te
 
 Horizon and tolerances as in test_train.py (tests/_numerics.py derives them): the runs are 2
 epochs of 3 steps, because on 8 devices the sums (BatchNorm statistics over a split batch,
-per-device member programs) round differently, and this CNN's training amplifies rounding differences chaotically after a few
-dozen steps. Conv biases (exactly-zero gradient, noise under Adam) are not compared; eval
-metrics, which see them through BatchNorm's running means, are compared loosely.
+per-device member programs) round differently, and this CNN's training amplifies rounding
+differences chaotically after a few dozen steps. Conv biases (exactly-zero gradient, noise
+under Adam) are not compared; eval metrics, which see them through BatchNorm's running means,
+are compared loosely.
 """
 
 import json
