@@ -8,7 +8,6 @@ taken on a loaded machine says so.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -105,14 +104,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor()
-
-
 def device_label(n_devices: int = 1) -> str:
     """e.g. 'cpu x2' or 'NVIDIA H200 x1': the device kind and how many a program used."""
     return f"{jax.devices()[0].device_kind} x{n_devices}"
@@ -124,7 +115,6 @@ def environment() -> dict[str, Any]:
     return {
         **results.environment(),
         "cpu_count": host_cpu_count(),
-        "cpu_model": _cpu_model(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
         # Set, compile_s can be a cache load rather than a compile.
         "compilation_cache_dir": jax.config.jax_compilation_cache_dir,

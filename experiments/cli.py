@@ -113,8 +113,8 @@ def folder(name: str) -> Callable[[str], Path]:
 def parser(
     description: str, *, epochs: int | None = None, lr: float | None = None, question2: bool = False
 ) -> argparse.ArgumentParser:
-    """The flags every experiment takes (DESIGN §5); `--epochs`/`--lr` only when given their
-    defaults, Question 2's own flags with `question2`."""
+    """The flags every experiment takes (docs/design.md#results-layout); `--epochs`/`--lr` only
+    when given their defaults, Question 2's own flags with `question2`."""
     p = argparse.ArgumentParser(
         description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
     )

@@ -637,3 +637,125 @@ def _environment_section(
     if study.get("command"):
         lines += ["", f"Command: `{study['command']}`"]
     return lines + [""]
+
+
+# ----------------------------------------------------------------------------------------------
+# The README's results
+
+
+def _short(c: Mapping | None) -> str:
+    """A comparison in a table cell: '+0.80 [+0.16, +1.44], better'."""
+    if not c or "covers" not in c:
+        return "–"
+    low, high = (num(v) * 100 for v in c["ci95"])
+    return f"{num(c['difference']) * 100:+.2f} [{low:+.2f}, {high:+.2f}], {c['verdict_text']}"
+
+
+def results_table(out: str | Path) -> str:
+    """The README's results block from a results tree (the committed reference run): where and
+    when it ran, then one line per answer: the conclusion (test images), each sweep's choice
+    (validation), the note sections and the tuned recipe (test images), as mean ± std over
+    seeds in %, with the difference's 95% interval over seeds and images and its verdict.
+
+    Raises:
+      FileNotFoundError: `out` holds no study.json (not a whole study's results).
+    """
+    out = Path(out)
+    study = io.read_json(out / STUDY_JSON)
+    sweeps = find_sweeps(out)
+    env = study.get("environment", {})
+    first = (study.get("invocations") or [{}])[0]
+    minutes, seconds = divmod(round(num(study.get("total_wall_s"))), 60)
+    lines = [
+        f"{study.get('seeds')} seeds; {env.get('cpu_model') or env.get('platform')}, "
+        f"{env.get('backend')} ({env.get('device_count')} device); "
+        f"{str(first.get('started', ''))[:10]}; {minutes} min {seconds} s of training and "
+        f"evaluation; jax {env.get('jax')}, flax {env.get('flax')}.",
+        "",
+    ]
+    head = ["question", "answer", "val acc %", "test acc %", "Δ points [95% CI], verdict"]
+    rows = []
+    q1 = distinct([r for s in sweeps if s.question == "q1" and s.note is None for r in s.rows])
+    q2 = [r for s in sweeps if s.question == "q2" and s.note is None for r in s.rows]
+    q2 = distinct([r for r in q2 if r.complete and r.metrics.get("pretrain")])
+    best = [next((r for r in rows_ if c and r.name == c["choice"]), None)
+            for rows_, c in ((q1, choose(q1)), (q2, choose(q2)))]  # fmt: skip
+    if all(best):
+        cnn, ae = best
+        rows.append(
+            [
+                "**CNN vs autoencoder** (test images)",
+                f"CNN: {link_text(cnn.label)}; autoencoder: {link_text(ae.label)}",
+                f"{fmt(cnn.metrics['val_accuracy'])} vs {fmt(ae.metrics['val_accuracy'])}",
+                f"{fmt(cnn.metrics['test_accuracy'])} vs {fmt(ae.metrics['test_accuracy'])}",
+                "CNN − autoencoder " + _short(compare_rows(cnn, ae, "test")),
+            ]
+        )
+    for s in sweeps:
+        done = {r.name: r for r in s.rows if r.complete}
+        if s.choice and s.choice.get("choice") in done:
+            r = done[s.choice["choice"]]
+            runner = done.get(s.choice.get("runner_up"))
+            rows.append(
+                [
+                    link_text(s.title),
+                    link_text(r.label),
+                    fmt(r.metrics["val_accuracy"]),
+                    fmt(r.metrics["test_accuracy"]),
+                    f"vs {link_text(runner.label)} (validation) {_short(s.choice['comparison'])}"
+                    if runner
+                    else "–",
+                ]
+            )
+        elif s.note and s.reference in done:
+            ref = done[s.reference]
+            for r in (r for name, r in done.items() if name != s.reference):
+                rows.append(
+                    [
+                        link_text(s.title),
+                        f"{link_text(ref.label)} vs {link_text(r.label)}",
+                        "–",
+                        f"{fmt(ref.metrics['test_accuracy'])} vs {fmt(r.metrics['test_accuracy'])}",
+                        "(test) " + _short(compare_rows(ref, r, "test")),
+                    ]
+                )
+    tuned, original = _row(sweeps, "q1", "tuned"), _row(sweeps, "q1", "original")
+    if tuned and original:
+        rows.append(
+            [
+                "Q1 · beyond the original: the tuned recipe (test images)",
+                f"{link_text(tuned.label)} vs the original recipe",
+                "–",
+                f"{fmt(tuned.metrics['test_accuracy'])} vs "
+                f"{fmt(original.metrics['test_accuracy'])}",
+                "(test) " + _short(compare_rows(tuned, original, "test")),
+            ]
+        )
+    return "\n".join([*lines, md_table(head, rows)])
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """`python -m fmnist_jax.report OUT [--readme README.md]`: rewrite OUT/REPORT.md, and with
+    --readme, the results block of that README from OUT (its numbers, nothing else)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m fmnist_jax.report", description=main.__doc__)
+    p.add_argument("out", type=Path, help="a whole study's results folder")
+    p.add_argument("--readme", type=Path, help="a README with a results:begin/end block")
+    args = p.parse_args(argv)
+    write_report(args.out)
+    if args.readme:
+        text = args.readme.read_text(encoding="utf-8")
+        begin, end = README_MARKERS
+        if begin not in text or end not in text:
+            p.error(f"{args.readme} has no {begin} ... {end} block")
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
+        new = f"{head}{begin}\n{results_table(args.out)}\n{end}{tail}"
+        io.write_text(args.readme, new)
+
+
+README_MARKERS = ("<!-- results:begin -->", "<!-- results:end -->")
+
+if __name__ == "__main__":
+    main()

@@ -1,4 +1,5 @@
-"""The results layout (DESIGN §5): one folder per configuration, `metrics.json` written last.
+"""The results layout (docs/design.md#results-layout): one folder per configuration,
+`metrics.json` written last.
 
 `results/<experiment>/<config>/` holds config.json, history.json, test_predictions.npy, the
 figures, and finally metrics.json: its presence (atomically written) marks the run complete.
@@ -49,8 +50,17 @@ def versions() -> dict[str, str]:
     }
 
 
+def cpu_model() -> str:
+    """The host CPU's model name (Linux's /proc/cpuinfo; else what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(x.split(":", 1)[1].strip() for x in f if x.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def environment() -> dict[str, Any]:
-    """The versions, backend and devices a result was made with (recorded beside it)."""
+    """The versions, backend, devices and CPU a result was made with (recorded beside it)."""
     import jax
 
     devices = jax.devices()
@@ -59,6 +69,7 @@ def environment() -> dict[str, Any]:
         "backend": jax.default_backend(),
         "device_kind": devices[0].device_kind,
         "device_count": len(devices),
+        "cpu_model": cpu_model(),
         "platform": platform.platform(),
     }
 

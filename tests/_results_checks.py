@@ -1,4 +1,5 @@
-"""Checks of an experiment's results folder (DESIGN §5) shared by test_q1 and test_q2.
+"""Checks of an experiment's results folder (docs/design.md#results-layout) shared by test_q1
+and test_q2.
 
 The metrics are recomputed here from `test_predictions.npy` and the real test labels, read
 independently of `fmnist_jax.data` (gzip + numpy), with scikit-learn.

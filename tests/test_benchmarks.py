@@ -1,4 +1,5 @@
-"""benchmarks.run --quick end to end, in a subprocess: the JSON contract of DESIGN.md §6.
+"""benchmarks.run --quick end to end, in a subprocess: the JSON contract of
+docs/design.md#benchmarks.
 
 No wall-clock assertions: the numbers depend on the machine and on what else runs on it.
 """
