@@ -425,7 +425,24 @@ def test_quick_pretraining_sweep_writes_every_file(quick_sweep):
     # compared with the fine-tuned one.
     assert choice["reference"] == "finetuned" and "not a choice" in choice["note"]
     summary = (sweep_dir / "summary.md").read_text()
-    assert "Δ val vs reference" in summary and "**chosen**" not in summary
+    assert "Δ test vs reference" in summary and "**chosen**" not in summary
+    # A note section makes no choice, so its claims are made on the test images, in words: the
+    # fine-tuned encoder against each other row, with the difference recomputed here.
+    with np.load(sweep_dir / "finetuned" / "labels.npz") as labels:
+        test_labels = labels["test"]
+
+    def test_accuracy(name):  # mean over seeds and images of the saved test predictions
+        return np.mean(np.load(sweep_dir / name / "test_predictions.npy") == test_labels[None])
+
+    for other, label in (("frozen_probe", "linear probe"), ("no_pretraining", "random init")):
+        diff = 100 * (test_accuracy("finetuned") - test_accuracy(other))
+        sentence = re.search(
+            rf"\*\*On the test images\*\*, pretrained encoder, fine-tuned against [^:]*{label}[^:]*"
+            rf": [a-z ]+(\([^)]*\))?, ([+-]\d+\.\d\d) points",
+            summary,
+        )
+        assert sentence, other
+        assert float(sentence.group(2)) == pytest.approx(diff, abs=0.005)  # printed to 0.01
     assert re.search(
         r"^\| \[pretrained encoder, fine-tuned\].*\| \*\*reference\*\* \|", summary, re.M
     )
