@@ -89,7 +89,7 @@ def diagnose(history: Mapping[str, Sequence[Sequence[float]]], *, decayed: bool 
         return {"verdict": "diverged", **out, "criteria": CRITERIA}
     window = min(WINDOW, n_epochs)
     x = np.arange(window) - (window - 1) / 2  # least-squares slope: sum(x y) / sum(x^2)
-    slopes = val[:, n_epochs - window :] @ x / max(float(x @ x), 1.0)
+    slopes = val[:, n_epochs - window :] @ x / (float(x @ x) if window >= 2 else 1.0)
     slope, slope_se, t = _spread(slopes)
     best = int(np.argmin(val.mean(axis=0)))
     rise, rise_se, _ = _spread(val[:, -1] - val[:, best])
@@ -153,7 +153,11 @@ def continuation_check(short: Mapping, long: Mapping) -> dict:
     a = np.asarray(short["val_loss"], np.float64)
     b = np.asarray(long["val_loss"], np.float64)
     n = a.shape[1]
-    if b.shape[0] != a.shape[0] or b.shape[1] <= n or not np.array_equal(b[:, :n], a, True):
+    if (
+        b.shape[0] != a.shape[0]
+        or b.shape[1] <= n
+        or not np.array_equal(b[:, :n], a, equal_nan=True)
+    ):
         raise ValueError(
             f"the longer run ({b.shape[1]} epochs of {b.shape[0]} seeds) does not continue the "
             f"shorter one ({n} epochs of {a.shape[0]} seeds): compare runs of one configuration"
