@@ -541,7 +541,7 @@ def continuation_lines(out: Path, sweeps: Sequence[SweepResult]) -> list[str]:
         if not longer:
             continue
         check = min(longer, key=lambda t: t[0])[1]  # the longest continuation
-        fit = short.metrics.get("fit_diagnosis") or {}
+        fit = short.fit
         verdict = str(fit.get("verdict", "–"))
         agree = curves.agrees(verdict, check)
         shows = {True: "lowers it", False: "does not lower it", None: "–"}[check["lowers"]]
@@ -582,15 +582,10 @@ def continuation_lines(out: Path, sweeps: Sequence[SweepResult]) -> list[str]:
 
 
 def _criteria(sweeps: Sequence[SweepResult]) -> str:
-    rows = (r for s in sweeps for r in s.rows if r.complete)
-    found = next(
-        (c for r in rows if (c := r.metrics.get("fit_diagnosis", {}).get("criteria"))), None
+    return (
+        curves.CRITERIA + "; roughness: the std over epochs of the epoch-to-epoch changes of the "
+        "validation loss (per seed, then mean ± std)."
     )
-    roughness = (
-        "; roughness: the std over epochs of the epoch-to-epoch changes of the validation loss "
-        "(per seed, then mean ± std)."
-    )
-    return found + roughness if found else "–"
 
 
 def _hardware(backend: str | None) -> str:

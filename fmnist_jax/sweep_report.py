@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fmnist_jax import io, plots, stats
+from fmnist_jax import curves, io, plots, stats
 
 CHOICE_JSON = "choice.json"
 CURVE_METRICS = ("val_accuracy", "val_loss")
@@ -130,6 +130,17 @@ class Row:
     def n_seeds(self) -> int:
         """How many seeds the row trained."""
         return len((self.metrics or {}).get("seeds") or self.config.get("seeds") or [])
+
+    @property
+    def fit(self) -> dict:
+        """The fit diagnosis (`curves.diagnose`) of the saved history.json, so that a report
+        always applies this code's criteria to the saved curves; the one stored in metrics.json
+        when no history is saved."""
+        history = _read_json(self.dir / "history.json")
+        if not history or "val_loss" not in history:
+            return (self.metrics or {}).get("fit_diagnosis") or {}
+        optimizer = self.config.get("train_config", {}).get("optimizer") or {}
+        return curves.diagnose(history, decayed=optimizer.get("schedule") == "wsd")
 
     def correct(self, split: str) -> np.ndarray | None:
         """Whether each seed's model got each image of `split` ("val" or "test") right: bool
@@ -392,7 +403,7 @@ def diagnosis_table(sweep: SweepResult) -> str:
     q2 = sweep.question == "q2"
     rows = []
     for r in (r for r in sweep.rows if r.complete):
-        m, d = r.metrics, r.metrics.get("fit_diagnosis", {})
+        m, d = r.metrics, r.fit
         decayed = " (rate decayed to 0)" if d.get("learning_rate_decayed") else ""
         cells = [
             link_text(r.label),
@@ -522,10 +533,10 @@ def write_summary(sweep_dir: Path, recorded: Mapping) -> tuple[str, list[str]]:
     ]
     choice = None if note else choose(rows)
     io.write_json(sweep_dir / CHOICE_JSON, {**recorded, **(choice or {})})
-    curves = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
+    histories = {r.label: io.read_json(r.dir / "history.json") for r in rows if r.complete}
     for metric in CURVE_METRICS:
         plots.overlay_curves(
-            curves,
+            histories,
             sweep_dir / f"sweep_{metric}.png",
             title=f"{title}: {metric.replace('_', ' ')}",
             metric=metric,
