@@ -153,19 +153,21 @@ def write_run(
     """Write one configuration's results beside its config.json; metrics.json goes last and
     marks completion.
 
-    `predictions`: split ("val", "test") -> int [n_seeds, n_images], written as
-    `<split>_predictions.npy`; `labels`: split -> the true labels int [n_images], written
-    together as `labels.npz` (so that a folder's predictions can be scored on their own);
+    `predictions`: split ("val", "test") -> int [n_seeds, n_images], written as int8
+    `<split>_predictions.npy` (class indices < 10: a byte each, so that a whole study's
+    predictions stay small enough to publish); `labels`: split -> the true labels int
+    [n_images], written together as int8 `labels.npz` (so that a folder's predictions can be
+    scored on their own);
     `figures` maps a file name to a callable(path) drawing it (atomically, `fmnist_jax.plots`).
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     io.write_json(run_dir / "history.json", history)
     for split, preds in predictions.items():
-        io.write_npy(run_dir / f"{split}_predictions.npy", np.asarray(preds).astype(np.int64))
+        io.write_npy(run_dir / f"{split}_predictions.npy", np.asarray(preds).astype(np.int8))
     with io.atomic_path(run_dir / "labels.npz") as tmp:
         with open(tmp, "wb") as f:
-            np.savez(f, **{split: np.asarray(y, np.int64) for split, y in labels.items()})
+            np.savez(f, **{split: np.asarray(y, np.int8) for split, y in labels.items()})
     for name, draw in (figures or {}).items():
         draw(run_dir / name)
     io.write_json(run_dir / "metrics.json", {**metrics, "complete": True})
