@@ -255,7 +255,7 @@ def verdict_words(c: Mapping, scale: float = 100.0) -> str:
     text = f"{c['verdict_text']}, {stats.describe(c, scale)}"
     if c["verdict"] == "not distinguishable":
         need = c.get("seeds_needed") or {}
-        if need.get("seeds", 0) > c.get("n_seeds", 0):
+        if (need.get("seeds") or 0) > c.get("n_seeds", 0):
             text += (
                 f" (if this difference is real, about {need['seeds']} seeds per side would show it)"
             )

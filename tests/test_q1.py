@@ -102,7 +102,8 @@ def parse(argv=()):
 
 def check_sweep(sweep_dir: Path, experiment: str) -> None:
     for name in NAMES[experiment]:
-        config = check_run_folder(sweep_dir / name, N_SEEDS, epochs=1)  # --quick: 1 epoch
+        # --quick: 1 epoch; the compute-matched control trains 3 (expand's steps)
+        config = check_run_folder(sweep_dir / name, N_SEEDS, epochs=3 if "3x" in name else 1)
         tc = config["train_config"]
         assert tc["model"] == "cnn" and tc["pool"] == "avg" and tc["batch_size"] == 100
         assert config["data"]["quick"] is True and config["data"]["counts"]["test"] == 5000
