@@ -34,14 +34,14 @@ def test_the_reference_run_is_complete_and_small():
         assert (s.dir / "choice.json").is_file(), s.name
         assert s.rows and all(r.complete for r in s.rows), s.name
     size = sum(p.stat().st_size for p in RESULTS.rglob("*") if p.is_file())
-    assert size < 8 * 2**20, f"docs/results/ holds {size / 2**20:.1f} MiB"
+    assert size < 9 * 2**20, f"docs/results/ holds {size / 2**20:.1f} MiB"
 
 
 def test_the_readme_opens_with_the_two_commands():
     text = README.read_text(encoding="utf-8")
     first_block = text.split("```bash\n", 1)[1].split("```", 1)[0].splitlines()
     assert [line.split()[0] for line in first_block] == ["scripts/study.sh", "scripts/test.sh"]
-    assert len(text.splitlines()) <= 140
+    assert len(text.splitlines()) <= 132  # about 130 lines: a front door, not a manual
 
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
