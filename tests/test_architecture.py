@@ -2,15 +2,11 @@
 the models."""
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fmnist_jax import architecture
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests._cli import run
 
 # The original report's counts.
 EXPECTED = {"cnn": 230_735, "autoencoder_base": 1_100_112, "autoencoder_thick": 2_167_596}
@@ -43,13 +39,7 @@ CNN_ROWS = [
 
 @pytest.fixture(scope="module")
 def cli_output() -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "fmnist_jax.architecture"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run("fmnist_jax.architecture")
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -6,11 +6,9 @@ No wall-clock assertions: the numbers depend on the machine and on what else run
 
 import json
 import math
-import subprocess
-import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+from tests._cli import run
+
 REQUIRED_ROWS = ("cnn_train", "cnn_infer", "ae_train", "ae_infer")
 ENV_KEYS = (
     "jax",
@@ -26,13 +24,7 @@ ENV_KEYS = (
 
 def test_quick_run_writes_the_json_contract(tmp_path):
     out = tmp_path / "x.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(out)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run("benchmarks.run", "--quick", "--json", out)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
 

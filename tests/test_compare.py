@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fmnist_jax import compare
+from tests import _cli as cli
 
-ROOT = Path(__file__).resolve().parent.parent
 METRICS = {
     "test_accuracy": {"mean": 0.97, "std": 0.001, "per_seed": [0.969, 0.971]},
     "diverged": [False, False],
@@ -81,13 +79,7 @@ def test_every_kind_of_difference_is_one_line(tmp_path):
 
 def test_the_command_line_exits_0_1_and_2(tmp_path):
     a, b = tree(tmp_path / "a"), tree(tmp_path / "b")
-    run = lambda *args: subprocess.run(  # noqa: E731
-        [sys.executable, "-m", "fmnist_jax.compare", *map(str, args)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = lambda *args: cli.run("fmnist_jax.compare", *args)  # noqa: E731
     same = run(a, b)
     assert same.returncode == 0 and "identical: 2 files compared" in same.stdout
     np.save(b / "q1_epochs/epochs_3/test_predictions.npy", np.zeros((2, 3), int))

@@ -18,6 +18,7 @@ import pytest
 
 from experiments import cli
 from fmnist_jax import distributed, io, results
+from tests._cli import run
 
 ROOT = Path(__file__).resolve().parent.parent
 # A quick pretraining: 200 train / 50 val / 50 test images, 1 epoch, an encoder checkpoint.
@@ -79,58 +80,24 @@ def wait_all(procs, timeout: float = 600) -> list[int]:
 @pytest.mark.parametrize("parallel", ["data", "seeds"])
 def test_two_processes_give_the_numbers_of_one(tmp_path, parallel):
     command = [*COMMAND, "--parallel", parallel, "--quiet"]
-    one = subprocess.run(
-        [sys.executable, "-m", *command, "--out", str(tmp_path / "one")],
-        cwd=ROOT,
-        env=_env(4),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    one = run(*command, "--out", tmp_path / "one", env=_env(4))
     assert one.returncode == 0, one.stderr[-3000:]
     procs = launch(tmp_path, lambda i: [*command, "--out", str(tmp_path / "two")])
     assert wait_all(procs) == [0, 0], [err.read_text()[-3000:] for _, _, err in procs]
 
     two = tmp_path / "two"
     [metrics] = two.glob("q2_pretrain/*/metrics.json")
-    run = io.read_json(metrics)
-    assert run["complete"] and run["epochs_run"] == 1 and run["diverged"] == [False, False]
+    row = io.read_json(metrics)
+    assert row["complete"] and row["epochs_run"] == 1 and row["diverged"] == [False, False]
     assert (metrics.parent / "encoder").is_dir() and (metrics.parent / "denoising.png").is_file()
     assert not [p for p in two.rglob("*") if results.is_temporary(p) or "tmp" in p.name]
     # The same numbers as one process; the comparison would see a difference (a changed value).
-    same = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fmnist_jax.compare",
-            str(tmp_path / "one"),
-            str(two),
-            "--atol",
-            str(ATOL),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    compare = lambda: run("fmnist_jax.compare", tmp_path / "one", two, "--atol", ATOL)  # noqa: E731
+    same = compare()
     assert same.returncode == 0 and "identical: 1 files compared" in same.stdout, same.stdout
-    run["val_mse"]["mean"] += 10 * ATOL
-    io.write_json(metrics, run)
-    changed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fmnist_jax.compare",
-            str(tmp_path / "one"),
-            str(two),
-            "--atol",
-            str(ATOL),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    row["val_mse"]["mean"] += 10 * ATOL
+    io.write_json(metrics, row)
+    changed = compare()
     assert changed.returncode == 1 and "val_mse.mean" in changed.stdout
 
 

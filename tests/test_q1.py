@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +23,8 @@ from experiments import sweep as sweep_lib
 from experiments.context import make_context
 from fmnist_jax.fit import FitResult
 from fmnist_jax.train import OptimizerConfig, TrainConfig
+from tests._cli import run
 
-REPO = Path(__file__).resolve().parent.parent
 N_SEEDS = 2
 QUICK = ["--quick", "--seeds", str(N_SEEDS)]
 NAMES = {
@@ -52,21 +50,7 @@ def out_root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def augmentation(out_root) -> Path:
     """The real command line, as a user types it."""
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.q1_augmentation",
-            *QUICK,
-            "--quiet",
-            "--out",
-            str(out_root),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    proc = run("experiments.q1_augmentation", *QUICK, "--quiet", "--out", out_root)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out_root / "q1_augmentation"
 
@@ -363,42 +347,12 @@ def test_bad_flags_exit_2_before_any_work(tmp_path, capsys, flag, value):
 
 def test_bad_flag_through_the_command_line(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.q1_optimizers",
-            "--quick",
-            "--epochs",
-            "-1",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run("experiments.q1_optimizers", "--quick", "--epochs", "-1", "--out", out)
     assert proc.returncode == 2
     assert "--epochs must be >= 1, got -1" in proc.stderr
     assert not out.exists()
     # The epochs sweep sets its rows' epochs: it has no --epochs to ignore silently.
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "experiments.q1_epochs",
-            "--quick",
-            "--epochs",
-            "2",
-            "--out",
-            str(out),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run("experiments.q1_epochs", "--quick", "--epochs", "2", "--out", out)
     assert proc.returncode == 2 and "unrecognized arguments: --epochs 2" in proc.stderr
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import dataclasses
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -29,8 +27,8 @@ from fmnist_jax import augment
 from fmnist_jax import fit as fit_lib
 from fmnist_jax import train as train_lib
 from fmnist_jax.models import ARCHITECTURES, Autoencoder, Encoder
+from tests._cli import run
 
-REPO = Path(__file__).resolve().parent.parent
 N_TRAIN, N_VAL, N_TEST = 3000, 500, 1000
 SEEDS = [0, 1]
 BASE = ARCHITECTURES["base"]
@@ -372,14 +370,8 @@ def test_a_longer_pretraining_continues_the_shorter_one(ctx, tmp_path):
 # The command line, --quick
 
 
-def cli(*argv, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "experiments.q2_autoencoder", *argv],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def cli(*argv):
+    return run("experiments.q2_autoencoder", *argv)
 
 
 QUICK = ("--quick", "--quiet", "--seeds", "2")

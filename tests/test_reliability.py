@@ -38,6 +38,7 @@ import pytest
 
 from fmnist_jax import io, sources
 from fmnist_jax.compare import compare
+from tests._cli import assert_clean_failure, child_env, run
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = ["--quick", "--limit", "200", "--seeds", "2"]
@@ -52,34 +53,8 @@ PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 # Helpers
 
 
-def child_env(**changes) -> dict:
-    env = os.environ.copy()  # carries the shared JAX compilation cache (tests/conftest.py)
-    for key, value in changes.items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = str(value)
-    return env
-
-
 def cli(module: str, *args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", f"experiments.{module}", *map(str, args)],
-        cwd=ROOT,
-        env=env or child_env(),
-        capture_output=True,
-        text=True,
-        timeout=CHILD_TIMEOUT,
-    )
-
-
-def assert_clean_failure(proc: subprocess.CompletedProcess, status: int, *needles: str) -> None:
-    msg = f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert proc.returncode == status, msg
-    assert "Traceback" not in proc.stderr, msg
-    assert sum("error:" in line for line in proc.stderr.splitlines()) == 1, msg
-    for needle in needles:
-        assert needle in proc.stderr, f"{needle!r} missing; {msg}"
+    return run(f"experiments.{module}", *args, env=env)
 
 
 def assert_nothing_written(out: Path) -> None:
