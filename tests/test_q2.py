@@ -483,18 +483,7 @@ def test_finetune_stage_without_encoder_exits_2(tmp_path, capsys):
 def test_encoder_of_another_architecture_exits_2(quick_sweep, tmp_path):
     encoder = quick_sweep / "q2_pretraining" / "finetuned" / "encoder"
     out = tmp_path / "out"
-    proc = cli(
-        *QUICK,
-        "--stage",
-        "finetune",
-        "--encoder",
-        str(encoder),
-        "--arch",
-        "thick",
-        "--out",
-        str(out),
-        timeout=300,
-    )
+    proc = cli(*QUICK, "--stage", "finetune", "--encoder", encoder, "--arch", "thick", "--out", out)
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "widths [512, 256, 64] (--arch base)" in proc.stderr and "--arch" in proc.stderr
     assert "Traceback" not in proc.stderr
