@@ -65,6 +65,8 @@ def test_the_quickstart_runs_in_quick_mode(tmp_path):
     counts = QUICK_COUNTS
     data = printed(cells["data"])
     assert f"train {counts['train']}, val {counts['val']}, test {counts['test']} images" in data
+    # Its recipe and seeds are the reference row's (config.json), before quick mode shrinks them.
+    assert "the reference row's configuration and seeds: True\n" in printed(cells["config"])
 
     # Trained: chance on 5 balanced classes is 0.2, and over 120 images a guesser's accuracy has
     # a standard deviation of sqrt(0.2 * 0.8 / 120) = 0.037, so 0.4 is over 5 of them above
@@ -87,7 +89,7 @@ def test_the_quickstart_runs_in_quick_mode(tmp_path):
     ref = json.loads((REFERENCE / "metrics.json").read_text(encoding="utf-8"))["test_accuracy"]
     published = f"{100 * ref['mean']:.2f} ± {100 * ref['std']:.2f} %"
     out = printed(cells["reference"])
-    assert f"published test accuracy of this configuration: {published}" in out, out
+    assert f"published test accuracy of q1_augmentation/expand: {published}" in out, out
     assert f"this run: {100 * accuracy:.2f} % (quick mode" in out, out
     [table] = displayed(cells["reference"], "text/markdown")
     seeds = json.loads((RESULTS / "study.json").read_text(encoding="utf-8"))["seeds"]
