@@ -57,7 +57,7 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def test_every_relative_link_in_the_docs_resolves():
-    pages = [README, *(ROOT / "docs").glob("*.md")]
+    pages = [README, *(ROOT / "docs").glob("*.md"), *(ROOT / "notebooks").glob("*.ipynb")]
     for page in pages:
         for target in LINK.findall(page.read_text(encoding="utf-8")):
             if re.match(r"[a-z]+:", target) or target.startswith("#"):
@@ -73,7 +73,7 @@ def test_no_file_refers_outside_the_repository():
     pattern = re.compile(r"\.\./shared|SEED_REPORT|DESIGN\.md\s*§|shared/DESIGN")
     for name in tracked:
         path = ROOT / name
-        if path.suffix in {".py", ".md", ".sh", ".toml", ".txt"} and path.is_file():
+        if path.suffix in {".py", ".md", ".sh", ".toml", ".txt", ".ipynb"} and path.is_file():
             if name == "tests/test_readme.py":
                 continue
             found = pattern.search(path.read_text(encoding="utf-8", errors="replace"))
