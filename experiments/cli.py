@@ -53,6 +53,7 @@ class Options:
     overwrite: bool = False
     parallel: str = "auto"
     keep_checkpoints: bool = False
+    profile: Path | None = None
     pool: str = "avg"
     epochs: int | None = None
     batch_size: int = 100
@@ -160,6 +161,13 @@ def parser(
         "--keep-checkpoints",
         action="store_true",
         help="keep each run's final Orbax checkpoint (the resume checkpoint is removed otherwise)",
+    )
+    g.add_argument(
+        "--profile",
+        type=folder("--profile"),
+        metavar="DIR",
+        help="write a jax.profiler trace of one epoch after compilation into DIR (TensorBoard's "
+        "profiler, or Perfetto: DIR/plugins/profile/*/perfetto_trace.json.gz); no number changes",
     )
     t = p.add_argument_group("training overrides")
     t.add_argument("--pool", choices=POOLS, help="CNN pooling (the report's table used max)")

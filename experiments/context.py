@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from experiments.cli import QUICK_TRAIN, QUICK_VAL, Options, UsageError
+from experiments.monitor import EpochTrace
 from fmnist_jax import compilation_cache, distributed
 from fmnist_jax.data import TaskData, load_task
 from fmnist_jax.fit import FitResult
@@ -30,7 +31,8 @@ from fmnist_jax.fit import FitResult
 class Context:
     """An invocation's options, data, seeds and log, and `runs`: the results it trained, by
     the fingerprint of their configuration without its length (see `experiments.sweep.train`);
-    `trained` and `reused`: the result folders it wrote by training and by copying."""
+    `trained` and `reused`: the result folders it wrote by training and by copying; `trace`:
+    `--profile`'s (see `experiments.monitor.EpochTrace`)."""
 
     opts: Options
     data: TaskData
@@ -39,6 +41,7 @@ class Context:
     runs: dict[str, FitResult] = field(default_factory=dict)
     trained: list[Path] = field(default_factory=list)
     reused: list[Path] = field(default_factory=list)
+    trace: EpochTrace = field(default_factory=lambda: EpochTrace(None))
 
     @property
     def out(self) -> Path:
@@ -157,7 +160,8 @@ def make_context(opts: Options) -> Context:
     log = (lambda msg: None) if opts.quiet else (lambda msg: print(msg, flush=True))
     data = load_data(opts)
     check_batch_size(opts, data)
-    return Context(opts=opts, data=data, seeds=list(range(opts.seeds)), log=log)
+    seeds, trace = list(range(opts.seeds)), EpochTrace(opts.profile)
+    return Context(opts=opts, data=data, seeds=seeds, log=log, trace=trace)
 
 
 # Environment variables that change what a run reads or computes: recorded with its command.

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from experiments import cli
+from experiments import cli, monitor
 from experiments import sweep as sweep_lib
 from experiments.cli import Q2_SWEEPS as SWEEPS
 from experiments.cli import Options, UsageError
@@ -191,7 +191,9 @@ def pretrain(ctx: Context, cfg: TrainConfig) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     results.clean_stale_temporaries(folder)
     io.write_json(folder / "config.json", {**payload, "fingerprint": fp})
-    res = sweep_lib.train(ctx, spec, folder / "checkpoint")
+    res = sweep_lib.train(
+        ctx, spec, folder / "checkpoint", tensorboard=folder / monitor.TENSORBOARD
+    )
     params0 = jax.tree_util.tree_map(lambda x: x[0], res.states.params)
     meta = {"widths": list(cfg.widths), "n_seeds": len(ctx.seeds), "seeds": ctx.seeds}
     meta["denoise_std"] = cfg.denoise_std
@@ -360,7 +362,9 @@ def finetune(ctx: Context, spec: Spec, run_dir: Path) -> None:
         fresh = init_states(program(spec.cfg, len(ctx.data.train_labels)), ctx.seeds)
         init = fresh.replace(params=jax.vmap(with_pretrained_encoder)(fresh.params, encoder))
         checkpoint.save(run_dir / "encoder", 0, encoder, checkpoint.restore_extra(encoder_path))
-    result = sweep_lib.train(ctx, spec, run_dir / "checkpoint", init=init)
+    result = sweep_lib.train(
+        ctx, spec, run_dir / "checkpoint", init=init, tensorboard=run_dir / monitor.TENSORBOARD
+    )
     pre_s = (pre_metrics or {}).get("timing", {}).get("wall_s", 0.0)
     extra = {"pretrain": pre_metrics} if pre_metrics else {}
     extra.update(

@@ -20,7 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from experiments import interrupt
+from experiments import interrupt, monitor
 from experiments.cli import UsageError
 from experiments.context import Context, command_line
 from fmnist_jax import curves, distributed, io, plots, results, sweep_report
@@ -217,7 +217,12 @@ def _continues(done: FitResult, cfg: TrainConfig) -> bool:
 
 
 def train(
-    ctx: Context, spec: Spec, checkpoint_dir: Path, *, init: TrainState | None = None
+    ctx: Context,
+    spec: Spec,
+    checkpoint_dir: Path,
+    *,
+    init: TrainState | None = None,
+    tensorboard: Path | None = None,
 ) -> FitResult:
     """Fit `spec` on the context's data and seeds, building on what this process trained: the
     same configuration again is returned as it is, a shorter one at a constant rate is continued,
@@ -225,7 +230,23 @@ def train(
     `checkpoint_dir`) and continued. A rerun resumes from `checkpoint_dir`.
 
     `init`: stacked states to start from (e.g. a pretrained encoder in fresh classifiers).
+    `tensorboard`: the folder of the run's event files (`experiments.monitor.RunLog`), written
+    as it trains; `--profile` traces an epoch here (`experiments.monitor.EpochTrace`).
     """
+    log = monitor.RunLog(tensorboard, ctx.seeds, monitor.flat_hparams(spec.cfg, spec.pretrain))
+    try:
+        result = _train(ctx, spec, checkpoint_dir, init, log)
+        log.write(result.history)  # epochs no fit trained here: a finished run resumed, a reuse
+    finally:
+        log.close()
+        ctx.trace.stop()  # a run that stopped before its traced epoch ended
+    return result
+
+
+def _train(
+    ctx: Context, spec: Spec, checkpoint_dir: Path, init: TrainState | None, log: monitor.RunLog
+) -> FitResult:
+    """`train` without its event files and trace."""
     stem = _stem(ctx, spec)
     done = ctx.runs.get(stem)
     if done is not None and done.cfg == spec.cfg:
@@ -241,6 +262,12 @@ def train(
         start, init = done, None
     if start is not None:
         ctx.log(f"  {spec.name}: continues the {start.epochs_run}-epoch run")
+    trace = ctx.trace.hook(spec.name, spec.cfg.epochs)
+
+    def on_epoch(history):
+        log.write(history)
+        trace(history)
+
     data = ctx.data
     result = fit(
         spec.cfg,
@@ -253,6 +280,7 @@ def train(
         parallel=ctx.opts.parallel,
         progress=ctx.progress,
         desc=spec.name,
+        on_epoch=on_epoch,
     )
     if done is None or result.epochs_run >= done.epochs_run:
         ctx.runs[stem] = result
@@ -268,7 +296,8 @@ def remove_checkpoints(ctx: Context, run_dir: Path) -> None:
 
 def train_row(ctx: Context, spec: Spec, run_dir: Path) -> None:
     """Train a classifier row (see `train`) and write its results folder."""
-    write_row(ctx, spec, run_dir, train(ctx, spec, run_dir / "checkpoint"))
+    result = train(ctx, spec, run_dir / "checkpoint", tensorboard=run_dir / monitor.TENSORBOARD)
+    write_row(ctx, spec, run_dir, result)
     remove_checkpoints(ctx, run_dir)
 
 

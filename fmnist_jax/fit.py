@@ -10,8 +10,9 @@ to 10 epochs gives the 10-epoch run's numbers bit for bit (tested), as a resumed
 from __future__ import annotations
 
 import functools
+import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,8 +74,9 @@ def _over_members(fn, member_map: str):
 def member_programs(prog: Program, batch_sharding, member_map: str):
     """The jitted (epoch_fn, eval_fn) of a run's stacked members, as `fit` runs them.
 
-    epoch_fn(states, images, labels, epoch, lr_scales) -> (states, per-member epoch means); it
-    donates `states`. eval_fn(states, images [B, ...], labels [B] (-1: padding), key) -> sums.
+    epoch_fn(states, images, labels, epoch, lr_scales) -> (states, per-member epoch means of the
+    step metrics, and the epoch's mean learning rate); it donates `states`.
+    eval_fn(states, images [B, ...], labels [B] (-1: padding), key) -> sums.
     `member_map` is a resolved one ("vmap" or "map"), `batch_sharding` a placement's.
     """
     train_members = _over_members(
@@ -86,9 +88,12 @@ def member_programs(prog: Program, batch_sharding, member_map: str):
     eval_members = _over_members(functools.partial(eval_step, prog), member_map)
 
     def epoch_fn(states, images, labels, epoch, scales):
+        # The epoch's mean learning rate per member, read to the host with the epoch's metrics.
+        learning_rate = states.learning_rate * jnp.mean(scales)
         states, per_step = train_members(states, images, labels, epoch, scales)
         # Epoch means per member (per_step leaves are [members, steps]).
-        return states, {k: jnp.mean(v, axis=1) for k, v in per_step.items()}
+        means = {k: jnp.mean(v, axis=1) for k, v in per_step.items()}
+        return states, {**means, "learning_rate": learning_rate}
 
     def eval_fn(states, images, labels, key):
         # One padded batch; every eval set shares this one compiled program.
@@ -178,6 +183,7 @@ def fit(
     member_map: str = "auto",
     progress: bool = False,
     desc: str = "",
+    on_epoch: Callable[[dict[str, list]], None] | None = None,
 ) -> FitResult:
     """Train len(seeds) members of `cfg` together up to epoch `cfg.epochs`.
 
@@ -195,6 +201,9 @@ def fit(
       parallel: "none", "seeds" (members split over devices), "data" (each batch split over
         devices, params replicated) or "auto" (see `placement.resolve_parallel`).
       member_map: "vmap", "map" or "auto" (see `placement.resolve_member_map`).
+      on_epoch: called after every epoch this call trains, once its values are in the history
+        and its checkpoint is saved, with the history (name -> [n_members][epochs so far], the
+        real members'; it must not change it): for logs and profiling, which change no number.
 
     Raises:
       ValueError: no seeds, both `init` and `start`, a batch larger than the training set, or
@@ -279,7 +288,8 @@ def fit(
                 }
             )
             for name, v in values.items():  # the real members' (padding members are dropped)
-                rows = history.setdefault(name, [[] for _ in range(n_real)])
+                # A quantity the history lacks (resumed from an older checkpoint): NaN before.
+                rows = history.setdefault(name, [[math.nan] * epoch for _ in range(n_real)])
                 for k in range(n_real):
                     rows[k].append(float(np.asarray(v, np.float64)[k]))
             # Train and validation only: test data never takes part in a decision.
@@ -299,6 +309,8 @@ def fit(
                     states,
                     {"epoch": epochs_run, "history": history, "diverged": diverged.tolist()},
                 )
+            if on_epoch is not None:
+                on_epoch(history)
             bar.set_postfix(_postfix(history), refresh=False)  # shown by the update: this epoch's
             bar.update(1)
             if diverged[:n_real].all():
