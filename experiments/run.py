@@ -1,6 +1,7 @@
 """One configuration, any of it from the command line: every field of a run's training
 configuration (`fmnist_jax.train.TrainConfig`) is a flag, and `--config PATH` reruns the run a
-saved config.json records, the flags given with it overriding its fields (docs/config.md).
+saved config.json records, the flags given with it overriding its fields
+(docs/variants.md#one-configuration-and---config).
 
     python -m experiments.run --config results/q1_optimizers/sgd/config.json [--out DIR]
     python -m experiments.run --config results/q1_optimizers/sgd/config.json --lr 0.01

@@ -53,7 +53,12 @@ def initializers(init: str, fan_in: int):
         raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
     if init != "pytorch":
         return KERNEL_INITS[init], ZEROS
-    return KERNEL_INITS[init], nn.initializers.uniform_range(-(fan_in**-0.5), fan_in**-0.5)
+    bound = fan_in**-0.5
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return KERNEL_INITS[init], bias_init
 
 
 def resolve_conv_impl(impl: str) -> str:
