@@ -49,8 +49,6 @@ CHOICES = {
     "optimizer.schedule": SCHEDULES,
 }
 DERIVED = ("num_classes",)  # set by --classes, not a flag of its own
-# The options a config.json fixes (each also a flag, which overrides it).
-DATA_OPTIONS = ("seeds", "quick", "limit", "split_seed", "source", "allow_unverified_data")
 
 
 def fields(cls=TrainConfig, prefix: str = "") -> list[tuple[str, type, object]]:
@@ -189,7 +187,8 @@ def train_config(args: argparse.Namespace, opts: Options) -> TrainConfig:
 
 
 def spec_of(recorded: dict, name: str, label: str, num_classes: int) -> Spec:
-    """A recorded payload's `start` (the run it continues) as a Spec, recursively."""
+    """A recorded payload (a config.json, or its `start`: the run it continues) as a Spec, the
+    run it continues and the pretraining it starts from included, with `num_classes` classes."""
     fix = {"num_classes": num_classes}
     start = recorded.get("start")
     pretrain = recorded.get("pretrain_config")
