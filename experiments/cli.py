@@ -24,7 +24,8 @@ import orbax.checkpoint as ocp
 
 from fmnist_jax import distributed, io, placement
 from fmnist_jax.checkpoint import CheckpointError
-from fmnist_jax.models import ARCHITECTURES, POOLS
+from fmnist_jax.data import CLASSES, FASHION_MNIST_NAMES, check_classes
+from fmnist_jax.models import ARCHITECTURES, INITS, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
 from fmnist_jax.sources import SOURCES, DataError
 
@@ -61,6 +62,10 @@ class Options:
     noise_std: float = 0.1
     rotation_degrees: float = 10.0
     limit: int | None = None
+    # The variant (docs/variants.md): the original's by default
+    classes: tuple[int, ...] = CLASSES
+    init: str = "xavier_uniform"
+    flip: bool = False
     # Question 2
     sweep: str = "all"
     stage: str = "both"
@@ -98,6 +103,38 @@ def number(kind, name: str, *, low=None, high=None, low_open=False) -> Callable[
         return value
 
     return parse
+
+
+def class_list(text: str) -> tuple[int, ...]:
+    """An argparse `type` for `--classes`: comma-separated original labels, e.g. "0,2,4,6,8"
+    (2 to 10 distinct labels in 0..9, kept in the given order)."""
+    try:
+        return check_classes(int(c) for c in text.split(","))
+    except ValueError as e:
+        detail = str(e) if "invalid literal" not in str(e) else f"got {text!r}"
+        raise argparse.ArgumentTypeError(
+            f"--classes takes 2 to 10 distinct labels 0..9 separated by commas (e.g. 0,2,4,6,8): "
+            f"{detail}"
+        ) from None
+
+
+def variant_flags(p: argparse.ArgumentParser) -> None:
+    """The assignment's variables besides --pool and the augmentation's parameters
+    (docs/variants.md): which classes, which initialisation, flipping."""
+    names = ", ".join(f"{i} {n}" for i, n in enumerate(FASHION_MNIST_NAMES))
+    v = p.add_argument_group("variant (default: the original assignment's)")
+    v.add_argument(
+        "--classes",
+        type=class_list,
+        metavar="A,B,...",
+        help=f"the task's classes, original labels in order (-> 0..k-1): {names}",
+    )
+    v.add_argument("--init", choices=INITS, help="weight initialisation of every layer")
+    v.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        help="horizontal flips in the augmentation (online: p = 0.5; expand: a flipped copy)",
+    )
 
 
 def folder(name: str) -> Callable[[str], Path]:
@@ -191,13 +228,14 @@ def parser(
     t.add_argument(
         "--noise-std",
         type=number(float, "--noise-std", low=0, high=1),
-        help="sigma of the Gaussian-noise augmentation",
+        help="sigma of the Gaussian-noise augmentation (0: none)",
     )
     t.add_argument(
         "--rotation-degrees",
         type=number(float, "--rotation-degrees", low=0, high=180),
-        help="rotation augmentation range ±degrees",
+        help="rotation augmentation range ±degrees (0: none)",
     )
+    variant_flags(p)
     if question2:
         q = p.add_argument_group("question 2")
         q.add_argument("--sweep", choices=(*Q2_SWEEPS, "all"), help="which sweep to run")
@@ -246,9 +284,21 @@ def parse(p: argparse.ArgumentParser, argv=None) -> Options:
     """The parsed flags as `Options` (argparse exits with status 2 on a bad flag).
 
     Raises:
+      UsageError: see `options`.
+    """
+    return options(p.parse_args(argv))
+
+
+def options(args: argparse.Namespace) -> Options:
+    """The `Options` among parsed flags (others, such as `experiments.run`'s, are left out).
+
+    Raises:
       UsageError: a folder Orbax must write or read has a name this locale cannot decode.
     """
-    opts = Options(**vars(p.parse_args(argv)))
+    given = vars(args)
+    opts = Options(
+        **{f.name: given[f.name] for f in dataclasses.fields(Options) if f.name in given}
+    )
     for flag, path in (("--out", opts.out), ("--encoder", opts.encoder)):
         try:  # tensorstore takes names as UTF-8: a byte the locale could not decode breaks it
             str(path and path.absolute()).encode("utf-8")

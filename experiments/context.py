@@ -108,6 +108,7 @@ def load_data(opts: Options) -> TaskData:
         split_seed=opts.split_seed,
         verify=not opts.allow_unverified_data,
         limit=opts.limit,
+        classes=opts.classes,
     )
     if opts.quick:
         data = dataclasses.replace(

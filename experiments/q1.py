@@ -18,7 +18,7 @@ from experiments import sweep as sweep_lib
 from experiments.cli import Options
 from experiments.context import make_context
 from experiments.sweep import Spec, Sweep
-from fmnist_jax.augment import AugmentConfig
+from fmnist_jax.augment import AugmentConfig, expand_copies
 from fmnist_jax.train import OptimizerConfig, TrainConfig
 
 EPOCHS, LR = 5, 1e-3  # the report's
@@ -33,24 +33,45 @@ TUNED_NOTE = (
 )
 
 
+def augmentation(opts: Options) -> AugmentConfig:
+    """The variant's augmentation: rotation and noise unless their parameter is 0, flips with
+    `--flip`."""
+    return AugmentConfig(
+        max_degrees=opts.rotation_degrees,
+        noise_std=opts.noise_std,
+        flip=opts.flip,
+        rotate=opts.rotation_degrees > 0,
+        noise=opts.noise_std > 0,
+    )
+
+
 def base_config(opts: Options) -> TrainConfig:
-    """The report's CNN recipe, with the options' overrides."""
+    """The report's CNN recipe, with the options' overrides and variant."""
     return TrainConfig(
         model="cnn",
         pool=opts.pool,
+        init=opts.init,
+        num_classes=len(opts.classes),
         batch_size=opts.batch_size,
         epochs=1 if opts.quick else opts.epochs or EPOCHS,
         augment="online",
-        aug=AugmentConfig(max_degrees=opts.rotation_degrees, noise_std=opts.noise_std),
+        aug=augmentation(opts),
         optimizer=OptimizerConfig(name="adam", learning_rate=opts.lr or LR),
     )
 
 
+def expansion(opts: Options) -> int:
+    """How many times the originals the expanded set holds (3: originals + rotated + noisy)."""
+    return 1 + len(expand_copies(augmentation(opts)))
+
+
 def expand_spec(opts: Options) -> Spec:
-    """The original report's augmentation: the training set is originals + rotated + noisy."""
+    """The original report's augmentation: the training set is the originals and one augmented
+    copy per operation (originals + rotated + noisy in the original variant)."""
+    copies = " + ".join(("originals", *expand_copies(augmentation(opts))))
     return Spec(
         "expand",
-        "expand (originals + rotated + noisy: 3x the images per epoch)",
+        f"expand ({copies}: {expansion(opts)}x the images per epoch)",
         base_config(opts).replace(augment="expand"),
         role="original",
     )
@@ -78,19 +99,24 @@ def tuned_spec(opts: Options) -> Spec:
 
 
 def augmentation_specs(opts: Options) -> list[Spec]:
-    """none vs expand vs online, and a control: `expand` trains on 3x the images per epoch, so
-    3x the optimizer steps of the others; `none_3x_epochs` trains 3x the epochs of `none` (it
-    continues that run: see `sweep.train`), the steps of `expand` without augmentation (role
-    "control": no choice is made on it; it is compared with `expand`)."""
-    base = base_config(opts)
+    """none vs expand vs online, and a control: `expand` trains on k x the images per epoch
+    (k = 3 in the original variant), so k x the optimizer steps of the others;
+    `none_<k>x_epochs` trains k x the epochs of `none` (it continues that run: see
+    `sweep.train`), the steps of `expand` without augmentation (role "control": no choice is
+    made on it; it is compared with `expand`)."""
+    base, k = base_config(opts), expansion(opts)
     none = Spec("none", "no augmentation", base.replace(augment="none"))
     control = Spec(
-        "none_3x_epochs",
-        f"no augmentation, {3 * none.cfg.epochs} epochs (expand's steps)",
-        none.cfg.replace(epochs=3 * none.cfg.epochs),
+        f"none_{k}x_epochs",
+        f"no augmentation, {k * none.cfg.epochs} epochs (expand's steps)",
+        none.cfg.replace(epochs=k * none.cfg.epochs),
         role="control",
     )
-    online = Spec("online", "online (fresh rotation + noise per batch)", base)
+    aug = base.aug
+    ops = [
+        op for op, on in (("rotation", aug.rotate), ("flip", aug.flip), ("noise", aug.noise)) if on
+    ]
+    online = Spec("online", f"online (fresh {' + '.join(ops) or 'nothing'} per batch)", base)
     return [none, expand_spec(opts), online, control]
 
 

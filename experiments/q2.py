@@ -65,6 +65,8 @@ def finetune_config(
     """The encoder classifier's training (cross-entropy); `freeze`: a linear probe."""
     return TrainConfig(
         model="encoder_classifier",
+        init=opts.init,
+        num_classes=len(opts.classes),
         widths=ARCHITECTURES[arch],
         freeze_encoder=freeze,
         batch_size=opts.batch_size,

@@ -66,7 +66,11 @@ def measure_inference(ctx: Context, pool: str) -> dict:
     from fmnist_jax.train import TrainConfig
 
     labels = ctx.data.test_labels
-    common = dict(augment="none", eval_batch_size=min(INFERENCE_BATCH, len(labels)))
+    common = dict(
+        augment="none",
+        eval_batch_size=min(INFERENCE_BATCH, len(labels)),
+        num_classes=len(ctx.data.class_names),
+    )
     cfgs = {"cnn": TrainConfig(model="cnn", pool=pool, **common)}
     for arch, widths in ARCHITECTURES.items():
         cfgs[f"encoder_classifier_{arch}"] = TrainConfig(

@@ -23,7 +23,8 @@ import numpy as np
 from experiments import interrupt, monitor
 from experiments.cli import UsageError
 from experiments.context import Context, command_line
-from fmnist_jax import curves, distributed, io, plots, results, sweep_report
+from fmnist_jax import curves, distributed, io, plots, results, sweep_report, variant
+from fmnist_jax.data import CLASSES
 from fmnist_jax.fit import FitResult, fit
 from fmnist_jax.models import count_params
 from fmnist_jax.train import TrainConfig, TrainState, n_trained_params
@@ -48,6 +49,8 @@ class Spec:
         """What determines this configuration's numbers (its fingerprint is their hash)."""
         keys = ("source", "split_seed", "val_fraction", "counts", "quick", "digest")
         data = {k: ctx.data.info.get(k) for k in keys}
+        if ctx.data.info["classes"] != list(CLASSES):  # the original's predate the variants
+            data["classes"] = ctx.data.info["classes"]
         out = {
             "results_version": results.RESULTS_VERSION,
             "train_config": results.config_to_dict(self.cfg),
@@ -148,16 +151,44 @@ def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
     )
 
 
+def check_variant(out: Path, configs: Sequence[dict]) -> None:
+    """Refuse to write one variant's results (`fmnist_jax.variant`) into a results folder that
+    holds another's, even with --overwrite: the report reads everything under `out` as one
+    study, so variants never share one.
+
+    Raises:
+      UsageError: a config.json under `out` records another variant.
+    """
+    ours = variant.of_configs(configs)
+    for path in sorted(out.glob("*/*/config.json")) if ours else ():
+        try:
+            theirs = variant.of_config(io.read_json_object(path))
+        except (OSError, ValueError):  # not ours to judge here: `_status` reports it
+            continue
+        if theirs and (differ := variant.conflicts(ours, theirs)):
+
+            def show(v):
+                return ", ".join(f"{k} {v[k]}" for k in differ)
+
+            raise UsageError(
+                f"{out} holds results of another variant ({path.parent.relative_to(out)}: "
+                f"{show(theirs)}; this command: {show(ours)}); variants never share a results "
+                "folder (its report would mix them): pass another --out DIR"
+            )
+
+
 def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
     """What to do with each configuration, decided before anything trains.
 
     Raises:
-      UsageError: a folder holds another configuration's results (and no --overwrite).
+      UsageError: a folder holds another configuration's results (and no --overwrite), or
+        `--out` holds another variant's (see `check_variant`).
     """
+    configs = [config_json(ctx, sweep.experiment, spec) for spec in sweep.specs]
+    check_variant(ctx.out, configs)
     out = []
-    for spec in sweep.specs:
+    for spec, config in zip(sweep.specs, configs, strict=True):
         run_dir = ctx.out / sweep.experiment / spec.name
-        config = config_json(ctx, sweep.experiment, spec)
         status = _status(run_dir, config["fingerprint"], ctx.opts.overwrite)
         out.append(Planned(spec, run_dir, config, status))
     return out

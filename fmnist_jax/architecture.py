@@ -22,7 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fmnist_jax.models import ARCHITECTURES, Pool, count_params
+from fmnist_jax.models import ARCHITECTURES, NUM_CLASSES, Pool, count_params
 from fmnist_jax.train import TrainConfig, build_model, n_trained_params
 
 
@@ -98,9 +98,10 @@ def trace(cfg: TrainConfig, input_shape: tuple[int, ...], title: str) -> ModelSu
 
 
 @functools.cache
-def summaries(pool: str = "avg") -> dict[str, ModelSummary]:
-    """The study's models: the CNN, both autoencoders, and the encoder classifiers of Q2."""
-    cnn = TrainConfig(model="cnn", pool=pool)
+def summaries(pool: str = "avg", num_classes: int = NUM_CLASSES) -> dict[str, ModelSummary]:
+    """The study's models: the CNN, both autoencoders, and the encoder classifiers of Q2, for a
+    task of `num_classes` classes."""
+    cnn = TrainConfig(model="cnn", pool=pool, num_classes=num_classes)
     out = {"cnn": trace(cnn, (1, 28, 28, 1), f"CNN ({pool} pooling)")}
     for arch, widths in ARCHITECTURES.items():
         dims = "-".join(map(str, (784, *widths, *reversed(widths[:-1]), 784)))
@@ -108,8 +109,8 @@ def summaries(pool: str = "avg") -> dict[str, ModelSummary]:
         out[f"autoencoder_{arch}"] = trace(cfg, (1, 784), f"denoising autoencoder, {arch} {dims}")
     for arch, widths in ARCHITECTURES.items():
         dims = "-".join(map(str, (784, *widths)))
-        cfg = TrainConfig(model="encoder_classifier", widths=widths)
-        title = f"encoder classifier, {arch} encoder {dims} + head to 5"
+        cfg = TrainConfig(model="encoder_classifier", widths=widths, num_classes=num_classes)
+        title = f"encoder classifier, {arch} encoder {dims} + head to {num_classes}"
         out[f"encoder_classifier_{arch}"] = trace(cfg, (1, 784), title)
     return out
 
@@ -150,14 +151,14 @@ def markdown_table(s: ModelSummary) -> str:
     )
 
 
-def model_tables(pool: str = "avg") -> dict[str, str]:
+def model_tables(pool: str = "avg", num_classes: int = NUM_CLASSES) -> dict[str, str]:
     """Markdown layer tables keyed like `summaries` (title not included)."""
-    return {key: markdown_table(s) for key, s in summaries(pool).items()}
+    return {key: markdown_table(s) for key, s in summaries(pool, num_classes).items()}
 
 
-def titles(pool: str = "avg") -> dict[str, str]:
+def titles(pool: str = "avg", num_classes: int = NUM_CLASSES) -> dict[str, str]:
     """Each model's title, by key."""
-    return {key: s.title for key, s in summaries(pool).items()}
+    return {key: s.title for key, s in summaries(pool, num_classes).items()}
 
 
 NOTE = (

@@ -2,8 +2,8 @@
 
 Images are float32 NHWC ``[B, H, W, C]`` in [0, 1]. ``augment_batch`` is the online
 augmentation used inside the compiled train step; ``expanded_batch`` reads batches of what the
-original report trained on (originals + one rotated copy + one noisy copy, drawn once), each
-member of a run with its own draw.
+original report trained on (originals + one rotated copy + one noisy copy, drawn once; a
+flipped copy too with ``flip``), each member of a run with its own draw.
 """
 
 from dataclasses import dataclass
@@ -26,7 +26,7 @@ class AugmentConfig:
 
     max_degrees: float = 10.0  # rotation angle ~ U[-max_degrees, +max_degrees]
     noise_std: float = 0.1  # Gaussian sigma on the [0, 1] scale, result clipped
-    flip: bool = False  # horizontal flip with p=0.5; the report mentions it, off by default
+    flip: bool = False  # online: flip with p=0.5; expand: a flipped copy. Off by default
     rotate: bool = True
     noise: bool = True
 
@@ -124,27 +124,44 @@ def augment_batch(key: jax.Array, images: jax.Array, cfg: AugmentConfig) -> jax.
     return images
 
 
+def expand_copies(cfg: AugmentConfig) -> tuple[str, ...]:
+    """The augmented copies of every image in the expanded set, in their order: "rotated" (with
+    cfg.rotate), "noisy" (cfg.noise), "flipped" (cfg.flip); the original report's are the first
+    two. The set holds 1 + len(copies) times the images."""
+    wanted = (("rotated", cfg.rotate), ("noisy", cfg.noise), ("flipped", cfg.flip))
+    return tuple(name for name, on in wanted if on)
+
+
 def expanded_batch(
     key: jax.Array, images: jax.Array, index: jax.Array, cfg: AugmentConfig
 ) -> jax.Array:
     """Images `index` [B] of the expanded set of `images` [N, H, W, C]: index i < N is original
-    i, N + i its rotated copy (an angle up to cfg.max_degrees), 2N + i its noisy copy
-    (cfg.noise_std, clipped). The copy at index j is drawn from `fold_in(key, j)` alone, so the
-    expanded set is fixed by `key` (drawn once, whatever the batches), and the labels of a batch
-    are those of `index % N`. The cfg.rotate/noise/flip switches belong to online mode.
+    i, c * N + i its c-th copy of `expand_copies(cfg)`: rotated (an angle up to
+    cfg.max_degrees), noisy (cfg.noise_std, clipped), flipped (horizontally, every one). The
+    copy at index j is drawn from `fold_in(key, j)` alone, so the expanded set is fixed by
+    `key` (drawn once, whatever the batches), and the labels of a batch are those of
+    `index % N`.
     """
     n = images.shape[0]
     copy, originals = index // n, images[index % n]
     keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(index)
-    angles = jax.vmap(
-        lambda k: random_angles(jax.random.fold_in(k, _ROTATE_STREAM), 1, cfg.max_degrees)[0]
-    )(keys)
-    noise = jax.vmap(
-        lambda k: jax.random.normal(
-            jax.random.fold_in(k, _NOISE_STREAM), images.shape[1:], images.dtype
-        )
-    )(keys)
-    rotated = rotate(originals, angles)
-    noisy = jnp.clip(originals + cfg.noise_std * noise, 0.0, 1.0)
+    versions = [originals]
+    if cfg.rotate:
+        angles = jax.vmap(
+            lambda k: random_angles(jax.random.fold_in(k, _ROTATE_STREAM), 1, cfg.max_degrees)[0]
+        )(keys)
+        versions.append(rotate(originals, angles))
+    if cfg.noise:
+        noise = jax.vmap(
+            lambda k: jax.random.normal(
+                jax.random.fold_in(k, _NOISE_STREAM), images.shape[1:], images.dtype
+            )
+        )(keys)
+        versions.append(jnp.clip(originals + cfg.noise_std * noise, 0.0, 1.0))
+    if cfg.flip:
+        versions.append(originals[:, :, ::-1])
     copy = copy.reshape(-1, *([1] * (images.ndim - 1)))
-    return jnp.where(copy == 0, originals, jnp.where(copy == 1, rotated, noisy))
+    out = versions[-1]
+    for c in range(len(versions) - 2, -1, -1):
+        out = jnp.where(copy == c, versions[c], out)
+    return out

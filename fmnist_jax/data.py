@@ -1,6 +1,7 @@
-"""The 5-class task: the raw data from one of the sources (`fmnist_jax.sources.load_raw`: files on
-this machine, the official download or TensorFlow Datasets), the classes kept, the stratified
-validation split, pixels in [0, 1].
+"""The task (the original variant's five classes, or any 2 to 10 of Fashion-MNIST's): the raw
+data from one of the sources (`fmnist_jax.sources.load_raw`: files on this machine, the official
+download or TensorFlow Datasets), the classes kept, the stratified validation split, pixels in
+[0, 1].
 
 Pure NumPy: nothing here imports JAX, so data problems surface before any device work.
 """
@@ -15,13 +16,43 @@ import numpy as np
 from fmnist_jax.sources import DataError as DataError  # re-exported: callers catch data.DataError
 from fmnist_jax.sources import RawSplit, load_raw
 
-CLASSES: tuple[int, ...] = (1, 3, 5, 7, 9)
-CLASS_NAMES: tuple[str, ...] = ("Trouser", "Dress", "Sandal", "Sneaker", "Ankle boot")
+# Fashion-MNIST's class names by label 0..9 (github.com/zalandoresearch/fashion-mnist, README).
+FASHION_MNIST_NAMES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+CLASSES: tuple[int, ...] = (1, 3, 5, 7, 9)  # the original variant's (docs/assignment.md)
+CLASS_NAMES: tuple[str, ...] = tuple(FASHION_MNIST_NAMES[c] for c in CLASSES)
+
+
+def check_classes(classes) -> tuple[int, ...]:
+    """`classes` as a tuple of ints: 2 to 10 distinct original labels 0..9, in the given order.
+
+    Raises:
+      ValueError: fewer than 2, a duplicate, or a label outside 0..9 (the message says which).
+    """
+    out = tuple(int(c) for c in classes)
+    if not 2 <= len(out) <= 10:
+        raise ValueError(f"a task needs 2 to 10 classes, got {len(out)}")
+    if bad := [c for c in out if not 0 <= c <= 9]:
+        raise ValueError(f"class labels must be in 0..9, got {', '.join(map(str, bad))}")
+    if dupes := sorted({c for c in out if out.count(c) > 1}):
+        raise ValueError(f"class labels must be distinct, got {', '.join(map(str, dupes))} twice")
+    return out
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """The 5-class task: float32 images [N, 28, 28, 1] in [0, 1], int32 labels 0..4 [N]."""
+    """The task: float32 images [N, 28, 28, 1] in [0, 1], int32 labels 0..k-1 [N] (k classes,
+    named by `class_names`)."""
 
     train_images: np.ndarray
     train_labels: np.ndarray
@@ -88,21 +119,27 @@ def load_task(
     val_fraction: float = 0.1,
     limit: int | None = None,
     verify: bool = True,
+    classes: tuple[int, ...] = CLASSES,
 ) -> TaskData:
-    """Load → 5 classes → stratified train/val split → (limit) → float in [0, 1].
+    """Load → the `classes` (original labels, relabelled 0..k-1 in the given order) →
+    stratified train/val split → (limit) → float in [0, 1].
 
-    With `limit=None` the test set is all 5,000 test-subset images in file order.
+    With `limit=None` the test set is all test-subset images in file order (5,000 for five
+    classes). The split is per task: it stratifies the task's own labels, so it is fixed by
+    the classes (their order included) and `split_seed`.
     `limit=n` keeps train[:n], val[:max(n//5, 50)], test[:max(n//5, 50)] (file order).
     `info["source"]` is "csv" when the folder held Kaggle's CSV files (another example order).
 
     Raises:
       DataError: see `load_fashion_mnist`.
+      ValueError: bad `classes` (see `check_classes`) or `limit`.
     """
+    classes = check_classes(classes)
     if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 1):
         raise ValueError(f"limit must be a positive integer or None, got {limit!r}")
     train_raw, test_raw, where = load_raw(source, data_dir, verify)
-    images, labels = select_classes(train_raw.images, train_raw.labels)
-    test_images, test_labels = select_classes(test_raw.images, test_raw.labels)
+    images, labels = select_classes(train_raw.images, train_raw.labels, classes)
+    test_images, test_labels = select_classes(test_raw.images, test_raw.labels, classes)
     train_idx, val_idx = stratified_split(labels, val_fraction, split_seed)
     if limit is not None:
         small = max(limit // 5, 50)
@@ -111,10 +148,11 @@ def load_task(
     x_train, x_val, x_test = (
         to_float(a) for a in (images[train_idx], images[val_idx], test_images)
     )
+    names = tuple(FASHION_MNIST_NAMES[c] for c in classes)
     info = {
         "source": where["source"],
         "directory": where["directory"],
-        "classes": list(CLASSES),
+        "classes": list(classes),
         "split_seed": split_seed,
         "val_fraction": val_fraction,
         "counts": {"train": len(x_train), "val": len(x_val), "test": len(x_test)},
@@ -123,5 +161,5 @@ def load_task(
         "file_order": where["file_order"],
     }
     return TaskData(
-        x_train, labels[train_idx], x_val, labels[val_idx], x_test, test_labels, CLASS_NAMES, info
+        x_train, labels[train_idx], x_val, labels[val_idx], x_test, test_labels, names, info
     )

@@ -1,8 +1,10 @@
 """Flax Linen models of the study: the small CNN, the denoising MLP autoencoder, the encoder
 classifier.
 
-Every kernel is Xavier/Glorot-uniform (PyTorch's `xavier_uniform_` with its fan convention:
-for a conv kernel fan_in = 9 * C_in, fan_out = 9 * C_out), every bias zero.
+By default (the assignment's variant) every kernel is Xavier/Glorot-uniform (PyTorch's
+`xavier_uniform_` with its fan convention: for a conv kernel fan_in = 9 * C_in, fan_out =
+9 * C_out), every bias zero; `init` chooses another scheme (see `initializers`) and
+`num_classes` the classifiers' output size (docs/design.md#models).
 """
 
 from __future__ import annotations
@@ -16,12 +18,47 @@ import jax.numpy as jnp
 XAVIER = nn.initializers.xavier_uniform()
 ZEROS = nn.initializers.zeros
 
-NUM_CLASSES = 5
+NUM_CLASSES = 5  # the original variant's
+# Kernel initialisers by name (`flax.linen.initializers`, which are `jax.nn.initializers`).
+# Their normal ones are truncated at 2 standard deviations and rescaled so that the variance is
+# the stated one (jax's convention; PyTorch's `*_normal_` are plain normals of that variance).
+KERNEL_INITS = {
+    "xavier_uniform": nn.initializers.xavier_uniform(),  # var 2 / (fan_in + fan_out)
+    "xavier_normal": nn.initializers.xavier_normal(),
+    "he_uniform": nn.initializers.he_uniform(),  # var 2 / fan_in
+    "he_normal": nn.initializers.he_normal(),
+    "lecun_normal": nn.initializers.lecun_normal(),  # var 1 / fan_in
+    # PyTorch's default for nn.Linear / nn.Conv2d: kaiming_uniform_(a=sqrt(5)), i.e.
+    # U(+-sqrt(1 / fan_in)), var 1 / (3 fan_in) (torch/nn/modules/linear.py, reset_parameters).
+    "pytorch": nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform"),
+}
+INITS = tuple(KERNEL_INITS)
 BASE_WIDTHS: tuple[int, ...] = (512, 256, 64)
 THICK_WIDTHS: tuple[int, ...] = (600, 550, 512)
 ARCHITECTURES = {"base": BASE_WIDTHS, "thick": THICK_WIDTHS}
 POOLS = ("avg", "max")
 CONV_IMPLS = ("auto", "xla", "matmul")
+
+
+def initializers(init: str, fan_in: int):
+    """(kernel_init, bias_init) of the scheme `init` for a layer with `fan_in` inputs (a conv
+    kernel's fan_in counts its window: 9 * C_in). Biases are zero, except for "pytorch":
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default bias of nn.Linear and nn.Conv2d
+    (torch/nn/modules/linear.py and conv.py, `reset_parameters`).
+
+    Raises:
+      ValueError: an unknown scheme.
+    """
+    if init not in KERNEL_INITS:
+        raise ValueError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
+    if init != "pytorch":
+        return KERNEL_INITS[init], ZEROS
+    bound = fan_in**-0.5
+
+    def bias_init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return KERNEL_INITS[init], bias_init
 
 
 def resolve_conv_impl(impl: str) -> str:
@@ -58,11 +95,13 @@ class Conv3x3(nn.Module):
 
     features: int
     impl: str = "auto"
+    weight_init: str = "xavier_uniform"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.param("kernel", XAVIER, (3, 3, x.shape[-1], self.features), jnp.float32)
-        bias = self.param("bias", ZEROS, (self.features,), jnp.float32)
+        kernel_init, bias_init = initializers(self.weight_init, 9 * x.shape[-1])
+        kernel = self.param("kernel", kernel_init, (3, 3, x.shape[-1], self.features), jnp.float32)
+        bias = self.param("bias", bias_init, (self.features,), jnp.float32)
         return conv3x3_valid(x, kernel, self.impl) + bias
 
 
@@ -97,21 +136,30 @@ class Flatten(nn.Module):
         return x.reshape(x.shape[0], -1)
 
 
+def dense(features: int, init: str, fan_in: int, name: str) -> nn.Dense:
+    """A dense layer initialised by the scheme `init` (see `initializers`)."""
+    kernel_init, bias_init = initializers(init, fan_in)
+    return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init, name=name)
+
+
 class CNN(nn.Module):
-    """The report's CNN (230,735 trainable parameters), NHWC input [B, 28, 28, 1] -> logits [B, 5].
+    """The report's CNN (230,735 trainable parameters with 5 classes), NHWC input
+    [B, 28, 28, 1] -> logits [B, num_classes].
 
     conv10-BN-ReLU-pool2 -> conv20-BN-ReLU -> conv40-BN-ReLU -> conv80-BN-ReLU-pool2 ->
-    flatten(720) -> dense265-ReLU-dropout(0.5) -> dense5.
+    flatten(720) -> dense265-ReLU-dropout(0.5) -> dense(num_classes).
     """
 
     pool: str = "avg"
     conv_impl: str = "auto"
+    weight_init: str = "xavier_uniform"
+    num_classes: int = NUM_CLASSES
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         # PyTorch BatchNorm2d defaults: momentum 0.1 (= Flax 0.9), eps 1e-5.
         def block(x, features, name):
-            x = Conv3x3(features, self.conv_impl, name=f"conv_{name}")(x)
+            x = Conv3x3(features, self.conv_impl, self.weight_init, name=f"conv_{name}")(x)
             x = nn.BatchNorm(
                 use_running_average=not train, momentum=0.9, epsilon=1e-5, name=f"bn_{name}"
             )(x)
@@ -121,14 +169,14 @@ class CNN(nn.Module):
         x = block(x, 20, "2")
         x = block(x, 40, "3")
         x = Flatten()(Pool(self.pool)(block(x, 80, "4")))
-        x = ReLU()(nn.Dense(265, kernel_init=XAVIER, bias_init=ZEROS, name="fc1")(x))
+        x = ReLU()(dense(265, self.weight_init, x.shape[-1], "fc1")(x))
         x = nn.Dropout(0.5, deterministic=not train)(x)
-        return nn.Dense(NUM_CLASSES, kernel_init=XAVIER, bias_init=ZEROS, name="fc2")(x)
+        return dense(self.num_classes, self.weight_init, x.shape[-1], "fc2")(x)
 
 
-def _dense_relu_stack(x: jax.Array, widths: Sequence[int]) -> jax.Array:
+def _dense_relu_stack(x: jax.Array, widths: Sequence[int], init: str) -> jax.Array:
     for i, width in enumerate(widths):
-        x = ReLU()(nn.Dense(width, kernel_init=XAVIER, bias_init=ZEROS, name=f"dense_{i}")(x))
+        x = ReLU()(dense(width, init, x.shape[-1], f"dense_{i}")(x))
     return x
 
 
@@ -136,31 +184,34 @@ class Encoder(nn.Module):
     """784 -> widths (ReLU after every layer). Input [B, 28, 28, 1] or [B, 784]."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
+    weight_init: str = "xavier_uniform"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return _dense_relu_stack(x.reshape(x.shape[0], -1), self.widths)
+        return _dense_relu_stack(x.reshape(x.shape[0], -1), self.widths, self.weight_init)
 
 
 class Decoder(nn.Module):
     """Mirror of the encoder back to 784, ReLU after every layer including the last."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
+    weight_init: str = "xavier_uniform"
 
     @nn.compact
     def __call__(self, z: jax.Array) -> jax.Array:
-        return _dense_relu_stack(z, (*reversed(self.widths[:-1]), 784))
+        return _dense_relu_stack(z, (*reversed(self.widths[:-1]), 784), self.weight_init)
 
 
 class Autoencoder(nn.Module):
     """Denoising MLP autoencoder, e.g. 784-512-256-64-256-512-784 -> reconstruction [B, 784]."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
+    weight_init: str = "xavier_uniform"
 
     def setup(self):
         """The encoder and its mirrored decoder."""
-        self.encoder = Encoder(self.widths)
-        self.decoder = Decoder(self.widths)
+        self.encoder = Encoder(self.widths, self.weight_init)
+        self.decoder = Decoder(self.widths, self.weight_init)
 
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train  # no dropout or batch norm; kept for a uniform apply signature
@@ -172,15 +223,17 @@ class Autoencoder(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """The autoencoder's encoder plus a linear head to 5 classes -> logits [B, 5]."""
+    """The autoencoder's encoder plus a linear head -> logits [B, num_classes]."""
 
     widths: tuple[int, ...] = BASE_WIDTHS
+    weight_init: str = "xavier_uniform"
+    num_classes: int = NUM_CLASSES
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
         del train
-        z = Encoder(self.widths, name="encoder")(x)
-        return nn.Dense(NUM_CLASSES, kernel_init=XAVIER, bias_init=ZEROS, name="head")(z)
+        z = Encoder(self.widths, self.weight_init, name="encoder")(x)
+        return dense(self.num_classes, self.weight_init, z.shape[-1], "head")(z)
 
 
 def with_pretrained_encoder(classifier_params: dict, encoder_params: dict) -> dict:

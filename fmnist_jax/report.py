@@ -17,7 +17,7 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from fmnist_jax import curves, io, plots, stats
+from fmnist_jax import curves, io, plots, stats, variant
 from fmnist_jax.sweep_report import (
     Row,
     SweepResult,
@@ -44,6 +44,8 @@ PRETRAIN_CACHE = "q2_pretrain"
 # The questions, by the name their sweeps record, with what each trains; the roles a row can
 # record (see experiments.sweep.Spec), as the comparison's columns name them.
 QUESTIONS = {"q1": "CNN", "q2": "autoencoder"}
+NUMBERS = dict(enumerate(("", "one", "two", "three", "four", "five", "six", "seven", "eight",
+                          "nine", "ten")))  # fmt: skip
 ROLES = {"original": "original recipe", "tuned": "tuned (beyond the original)"}
 
 
@@ -124,7 +126,12 @@ def _row(sweeps: Sequence[SweepResult], question: str, role: str) -> Row | None:
 
 
 def comparison(
-    out: Path, sweeps: Sequence[SweepResult], study: Mapping, class_names: Sequence[str]
+    out: Path,
+    sweeps: Sequence[SweepResult],
+    study: Mapping,
+    class_names: Sequence[str],
+    *,
+    original: bool = True,
 ) -> list[str]:
     """The CNN-vs-autoencoder section: each question's row chosen on validation among the rows
     its sweeps vary, side by side with the original recipes and the tuned CNN, and the
@@ -200,13 +207,13 @@ def comparison(
         title="CNN vs autoencoder: test accuracy (mean ± std over seeds)",
         ylabel="test accuracy",
     )
-    original, tuned = _row(sweeps, "q1", "original"), _row(sweeps, "q1", "tuned")
+    recipe, tuned = _row(sweeps, "q1", "original"), _row(sweeps, "q1", "tuned")
     return lines + [
         table,
         "",
         image(COMPARISON_FIGURE, "CNN vs autoencoder: per-class and overall test accuracy"),
         "",
-        _conclusion(cnn, ae, original, tuned, study, class_names),
+        _conclusion(cnn, ae, recipe, tuned, study, class_names, compare_original=original),
         "",
     ]
 
@@ -228,7 +235,11 @@ def _conclusion(
     tuned: Row | None,
     study: Mapping,
     class_names: Sequence[str],
+    *,
+    compare_original: bool = True,
 ) -> str:
+    """The conclusion; with `compare_original` (a study of the original's variant, not a quick
+    run) set against the original report's."""
     c = compare_rows(cnn, ae, "test")
     a, b = cnn.metrics["test_accuracy"], ae.metrics["test_accuracy"]
     if c is None:
@@ -268,7 +279,8 @@ def _conclusion(
         if math.isfinite(inf_cnn) and math.isfinite(inf_ae):
             text += f" and classifies {inf_ae / inf_cnn:.1f}× as many images per second"
         text += "."
-    if not (cnn.config.get("data_info") or {}).get("quick"):  # a smoke run's numbers judge nothing
+    quick = (cnn.config.get("data_info") or {}).get("quick")  # a smoke run's numbers judge nothing
+    if compare_original and not quick:
         text += (
             ' The original report concluded that the "CNN was performing quite better" than '
             f"the autoencoder; {against_original}"
@@ -324,14 +336,25 @@ def _data_section(row: Row | None) -> list[str]:
     return lines + [""]
 
 
-def _models_section(pool: str) -> list[str]:
+INIT_TEXT = {  # the Models section's words for each initialisation (fmnist_jax.models)
+    "xavier_uniform": "Xavier/Glorot-uniform kernels, zero biases",
+    "xavier_normal": "Xavier/Glorot-normal kernels (truncated normal), zero biases",
+    "he_uniform": "He/Kaiming-uniform kernels, zero biases",
+    "he_normal": "He/Kaiming-normal kernels (truncated normal), zero biases",
+    "lecun_normal": "LeCun-normal kernels (truncated normal), zero biases",
+    "pytorch": "PyTorch's default initialisation (kernels and biases U(±1/√fan_in))",
+}
+
+
+def _models_section(pool: str, init: str, num_classes: int) -> list[str]:
     from fmnist_jax import architecture
 
-    tables, titles = architecture.model_tables(pool), architecture.titles(pool)
+    tables = architecture.model_tables(pool, num_classes)
+    titles = architecture.titles(pool, num_classes)
     lines = [
         "## Models",
         "",
-        "Flax modules, Xavier/Glorot-uniform kernels, zero biases. " + architecture.NOTE,
+        f"Flax modules, {INIT_TEXT.get(init, init)}. " + architecture.NOTE,
         "",
     ]
     for key in (
@@ -374,6 +397,41 @@ DIFFERENCES = """## Differences from the original report
 """
 
 
+def _variant_sections(v: dict) -> tuple[list[str], str]:
+    """(the Variant section, the section on the original report) of a study of variant `v`:
+    nothing and the differences for the original's variant; else its settings beside the
+    original's, and why the original report's numbers are not compared."""
+    if variant.is_original(v):
+        return [], DIFFERENCES
+    original = dict(variant.ORIGINAL, pool="avg (the report's table: max)")
+    rows = [
+        ["classes", variant.classes_text(v["classes"]), variant.classes_text(original["classes"])],
+        ["initialisation", str(v.get("init")), original["init"]],
+    ]
+    if "pool" in v:
+        rows += [
+            ["pooling", str(v["pool"]), original["pool"]],
+            ["augmentation", variant.augmentation_text(v), variant.augmentation_text(original)],
+        ]
+    section = [
+        "## Variant",
+        "",
+        f"This study is a variant of the assignment (`{variant.flags(v)}`), not the original "
+        "report's: the assignment derives each student's classes, initialisation, pooling and "
+        "augmentation from their birth date (docs/assignment.md in the repository).",
+        "",
+        md_table(["setting", "this study", "the original report"], rows),
+        "",
+    ]
+    other = (
+        "## The original report\n\n"
+        "The original report studied another variant (the right-hand column under "
+        "[Variant](#variant)), so its numbers are not comparable with these and none is "
+        "quoted or compared here; a study with the original's settings (the default) is.\n"
+    )
+    return section, other
+
+
 def write_report(out: str | Path) -> Path:
     """Build `<out>/REPORT.md` (and the comparison figure) from the result files under `out`."""
     out = Path(out)
@@ -390,8 +448,20 @@ def write_report(out: str | Path) -> Path:
         r.config.get("train_config", {}) for s in sweeps if s.question == "q1" for r in s.rows
     ]
     pool = next((c.get("pool") for c in q1_configs if c.get("model") == "cnn"), "avg")
+    v = variant.of_configs(r.config for s in sweeps for r in s.rows) or dict(variant.ORIGINAL)
+    original = variant.is_original(v)
+    init = v.get("init", variant.ORIGINAL["init"])
+    classes = v.get("classes", variant.ORIGINAL["classes"])
+    variant_section, other = _variant_sections(v)
+    k = NUMBERS.get(len(classes), str(len(classes)))
+    title = (
+        "# Fashion-MNIST, five classes: a CNN vs a denoising autoencoder's encoder"
+        if original
+        else f"# Fashion-MNIST, {k} classes ({', '.join(class_names)}; variant "
+        f"`{variant.flags(v)}`): a CNN vs a denoising autoencoder's encoder"
+    )
     lines = [
-        "# Fashion-MNIST, five classes: a CNN vs a denoising autoencoder's encoder",
+        title,
         "",
         "A JAX re-implementation of a university study (CSL4020, assignment 1), generated by "
         "`python -m experiments.study` from the result files beside this report: every number "
@@ -400,11 +470,12 @@ def write_report(out: str | Path) -> Path:
         "",
         "## Task",
         "",
-        "Classify five Fashion-MNIST classes (original labels 1, 3, 5, 7, 9): "
+        f"Classify {k} Fashion-MNIST classes (original labels {', '.join(map(str, classes))}): "
         + ", ".join(class_names)
         + ".",
-        "- **Question 1**: a small CNN (Xavier init, average pooling), tuned over data "
-        "augmentation, epochs and optimizer.",
+        "- **Question 1**: a small CNN ("
+        + ("Xavier init, average pooling" if original else f"{init} init, {pool} pooling")
+        + "), tuned over data augmentation, epochs and optimizer.",
         "- **Question 2**: a denoising MLP autoencoder pretrained on noisy → clean images, whose "
         "encoder, with a linear head, is then fine-tuned to classify; tuned over learning rate, "
         "architecture and epochs, plus the value of the pretraining itself.",
@@ -412,7 +483,8 @@ def write_report(out: str | Path) -> Path:
         "",
     ]
 
-    compared = comparison(out, sweeps, study, class_names)
+    lines += variant_section
+    compared = comparison(out, sweeps, study, class_names, original=original)
     headline = next((ln for ln in compared if ln.startswith("**Conclusion.**")), None)
     if headline:
         quick = bool(first and (first.config.get("data_info") or {}).get("quick"))
@@ -441,7 +513,7 @@ def write_report(out: str | Path) -> Path:
         "terms).",
         "",
     ]
-    lines += _models_section(pool)
+    lines += _models_section(pool, init, len(classes))
 
     for question, heading in (
         ("q1", "## Question 1: the CNN"),
@@ -473,7 +545,7 @@ def write_report(out: str | Path) -> Path:
         lines += ["Fit criteria: " + _criteria(qs), ""]
 
     lines += continuation_lines(out, sweeps)
-    lines += [*compared, DIFFERENCES, *_environment_section(study, first, sweeps)]
+    lines += [*compared, other, *_environment_section(study, first, sweeps)]
     path = out / REPORT_NAME
     io.write_text(path, "\n".join(lines).rstrip() + "\n")
     return path

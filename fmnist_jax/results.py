@@ -75,8 +75,43 @@ def environment() -> dict[str, Any]:
 
 
 def config_to_dict(cfg) -> dict:
-    """A (nested) config dataclass as plain JSON data."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=list))
+    """A (nested) config dataclass as plain JSON data (tuples as lists). A field whose metadata
+    holds `omit_default` is left out while it has its default (`fmnist_jax.train.OMIT_DEFAULT`:
+    fields added after results were published, which must keep their fingerprints)."""
+
+    def plain(x):
+        if dataclasses.is_dataclass(x):
+            return {
+                f.name: plain(getattr(x, f.name))
+                for f in dataclasses.fields(x)
+                if not (f.metadata.get("omit_default") and getattr(x, f.name) == f.default)
+            }
+        return [plain(v) for v in x] if isinstance(x, tuple | list) else x
+
+    return plain(cfg)
+
+
+def config_from_dict(recorded: Mapping):
+    """The `fmnist_jax.train.TrainConfig` a config.json's `train_config` records (the inverse of
+    `config_to_dict`).
+
+    Raises:
+      ValueError: not a recorded TrainConfig (unknown or missing fields, bad values).
+    """
+    from fmnist_jax.augment import AugmentConfig
+    from fmnist_jax.train import OptimizerConfig, TrainConfig
+
+    if not isinstance(recorded, Mapping):
+        raise ValueError(f"train_config must be an object, got {type(recorded).__name__}")
+    fields = dict(recorded)
+    try:
+        fields["optimizer"] = OptimizerConfig(**fields.get("optimizer", {}))
+        fields["aug"] = AugmentConfig(**fields.get("aug", {}))
+        if "widths" in fields:
+            fields["widths"] = tuple(fields["widths"])
+        return TrainConfig(**fields)
+    except TypeError as e:  # unknown or missing fields
+        raise ValueError(str(e)) from None
 
 
 def config_fingerprint(payload: Mapping) -> str:

@@ -35,6 +35,7 @@ from fmnist_jax.models import (
     BASE_WIDTHS,
     CNN,
     CONV_IMPLS,
+    INITS,
     NUM_CLASSES,
     POOLS,
     Autoencoder,
@@ -53,6 +54,10 @@ _SHUFFLE, _STEP, _EXPAND = 0, 1, 2
 _AUGMENT, _DROPOUT = 0, 1
 
 CPU_CNN_EVAL_IMAGES = 150  # see TrainConfig.eval_batch
+# The metadata of fields added after results were published: such a field is recorded (and so
+# fingerprinted) only when it differs from its default (`fmnist_jax.results.config_to_dict`),
+# so the original variant's fingerprints stay those of its published results.
+OMIT_DEFAULT = {"omit_default": True}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,13 +107,19 @@ class TrainConfig:
     `epochs` counts the run's epochs from its very start: a run that continues another (see
     `fit.fit`'s `start`) trains from the epoch that one reached up to `epochs`.
 
+    `init` names the weight initialisation (`fmnist_jax.models.initializers`), `num_classes`
+    the classifiers' output size (the task's classes).
+
     Raises:
-      ValueError: an unknown model, pooling, augmentation or convolution, a batch size < 1,
-        epochs < 0, a negative denoising sigma, or decay epochs longer than the run.
+      ValueError: an unknown model, pooling, initialisation, augmentation or convolution,
+        classes outside 2..10, a batch size < 1, epochs < 0, a negative denoising sigma, or
+        decay epochs longer than the run.
     """
 
     model: str = "cnn"
     pool: str = "avg"
+    init: str = field(default="xavier_uniform", metadata=OMIT_DEFAULT)
+    num_classes: int = field(default=NUM_CLASSES, metadata=OMIT_DEFAULT)
     conv_impl: str = "auto"
     widths: tuple[int, ...] = BASE_WIDTHS
     freeze_encoder: bool = False
@@ -127,6 +138,10 @@ class TrainConfig:
             raise ValueError(f"unknown model {self.model!r}; choose one of {', '.join(MODELS)}")
         if self.pool not in POOLS:
             raise ValueError(f"unknown pool {self.pool!r}; choose one of {', '.join(POOLS)}")
+        if self.init not in INITS:
+            raise ValueError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if not 2 <= self.num_classes <= 10:
+            raise ValueError(f"num_classes must be in 2..10, got {self.num_classes}")
         if self.augment not in augment_lib.AUG_MODES:
             raise ValueError(
                 f"unknown augmentation {self.augment!r}; choose one of "
@@ -187,9 +202,11 @@ class TrainState:
 
 
 def epoch_size(cfg: TrainConfig, n_images: int) -> int:
-    """Training images per epoch: 3x the originals for the CNN's `expand` mode (originals +
-    rotated + noisy copies, `augment.expanded_batch`), else the originals."""
-    return 3 * n_images if cfg.model == "cnn" and cfg.augment == "expand" else n_images
+    """Training images per epoch: for the CNN's `expand` mode the originals and their copies
+    (3x with rotated + noisy copies, `augment.expanded_batch`), else the originals."""
+    if cfg.model == "cnn" and cfg.augment == "expand":
+        return (1 + len(augment_lib.expand_copies(cfg.aug))) * n_images
+    return n_images
 
 
 def shuffle_key(state_key: jax.Array, epoch) -> jax.Array:
@@ -206,10 +223,15 @@ def step_keys(state_key: jax.Array, step) -> tuple[jax.Array, jax.Array]:
 def build_model(cfg: TrainConfig):
     """The Flax module `cfg.model` names, with its settings."""
     if cfg.model == "cnn":
-        return CNN(pool=cfg.pool, conv_impl=cfg.conv_impl)
+        return CNN(
+            pool=cfg.pool,
+            conv_impl=cfg.conv_impl,
+            weight_init=cfg.init,
+            num_classes=cfg.num_classes,
+        )
     if cfg.model == "autoencoder":
-        return Autoencoder(widths=cfg.widths)
-    return EncoderClassifier(widths=cfg.widths)
+        return Autoencoder(widths=cfg.widths, weight_init=cfg.init)
+    return EncoderClassifier(widths=cfg.widths, weight_init=cfg.init, num_classes=cfg.num_classes)
 
 
 def lr_scales(cfg: TrainConfig, steps_per_epoch: int, epoch: int) -> jax.Array:
@@ -409,7 +431,7 @@ def train_step(
         "param_norm": _global_norm(params),
     }
     if cfg.is_classifier:
-        chex.assert_shape(outputs, (images.shape[0], NUM_CLASSES))
+        chex.assert_shape(outputs, (images.shape[0], cfg.num_classes))
         out["accuracy"] = jnp.mean(jnp.argmax(outputs, -1) == labels)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=new_stats, opt_state=opt_state
@@ -462,8 +484,8 @@ def train_epoch(
 
 def eval_step(prog: Program, state: TrainState, images, labels, mask, key):
     """Sums over a (padded) batch of B images: loss, count, and for classifiers the correct
-    count, the confusion matrix [5, 5] and predictions int32 [B]; for the autoencoder the MSE
-    of the noisy input itself (`key` draws that noise)."""
+    count, the confusion matrix [k, k] (k = cfg.num_classes) and predictions int32 [B]; for
+    the autoencoder the MSE of the noisy input itself (`key` draws that noise)."""
     cfg = prog.cfg
     inputs, targets = _inputs_targets(cfg, key, images, labels, train=False)
     outputs, _ = _forward(prog.model, state.params, state.batch_stats, inputs, train=False)
@@ -474,7 +496,7 @@ def eval_step(prog: Program, state: TrainState, images, labels, mask, key):
         preds = jnp.argmax(outputs, -1).astype(jnp.int32)
         out["predictions"] = preds
         out["correct"] = jnp.sum((preds == labels) * maskf)
-        out["confusion"] = metrics.confusion_matrix(labels, preds, NUM_CLASSES, mask=mask)
+        out["confusion"] = metrics.confusion_matrix(labels, preds, cfg.num_classes, mask=mask)
     else:
         noisy_mse = jnp.mean((inputs.reshape(targets.shape) - targets) ** 2, axis=-1)
         out["noisy_loss_sum"] = jnp.sum(noisy_mse * maskf)
