@@ -47,8 +47,9 @@ class Context:
 
     @property
     def progress(self) -> bool:
-        """Whether to draw progress bars (not with `--quiet`)."""
-        return not self.opts.quiet
+        """Whether to draw progress bars: on a terminal, unless `--quiet` (redrawn in place, a
+        bar in a log file or a pipe would be a line of carriage returns per update)."""
+        return not self.opts.quiet and sys.stderr.isatty()
 
 
 def check_writable(out: Path) -> None:

@@ -19,6 +19,9 @@ if __name__ == "__main__":
     from experiments import interrupt
 
     interrupt.install()
+    from fmnist_jax import entry
+
+    entry.start()
 
 import datetime as _dt
 import time
