@@ -161,14 +161,39 @@ def make_context(opts: Options) -> Context:
     return Context(opts=opts, data=data, seeds=list(range(opts.seeds)), log=log)
 
 
-# Environment variables that change what a run reads or computes: recorded with its command.
-RECORDED_ENV = (
-    "FMNIST_DATA_DIR",
-    "XLA_FLAGS",
-    "JAX_PLATFORMS",
-    "JAX_DEFAULT_MATMUL_PRECISION",
+# Environment variables that change the numbers a run computes: JAX's precision (x64, matmul
+# precision; TensorFloat-32 on NVIDIA GPUs), its random streams (the PRNG, how threefry splits,
+# a seed offset), its differentiation and compilation (softmax's JVP, no jit, XLA's optimization
+# settings and flags). Part of every fingerprint when set (`numerics_env`).
+NUMERICS_ENV = (
     "JAX_ENABLE_X64",
+    "JAX_DEFAULT_MATMUL_PRECISION",
+    "NVIDIA_TF32_OVERRIDE",
+    "JAX_DEFAULT_PRNG_IMPL",
+    "JAX_THREEFRY_PARTITIONABLE",
+    "JAX_RANDOM_SEED_OFFSET",
+    "JAX_SOFTMAX_CUSTOM_JVP",
+    "JAX_DISABLE_JIT",
+    "JAX_DISABLE_MOST_OPTIMIZATIONS",
+    "JAX_OPTIMIZATION_LEVEL",
+    "JAX_EXEC_TIME_OPTIMIZATION_EFFORT",
+    "XLA_FLAGS",
 )
+# XLA flags that change no member's numbers: the CPU device count (where members are placed, see
+# docs/design.md#scale) and where XLA dumps what it compiles.
+_PLACEMENT_FLAGS = ("--xla_force_host_platform_device_count", "--xla_dump_")
+# Environment variables that change what a run reads or computes: recorded with its command.
+RECORDED_ENV = ("FMNIST_DATA_DIR", "JAX_PLATFORMS", *NUMERICS_ENV)
+
+
+def numerics_env() -> dict[str, str]:
+    """The variables of `NUMERICS_ENV` set in this process, by name, XLA_FLAGS without the flags
+    that change no number; {} when none is (every fingerprint made without them stays as it
+    was). Results made under other values are another configuration (docs/design.md#reuse)."""
+    env = {name: os.environ.get(name, "") for name in NUMERICS_ENV}
+    flags = env["XLA_FLAGS"].split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if not f.startswith(_PLACEMENT_FLAGS))
+    return {name: value for name, value in env.items() if value}
 
 
 def command_line() -> str:
