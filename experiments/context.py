@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import fcntl
 import hashlib
 import os
 import shlex
+import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -194,6 +197,63 @@ def numerics_env() -> dict[str, str]:
     flags = env["XLA_FLAGS"].split()
     env["XLA_FLAGS"] = " ".join(f for f in flags if not f.startswith(_PLACEMENT_FLAGS))
     return {name: value for name, value in env.items() if value}
+
+
+LOCK_FILE = ".lock"  # in --out: locked by the command writing there, which it names
+
+
+@contextlib.contextmanager
+def sole_writer(opts: Options) -> Iterator[None]:
+    """Hold `--out` for this command alone while the block runs: a results folder has one writer
+    at a time (docs/design.md#results-layout); with several processes, only the one that writes.
+
+    The lock is the OS's, `flock` on `<out>/.lock`, so the kernel releases it when the process
+    ends, however it ends (a `kill -9` leaves no stale lock), and the file names the holder: its
+    pid, host, start and command. (`fcntl.flock` itself rather than the `filelock` package: it
+    makes the same call underneath, and what it adds, timeouts, re-entrancy, fallbacks, this
+    needs not.) Reading other folders (`--encoder`) takes no lock.
+
+    Raises:
+      UsageError: another command holds it and `--wait` was not given (the message names it).
+    """
+    if not distributed.is_writer():
+        yield
+        return
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with open(opts.out / LOCK_FILE, "a+", encoding="utf-8") as f:  # a+: keeps the holder's name
+        locked = True
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a command that has not yet written its name"
+            if not opts.wait:
+                raise UsageError(
+                    f"--out {opts.out} is being written by another command ({holder}); let it "
+                    "finish (or pass --wait to wait for it), or write elsewhere with --out DIR"
+                ) from None
+            print(f"waiting: --out {opts.out} is being written by {holder}", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: no locks here (NFS mounted without them)
+            locked = False
+            print(
+                f"warning: --out {opts.out} cannot be locked ({e.strerror or e}: a network file "
+                "system without lock support?); nothing stops a second command from writing "
+                "into it at the same time",
+                file=sys.stderr,
+            )
+        if not locked:
+            yield
+            return
+        f.truncate(0)
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        command = command_line().replace("\n", "\\n")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)  # still locked: nobody reads a name that is no longer true
 
 
 def command_line() -> str:
