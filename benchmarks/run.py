@@ -19,6 +19,11 @@ from pathlib import Path
 
 # On an accelerator the device-scaling workers need memory while this process is alive.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+if __name__ == "__main__":  # before JAX is imported: see fmnist_jax.entry
+    from fmnist_jax import entry
+
+    entry.start()
+
 
 from benchmarks import cases, scaling  # noqa: E402
 from benchmarks.timing import environment  # noqa: E402

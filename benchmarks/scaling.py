@@ -10,6 +10,11 @@ Worker: `python -m benchmarks.scaling --out PATH [...]` writes {"env", "rows", "
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports: see fmnist_jax.entry
+    from fmnist_jax import entry
+
+    entry.start()
+
 import argparse
 import json
 import os

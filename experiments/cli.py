@@ -52,6 +52,7 @@ class Options:
     allow_unverified_data: bool = False
     split_seed: int = 0
     overwrite: bool = False
+    wait: bool = False
     parallel: str = "auto"
     keep_checkpoints: bool = False
     profile: Path | None = None
@@ -192,6 +193,11 @@ def parser(
         "--overwrite",
         action="store_true",
         help="replace existing results of a different configuration instead of refusing",
+    )
+    g.add_argument(
+        "--wait",
+        action="store_true",
+        help="if another command is writing into --out, wait until it ends instead of stopping",
     )
     g.add_argument("--parallel", choices=PARALLEL_MODES, help="how members use several devices")
     g.add_argument(

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import fcntl
 import hashlib
 import os
 import shlex
+import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,8 +53,9 @@ class Context:
 
     @property
     def progress(self) -> bool:
-        """Whether to draw progress bars (not with `--quiet`)."""
-        return not self.opts.quiet
+        """Whether to draw progress bars: on a terminal, unless `--quiet` (redrawn in place, a
+        bar in a log file or a pipe would be a line of carriage returns per update)."""
+        return not self.opts.quiet and sys.stderr.isatty()
 
 
 def check_writable(out: Path) -> None:
@@ -165,14 +169,96 @@ def make_context(opts: Options) -> Context:
     return Context(opts=opts, data=data, seeds=seeds, log=log, trace=trace)
 
 
-# Environment variables that change what a run reads or computes: recorded with its command.
-RECORDED_ENV = (
-    "FMNIST_DATA_DIR",
-    "XLA_FLAGS",
-    "JAX_PLATFORMS",
-    "JAX_DEFAULT_MATMUL_PRECISION",
+# Environment variables that change the numbers a run computes: JAX's precision (x64, matmul
+# precision; TensorFloat-32 on NVIDIA GPUs), its random streams (the PRNG, how threefry splits,
+# a seed offset), its differentiation and compilation (softmax's JVP, no jit, XLA's optimization
+# settings and flags). Part of every fingerprint when set (`numerics_env`).
+NUMERICS_ENV = (
     "JAX_ENABLE_X64",
+    "JAX_DEFAULT_MATMUL_PRECISION",
+    "NVIDIA_TF32_OVERRIDE",
+    "JAX_DEFAULT_PRNG_IMPL",
+    "JAX_THREEFRY_PARTITIONABLE",
+    "JAX_RANDOM_SEED_OFFSET",
+    "JAX_SOFTMAX_CUSTOM_JVP",
+    "JAX_DISABLE_JIT",
+    "JAX_DISABLE_MOST_OPTIMIZATIONS",
+    "JAX_OPTIMIZATION_LEVEL",
+    "JAX_EXEC_TIME_OPTIMIZATION_EFFORT",
+    "XLA_FLAGS",
 )
+# XLA flags that change no member's numbers: the CPU device count (where members are placed, see
+# docs/design.md#scale) and where XLA dumps what it compiles.
+_PLACEMENT_FLAGS = ("--xla_force_host_platform_device_count", "--xla_dump_")
+# Environment variables that change what a run reads or computes: recorded with its command.
+RECORDED_ENV = ("FMNIST_DATA_DIR", "JAX_PLATFORMS", *NUMERICS_ENV)
+
+
+def numerics_env() -> dict[str, str]:
+    """The variables of `NUMERICS_ENV` set in this process, by name, XLA_FLAGS without the flags
+    that change no number; {} when none is (every fingerprint made without them stays as it
+    was). Results made under other values are another configuration (docs/design.md#reuse)."""
+    env = {name: os.environ.get(name, "") for name in NUMERICS_ENV}
+    flags = env["XLA_FLAGS"].split()
+    env["XLA_FLAGS"] = " ".join(f for f in flags if not f.startswith(_PLACEMENT_FLAGS))
+    return {name: value for name, value in env.items() if value}
+
+
+LOCK_FILE = ".lock"  # in --out: locked by the command writing there, which it names
+
+
+@contextlib.contextmanager
+def sole_writer(opts: Options) -> Iterator[None]:
+    """Hold `--out` for this command alone while the block runs: a results folder has one writer
+    at a time (docs/design.md#results-layout); with several processes, only the one that writes.
+
+    The lock is the OS's, `flock` on `<out>/.lock`, so the kernel releases it when the process
+    ends, however it ends (a `kill -9` leaves no stale lock), and the file names the holder: its
+    pid, host, start and command. (`fcntl.flock` itself rather than the `filelock` package: it
+    makes the same call underneath, and what it adds, timeouts, re-entrancy, fallbacks, this
+    needs not.) Reading other folders (`--encoder`) takes no lock.
+
+    Raises:
+      UsageError: another command holds it and `--wait` was not given (the message names it).
+    """
+    if not distributed.is_writer():
+        yield
+        return
+    opts.out.mkdir(parents=True, exist_ok=True)
+    with open(opts.out / LOCK_FILE, "a+", encoding="utf-8") as f:  # a+: keeps the holder's name
+        locked = True
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "a command that has not yet written its name"
+            if not opts.wait:
+                raise UsageError(
+                    f"--out {opts.out} is being written by another command ({holder}); let it "
+                    "finish (or pass --wait to wait for it), or write elsewhere with --out DIR"
+                ) from None
+            print(f"waiting: --out {opts.out} is being written by {holder}", file=sys.stderr)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        except OSError as e:  # ENOLCK, EOPNOTSUPP: no locks here (NFS mounted without them)
+            locked = False
+            print(
+                f"warning: --out {opts.out} cannot be locked ({e.strerror or e}: a network file "
+                "system without lock support?); nothing stops a second command from writing "
+                "into it at the same time",
+                file=sys.stderr,
+            )
+        if not locked:
+            yield
+            return
+        f.truncate(0)
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        command = command_line().replace("\n", "\\n")
+        f.write(f"pid {os.getpid()} on {socket.gethostname()}, started {started}: {command}")
+        f.flush()
+        try:
+            yield
+        finally:
+            f.truncate(0)  # still locked: nobody reads a name that is no longer true
 
 
 def command_line() -> str:

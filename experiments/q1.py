@@ -16,7 +16,7 @@ import dataclasses
 from experiments import cli
 from experiments import sweep as sweep_lib
 from experiments.cli import Options
-from experiments.context import make_context
+from experiments.context import make_context, sole_writer
 from experiments.sweep import Spec, Sweep
 from fmnist_jax.augment import AugmentConfig, expand_copies
 from fmnist_jax.train import OptimizerConfig, TrainConfig
@@ -192,7 +192,8 @@ def main(experiment: str, argv=None) -> None:
         opts = cli.parse(cli.parser(SWEEPS[experiment][0], epochs=epochs, lr=LR), argv)
         ctx, sweeps = make_context(opts), [sweep(e, opts) for e in COMMANDS[experiment]]
         sweep_lib.check_all(ctx, sweeps)
-        for s in sweeps:
-            sweep_lib.run_sweep(ctx, s)
+        with sole_writer(opts):
+            for s in sweeps:
+                sweep_lib.run_sweep(ctx, s)
 
     cli.main_guard(go)

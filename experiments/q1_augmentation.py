@@ -8,6 +8,9 @@ if __name__ == "__main__":
     from experiments import interrupt
 
     interrupt.install()
+    from fmnist_jax import entry
+
+    entry.start()
 
 from experiments import q1
 

@@ -29,7 +29,7 @@ from experiments import cli, monitor
 from experiments import sweep as sweep_lib
 from experiments.cli import Q2_SWEEPS as SWEEPS
 from experiments.cli import Options, UsageError
-from experiments.context import Context, command_line, make_context
+from experiments.context import Context, command_line, make_context, sole_writer
 from experiments.sweep import Spec, Sweep
 from fmnist_jax import checkpoint, curves, io, plots, results
 from fmnist_jax.augment import corrupt
@@ -438,6 +438,8 @@ def main(argv=None) -> None:
             cli.parser(__doc__.splitlines()[0], epochs=EPOCHS, lr=LR, question2=True), argv
         )
         check(opts)
-        run(make_context(opts))
+        ctx = make_context(opts)
+        with sole_writer(opts):
+            run(ctx)
 
     cli.main_guard(go)

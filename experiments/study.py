@@ -19,6 +19,9 @@ if __name__ == "__main__":
     from experiments import interrupt
 
     interrupt.install()
+    from fmnist_jax import entry
+
+    entry.start()
 
 import datetime as _dt
 import time
@@ -27,7 +30,7 @@ from pathlib import Path
 from experiments import cli, q1, q2
 from experiments import sweep as sweep_lib
 from experiments.cli import Options, UsageError
-from experiments.context import Context, command_line, make_context
+from experiments.context import Context, command_line, make_context, sole_writer
 from fmnist_jax import io, report, results
 
 INFERENCE_BATCH = 1000
@@ -145,24 +148,28 @@ class StudyRecord:
 
 
 def run_study(opts: Options) -> Path:
-    """Every sweep (skipping what is complete), the inference timing, study.json, REPORT.md."""
-    record = StudyRecord(opts.out, opts)
+    """Every sweep (skipping what is complete), the inference timing, study.json, REPORT.md,
+    with `--out` held for this command alone (`sole_writer`) once the checks have passed."""
     ctx = make_context(opts)
     all_sweeps = sweeps(opts)
     sweep_lib.check_all(ctx, all_sweeps)
-    trained, reused = [], []
-    for s in all_sweeps:
-        ctx.log(f"\n== {s.experiment} ==")
-        got = sweep_lib.run_sweep(ctx, s)
-        trained, reused = sorted([*trained, *got[0]]), sorted([*reused, *got[1]])
-        if trained or reused:  # keep the time spent so far should the study be interrupted
-            record.write(trained, reused, complete=False)
-    if trained or reused or record.needs_writing:
-        ctx.log("\nmeasuring inference speed ...")
-        record.write(trained, reused, complete=True, inference=measure_inference(ctx, opts.pool))
-    else:
-        ctx.log("\nnothing trained: study.json kept as it was")
-    path = report.write_report(opts.out)
+    with sole_writer(opts):
+        # Read, and timed, from here: with --wait, an earlier writer may have just ended.
+        record = StudyRecord(opts.out, opts)
+        trained, reused = [], []
+        for s in all_sweeps:
+            ctx.log(f"\n== {s.experiment} ==")
+            got = sweep_lib.run_sweep(ctx, s)
+            trained, reused = sorted([*trained, *got[0]]), sorted([*reused, *got[1]])
+            if trained or reused:  # keep the time spent so far should the study be interrupted
+                record.write(trained, reused, complete=False)
+        if trained or reused or record.needs_writing:
+            ctx.log("\nmeasuring inference speed ...")
+            inference = measure_inference(ctx, opts.pool)
+            record.write(trained, reused, complete=True, inference=inference)
+        else:
+            ctx.log("\nnothing trained: study.json kept as it was")
+        path = report.write_report(opts.out)
     print(
         f"study: {len(trained)} run(s) trained, {len(reused)} copied from identical runs, the "
         f"rest complete and skipped; {time.perf_counter() - record.t0:.0f} s; report: {path}",
@@ -182,7 +189,8 @@ def main(argv=None) -> None:
         if not opts.out.is_dir():
             raise UsageError(f"no results in {opts.out}; run the study first, or pass --out DIR")
         try:
-            path = report.write_report(opts.out)
+            with sole_writer(opts):
+                path = report.write_report(opts.out)
         except FileNotFoundError as e:
             raise UsageError(str(e)) from None
         print(f"report: {path}")

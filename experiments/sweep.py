@@ -11,6 +11,7 @@ a `start` continues that run's end (Question 1's tuned row continues the `expand
 
 from __future__ import annotations
 
+import shlex
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -22,7 +23,7 @@ import numpy as np
 
 from experiments import interrupt, monitor
 from experiments.cli import UsageError
-from experiments.context import Context, command_line
+from experiments.context import NUMERICS_ENV, Context, command_line, numerics_env
 from fmnist_jax import curves, distributed, io, plots, results, sweep_report, variant
 from fmnist_jax.data import CLASSES
 from fmnist_jax.fit import FitResult, fit
@@ -63,6 +64,8 @@ class Spec:
             out["pretrain_config"] = results.config_to_dict(self.pretrain)
         if self.encoder is not None:
             out["encoder_checkpoint"] = str(self.encoder)
+        if numerics := numerics_env():  # absent when none is set: older fingerprints hold
+            out["numerics_env"] = numerics
         return out
 
 
@@ -177,6 +180,36 @@ def check_variant(out: Path, configs: Sequence[dict]) -> None:
             )
 
 
+def _check_numerics_env(run_dir: Path, config: dict) -> None:
+    """Refuse results made under other values of the variables that change numbers
+    (`experiments.context.NUMERICS_ENV`), naming them: the fix is in the environment (often
+    inherited from another tool), not in the flags.
+
+    Raises:
+      UsageError: `run_dir` holds a run made with other values.
+    """
+    try:
+        theirs = io.read_json_object(run_dir / "config.json").get("numerics_env") or {}
+    except (OSError, ValueError):
+        return  # nothing there, or not readable: `_status` decides
+    ours = config.get("numerics_env", {})
+    names = [k for k in NUMERICS_ENV if theirs.get(k) != ours.get(k)]
+    if not names:
+        return
+    fix = [f"-u {k}" for k in names if k not in theirs]  # env takes its options first
+    fix += [f"{k}={shlex.quote(theirs[k])}" for k in names if k in theirs]
+
+    def values(env):
+        return ", ".join(f"{k}={env[k]}" if k in env else f"{k} unset" for k in names)
+
+    raise UsageError(
+        f"{run_dir} was run with {values(theirs)}, this command with {values(ours)}, which "
+        "changes the numbers (the two would be mixed); run it as that run was made "
+        f"(`env {' '.join(fix)} <this command>`), or write elsewhere with --out DIR "
+        "(--overwrite replaces it)"
+    )
+
+
 def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
     """What to do with each configuration, decided before anything trains.
 
@@ -189,6 +222,8 @@ def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
     out = []
     for spec, config in zip(sweep.specs, configs, strict=True):
         run_dir = ctx.out / sweep.experiment / spec.name
+        if not ctx.opts.overwrite:
+            _check_numerics_env(run_dir, config)
         status = _status(run_dir, config["fingerprint"], ctx.opts.overwrite)
         out.append(Planned(spec, run_dir, config, status))
     return out

@@ -14,6 +14,11 @@ running statistics are state, not parameters (in PyTorch, buffers), and are list
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports: see fmnist_jax.entry
+    from fmnist_jax import entry
+
+    entry.start()
+
 import functools
 import re
 from dataclasses import dataclass

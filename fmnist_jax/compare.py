@@ -15,6 +15,11 @@ configuration's hash.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports: see fmnist_jax.entry
+    from fmnist_jax import entry
+
+    entry.start()
+
 import argparse
 import fnmatch
 import json

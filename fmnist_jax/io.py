@@ -1,5 +1,6 @@
 """Files and the terminal: atomic writes (a crash never leaves a truncated file under a final
-name), the user cache folder, and output streams that print whatever their encoding lacks."""
+name), the user cache folder, and output streams that print whatever their encoding lacks and
+outlive a reader that stops reading."""
 
 from __future__ import annotations
 
@@ -162,16 +163,37 @@ _ASCII_SPELLING = {
 }
 
 
-class _AsciiSpelt:
-    """A text stream whose encoding lacks characters this project prints: they are written as
-    `_ASCII_SPELLING` says, others escaped (`\\xfc`); everything else is the stream's own."""
+class _Tolerant:
+    """A text stream that never stops the program: characters its encoding lacks are written as
+    `_ASCII_SPELLING` says (others escaped, `\\xfc`) when `ascii`, and once its reader has gone
+    (a closed pipe: `| head -1`) the rest goes to os.devnull. Everything else is the stream's."""
 
-    def __init__(self, stream):
-        stream.reconfigure(errors="backslashreplace")
-        self.stream = stream
+    def __init__(self, stream, ascii: bool):
+        if ascii:
+            stream.reconfigure(errors="backslashreplace")
+        self.stream, self.table = stream, _ASCII_TABLE if ascii else None
 
     def write(self, text: str) -> int:
-        return self.stream.write(text.translate(_ASCII_TABLE))
+        try:
+            return self.stream.write(text.translate(self.table) if self.table else text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        """Python's recipe (docs of `signal`, "Note on SIGPIPE"): point the file descriptor at
+        os.devnull, where what is still buffered and all later output go."""
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, self.stream.fileno())
+        os.close(devnull)
+        with contextlib.suppress(OSError):
+            self.stream.flush()
 
     def __getattr__(self, name):
         return getattr(self.stream, name)
@@ -183,15 +205,17 @@ _ASCII_TABLE = str.maketrans(_ASCII_SPELLING)
 def tolerant_output() -> None:
     """For an entry point: make stdout and stderr print characters their encoding cannot hold
     (PYTHONIOENCODING=ascii, a C locale) in ASCII ('±' as '+/-', others escaped) instead of
-    raising UnicodeEncodeError. Files are not affected: they are always written as UTF-8."""
+    raising UnicodeEncodeError, and outlive a reader that stops reading (`| head -1`): output
+    then goes nowhere and the program runs on (a sweep trains and writes all its results)
+    instead of dying with BrokenPipeError. Files are not affected: they are always UTF-8."""
 
-    def spelt(stream):
-        if isinstance(stream, _AsciiSpelt) or not hasattr(stream, "reconfigure"):
+    def tolerant(stream):
+        if isinstance(stream, _Tolerant) or not hasattr(stream, "reconfigure"):
             return stream  # done already, or not a text file (None without a terminal)
         try:
             "".join(_ASCII_SPELLING).encode(stream.encoding)
-            return stream
+            return _Tolerant(stream, ascii=False)
         except (UnicodeEncodeError, LookupError):
-            return _AsciiSpelt(stream)
+            return _Tolerant(stream, ascii=True)
 
-    sys.stdout, sys.stderr = spelt(sys.stdout), spelt(sys.stderr)
+    sys.stdout, sys.stderr = tolerant(sys.stdout), tolerant(sys.stderr)

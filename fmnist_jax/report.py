@@ -11,6 +11,11 @@ presented by `fmnist_jax.sweep_report.sweep_section`, as in its own summary.md.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports: see fmnist_jax.entry
+    from fmnist_jax import entry
+
+    entry.start()
+
 import collections
 import itertools
 import math

@@ -23,6 +23,11 @@ failed, 2 on a bad argument.
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # before the imports: see fmnist_jax.entry
+    from fmnist_jax import entry
+
+    entry.start()
+
 import argparse
 import datetime as dt
 import json
