@@ -15,7 +15,13 @@ pretraining it starts from are rerun as recorded; the flags change the row itsel
 data (`--classes`, `--seeds`, `--limit`, ...), all of them.
 """
 
-from __future__ import annotations
+if __name__ == "__main__":
+    from experiments import interrupt
+
+    interrupt.install()
+    from fmnist_jax import entry
+
+    entry.start()
 
 import argparse
 import dataclasses
@@ -25,7 +31,7 @@ from pathlib import Path
 from experiments import cli, q2
 from experiments import sweep as sweep_lib
 from experiments.cli import Options, UsageError
-from experiments.context import Context, make_context
+from experiments.context import Context, make_context, sole_writer
 from experiments.sweep import Spec, Sweep
 from fmnist_jax import io, results
 from fmnist_jax.augment import AUG_MODES, AugmentConfig
@@ -259,7 +265,8 @@ def main(argv=None) -> None:
         opts = cli.options(args)
         cfg = train_config(args, opts)
         opts = opts.replace(batch_size=cfg.batch_size)  # checked against the data
-        run(make_context(opts), cfg, config)
+        with sole_writer(opts):
+            run(make_context(opts), cfg, config)
 
     cli.main_guard(go)
 
