@@ -13,9 +13,11 @@ import errno
 import functools
 import logging
 import math
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -238,19 +240,59 @@ def parse(p: argparse.ArgumentParser, argv=None) -> Options:
     """The parsed flags as `Options` (argparse exits with status 2 on a bad flag).
 
     Raises:
-      UsageError: a folder Orbax must write or read has a name this locale cannot decode.
+      UsageError: a folder a library would read as syntax (see `path_problem`).
     """
     opts = Options(**vars(p.parse_args(argv)))
-    for flag, path in (("--out", opts.out), ("--encoder", opts.encoder)):
-        try:  # tensorstore takes names as UTF-8: a byte the locale could not decode breaks it
-            str(path and path.absolute()).encode("utf-8")
-        except UnicodeEncodeError:
-            raise UsageError(
-                f"{flag} {path}: this locale ({sys.getfilesystemencoding()}) cannot decode the "
-                "folder's name, which the checkpoint library needs as text; run with a UTF-8 "
-                "locale (e.g. LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name"
-            ) from None
+    tfds_dir = (opts.data_dir or os.environ.get("TFDS_DATA_DIR")) if opts.source == "tfds" else None
+    for flag, path, reader in (
+        ("--out", opts.out, "orbax"),
+        ("--encoder", opts.encoder, "orbax"),
+        ("--data-dir" if opts.data_dir else "TFDS_DATA_DIR", tfds_dir, "tfds"),
+    ):
+        if path is not None and (problem := path_problem(Path(path), reader)) is not None:
+            fix = f"pass another with {flag} DIR" if flag.startswith("--") else f"set {flag}"
+            raise UsageError(f"{flag} {path}: {problem}; rename the folder or {fix}")
     return opts
+
+
+def path_problem(path: Path, reader: str) -> str | None:
+    """Why the library that reads `path` would take part of it as syntax ("orbax": checkpoints
+    under --out and --encoder, given the resolved path by `fmnist_jax.checkpoint`; "tfds": its
+    data folder, given as written), None when it would not.
+
+    Probed character by character (tests/test_field_faults_paths.py): Orbax finds a checkpoint's
+    parts by glob patterns built on its folder's path, so a `[...]` there is a character class
+    that does not match the folder itself, and `**` is refused (by etils' glob, also for TFDS);
+    tensorstore, which writes the parts, takes `\\` as a separator and names as UTF-8.
+    Everything else works (space # % : ; & + $ ' * ? ~ @ ü ...), and any name works for the data
+    files, the figures and the compilation cache.
+    """
+    try:
+        full = path.resolve() if reader == "orbax" else path
+    except (OSError, RuntimeError):  # a symbolic-link loop: reported where the folder is used
+        return None
+    text = str(full)
+    found = ["'**' (a glob pattern)"] if "**" in text else []
+    if reader == "orbax":
+        try:  # a byte this locale could not decode is held as a surrogate
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return (
+                f"this locale ({sys.getfilesystemencoding()}) cannot decode the folder's name, "
+                "which the checkpoint library needs as text; run with a UTF-8 locale (e.g. "
+                "LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name"
+            )
+        found += ["a backslash (a folder separator to tensorstore)"] if "\\" in text else []
+        found += [
+            f"{c!r} (its [...] is a glob pattern)" for c in full.parts if not fnmatchcase(c, c)
+        ]
+    if not found:
+        return None
+    library = "the checkpoint library (Orbax)" if reader == "orbax" else "TensorFlow Datasets"
+    return (
+        f"{'its full path ' + text if reader == 'orbax' else 'it'} holds {' and '.join(found)}, "
+        f"which {library} reads as syntax (so it would not find its files there again)"
+    )
 
 
 OOM_HINT = (

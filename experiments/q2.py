@@ -156,8 +156,8 @@ def encoder_spec(opts: Options) -> Spec:
     frozen / fine-tuned, so a probe and a fine-tuning of the same encoder sit side by side)."""
     frozen = "_frozen" if opts.freeze_encoder else ""
     spec = row(
-        opts,
-        f"from_{Path(opts.encoder).parent.name}_{opts.arch}{frozen}",
+        opts,  # the resolved name: the one checked for characters Orbax reads as syntax
+        f"from_{Path(opts.encoder).resolve().parent.name}_{opts.arch}{frozen}",
         f"{'frozen probe on' if frozen else 'fine-tuned from'} {opts.encoder}",
         pretrained=False,
     )

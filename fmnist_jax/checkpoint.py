@@ -44,6 +44,10 @@ def _manager(directory: str | os.PathLike, *, write: bool = False) -> ocp.Checkp
     that `close()` does not wait for (orbax-checkpoint 0.12), so a reader in a process about to
     exit (e.g. with a clear error on a mismatched encoder) would leave it racing interpreter
     shutdown. `save` waits for it before writing.
+
+    Orbax is given the resolved path: it finds a checkpoint's parts by glob patterns built on
+    it, so a `[...]` or `**` in a symbolic link's name or a `..` is taken out of its way (those
+    left in a real folder's name are refused up front: `experiments.cli.path_problem`).
     """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1,
@@ -51,7 +55,7 @@ def _manager(directory: str | os.PathLike, *, write: bool = False) -> ocp.Checkp
         create=write,
         cleanup_tmp_directories=write,  # a save killed midway leaves only a temporary directory
     )
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
 def _digest(state: Any) -> str | None:

@@ -1,0 +1,123 @@
+"""Field faults, third round (issue 22), kinds 4 and 5, through the real command lines: paths a
+library reads as syntax, and messages that sent the user the wrong way (results of older code,
+a checkpoint of other devices, data files that are broken links, a compilation cache whose disk
+fills).
+
+Training runs are tiny (`--quick --limit 200 --seeds 1`: 200 train / 50 val / 50 test images,
+one epoch). `main(argv)` is never needed here: every fault is set up for a subprocess.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import jax.numpy as jnp
+import numpy as np
+
+from experiments.cli import path_problem
+from fmnist_jax import checkpoint, sources
+from fmnist_jax.compare import compare
+from tests._cli import ROOT, assert_clean_failure, child_env, run
+
+SMALL = ["--quick", "--limit", "200", "--seeds", "1", "--quiet"]
+TWO_DEVICES = "--xla_force_host_platform_device_count=2"
+
+
+def warnings_of(proc) -> list[str]:
+    return [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+
+
+# ----------------------------------------------------------------------------------------------
+# Kind 4: a path that a library reads as syntax
+
+
+# Each a folder name in which a checkpoint is saved and restored; the issue's probe found those
+# with `[...]` or `\` failing and the rest working.
+NAMES = [
+    *" #:%?*~@ü;&+$'\"{}!(),=^<>|`-_.",
+    "{a,b}",
+    "x]y[",  # brackets, but no [...] class
+    "[]",
+    "[!]",
+    "[1]",  # the issue's exp[1]
+    "[ab]",
+    "[!a]",
+    "[a-z]",
+    "[]]",
+    "\\",
+    "**",
+]
+
+
+def test_the_folders_refused_for_checkpoints_are_exactly_those_orbax_cannot_use(tmp_path):
+    """Save and restore through fmnist_jax.checkpoint (Orbax) in a folder named with each
+    candidate: the entry points' check (`path_problem`) refuses exactly the names where that
+    fails, so nothing that works is refused and nothing refused would have worked."""
+    state = {"w": jnp.arange(4.0)}
+    works, refused = {}, {}
+    for name in NAMES:
+        folder = tmp_path / f"x{name}y" / "checkpoint"
+        try:
+            checkpoint.save(folder, 1, state, {"epoch": 1})
+            restored, extra = checkpoint.restore(folder, state)
+            works[name] = np.array_equal(restored["w"], state["w"]) and extra == {"epoch": 1}
+        except checkpoint.CheckpointError:
+            works[name] = False
+        refused[name] = path_problem(folder, "orbax") is not None
+    assert {n for n in NAMES if not works[n]} == {n for n in NAMES if refused[n]}
+    assert not works["[1]"] and not works["\\"] and works[" "] and works["ü"]  # the issue's probe
+
+
+def test_a_folder_read_as_a_pattern_is_refused_up_front_with_what_to_do(tmp_path):
+    """`--out exp[1]` made every resume checkpoint look damaged and Question 2 end in a dead
+    end; such a folder, wherever the pattern is in its full path (the current folder too), is
+    refused before anything is read or written: exit 2, one line naming it, why and the fix."""
+    out = tmp_path / "exp[1]"
+    proc = run("experiments.q1_optimizers", "--out", out, *SMALL)
+    assert_clean_failure(proc, 2, f"--out {out}", "'exp[1]'", "glob pattern", "--out DIR")
+    assert not out.exists()
+    cwd = tmp_path / "work[2]"
+    cwd.mkdir()
+    proc = run(
+        "experiments.q1_epochs", "--out", "results", *SMALL, cwd=cwd, env=child_env(PYTHONPATH=ROOT)
+    )
+    assert_clean_failure(proc, 2, f"its full path {cwd.resolve() / 'results'}", "'work[2]'")
+    assert list(cwd.iterdir()) == []
+    encoder = tmp_path / "pre\\trained" / "encoder"
+    args = ("--stage", "finetune", "--encoder", encoder, "--out", tmp_path / "q2")
+    proc = run("experiments.q2_autoencoder", *args, *SMALL)
+    assert_clean_failure(proc, 2, f"--encoder {encoder}", "a backslash", "Orbax")
+    assert not (tmp_path / "q2").exists()
+    tfds_dir = tmp_path / "tfds**"
+    proc = run("experiments.q1_epochs", "--source", "tfds", "--data-dir", tfds_dir, *SMALL)
+    assert_clean_failure(proc, 2, "'**' (a glob pattern)", "TensorFlow Datasets", "--data-dir DIR")
+
+
+def test_odd_but_usable_paths_work_end_to_end_and_a_run_resumes_in_them(tmp_path):
+    """Every path the user gives holds characters that work: --out reached through a link whose
+    name holds a [...] pattern (Orbax is given the resolved folder), with space # % : ; & + $ '
+    * ? ~ @ ü in the real name; a data folder and a compilation cache named with the [...], \\
+    and ** that Orbax alone cannot take. A run stopped after its last checkpoint resumes there
+    silently, to the same numbers."""
+    real = tmp_path / "real #%:;&+$'*?~@ü"
+    real.mkdir()
+    (tmp_path / "link[1]").symlink_to(real)
+    data = tmp_path / "data [1] \\ **"
+    data.mkdir()
+    for f in sources.DEBIAN_DIR.iterdir():
+        (data / f.name).symlink_to(f)
+    cache = tmp_path / "cache [1] \\ **"
+    env = child_env(FMNIST_JAX_CACHE=cache)
+    args = ["--out", tmp_path / "link[1]" / "out", *SMALL, "--data-dir", data, "--keep-checkpoints"]
+    first = run("experiments.q1_epochs", *args, env=env)
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    assert any(p.name.endswith("-cache") for p in cache.iterdir())
+    row = real / "out" / "q1_epochs" / "epochs_1"
+    shutil.copytree(real / "out", tmp_path / "uninterrupted")
+    (row / "metrics.json").unlink()  # stopped after its last checkpoint
+    again = run("experiments.q1_epochs", *args, env=env)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    assert not any(
+        p.name.startswith(".checkpoint") for p in row.iterdir()
+    )  # resumed, not set aside
+    assert compare(real / "out", tmp_path / "uninterrupted") == []
