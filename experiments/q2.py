@@ -415,7 +415,16 @@ def run(ctx: Context) -> None:
         title = "Q2 · fine-tuning a given encoder"
         specs = (encoder_spec(opts),)
         sweep_lib.run_sweep(
-            ctx, Sweep("q2_finetune", title, specs, finetune, question="q2", position=len(TITLES))
+            ctx,
+            Sweep(
+                "q2_finetune",
+                title,
+                specs,
+                finetune,
+                question="q2",
+                position=len(TITLES),
+                keeps_other_rows=True,  # one row per encoder fine-tuned
+            ),
         )
         return
     sweeps = [sweep(s, opts) for s in (SWEEPS if opts.sweep == "all" else (opts.sweep,))]

@@ -9,13 +9,14 @@ one epoch). `main(argv)` is never needed here: every fault is set up for a subpr
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import jax.numpy as jnp
 import numpy as np
 
 from experiments.cli import path_problem
-from fmnist_jax import checkpoint, sources
+from fmnist_jax import checkpoint, results, sources
 from fmnist_jax.compare import compare
 from tests._cli import ROOT, assert_clean_failure, child_env, run
 
@@ -121,3 +122,57 @@ def test_odd_but_usable_paths_work_end_to_end_and_a_run_resumes_in_them(tmp_path
         p.name.startswith(".checkpoint") for p in row.iterdir()
     )  # resumed, not set aside
     assert compare(real / "out", tmp_path / "uninterrupted") == []
+
+
+# ----------------------------------------------------------------------------------------------
+# Kind 5: messages that sent the user the wrong way
+
+
+def test_results_of_older_code_are_named_as_such_and_overwrite_leaves_no_stale_row(tmp_path):
+    """Results written by older code of this project (another results version) are refused
+    saying so, not as "changed flags, seeds or data"; a changed flag is named with both values;
+    --overwrite recomputes the rows and removes the rows the sweep no longer has (the old code's
+    `tuned` row), touching no folder that is not one of its rows."""
+    out, reference = tmp_path / "out", tmp_path / "reference"
+    made = run("experiments.q1_epochs", "--out", reference, *SMALL)
+    assert made.returncode == 0, made.stderr
+    sweep = out / "q1_epochs"
+    shutil.copytree(reference / "q1_epochs", sweep)
+    # As older code left it: results version 2 in the fingerprint, and a row it had.
+    config = json.loads((sweep / "epochs_1" / "config.json").read_text())
+    keys = ("results_version", "train_config", "seeds", "data")
+    old = {**{k: config[k] for k in keys}, "results_version": 2}
+    config.update(old, fingerprint=results.config_fingerprint(old))
+    (sweep / "epochs_1" / "config.json").write_text(json.dumps(config))
+    shutil.copytree(sweep / "epochs_1", sweep / "tuned")
+    other = json.loads((sweep / "tuned" / "config.json").read_text())
+    (sweep / "notes").mkdir()  # not a row: no config.json
+    (sweep / "notes" / "todo.txt").write_text("mine")
+    (sweep / "elsewhere").mkdir()  # a row of another experiment
+    (sweep / "elsewhere" / "config.json").write_text(json.dumps({**other, "experiment": "q2_lr"}))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+
+    proc = run("experiments.q1_epochs", "--out", out, *SMALL)
+    assert_clean_failure(
+        proc,
+        2,
+        f"{sweep / 'epochs_1'} holds complete results written by older code of this project",
+        "results version 2; this code's is 3",
+        "--overwrite",
+    )
+    assert "changed flags" not in proc.stderr
+    changed = run("experiments.q1_epochs", "--out", reference, *SMALL, "--lr", "0.01")
+    assert_clean_failure(
+        changed, 2, "of a different configuration", "learning_rate 0.001 there, 0.01 here"
+    )
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing touched
+
+    proc = run("experiments.q1_epochs", "--out", out, *SMALL, "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == [
+        "elsewhere",
+        "epochs_1",
+        "notes",
+    ]
+    assert (sweep / "notes" / "todo.txt").read_text() == "mine"
+    assert compare(out, reference, ignore=("q1_epochs/elsewhere",)) == []
