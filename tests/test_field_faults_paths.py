@@ -14,6 +14,7 @@ import shutil
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from experiments.cli import path_problem
 from fmnist_jax import checkpoint, results, sources
@@ -176,3 +177,36 @@ def test_results_of_older_code_are_named_as_such_and_overwrite_leaves_no_stale_r
     ]
     assert (sweep / "notes" / "todo.txt").read_text() == "mine"
     assert compare(out, reference, ignore=("q1_epochs/elsewhere",)) == []
+
+
+@pytest.mark.parametrize("parallel", ["seeds", "data"])
+def test_a_checkpoint_written_on_other_devices_is_named_not_called_damaged(tmp_path, parallel):
+    """A run stopped after its last checkpoint on 2 devices, rerun on 1: with --parallel seeds
+    its arrays have other shapes (the member axis padded for 2 devices) and were reported as
+    damaged; with --parallel data they restored and the run went on silently on other devices,
+    ending with the numbers of neither. Now both are named as written elsewhere (devices then
+    and now), kept aside, not called damaged, with how to resume them; the run trains afresh to
+    the one-device numbers."""
+    args = [*SMALL, "--parallel", parallel, "--keep-checkpoints"]
+    reference = run("experiments.q1_epochs", "--out", tmp_path / "reference", *args)
+    assert reference.returncode == 0, reference.stderr
+    out = tmp_path / "out"
+    on_two = run("experiments.q1_epochs", "--out", out, *args, env=child_env(XLA_FLAGS=TWO_DEVICES))
+    assert on_two.returncode == 0, on_two.stderr
+    row = out / "q1_epochs" / "epochs_1"
+    (row / "metrics.json").unlink()
+    proc = run("experiments.q1_epochs", "--out", out, *args)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    [warning] = warnings_of(proc)
+    aside = row / ".checkpoint.other-placement"
+    for needle in (
+        f"the checkpoint in {row / 'checkpoint'} was written with devices 2 x cpu",
+        f"(this run: devices 1 x cpu, parallel {parallel}",
+        "not damaged",
+        f"moved to {aside}",
+        "to resume from it instead",
+    ):
+        assert needle in warning, warning
+    assert "damaged" not in warning.replace("not damaged", "")
+    assert (aside / "1").is_dir()
+    assert compare(out, tmp_path / "reference") == []
