@@ -210,3 +210,33 @@ def test_a_checkpoint_written_on_other_devices_is_named_not_called_damaged(tmp_p
     assert "damaged" not in warning.replace("not damaged", "")
     assert (aside / "1").is_dir()
     assert compare(out, tmp_path / "reference") == []
+
+
+ANNEX_TARGET = (
+    "../.git/annex/objects/Qx/9j/SHA256E-s26421880--0123abcd.gz/SHA256E-s26421880--0123abcd.gz"
+)
+
+
+def test_data_files_that_are_broken_links_into_an_annex_are_named_with_the_fetch(tmp_path):
+    """A DataLad / git-annex dataset not yet fetched: every data file a symbolic link into the
+    annex's object store, which is empty. Named as broken links (to what), with the commands that
+    fetch the content; exit 1, one error line. Unlocked annexed files, pointer files in place
+    of the data, are named as such too."""
+    folder = tmp_path / "fashion-mnist"
+    folder.mkdir()
+    for spec in sources.FILES.values():
+        (folder / f"{spec.name}.gz").symlink_to(ANNEX_TARGET)
+    proc = run("experiments.q1_epochs", "--out", tmp_path / "out", *SMALL, "--data-dir", folder)
+    assert_clean_failure(
+        proc,
+        1,
+        f"t10k-images-idx3-ubyte.gz is a broken symbolic link (to {ANNEX_TARGET}), and 3 more",
+        f"datalad get {folder}",
+        f"git -C {folder} annex get .",
+    )
+    assert not (tmp_path / "out").exists()
+    for spec in sources.FILES.values():
+        (folder / f"{spec.name}.gz").unlink()
+        (folder / spec.name).write_text("/annex/objects/SHA256E-s47040016--c59f468a\n")
+    proc = run("experiments.q1_epochs", "--out", tmp_path / "out", *SMALL, "--data-dir", folder)
+    assert_clean_failure(proc, 1, "it is a git-annex pointer", "datalad get")
