@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -24,7 +25,7 @@ from typing import Any, NoReturn
 import jax
 import orbax.checkpoint as ocp
 
-from fmnist_jax import distributed, io, placement
+from fmnist_jax import compilation_cache, distributed, io, placement
 from fmnist_jax.checkpoint import CheckpointError
 from fmnist_jax.models import ARCHITECTURES, POOLS
 from fmnist_jax.placement import PARALLEL_MODES
@@ -334,6 +335,7 @@ def main_guard(run: Callable[[], Any]) -> None:
     """
     io.tolerant_output()
     quiet_orbax_leftovers()
+    handle_cache_errors()
     try:
         distributed.initialize()
     except ValueError as e:
@@ -388,3 +390,23 @@ def quiet_orbax_leftovers() -> None:
     logging.getLogger("absl").addFilter(
         lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage()
     )
+
+
+@functools.cache  # once per process
+def handle_cache_errors() -> None:
+    """Route JAX's warnings that an entry of its compilation cache could not be read or written
+    (several lines each, once per program, see `fmnist_jax.compilation_cache`) through
+    `compilation_cache.after_warning`, which removes what they left damaged, turns the cache off
+    at the first write error and gives one line instead. Every such warning is seen (also under
+    `-W error` or `ignore`, which would leave its damage behind); other warnings pass as before."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        said = compilation_cache.after_warning(str(message))
+        if said is None:
+            previous(message, category, filename, lineno, file, line)
+        else:
+            print(said, file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("always", message=compilation_cache.CACHE_ERROR.pattern)

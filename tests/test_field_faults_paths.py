@@ -10,7 +10,10 @@ one epoch). `main(argv)` is never needed here: every fault is set up for a subpr
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +22,7 @@ import pytest
 from experiments.cli import path_problem
 from fmnist_jax import checkpoint, results, sources
 from fmnist_jax.compare import compare
-from tests._cli import ROOT, assert_clean_failure, child_env, run
+from tests._cli import ROOT, TIMEOUT_S, assert_clean_failure, child_env, run
 
 SMALL = ["--quick", "--limit", "200", "--seeds", "1", "--quiet"]
 TWO_DEVICES = "--xla_force_host_platform_device_count=2"
@@ -240,3 +243,54 @@ def test_data_files_that_are_broken_links_into_an_annex_are_named_with_the_fetch
         (folder / spec.name).write_text("/annex/objects/SHA256E-s47040016--c59f468a\n")
     proc = run("experiments.q1_epochs", "--out", tmp_path / "out", *SMALL, "--data-dir", folder)
     assert_clean_failure(proc, 1, "it is a git-annex pointer", "datalad get")
+
+
+FILE_SIZE_LIMIT = 100_000  # bytes: above the small entries, below the training programs'
+# `python -m experiments.q1_epochs ARGS` under that limit (set by the child itself: a
+# preexec_fn would fork this multithreaded process).
+UNDER_LIMIT = (
+    "import resource, runpy; "
+    f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, resource.RLIM_INFINITY)); "
+    "runpy.run_module('experiments.q1_epochs', run_name='__main__', alter_sys=True)"
+)
+
+
+def test_a_compilation_cache_that_cannot_be_written_is_turned_off_at_the_first_error(tmp_path):
+    """The disk fills while JAX writes an entry: one line says the cache is off (not JAX's
+    multi-line warning per program) and the entry cut short is removed, so that the next run,
+    with space again, reads no damaged entry and says nothing. The fault: a file-size limit on
+    the process (RLIMIT_FSIZE; no root needed), which cuts every write at 100 kB, as a full disk
+    does; the checkpoint after the first epoch then fails as on a full disk (exit 1). An entry
+    damaged otherwise (cut short by older code) is removed on its first read, and rewritten."""
+    cache, env = tmp_path / "cache", child_env(FMNIST_JAX_CACHE=tmp_path / "cache")
+    full = subprocess.run(
+        [sys.executable, "-c", UNDER_LIMIT, "--out", str(tmp_path / "full"), *SMALL],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    assert_clean_failure(full, 1, "cannot write a checkpoint")
+    [warning] = warnings_of(full)
+    assert f"the compilation cache in {cache} cannot be written" in warning
+    assert "File too large" in warning and "turned off" in warning
+    assert "UserWarning" not in full.stderr
+    sizes = {p.name: p.stat().st_size for p in cache.iterdir()}
+    assert all(size < FILE_SIZE_LIMIT for size in sizes.values()), sizes  # none cut at the limit
+    assert not any(name.startswith("jit_eval_fn") for name in sizes), sizes  # off after the error
+
+    again = run("experiments.q1_epochs", "--out", tmp_path / "again", *SMALL, env=env)
+    assert again.returncode == 0 and again.stderr == "", again.stderr
+    programs = [p for p in cache.iterdir() if p.name.startswith("jit_epoch_fn")]
+    assert programs
+    for p in programs:
+        os.truncate(p, 1000)  # cut short, as older code left them
+    proc = run("experiments.q1_epochs", "--out", tmp_path / "damaged", *SMALL, env=env)
+    assert proc.returncode == 0, proc.stderr
+    [warning] = warnings_of(proc)
+    assert f"the compilation cache in {cache} held a damaged entry of jit_epoch_fn" in warning
+    assert "UserWarning" not in proc.stderr
+    rewritten = [p for p in cache.iterdir() if p.name.startswith("jit_epoch_fn")]
+    assert rewritten and all(p.stat().st_size > 1000 for p in rewritten)
+    assert compare(tmp_path / "damaged", tmp_path / "again") == []
