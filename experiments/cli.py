@@ -13,16 +13,19 @@ import errno
 import functools
 import logging
 import math
+import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, NoReturn
 
 import jax
 import orbax.checkpoint as ocp
 
-from fmnist_jax import distributed, io, placement
+from fmnist_jax import compilation_cache, distributed, io, placement
 from fmnist_jax.checkpoint import CheckpointError
 from fmnist_jax.data import CLASSES, FASHION_MNIST_NAMES, check_classes
 from fmnist_jax.models import ARCHITECTURES, INITS, POOLS
@@ -299,12 +302,22 @@ def options(args: argparse.Namespace) -> Options:
     """The `Options` among parsed flags (others, such as `experiments.run`'s, are left out).
 
     Raises:
-      UsageError: a folder Orbax must write or read has a name this locale cannot decode.
+      UsageError: a folder a library would read as syntax (see `path_problem`), or a folder
+        Orbax must write or read has a name this locale cannot decode.
     """
     given = vars(args)
     opts = Options(
         **{f.name: given[f.name] for f in dataclasses.fields(Options) if f.name in given}
     )
+    tfds_dir = (opts.data_dir or os.environ.get("TFDS_DATA_DIR")) if opts.source == "tfds" else None
+    for flag, path, reader in (
+        ("--out", opts.out, "orbax"),
+        ("--encoder", opts.encoder, "orbax"),
+        ("--data-dir" if opts.data_dir else "TFDS_DATA_DIR", tfds_dir, "tfds"),
+    ):
+        if path is not None and (problem := path_problem(Path(path), reader)) is not None:
+            fix = f"pass another with {flag} DIR" if flag.startswith("--") else f"set {flag}"
+            raise UsageError(f"{flag} {path}: {problem}; rename the folder or {fix}")
     for flag, path in (("--out", opts.out), ("--encoder", opts.encoder)):
         try:  # tensorstore takes names as UTF-8: a byte the locale could not decode breaks it
             str(path and path.absolute()).encode("utf-8")
@@ -315,6 +328,46 @@ def options(args: argparse.Namespace) -> Options:
                 "locale (e.g. LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name"
             ) from None
     return opts
+
+
+def path_problem(path: Path, reader: str) -> str | None:
+    """Why the library that reads `path` would take part of it as syntax ("orbax": checkpoints
+    under --out and --encoder, given the resolved path by `fmnist_jax.checkpoint`; "tfds": its
+    data folder, given as written), None when it would not.
+
+    Probed character by character (tests/test_field_faults_paths.py): Orbax finds a checkpoint's
+    parts by glob patterns built on its folder's path, so a `[...]` there is a character class
+    that does not match the folder itself, and `**` is refused (by etils' glob, also for TFDS);
+    tensorstore, which writes the parts, takes `\\` as a separator and names as UTF-8.
+    Everything else works (space # % : ; & + $ ' * ? ~ @ ü ...), and any name works for the data
+    files, the figures and the compilation cache.
+    """
+    try:
+        full = path.resolve() if reader == "orbax" else path
+    except (OSError, RuntimeError):  # a symbolic-link loop: reported where the folder is used
+        return None
+    text = str(full)
+    found = ["'**' (a glob pattern)"] if "**" in text else []
+    if reader == "orbax":
+        try:  # a byte this locale could not decode is held as a surrogate
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            return (
+                f"this locale ({sys.getfilesystemencoding()}) cannot decode the folder's name, "
+                "which the checkpoint library needs as text; run with a UTF-8 locale (e.g. "
+                "LC_ALL=C.UTF-8) or PYTHONUTF8=1, or use an ASCII name"
+            )
+        found += ["a backslash (a folder separator to tensorstore)"] if "\\" in text else []
+        found += [
+            f"{c!r} (its [...] is a glob pattern)" for c in full.parts if not fnmatchcase(c, c)
+        ]
+    if not found:
+        return None
+    library = "the checkpoint library (Orbax)" if reader == "orbax" else "TensorFlow Datasets"
+    return (
+        f"{'its full path ' + text if reader == 'orbax' else 'it'} holds {' and '.join(found)}, "
+        f"which {library} reads as syntax (so it would not find its files there again)"
+    )
 
 
 OOM_HINT = (
@@ -356,6 +409,7 @@ def main_guard(run: Callable[[], Any]) -> None:
     """
     io.tolerant_output()
     quiet_orbax_leftovers()
+    handle_cache_errors()
     try:
         distributed.initialize()
     except ValueError as e:
@@ -410,3 +464,23 @@ def quiet_orbax_leftovers() -> None:
     logging.getLogger("absl").addFilter(
         lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage()
     )
+
+
+@functools.cache  # once per process
+def handle_cache_errors() -> None:
+    """Route JAX's warnings that an entry of its compilation cache could not be read or written
+    (several lines each, once per program, see `fmnist_jax.compilation_cache`) through
+    `compilation_cache.after_warning`, which removes what they left damaged, turns the cache off
+    at the first write error and gives one line instead. Every such warning is seen (also under
+    `-W error` or `ignore`, which would leave its damage behind); other warnings pass as before."""
+    previous = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        said = compilation_cache.after_warning(str(message))
+        if said is None:
+            previous(message, category, filename, lineno, file, line)
+        else:
+            print(said, file=sys.stderr, flush=True)
+
+    warnings.showwarning = show
+    warnings.filterwarnings("always", message=compilation_cache.CACHE_ERROR.pattern)

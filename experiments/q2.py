@@ -158,8 +158,8 @@ def encoder_spec(opts: Options) -> Spec:
     frozen / fine-tuned, so a probe and a fine-tuning of the same encoder sit side by side)."""
     frozen = "_frozen" if opts.freeze_encoder else ""
     spec = row(
-        opts,
-        f"from_{Path(opts.encoder).parent.name}_{opts.arch}{frozen}",
+        opts,  # the resolved name: the one checked for characters Orbax reads as syntax
+        f"from_{Path(opts.encoder).resolve().parent.name}_{opts.arch}{frozen}",
         f"{'frozen probe on' if frozen else 'fine-tuned from'} {opts.encoder}",
         pretrained=False,
     )
@@ -421,7 +421,16 @@ def run(ctx: Context) -> None:
         title = "Q2 · fine-tuning a given encoder"
         specs = (encoder_spec(opts),)
         sweep_lib.run_sweep(
-            ctx, Sweep("q2_finetune", title, specs, finetune, question="q2", position=len(TITLES))
+            ctx,
+            Sweep(
+                "q2_finetune",
+                title,
+                specs,
+                finetune,
+                question="q2",
+                position=len(TITLES),
+                keeps_other_rows=True,  # one row per encoder fine-tuned
+            ),
         )
         return
     sweeps = [sweep(s, opts) for s in (SWEEPS if opts.sweep == "all" else (opts.sweep,))]

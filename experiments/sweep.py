@@ -11,6 +11,7 @@ a `start` continues that run's end (Question 1's tuned row continues the `expand
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import sys
@@ -75,7 +76,9 @@ class Sweep:
     spec, run_dir)`, which writes the folder; `train_row` if None). Rows that answer no choice
     (a tuned recipe, the value of pretraining) carry a `note` instead, and may name a
     `reference` row. `question` ("q1", "q2") and `position` (its order among that question's
-    sweeps) place it in the report; all of these are recorded in its choice.json."""
+    sweeps) place it in the report; all of these are recorded in its choice.json. With
+    --overwrite, rows in its folder that it does not define are removed, unless
+    `keeps_other_rows`."""
 
     experiment: str
     title: str
@@ -85,6 +88,7 @@ class Sweep:
     reference: str | None = None  # with a note: the row the others are compared with
     question: str | None = None
     position: int = 0
+    keeps_other_rows: bool = False  # rows beside its own are other commands' (q2_finetune)
 
     def recorded(self) -> dict:
         """What its choice.json records of it (see `fmnist_jax.sweep_report.write_summary`)."""
@@ -130,14 +134,15 @@ def config_json(ctx: Context, experiment: str, spec: Spec) -> dict:
     }
 
 
-def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
+def _status(run_dir: Path, config: dict, overwrite: bool) -> str:
+    """What to do with `run_dir` for the configuration whose config.json is `config`."""
     if not run_dir.exists() or not any(f for f in run_dir.iterdir() if not results.is_temporary(f)):
         return "new"  # empty, or only what a process killed mid-write left (removed before use)
     try:
-        existing, unreadable = io.read_json_object(run_dir / "config.json").get("fingerprint"), None
+        saved, unreadable = io.read_json_object(run_dir / "config.json"), None
     except (OSError, ValueError) as e:  # missing, damaged, not a JSON object
-        existing, unreadable = None, e
-    if existing == fingerprint:
+        saved, unreadable = {}, e
+    if saved.get("fingerprint") == config["fingerprint"]:
         return "skip" if results.is_complete(run_dir) else "resume"
     if overwrite:
         return "replace"
@@ -146,7 +151,7 @@ def _status(run_dir: Path, fingerprint: str, overwrite: bool) -> str:
         f"whose config.json cannot be read ({unreadable}), so it cannot be matched to this "
         "configuration"
         if unreadable
-        else "of a different configuration (changed flags, seeds or data)"
+        else _difference(saved, config)
     )
     raise UsageError(
         f"{run_dir} holds {what} {of}; refused before training this sweep. Pass --overwrite to "
@@ -210,6 +215,34 @@ def _check_numerics_env(run_dir: Path, config: dict) -> None:
     )
 
 
+def _difference(saved: dict, config: dict) -> str:
+    """How a folder's config.json differs from this configuration's, in words: the results
+    version (other code of this project), else the fields of what the fingerprint hashes."""
+    keys = ("train_config", "seeds", "data", "start", "pretrain_config", "encoder_checkpoint")
+    if not any(key in saved for key in keys):
+        return "of a different configuration (its fingerprint differs)"
+    version, ours = saved.get("results_version", 1), config["results_version"]  # 1: unrecorded
+    if version != ours:
+        older = "older" if isinstance(version, int) and version < ours else "other"
+        return (
+            f"written by {older} code of this project (results version {version}; this code's "
+            f"is {ours}), whose numbers are not this code's"
+        )
+
+    def flat(tree, prefix=""):
+        if not isinstance(tree, dict):
+            return {prefix[:-1]: tree}
+        return {k: v for key, sub in tree.items() for k, v in flat(sub, f"{prefix}{key}.").items()}
+
+    old, new = flat({k: saved.get(k) for k in keys}), flat({k: config.get(k) for k in keys})
+    changed = [k for k in sorted(old.keys() | new.keys()) if old.get(k) != new.get(k)]
+    words = [f"{k} {json.dumps(old.get(k))} there, {json.dumps(new.get(k))} here" for k in changed]
+    more = f" and {len(words) - 3} more" if len(words) > 3 else ""
+    return (
+        f"of a different configuration ({'; '.join(words[:3]) or 'its fingerprint differs'}{more})"
+    )
+
+
 def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
     """What to do with each configuration, decided before anything trains.
 
@@ -224,7 +257,7 @@ def plan(ctx: Context, sweep: Sweep) -> list[Planned]:
         run_dir = ctx.out / sweep.experiment / spec.name
         if not ctx.opts.overwrite:
             _check_numerics_env(run_dir, config)
-        status = _status(run_dir, config["fingerprint"], ctx.opts.overwrite)
+        status = _status(run_dir, config, ctx.opts.overwrite)
         out.append(Planned(spec, run_dir, config, status))
     return out
 
@@ -479,6 +512,8 @@ def run_sweep(ctx: Context, sweep: Sweep) -> tuple[list[str], list[str]]:
     sweep_dir = ctx.out / sweep.experiment
     results.clean_stale_temporaries(sweep_dir)  # a killed summary write
     planned = plan(ctx, sweep)
+    if ctx.opts.overwrite and not sweep.keeps_other_rows:
+        remove_other_rows(ctx, sweep)
     interrupt.set_message(
         f"completed configurations are kept in {ctx.out}; rerun the same "
         "command to resume (a run in progress continues from its last epoch)"
@@ -494,6 +529,21 @@ def run_sweep(ctx: Context, sweep: Sweep) -> tuple[list[str], list[str]]:
     return [str(p.relative_to(ctx.out)) for p in trained], [
         str(p.relative_to(ctx.out)) for p in reused
     ]
+
+
+def remove_other_rows(ctx: Context, sweep: Sweep) -> None:
+    """--overwrite: remove the row folders of this sweep's experiment that it no longer defines
+    (e.g. older code's rows), so that no comparison of results trees finds them. Only folders
+    whose config.json names this experiment are touched."""
+    sweep_dir, names = ctx.out / sweep.experiment, {s.name for s in sweep.specs}
+    for folder in sorted(sweep_dir.iterdir()) if sweep_dir.is_dir() else ():
+        try:
+            saved = io.read_json_object(folder / "config.json")
+        except (OSError, ValueError):
+            continue
+        if folder.name not in names and saved.get("experiment") == sweep.experiment:
+            ctx.log(f"[{sweep.experiment}] {folder.name}: not a row of this sweep, removed")
+            results.remove_tree(folder)
 
 
 def check_all(ctx: Context, sweeps: Sequence[Sweep]) -> None:

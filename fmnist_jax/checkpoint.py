@@ -44,6 +44,10 @@ def _manager(directory: str | os.PathLike, *, write: bool = False) -> ocp.Checkp
     that `close()` does not wait for (orbax-checkpoint 0.12), so a reader in a process about to
     exit (e.g. with a clear error on a mismatched encoder) would leave it racing interpreter
     shutdown. `save` waits for it before writing.
+
+    Orbax is given the resolved path: it finds a checkpoint's parts by glob patterns built on
+    it, so a `[...]` or `**` in a symbolic link's name or a `..` is taken out of its way (those
+    left in a real folder's name are refused up front: `experiments.cli.path_problem`).
     """
     options = ocp.CheckpointManagerOptions(
         max_to_keep=1,
@@ -51,7 +55,7 @@ def _manager(directory: str | os.PathLike, *, write: bool = False) -> ocp.Checkp
         create=write,
         cleanup_tmp_directories=write,  # a save killed midway leaves only a temporary directory
     )
-    return ocp.CheckpointManager(Path(directory).absolute(), options=options)
+    return ocp.CheckpointManager(Path(directory).resolve(), options=options)
 
 
 def _digest(state: Any) -> str | None:
@@ -160,33 +164,61 @@ def restore_extra(directory: str | os.PathLike, step: int | None = None) -> dict
 
 
 def resume(
-    directory: str | os.PathLike, target: Any, after_step: int, required: Sequence[str] = ()
+    directory: str | os.PathLike,
+    target: Any,
+    after_step: int,
+    required: Sequence[str] = (),
+    placement: dict | None = None,
 ) -> tuple[Any, dict] | None:
     """(state, extra) of the newest checkpoint in `directory` if it is later than `after_step`
     (restored onto `target`'s structure); None if there is none.
 
     A checkpoint that cannot be restored, or whose sidecar lacks a `required` key, is no dead end:
     it is moved aside to `.<name>.damaged` beside `directory` (kept for inspection), a warning on
-    stderr says which and why, and None is returned, so that the caller starts afresh.
+    stderr says which and why, and None is returned, so that the caller starts afresh. So is one
+    whose sidecar's "placement" (the devices and layout it was written with; `save` it in
+    `extra`) is not `placement`, to `.<name>.other-placement`: it is not damaged, and its warning
+    says how to resume from it.
     """
     directory = Path(directory)
     try:
         if (latest_step(directory) or 0) <= after_step:
+            return None
+        then = restore_extra(directory).get("placement")
+        if placement is not None and then is not None and then != placement:
+            _set_aside(
+                directory,
+                "other-placement",
+                f"was written with {_words(then)} (this run: {_words(placement)}). It is not "
+                "damaged, but continued on other devices a run would end with the numbers of "
+                "neither",
+                "; to resume from it instead, stop and rerun the same command where it was "
+                "written (those devices and --parallel)",
+            )
             return None
         state, extra = restore(directory, target)
         if missing := [key for key in required if key not in extra]:
             raise CheckpointError(f"its sidecar lacks {', '.join(missing)}")
         return state, extra
     except OSError as e:  # CheckpointError included
-        aside, n = directory.with_name(f".{directory.name}.damaged"), 1
-        while aside.exists():
-            n += 1
-            aside = directory.with_name(f".{directory.name}.damaged-{n}")
-        directory.rename(aside)
-        print(
-            f"warning: the checkpoint in {directory} cannot be restored ({e}); it is moved to "
-            f"{aside} and this run starts afresh.",
-            file=sys.stderr,
-            flush=True,
-        )
+        _set_aside(directory, "damaged", f"cannot be restored ({e})")
         return None
+
+
+def _words(placement: dict) -> str:
+    return ", ".join(f"{key} {value}" for key, value in placement.items())
+
+
+def _set_aside(directory: Path, suffix: str, why: str, fix: str = "") -> None:
+    """Move `directory` to `.<name>.<suffix>` beside it (never over an earlier one) and warn."""
+    aside, n = directory.with_name(f".{directory.name}.{suffix}"), 1
+    while aside.exists():
+        n += 1
+        aside = directory.with_name(f".{directory.name}.{suffix}-{n}")
+    directory.rename(aside)
+    print(
+        f"warning: the checkpoint in {directory} {why}; it is moved to {aside} and this run "
+        f"starts afresh{fix}.",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -197,7 +197,8 @@ def fit(
         (a shorter run of the same configuration, or one whose end this stage builds on).
       checkpoint_dir: if given, the states and history are saved after every epoch and a rerun
         resumes from the last completed epoch, ending with the same numbers (a checkpoint that
-        cannot be restored is set aside with a warning, and the run starts afresh).
+        cannot be restored, or was written on other devices or with another `parallel`, is set
+        aside with a warning, and the run starts afresh).
       parallel: "none", "seeds" (members split over devices), "data" (each batch split over
         devices, params replicated) or "auto" (see `placement.resolve_parallel`).
       member_map: "vmap", "map" or "auto" (see `placement.resolve_member_map`).
@@ -239,8 +240,16 @@ def fit(
     else:
         states = init_states(prog, seeds, learning_rates)
     states = place.state(_pad_members(states, n_members))
-    resumed = checkpoint_dir is not None and checkpoint.resume(  # None: nothing later, or damaged
-        checkpoint_dir, states, epochs_run, required=("epoch", "history", "diverged")
+    # Where the members live, saved with every checkpoint: one continues only where it was written.
+    devices = jax.devices()
+    placed = {
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+        "parallel": mode,
+        "member_map": member_map,
+        "members": n_members,
+    }
+    resumed = checkpoint_dir is not None and checkpoint.resume(  # None: nothing to continue
+        checkpoint_dir, states, epochs_run, ("epoch", "history", "diverged"), placed
     )
     if resumed:
         states, extra = resumed
@@ -307,7 +316,12 @@ def fit(
                     checkpoint_dir,
                     epochs_run,
                     states,
-                    {"epoch": epochs_run, "history": history, "diverged": diverged.tolist()},
+                    {
+                        "epoch": epochs_run,
+                        "history": history,
+                        "diverged": diverged.tolist(),
+                        "placement": placed,
+                    },
                 )
             if on_epoch is not None:
                 on_epoch(history)

@@ -93,6 +93,10 @@ _SIGNATURES = (
     (rb"\APK\x03\x04", "it is a zip archive (unpack it: unzip)"),
     (rb"(?s)\A.{257}ustar", "it is a tar archive (unpack it: tar -xf)"),
     (rb"\Aversion https://git-lfs", "it is a Git LFS pointer (fetch the data: git lfs pull)"),
+    (
+        rb"\A/annex/objects/",
+        "it is a git-annex pointer (fetch the data: datalad get / git annex get)",
+    ),
     (rb"\A\0\0\x08\x03", "it is an IDX images file (are two files' names swapped?)"),  # 2051
     (rb"\A\0\0\x08\x01", "it is an IDX labels file (are two files' names swapped?)"),  # 2049
     (
@@ -562,6 +566,19 @@ def _what_is_there(folder: Path) -> str:
     names = [p.name + ("/" if p.is_dir() else "") for p in entries]
     more = f" and {len(names) - 8} more" if len(names) > 8 else ""
     parts.append(f"holds {', '.join(names[:8]) + more if names else 'nothing'}")
+    links = {*entries, *best.iterdir()}
+    if broken := sorted(p for p in links if p.is_symlink() and not p.exists()):  # to nothing
+        link = broken[0]
+        parts.append(
+            f"{link.relative_to(folder)} is a broken symbolic link (to {os.readlink(link)})"
+            + (f", and {len(broken) - 1} more" if len(broken) > 1 else "")
+        )
+        if any("annex/objects/" in os.readlink(p) for p in broken):
+            q = shlex.quote(str(folder))
+            parts.append(
+                "the links point into a git-annex store whose content is not here: fetch it "
+                f"with `datalad get {q}` or `git -C {q} annex get .`"
+            )
     for path in entries:
         suffix = next((s for s in _ARCHIVES if path.name.lower().endswith(s)), None)
         if suffix and path.is_file():

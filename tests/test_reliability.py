@@ -1035,7 +1035,7 @@ def test_results_files_that_are_json_but_not_objects_count_as_unreadable(tmp_pat
     [row] = sweep_report.read_sweep(run_dir.parent, ["sgd"]).rows
     assert not row.complete
     with pytest.raises(UsageError, match="config.json cannot be read"):
-        sweep_lib._status(run_dir, "a-fingerprint", overwrite=False)
+        sweep_lib._status(run_dir, {"fingerprint": "a-fingerprint"}, overwrite=False)
 
 
 def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
