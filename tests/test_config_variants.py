@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments.context import LOCK_FILE
 from fmnist_jax import data
 from fmnist_jax.train import TrainConfig, build_model
 from tests._cli import assert_clean_failure, run
@@ -29,7 +30,9 @@ def read_json(path: Path) -> dict:
 
 
 def snapshot(folder: Path) -> dict:
-    return {p: p.read_bytes() for p in sorted(Path(folder).rglob("*")) if p.is_file()}
+    """Every file's bytes, but the results folder's lock (held by each command that writes)."""
+    files = sorted(Path(folder).rglob("*"))
+    return {p: p.read_bytes() for p in files if p.is_file() and p.name != LOCK_FILE}
 
 
 # ----------------------------------------------------------------------------------------------
