@@ -121,7 +121,7 @@ def matmul_peak(plan: Plan) -> dict:
     torch_baseline = pytorch()
     n, reps = (512, 2) if plan.quick else (2048, 7)
     extra = {} if torch_baseline is None else {"pytorch": torch_baseline.matmul(n)}
-    return bound.matmul_peak(n, reps, extra)
+    return bound.matmul_peak(n, reps, host_cpu_count(), extra)
 
 
 PYTORCH_NOTE = "the same model and step in PyTorch {version} (benchmarks/torch_baseline.py)"
