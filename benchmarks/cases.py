@@ -14,17 +14,20 @@ from __future__ import annotations
 import functools
 import statistics
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
 
-from benchmarks.timing import device_label, measure_interleaved, timed
+from benchmarks import bound
+from benchmarks.timing import device_label, host_cpu_count, measure_interleaved, timed
 from benchmarks.workload import Compiled, Workload, eval_program, train_epoch_program
 from fmnist_jax.placement import resolve_member_map
 from fmnist_jax.train import TrainConfig, init_state, program, train_step
 
 CNN = TrainConfig(model="cnn", batch_size=100, augment="online")  # the engine's default path
 AE = TrainConfig(model="autoencoder", batch_size=100, augment="none")  # as q2 pretrains
+FLOPS = functools.cache(bound.matmul_flops)  # per image, {"train", "infer"}: see bound.py
 
 
 @dataclass(frozen=True)
@@ -86,25 +89,87 @@ def _subset(wl: Workload, n: int) -> tuple[np.ndarray, np.ndarray]:
 # Training and inference of both models
 
 
-def _train(name: str, cfg: TrainConfig, plan: Plan, wl: Workload, note: str) -> list[dict]:
-    c = train_epoch_program(cfg, *_subset(wl, plan.n_train))
-    return measure_cases("train", [Case(name, c, {"note": note})], plan.reps)
+@functools.cache
+def _pytorch() -> tuple[Any, str | None]:
+    if jax.default_backend() != "cpu":
+        why = f"the PyTorch baseline runs on the CPU; this run's backend is {jax.default_backend()}"
+        return None, why
+    try:
+        from benchmarks import torch_baseline
+    except ImportError as e:
+        return None, f"PyTorch is not installed ({e}); pip install -e '.[bench]' adds it"
+    torch_baseline.set_threads(host_cpu_count())
+    return torch_baseline, None
+
+
+def pytorch():
+    """`benchmarks.torch_baseline`, or None where PyTorch is not installed (the `bench` extra)
+    or the backend is not the CPU (the baseline is PyTorch on the CPU); imported on first use
+    (the study, which times `infer_row`, never loads PyTorch) and set to as many threads as this
+    process has CPUs, as XLA uses."""
+    return _pytorch()[0]
+
+
+def pytorch_problem() -> str | None:
+    """Why there is no PyTorch baseline in this process (one line), or None."""
+    return _pytorch()[1]
+
+
+def matmul_peak(plan: Plan) -> dict:
+    """This process's float32 matmul peak, GFLOP/s (`bound.matmul_peak`; PyTorch's too where
+    installed): [2048, 2048] matrices, the best of 7 calls (a quick run: 512, 2)."""
+    torch_baseline = pytorch()
+    n, reps = (512, 2) if plan.quick else (2048, 7)
+    extra = {} if torch_baseline is None else {"pytorch": torch_baseline.matmul(n)}
+    return bound.matmul_peak(n, reps, host_cpu_count(), extra)
+
+
+PYTORCH_NOTE = "the same model and step in PyTorch {version} (benchmarks/torch_baseline.py)"
+
+
+def with_pytorch(name: str, case: Case, build) -> list[Case]:
+    """`case` and, where PyTorch is installed, its PyTorch twin `pytorch_{name}` (built by
+    `build(torch_baseline)`) as its baseline, so that the row's ratio is ours / PyTorch."""
+    torch_baseline = pytorch()
+    if torch_baseline is None:
+        return [case]
+    twin = f"pytorch_{name}"
+    fields = {**case.fields, "note": PYTORCH_NOTE.format(version=torch_baseline.VERSION)}
+    case.fields["baseline"] = twin
+    return [case, Case(twin, build(torch_baseline), fields)]
+
+
+def _fields(note: str, cfg: TrainConfig, kind: str) -> dict:
+    """A row's note, the threads it ran on and its matmul FLOPs per image (`kind`: train or
+    infer), from which run.py computes its share of the FLOP bound."""
+    return {"note": note, "threads": host_cpu_count(), "flops_per_image": FLOPS(cfg)[kind]}
+
+
+def train_rows(name: str, cfg: TrainConfig, plan: Plan, wl: Workload, note: str) -> list[dict]:
+    """Row `name`: `cfg`'s training epoch as fit runs it, in rounds with its PyTorch twin."""
+    images, labels = _subset(wl, plan.n_train)
+    fields = _fields(note, cfg, "train")
+    case = Case(name, train_epoch_program(cfg, images, labels), fields)
+    pair = with_pytorch(name, case, lambda tb: tb.train_epoch_program(cfg, images, labels))
+    return measure_cases("train", pair, plan.reps)
 
 
 def cnn_train(plan: Plan, wl: Workload) -> list[dict]:
-    """`cnn_train`: one CNN member through fit's epoch program (online augmentation)."""
+    """`cnn_train`: one CNN member through fit's epoch program (online augmentation), and its
+    PyTorch twin."""
     note = (
         "fit's path: one jitted lax.scan epoch over the members (1 here; lax.map on the CPU, "
         "vmap elsewhere), online augmentation, device-side shuffle; compile_s = lower + "
         "compile of that epoch program"
     )
-    return _train("cnn_train", CNN, plan, wl, note)
+    return train_rows("cnn_train", CNN, plan, wl, note)
 
 
 def ae_train(plan: Plan, wl: Workload) -> list[dict]:
-    """`ae_train`: one denoising autoencoder member through fit's epoch program."""
+    """`ae_train`: one denoising autoencoder member through fit's epoch program, and its
+    PyTorch twin."""
     note = f"denoising autoencoder {AE.widths}, input noise sigma {AE.denoise_std}"
-    return _train("ae_train", AE, plan, wl, note)
+    return train_rows("ae_train", AE, plan, wl, note)
 
 
 INFER_NOTE = (
@@ -123,11 +188,21 @@ def infer_row(name: str, cfg: TrainConfig, images, labels, *, reps: int) -> dict
     return measure_cases("infer", [Case(name, c, {"note": INFER_NOTE})], reps)[0]
 
 
+def _infer(name: str, cfg: TrainConfig, plan: Plan, wl: Workload) -> list[dict]:
+    """`infer_row`'s measurement, in rounds with its PyTorch twin (the same padded batches)."""
+    images, labels = wl.test_images, wl.test_labels
+    c = eval_program(cfg, images, labels)
+    case = Case(name, c, _fields(INFER_NOTE, cfg, "infer"))
+    pair = with_pytorch(name, case, lambda tb: tb.eval_program(cfg, images, labels, c.batch_size))
+    return measure_cases("infer", pair, plan.reps)
+
+
 def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
-    """One member, and the study's 3 members: fit's way (member map and batch automatic), and
-    vmapped with the automatic batch and with a batch of 1000 (on the CPU the automatic batch
-    keeps the images one op sees small: see TrainConfig.eval_batch and fit.resolve_member_map)."""
-    rows = [infer_row("cnn_infer", CNN, wl.test_images, wl.test_labels, reps=plan.reps)]
+    """One member (and its PyTorch twin), and the study's 3 members: fit's way (member map and
+    batch automatic), and vmapped with the automatic batch and with a batch of 1000 (on the CPU
+    the automatic batch keeps the images one op sees small: see TrainConfig.eval_batch and
+    fit.resolve_member_map)."""
+    rows = _infer("cnn_infer", CNN, plan, wl)
     if plan.quick:
         return rows
     n, base, auto_map = 3, "cnn_infer_3members_vmap_batch1000", resolve_member_map("auto", "none")
@@ -144,8 +219,9 @@ def cnn_infer(plan: Plan, wl: Workload) -> list[dict]:
 
 
 def ae_infer(plan: Plan, wl: Workload) -> list[dict]:
-    """`ae_infer`: the autoencoder's evaluation over the test images, as fit runs it."""
-    return [infer_row("ae_infer", AE, wl.test_images, wl.test_labels, reps=plan.reps)]
+    """`ae_infer`: the autoencoder's evaluation over the test images, as fit runs it, and its
+    PyTorch twin."""
+    return _infer("ae_infer", AE, plan, wl)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,8 +25,10 @@ if __name__ == "__main__":  # before JAX is imported: see fmnist_jax.entry
     entry.start()
 
 
-from benchmarks import cases, scaling  # noqa: E402
-from benchmarks.timing import environment  # noqa: E402
+import jax  # noqa: E402
+
+from benchmarks import cases, one_thread, scaling  # noqa: E402
+from benchmarks.timing import environment, host_cpu_count  # noqa: E402
 from benchmarks.workload import load_workload  # noqa: E402
 from fmnist_jax.io import tolerant_output, write_json, write_text  # noqa: E402
 from fmnist_jax.placement import backend_problem  # noqa: E402
@@ -34,6 +36,7 @@ from fmnist_jax.placement import backend_problem  # noqa: E402
 DEFAULT_JSON = Path(__file__).parent / "out" / "results.json"
 GROUPS = {  # run in this order
     "cnn_train": cases.cnn_train,
+    "cnn_train_1thread": None,  # a subprocess pinned to one CPU, see one_thread.py
     "scan_vs_loop": cases.scan_vs_loop,
     "seeds": cases.seeds,
     "cnn_infer": cases.cnn_infer,
@@ -69,8 +72,69 @@ def ratios(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+def bound_fractions(rows: list[dict], peaks: dict) -> None:
+    """Each row with `flops_per_image` gets `flop_bound_fraction`: its images/s over what the
+    matmul peak at its thread count (`peaks`, GFLOP/s by thread count) would allow."""
+    for r in rows:
+        peak = peaks.get(str(r.get("threads")))
+        if "flops_per_image" in r and peak:
+            r["flop_bound_fraction"] = (
+                r["images_per_s"] * r["flops_per_image"] / (peak["best"] * 1e9)
+            )
+
+
 def _fmt(x, spec: str) -> str:
     return "" if x is None else format(x, spec)
+
+
+VERSUS_PYTORCH = ("cnn_train", "cnn_train_1thread", "cnn_infer", "ae_train", "ae_infer")
+
+
+def _pct(row: dict | None) -> str:
+    return _fmt(row and row.get("flop_bound_fraction"), ".1%")
+
+
+def versus_pytorch(result: dict) -> list[str]:
+    """The table of ours against PyTorch (where measured) and both against the FLOP bound."""
+    rows = {r["name"]: r for r in result["rows"]}
+    names = [name for name in VERSUS_PYTORCH if name in rows]
+    if not names:
+        return []
+    lines = [
+        "",
+        "| vs PyTorch | threads | fmnist-jax images/s | PyTorch images/s | fmnist-jax / PyTorch "
+        "| % of FLOP bound: fmnist-jax | PyTorch |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in names:
+        ours, theirs = rows[name], rows.get(f"pytorch_{name}")
+        lines.append(
+            f"| {name} | {ours.get('threads', '')} | {ours['images_per_s']:,.0f} | "
+            f"{_fmt(theirs and theirs['images_per_s'], ',.0f')} | "
+            f"{_fmt(theirs and ours['ratio'], '.2f')} | {_pct(ours)} | {_pct(theirs)} |"
+        )
+    peaks = result["env"].get("matmul_peak_gflops", {})
+    if peaks:
+        each = "; ".join(
+            f"{k} thread{'s' * (k != '1')}: **{p['best']:.0f}** ("
+            + ", ".join(f"{lib} {v:.0f}" for lib, v in p.items() if lib != "best")
+            + ")"
+            for k, p in sorted(peaks.items())
+        )
+        lines += [
+            "",
+            f"FLOP bound = float32 matmul peak (GFLOP/s, the best library) / matmul FLOPs per "
+            f"image. Peak: {each}. FLOPs per image: 2 per multiply-add of every convolution and "
+            "dense layer, from their shapes (a training step: 3 forward passes less the first "
+            "layer's input gradient; see benchmarks/bound.py): "
+            + ", ".join(
+                f"{name} {rows[name]['flops_per_image'] / 1e6:.2f} M"
+                for name in names
+                if "flops_per_image" in rows[name]
+            )
+            + ".",
+        ]
+    return lines
 
 
 def markdown(result: dict) -> str:
@@ -116,6 +180,7 @@ def markdown(result: dict) -> str:
             f"{_fmt(r.get('compile_s'), '.2f')} | {r['cpu_per_wall']:.2f} | "
             f"{_fmt(r.get('other_processes_cores'), '.2f')} | {r['images_per_cpu_s']:,.0f} |"
         )
+    lines += versus_pytorch(result)
     if result["ratios"]:
         lines += ["", "| ratio | value |", "|---|---:|"]
         lines += [f"| {k} | {v:.3f} |" for k, v in result["ratios"].items()]
@@ -166,9 +231,24 @@ def main(argv=None) -> dict:
     workload = load_workload()
     env = {**environment(), "data": workload.source, "plan": plan.__dict__}
     rows, skipped = [], []
+    if set(selected) & set(VERSUS_PYTORCH):
+        if (why := cases.pytorch_problem()) is not None:
+            skipped.append({"name": "pytorch_* rows", "why": why})
+        env["pytorch"] = getattr(cases.pytorch(), "VERSION", None)
+        if jax.default_backend() == "cpu":  # the bound is the CPU's
+            env["matmul_peak_gflops"] = {str(host_cpu_count()): cases.matmul_peak(plan)}
     for group in selected:
         t0 = time.perf_counter()
-        if group == "devices":
+        if group == "cnn_train_1thread":
+            got, why = one_thread.run_worker(
+                plan.quick, workload.source == "random", timeout_s=300 if plan.quick else 1200
+            )
+            if why is None:
+                rows += got["rows"]
+                env.setdefault("matmul_peak_gflops", {})["1"] = got["matmul_peak_gflops"]
+            else:
+                skipped.append({"name": one_thread.NAME, "why": why})
+        elif group == "devices":
             got, lost, env["device_workers"] = scaling.run_workers(
                 plan, random_data=workload.source == "random", timeout_s=300 if plan.quick else 1200
             )
@@ -178,6 +258,7 @@ def main(argv=None) -> dict:
         print(
             f"[benchmarks] {group}: {time.perf_counter() - t0:.1f} s", file=sys.stderr, flush=True
         )
+    bound_fractions(rows, env.get("matmul_peak_gflops", {}))
     result = {"env": env, "quick": plan.quick, "rows": rows, "ratios": ratios(rows)}
     result["skipped"] = skipped
     env["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
