@@ -112,9 +112,7 @@ def augment(images, cfg: TrainConfig):
     if cfg.aug.rotate:
         degrees = (2 * torch.rand(b) - 1) * cfg.aug.max_degrees
         images = rotate(images, degrees)
-    if cfg.aug.noise:
-        images = (images + cfg.aug.noise_std * torch.randn_like(images)).clamp_(0.0, 1.0)
-    return images
+    return _corrupt(images, cfg.aug.noise_std) if cfg.aug.noise else images
 
 
 def _tensor(images: np.ndarray, cfg: TrainConfig):
@@ -134,7 +132,7 @@ def train_epoch_program(cfg: TrainConfig, images: np.ndarray, labels: np.ndarray
     opt = torch.optim.Adam(
         [p for p in model.parameters() if p.requires_grad],
         lr=cfg.optimizer.learning_rate,
-        foreach=True,  # on the CPU faster than the default per-tensor loop
+        foreach=True,  # one multi-tensor op per update step, not one op per tensor
     )
     x_all, y_all = _tensor(images, cfg), torch.from_numpy(np.asarray(labels, np.int64))
     b = cfg.batch_size
