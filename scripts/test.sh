@@ -6,4 +6,6 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh test,tfds
 .venv/bin/ruff check --quiet .
 .venv/bin/ruff format --check --quiet .
-exec .venv/bin/python -m pytest -n 2 -q "$@"
+# --dist loadscope: each test module runs on one worker, so its module fixtures (a quick study,
+# a trained model) are made once, not once per worker.
+exec .venv/bin/python -m pytest -n 2 --dist loadscope -q "$@"

@@ -1,6 +1,7 @@
-"""`python -m experiments.study`: one quick study (2 seeds) into a temporary folder, then its
-report checked against the result files, a rerun that must train nothing and reproduce the
-report, and `--report-only`.
+"""`python -m experiments.study`: one quick study (3 seeds on 2 host devices, so that every entry
+point also runs with its seeds spread over devices) into a temporary folder, then its report
+checked against the result files, a rerun that must train nothing and reproduce the report, and
+`--report-only`.
 
 The study is run once per module (a subprocess, sharing the test session's compilation cache)
 and the rerun once; the tests only read what those produced.
@@ -19,7 +20,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-COMMAND = [sys.executable, "-m", "experiments.study", "--quick", "--seeds", "2"]
+COMMAND = [sys.executable, "-m", "experiments.study", "--quick", "--seeds", "3"]
+DEVICES = 2
+SEVERAL_DEVICES = {"XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES}"}
 PRETRAIN_CACHE = "q2_pretrain"
 IMAGE = re.compile(r"!\[(?:\\.|[^\]\\])*\]\(([^)\s]+)\)")
 METRICS_LINK = re.compile(r"\]\(([^)\s]+)/metrics\.json\)")
@@ -28,8 +31,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TRAINED = re.compile(r": (training|resuming|identical to .*, reused|pretraining \d)")
 
 
-def run(args: list[str], timeout: int = 1200, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+def run(
+    args: list[str], timeout: int = 1200, cwd: Path = ROOT, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    env = None if env is None else {**os.environ, **env}
+    done = subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     assert done.returncode == 0, (
         f"{' '.join(args)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
     )
@@ -45,7 +51,7 @@ def mtimes(out: Path) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "results"
-    done = run([*COMMAND, "--out", str(out)])
+    done = run([*COMMAND, "--out", str(out)], env=SEVERAL_DEVICES)
     return {
         "out": out,
         "stdout": done.stdout,
@@ -127,7 +133,7 @@ def test_study_writes_report_and_study_json(study):
     assert (
         record["complete"]
         and record["total_wall_s"] > 0
-        and record["seeds"] == 2
+        and record["seeds"] == 3
         and record["quick"]
     )
     for model in ("cnn", "encoder_classifier_base", "encoder_classifier_thick"):
@@ -203,7 +209,7 @@ def test_the_report_says_how_each_claim_was_tested(study):
         assert "q1_augmentation/expand/metrics.json" in columns["CNN, original recipe"]
     assert not any("q1_tuned" in c for t, c in columns.items() if t in ("CNN", "autoencoder"))
     pre = read_metrics(out, "q2_pretraining/finetuned")["pretrain"]
-    assert len(pre["dead_outputs"]["per_seed"]) == 2
+    assert len(pre["dead_outputs"]["per_seed"]) == 3
     assert (
         "black dots in the reconstructions" in report
         and f"{pre['dead_outputs']['mean']:.1f}" in report
@@ -211,26 +217,14 @@ def test_the_report_says_how_each_claim_was_tested(study):
 
 
 @pytest.mark.slow
-def test_the_study_runs_on_several_devices(tmp_path):
+def test_the_study_runs_on_several_devices(study):
     """3 seeds on 2 devices, the member axis padded to 4 (continued runs once indexed past the
     real members): every entry point of the study runs, the seeds spread over the devices
     ("seeds" mode). One seed per device is tests/test_sharding.py's case."""
-    devices = 2
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    out = tmp_path / "results"
-    done = subprocess.run(
-        [*COMMAND[:-1], "3", "--limit", "200", "--quiet", "--out", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    record = json.loads((out / "study.json").read_text())
-    assert record["environment"]["device_count"] == devices
+    record = json.loads(study["study_json"])
+    assert record["environment"]["device_count"] == DEVICES
     for rel in ("q1_tuned/tuned", "q2_pretraining/finetuned", "q2_pretraining/frozen_probe"):
-        m = read_metrics(out, rel)
+        m = read_metrics(study["out"], rel)
         assert m["parallel"] == "seeds" and len(m["test_accuracy"]["per_seed"]) == 3
 
 
