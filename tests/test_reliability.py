@@ -679,8 +679,6 @@ C_LOCALE = {
 @pytest.mark.parametrize(
     "module, shown",
     [
-        ("experiments.q1_optimizers", "Q1 - optimizer"),
-        ("experiments.q2_autoencoder", "+/-"),
         ("experiments.study", "mean +/- std"),
         ("benchmarks.run", "usage:"),
         ("fmnist_jax.compare", "usage:"),
@@ -697,6 +695,23 @@ def test_help_prints_on_an_ascii_terminal(module, shown):
     )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     assert shown in proc.stdout
+
+
+@pytest.mark.parametrize("entry, shown", [("q1", "Q1 - optimizer"), ("q2", "+/-")])
+def test_every_experiments_help_prints_on_an_ascii_terminal(monkeypatch, entry, shown):
+    """The experiments' entry points share the study's path (main_guard's tolerant output,
+    checked above through the real command line): their help in-process, on an ASCII stdout."""
+    import io as stdio
+
+    from experiments import q1, q2
+
+    buffer = stdio.BytesIO()
+    monkeypatch.setattr(sys, "stdout", stdio.TextIOWrapper(buffer, encoding="ascii"))
+    with pytest.raises(SystemExit) as exc:
+        q1.main("q1_optimizers", ["--help"]) if entry == "q1" else q2.main(["--help"])
+    sys.stdout.flush()
+    assert exc.value.code == 0
+    assert shown in buffer.getvalue().decode("ascii")
 
 
 def test_an_output_folder_name_the_locale_cannot_decode_is_refused(tmp_path):
