@@ -57,6 +57,16 @@ def cli(module: str, *args, env=None) -> subprocess.CompletedProcess:
     return run(f"experiments.{module}", *args, env=env)
 
 
+def main_in_process(capsys, module: str, *args) -> tuple[int, str]:
+    """The same `main(argv)` a command line runs, in this process: (exit status, stderr)."""
+    from experiments import q1, q2
+
+    argv = [str(a) for a in args]
+    with pytest.raises(SystemExit) as exc:
+        q2.main(argv) if module == "q2_autoencoder" else q1.main(module, argv)
+    return exc.value.code, capsys.readouterr().err
+
+
 def assert_nothing_written(out: Path) -> None:
     assert not out.exists() or not any(out.iterdir()), sorted(map(str, out.rglob("*")))
 
@@ -316,11 +326,13 @@ def test_other_idx_data_is_refused_by_checksum(mnist_like, tmp_path):
     assert_nothing_written(out)
 
 
-def test_unverified_data_is_accepted_with_the_override(mnist_like, tmp_path):
+def test_unverified_data_is_accepted_with_the_override(mnist_like, tmp_path, capsys):
     # Passing the checksum gate is all this needs to show, so the run is stopped by the next
-    # check (an impossible batch size, exit 2) instead of training on the fake data.
+    # check (an impossible batch size, exit 2) instead of training on the fake data. In-process:
+    # the flag through the real command line is test_results_of_other_data_are_never_taken_...
     out = tmp_path / "out"
-    proc = cli(
+    status, err = main_in_process(
+        capsys,
         "q1_optimizers",
         "--data-dir",
         mnist_like,
@@ -331,8 +343,8 @@ def test_unverified_data_is_accepted_with_the_override(mnist_like, tmp_path):
         "--batch-size",
         "100000",
     )
-    assert_clean_failure(proc, 2, "--batch-size 100000", "larger than the training split")
-    assert "sha256" not in proc.stderr
+    assert status == 2 and "--batch-size 100000" in err, err
+    assert "larger than the training split" in err and "sha256" not in err, err
     assert_nothing_written(out)
 
 
@@ -356,21 +368,30 @@ def test_results_of_other_data_are_never_taken_for_these(reference, mnist_like, 
 # 1b. Data as other tools leave it, files that are not what their name says, no network (issue 16)
 
 
-def test_data_laid_out_by_other_tools_is_read(tmp_path, kaggle_csv_dir):
+def test_data_laid_out_by_other_tools_is_read(tmp_path, kaggle_csv_dir, capsys):
     """Archive tools' `train-images.idx3-ubyte` and Kaggle's CSV release load and verify. Getting
-    past the data is all this needs to show, so an impossible batch stops the run next (exit 2)."""
+    past the data is all this needs to show, so an impossible batch stops the run next (exit 2).
+    In-process: the same main() the command line runs, one interpreter for both layouts."""
     dotted = tmp_path / "dotted"
     dotted.mkdir()
     for name, path in real_files().items():
         (dotted / name.replace("-idx", ".idx")).write_bytes(sources.read_bytes(path))
     for folder in (dotted, kaggle_csv_dir):
         out = tmp_path / f"out_{folder.name}"
-        proc = cli(
-            "q1_optimizers", "--data-dir", folder, "--out", out, "--quick", "--batch-size", "100000"
+        status, err = main_in_process(
+            capsys,
+            "q1_optimizers",
+            "--data-dir",
+            folder,
+            "--out",
+            out,
+            "--quick",
+            "--batch-size",
+            "100000",
         )
-        assert_clean_failure(
-            proc, 2, "--batch-size 100000", "larger than the training split (--quick)"
-        )
+        assert status == 2 and err.count("error:") == 1, err
+        assert "--batch-size 100000" in err, err
+        assert "larger than the training split (--quick)" in err, err
         assert_nothing_written(out)
 
 
@@ -459,14 +480,13 @@ BAD_Q2_ARGS = [
 
 
 def test_bad_numbers_and_names_exit_2_before_anything(tmp_path):
-    for module, args, message in [
-        ("q1_optimizers", ["--lr", "-1"], "--lr must be > 0"),
-        ("q2_autoencoder", ["--denoise-std", "2"], "--denoise-std must be <= 1"),
-    ]:
-        out = tmp_path / module
-        proc = cli(module, "--out", out, *SMALL, *args)
-        assert_clean_failure(proc, 2, message, "usage:")
-        assert_nothing_written(out)
+    """One real command line for the flag checks' path (argparse: exit 2, `usage:`, one error
+    line); every flag of both entry points is checked in-process below, and q2's command line
+    refuses its bad batch size in test_batch_larger_than_the_split_is_refused_before_training."""
+    out = tmp_path / "q1_optimizers"
+    proc = cli("q1_optimizers", "--out", out, *SMALL, "--lr", "-1")
+    assert_clean_failure(proc, 2, "--lr must be > 0", "usage:")
+    assert_nothing_written(out)
 
 
 @pytest.mark.parametrize(
@@ -596,8 +616,11 @@ def test_results_of_another_configuration_are_never_overwritten_silently(referen
 # 3b. Environments the code did not assume; 6. provenance (issue 16)
 
 
-@pytest.mark.parametrize("platform", ["cuda", "gpu", "tpu"])
-def test_a_backend_this_machine_lacks_is_one_error_line(tmp_path, platform):
+def test_a_backend_this_machine_lacks_is_one_error_line(tmp_path):
+    """JAX_PLATFORMS=cuda, where JAX fails with a bare AssertionError. JAX's other failures
+    (gpu: an unknown backend; tpu: no libtpu) take the same path (placement.backend_problem):
+    each goes through another entry point's real command line in the test below."""
+    platform = "cuda"
     import jax
 
     try:
@@ -726,16 +749,20 @@ def test_an_output_folder_name_the_locale_cannot_decode_is_refused(tmp_path):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("module", ["fmnist_jax.architecture", "benchmarks.run"])
-def test_a_backend_this_machine_lacks_is_one_error_line_in_every_entry_point(tmp_path, module):
+@pytest.mark.parametrize(
+    "module, platform", [("fmnist_jax.architecture", "gpu"), ("benchmarks.run", "tpu")]
+)
+def test_a_backend_this_machine_lacks_is_one_error_line_in_every_entry_point(
+    tmp_path, module, platform
+):
     import jax
 
     try:
-        jax.devices("cuda")
+        jax.devices(platform)
     except Exception:  # noqa: BLE001 - not here: the case under test
         pass
     else:
-        pytest.skip("this machine has a cuda backend")
+        pytest.skip(f"this machine has a {platform} backend")
     args = ["--quick", "--json", str(tmp_path / "b.json")] if module == "benchmarks.run" else []
     proc = subprocess.run(
         [sys.executable, "-m", module, *args],
@@ -743,20 +770,24 @@ def test_a_backend_this_machine_lacks_is_one_error_line_in_every_entry_point(tmp
         capture_output=True,
         text=True,
         timeout=CHILD_TIMEOUT,
-        env=child_env(JAX_PLATFORMS="cuda"),
+        env=child_env(JAX_PLATFORMS=platform),
     )
     assert_clean_failure(
-        proc, 1, "JAX_PLATFORMS=cuda asks JAX for a backend", "unset JAX_PLATFORMS"
+        proc, 1, f"JAX_PLATFORMS={platform} asks JAX for a backend", "unset JAX_PLATFORMS"
     )
 
 
-def test_paths_that_cannot_be_used_are_refused_before_any_work(tmp_path):
+def test_paths_that_cannot_be_used_are_refused_before_any_work(tmp_path, capsys):
     """An empty --out (the current folder), a name longer than the file system takes, and a
-    benchmark's --json that is a folder: exit 2, one error line, nothing measured or trained."""
-    empty = cli("q1_epochs", "--out", "", *SMALL)
-    assert_clean_failure(empty, 2, "--out needs a folder, got an empty string")
-    long = cli("q1_epochs", "--out", tmp_path / ("x" * 300), *SMALL)
-    assert_clean_failure(long, 2, "cannot be used", "File name too long", "--out DIR")
+    benchmark's --json that is a folder: exit 2, one error line, nothing measured or trained.
+    The two --out cases in-process: they take the paths of a bad flag (argparse) and of an
+    unwritable --out (check_writable), each checked through the real command line above."""
+    status, err = main_in_process(capsys, "q1_epochs", "--out", "", *SMALL)
+    assert status == 2 and err.count("error:") == 1, err
+    assert "--out needs a folder, got an empty string" in err
+    status, err = main_in_process(capsys, "q1_epochs", "--out", tmp_path / ("x" * 300), *SMALL)
+    assert status == 2 and err.count("error:") == 1, err
+    assert "cannot be used" in err and "File name too long" in err and "--out DIR" in err, err
     folder = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--quick", "--json", str(tmp_path)],
         cwd=ROOT,
@@ -1111,17 +1142,21 @@ def test_a_damaged_encoder_is_one_error_line_with_the_fix(tmp_path, capsys):
 @pytest.mark.parametrize(
     "damage", ['{"fingerprint": "0123', '["not", "an", "object"]'], ids=["truncated", "list"]
 )
-def test_a_partial_run_whose_config_cannot_be_read_is_named(tmp_path, damage):
+def test_a_partial_run_whose_config_cannot_be_read_is_named(tmp_path, capsys, damage):
     """Not called "a different configuration": what is wrong is said, and the fix (exit 2, before
-    anything trains)."""
+    anything trains). Both damages take one path: the truncated file through the real command
+    line, the list in-process."""
     out = tmp_path / "out"
     partial = out / "q1_optimizers" / "sgd"
     partial.mkdir(parents=True)
     (partial / "config.json").write_text(damage)
-    proc = cli("q1_optimizers", "--out", out, *SMALL)
-    assert_clean_failure(
-        proc, 2, f"{partial} holds a partial run whose config.json cannot be read", "--overwrite"
-    )
+    needles = (f"{partial} holds a partial run whose config.json cannot be read", "--overwrite")
+    if damage.startswith("["):
+        status, err = main_in_process(capsys, "q1_optimizers", "--out", out, *SMALL)
+        assert status == 2 and err.count("error:") == 1, err
+        assert all(needle in err for needle in needles), err
+    else:
+        assert_clean_failure(cli("q1_optimizers", "--out", out, *SMALL), 2, *needles)
     assert sorted(p.name for p in (out / "q1_optimizers").iterdir()) == ["sgd"]
 
 
