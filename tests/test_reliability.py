@@ -423,7 +423,9 @@ def test_no_network_fails_fast_and_leaves_nothing(tmp_path, source):
         "q1_optimizers", "--source", source, "--data-dir", folder, "--out", out, *SMALL, env=env
     )
     elapsed = time.monotonic() - t0
-    assert elapsed < 30, elapsed
+    # Half the 207 s of tfds' retries it guards against: a child's start alone took 33 s on a
+    # loaded 2-core machine, so the former 30 s failed without any retry.
+    assert elapsed < 100, elapsed
     if source == "tfds" and importlib.util.find_spec("tensorflow_datasets") is None:
         assert_clean_failure(proc, 1, "pip install 'fmnist-jax[tfds]'")
     else:
@@ -833,11 +835,15 @@ def recorded_command(reference) -> str:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("terminal", [ASCII_TERMINAL, C_LOCALE], ids=["ascii", "c-locale"])
-def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, terminal):
+def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path):
     """config.json's command, pasted into a shell elsewhere, reruns the sweep: everything is
     complete, so it prints the verdict (with its '±') and exits 0, also where the terminal is
-    ASCII-only, HOME is not a folder and TMPDIR does not exist. The files stay UTF-8."""
+    ASCII-only, HOME is not a folder and TMPDIR does not exist. The files stay UTF-8.
+
+    The terminal is a C locale without UTF-8 mode: ASCII-only streams and an argv ('data dir ü')
+    Python cannot decode, the harder of the two ASCII terminals (PYTHONIOENCODING=ascii, the
+    other, is checked through the real command line by test_help_prints_on_an_ascii_terminal)."""
+    terminal = C_LOCALE
     command = recorded_command(reference)
     assert "'" in command and "data dir ü" in command and "--data-dir" in command
     env = child_env(
@@ -850,7 +856,7 @@ def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, 
     finished = {
         p: p.stat().st_mtime_ns for p in (reference["out"] / "q1_optimizers").glob("*/metrics.json")
     }
-    # --wait: the other terminal's rerun (another pytest worker) may hold the same --out.
+    # --wait: another test's run (another pytest worker) may hold the same --out.
     proc = subprocess.run(
         ["bash", "-c", command + " --wait"],
         cwd=tmp_path,
@@ -868,37 +874,27 @@ def test_the_recorded_command_reruns_as_is_on_any_terminal(reference, tmp_path, 
     assert "±" in summary
 
 
-def test_the_recorded_command_carries_the_environment_the_run_read(tmp_path):
-    """Variables that choose the data or change the numbers are part of the recorded command."""
-    out = tmp_path / "out"
-    proc = cli(
-        "q1_epochs",
-        "--out",
-        out,
-        *SMALL,
-        "--quiet",
-        env=child_env(
-            FMNIST_DATA_DIR=sources.DEBIAN_DIR, XLA_FLAGS="--xla_force_host_platform_device_count=1"
-        ),
-    )
-    assert proc.returncode == 0, proc.stderr
-    command = json.loads((out / "q1_epochs" / "epochs_1" / "config.json").read_text())["command"]
-    assert (
-        f"env FMNIST_DATA_DIR={sources.DEBIAN_DIR} "
-        "XLA_FLAGS=--xla_force_host_platform_device_count=1 " in command
-    )
-
-
 # ----------------------------------------------------------------------------------------------
 # 6. Numerical faults
 
 
 @pytest.mark.slow
 def test_a_diverging_configuration_is_flagged_and_the_sweep_continues(tmp_path):
-    """Adam at lr 1e20 overflows to NaN/inf in its first steps (1e6 only reaches ~1e26: finite)."""
+    """Adam at lr 1e20 overflows to NaN/inf in its first steps (1e6 only reaches ~1e26: finite).
+
+    The same run (one training run for both) shows that the variables that choose the data or
+    change the numbers are part of the recorded command."""
     out = tmp_path / "out"
-    proc = cli("q1_epochs", "--out", out, *SMALL, "--lr", "1e20")
+    env = child_env(
+        FMNIST_DATA_DIR=sources.DEBIAN_DIR, XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
+    proc = cli("q1_epochs", "--out", out, *SMALL, "--lr", "1e20", env=env)
     assert proc.returncode == 0, proc.stderr
+    command = json.loads((out / "q1_epochs" / "epochs_1" / "config.json").read_text())["command"]
+    assert (
+        f"env FMNIST_DATA_DIR={sources.DEBIAN_DIR} "
+        "XLA_FLAGS=--xla_force_host_platform_device_count=1 " in command
+    )
     diverged = metrics(out / "q1_epochs" / "epochs_1")
     assert diverged["diverged"] == [True, True] and diverged["n_diverged"] == 2
     assert diverged["complete"] is True
@@ -1012,13 +1008,14 @@ def test_interrupted_and_killed_sweep_resumes_to_the_uninterrupted_numbers(refer
 
 
 @pytest.mark.slow
-def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(
+def test_a_damaged_checkpoint_or_metrics_file_is_named_and_its_configuration_trained_again(
     reference, tmp_path
 ):
     """Two runs stopped after their last checkpoint (no metrics.json), whose checkpoints were then
     damaged as in the issue: `manifest.ocdbt` removed, the files under `state/d/` emptied. Rerunning
     the same command trains both afresh, with a warning naming each folder, keeps the damaged
-    folders aside, never touches the finished rows, and ends with the uninterrupted numbers."""
+    folders aside, never touches the finished rows, and ends with the uninterrupted numbers.
+    Then the finished row's metrics.json is damaged (one copy of the reference for both)."""
     out = tmp_path / "out"
     shutil.copytree(reference["out"] / "q1_optimizers", out / "q1_optimizers", symlinks=True)
     sweep = out / "q1_optimizers"
@@ -1049,21 +1046,16 @@ def test_a_damaged_checkpoint_is_set_aside_and_its_configuration_trained_afresh(
         assert_complete(sweep / name)
     assert finished == {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in finished}
     assert compare(out, reference["out"]) == []
-    again = cli("q1_optimizers", *args)  # and the next rerun has nothing left to say
-    assert again.returncode == 0 and again.stderr.strip() == "", again.stderr
 
-
-def test_a_damaged_metrics_file_is_named_and_its_configuration_completed_again(reference, tmp_path):
-    """A finished row whose metrics.json was damaged later is not silently retrained: a warning
-    names the file, and the rerun ends with the uninterrupted numbers."""
-    out = tmp_path / "out"
-    shutil.copytree(reference["out"] / "q1_optimizers", out / "q1_optimizers", symlinks=True)
-    damaged = out / "q1_optimizers" / "sgd_momentum" / "metrics.json"
+    # A finished row whose metrics.json was damaged later is not silently retrained: a warning
+    # names the file, and the rerun ends with the uninterrupted numbers. Its stderr holds that
+    # warning alone: the damaged checkpoints set aside above have nothing left to say.
+    damaged = sweep / "sgd_momentum" / "metrics.json"
     damaged.write_text('{"broken')
-    args = ["--out", out, *SMALL, "--quiet", "--data-dir", reference["out"].parent / "data dir ü"]
-    proc = cli("q1_optimizers", *args)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    [warning] = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    again = cli("q1_optimizers", *args)
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr
+    [warning] = again.stderr.strip().splitlines()
+    assert warning.startswith("warning:"), again.stderr
     assert f"{damaged} cannot be read" in warning and "run again" in warning
     assert_complete(damaged.parent)
     assert compare(out, reference["out"]) == []
