@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import cli
 from experiments.cli import path_problem
 from fmnist_jax import checkpoint, results, sources
 from fmnist_jax.compare import compare
@@ -73,29 +74,49 @@ def test_the_folders_refused_for_checkpoints_are_exactly_those_orbax_cannot_use(
     assert not works["[1]"] and not works["\\"] and works[" "] and works["ü"]  # the issue's probe
 
 
-def test_a_folder_read_as_a_pattern_is_refused_up_front_with_what_to_do(tmp_path):
+def refusal(argv: list) -> str:
+    """The usage error the entry points' flag parsing (`experiments.cli.parse`, with Question
+    2's flags) raises for `argv`: what the command line prints after `error: `, exit 2."""
+    with pytest.raises(cli.UsageError) as raised:
+        cli.parse(cli.parser("test", question2=True), [str(a) for a in argv])
+    return str(raised.value)
+
+
+def test_a_folder_read_as_a_pattern_is_refused_up_front_with_what_to_do(tmp_path, monkeypatch):
     """`--out exp[1]` made every resume checkpoint look damaged and Question 2 end in a dead
     end; such a folder, wherever the pattern is in its full path (the current folder too), is
-    refused before anything is read or written: exit 2, one line naming it, why and the fix."""
-    out = tmp_path / "exp[1]"
-    proc = run("experiments.q1_optimizers", "--out", out, *SMALL)
-    assert_clean_failure(proc, 2, f"--out {out}", "'exp[1]'", "glob pattern", "--out DIR")
-    assert not out.exists()
+    refused before anything is read or written: exit 2, one line naming it, why and the fix.
+
+    One command line shows both (a relative --out in a current folder named with a pattern);
+    the other flags go through the same parsing, which is checked in-process."""
     cwd = tmp_path / "work[2]"
     cwd.mkdir()
-    proc = run(
-        "experiments.q1_epochs", "--out", "results", *SMALL, cwd=cwd, env=child_env(PYTHONPATH=ROOT)
+    env = child_env(PYTHONPATH=ROOT)
+    proc = run("experiments.q1_epochs", "--out", "exp[1]", *SMALL, cwd=cwd, env=env)
+    assert_clean_failure(
+        proc,
+        2,
+        f"--out exp[1]: its full path {cwd.resolve() / 'exp[1]'}",
+        "'work[2]'",
+        "'exp[1]'",
+        "glob pattern",
+        "--out DIR",
     )
-    assert_clean_failure(proc, 2, f"its full path {cwd.resolve() / 'results'}", "'work[2]'")
     assert list(cwd.iterdir()) == []
+
+    out = tmp_path / "exp[1]"
+    message = refusal(["--out", out])
+    assert f"--out {out}" in message and "'exp[1]'" in message and "work" not in message
+    with monkeypatch.context() as here:
+        here.chdir(cwd)
+        assert f"its full path {cwd.resolve() / 'results'}" in refusal(["--out", "results"])
     encoder = tmp_path / "pre\\trained" / "encoder"
-    args = ("--stage", "finetune", "--encoder", encoder, "--out", tmp_path / "q2")
-    proc = run("experiments.q2_autoencoder", *args, *SMALL)
-    assert_clean_failure(proc, 2, f"--encoder {encoder}", "a backslash", "Orbax")
-    assert not (tmp_path / "q2").exists()
-    tfds_dir = tmp_path / "tfds**"
-    proc = run("experiments.q1_epochs", "--source", "tfds", "--data-dir", tfds_dir, *SMALL)
-    assert_clean_failure(proc, 2, "'**' (a glob pattern)", "TensorFlow Datasets", "--data-dir DIR")
+    message = refusal(["--stage", "finetune", "--encoder", encoder, "--out", tmp_path / "q2"])
+    assert f"--encoder {encoder}" in message and "a backslash" in message and "Orbax" in message
+    message = refusal(["--source", "tfds", "--data-dir", tmp_path / "tfds**"])
+    for needle in ("'**' (a glob pattern)", "TensorFlow Datasets", "--data-dir DIR"):
+        assert needle in message, message
+    assert not out.exists() and not (tmp_path / "q2").exists()
 
 
 def test_odd_but_usable_paths_work_end_to_end_and_a_run_resumes_in_them(tmp_path):
