@@ -49,10 +49,10 @@ def listing(root: Path) -> dict[str, bytes]:
 
 
 def background(tmp: Path, name: str, *args) -> subprocess.Popen:
-    """`python -m experiments.q1_optimizers args` started; its output goes to tmp/name.out|err
-    (files: no pipe can fill up and block it)."""
+    """`python -m experiments.q1_epochs args` (one row: the smallest sweep) started; its output
+    goes to tmp/name.out|err (files: no pipe can fill up and block it)."""
     with open(tmp / f"{name}.out", "w") as out, open(tmp / f"{name}.err", "w") as err:
-        argv = [sys.executable, "-m", "experiments.q1_optimizers", *map(str, args)]
+        argv = [sys.executable, "-m", "experiments.q1_epochs", *map(str, args)]
         return subprocess.Popen(argv, cwd=ROOT, env=child_env(), stdout=out, stderr=err)
 
 
@@ -101,12 +101,12 @@ def test_a_second_writer_is_refused_naming_the_first_and_waits_with_wait(tmp_pat
         )
         os.kill(first.pid, signal.SIGSTOP)  # holds the lock and does nothing: no race with its end
         before = listing(out)
-        second = q1("--out", out, *SMALL, "--quiet")
+        second = run("experiments.q1_epochs", "--out", out, *SMALL, "--quiet")
         assert_clean_failure(
             second,
             2,
             f"is being written by another command (pid {first.pid} on {socket.gethostname()}",
-            "-m experiments.q1_optimizers",  # its command
+            "-m experiments.q1_epochs",  # its command
             "--wait",
             "--out DIR",
         )
@@ -118,14 +118,14 @@ def test_a_second_writer_is_refused_naming_the_first_and_waits_with_wait(tmp_pat
             lambda: "waiting: --out" in (tmp_path / "waiting.err").read_text(),
             "the --wait command waiting",
         )
-        assert all(not complete(out / "q1_optimizers" / r) for r in ROWS)  # it waits, writing none
+        assert not complete(out / "q1_epochs" / "epochs_1")  # it waits, writing nothing
     finally:
         first.kill()  # SIGKILL (a stopped process takes it too): the kernel releases the lock
     assert first.wait(timeout=TIMEOUT_S) == -signal.SIGKILL
     status = waiting.wait(timeout=TIMEOUT_S)
     assert status == 0, (tmp_path / "waiting.err").read_text()[-3000:]
-    assert all(complete(out / "q1_optimizers" / r) for r in ROWS)
-    assert (out / "q1_optimizers" / "summary.md").is_file()
+    assert complete(out / "q1_epochs" / "epochs_1")
+    assert (out / "q1_epochs" / "summary.md").is_file()
     assert lock.read_text() == ""  # released: it names no holder any more
 
 
@@ -149,10 +149,24 @@ def test_a_folder_that_cannot_be_locked_is_written_after_one_warning(tmp_path, m
 # Kind 2: the environment the user inherited
 
 
+@pytest.fixture(scope="module")
+def swept_with_reader_gone(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`python -m experiments.q1_optimizers` (float32, three rows) run with stdout a pipe whose
+    reader has gone: (the finished command, its --out). One run for two tests: the reader gone
+    (kind 3), and float32 results that an x64 run meets (kind 2), which copies them."""
+    out = tmp_path_factory.mktemp("reader_gone") / "out"
+    argv = [sys.executable, "-m", "experiments.q1_optimizers", "--out", out, *SMALL]
+    return with_stdout_closed(argv), out
+
+
 @pytest.mark.slow
-def test_x64_is_part_of_the_fingerprint_and_refused_on_float32_results(tmp_path):
+def test_x64_is_part_of_the_fingerprint_and_refused_on_float32_results(
+    tmp_path, swept_with_reader_gone
+):
+    made, written = swept_with_reader_gone
+    assert made.returncode == 0, made.stderr[-3000:]
     out = tmp_path / "out"
-    assert q1("--out", out, *SMALL, "--quiet").returncode == 0
+    shutil.copytree(written, out)
     sweep = out / "q1_optimizers"
     float32 = json.loads((sweep / "adam" / "config.json").read_text())
     assert "numerics_env" not in float32  # no variable set: the fingerprint is as it always was
@@ -258,7 +272,7 @@ def test_progress_bars_on_a_terminal_whatever_tqdm_settings_were_inherited(tmp_p
     terminal, terminal_end = pty.openpty()
     fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))  # 80 columns
     with open(tmp_path / "stdout", "w") as stdout:
-        argv = [sys.executable, "-m", "experiments.q1_optimizers", "--out", out, *SMALL]
+        argv = [sys.executable, "-m", "experiments.q1_epochs", "--out", out, *SMALL]
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=stdout, stderr=terminal_end)
     os.close(terminal_end)
     shown = b""
@@ -274,9 +288,9 @@ def test_progress_bars_on_a_terminal_whatever_tqdm_settings_were_inherited(tmp_p
     text = shown.decode("utf-8", "replace")
     assert proc.wait(timeout=TIMEOUT_S) == 0, text[-3000:]
     assert "Traceback" not in text and "epoch" in text, text[-3000:]  # a bar: "0/1 [... epoch/s]"
-    for row in ROWS:
-        assert complete(out / "q1_optimizers" / row)
-        assert (out / "q1_optimizers" / row / "learning_curves.png").stat().st_size > 0
+    row = out / "q1_epochs" / "epochs_1"  # the sweep's one row
+    assert complete(row)
+    assert (row / "learning_curves.png").stat().st_size > 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,10 +298,8 @@ def test_progress_bars_on_a_terminal_whatever_tqdm_settings_were_inherited(tmp_p
 
 
 @pytest.mark.slow
-def test_a_sweep_whose_reader_has_gone_trains_and_writes_every_row(tmp_path):
-    out = tmp_path / "out"
-    argv = [sys.executable, "-m", "experiments.q1_optimizers", "--out", out, *SMALL]
-    proc = with_stdout_closed(argv)
+def test_a_sweep_whose_reader_has_gone_trains_and_writes_every_row(swept_with_reader_gone):
+    proc, out = swept_with_reader_gone
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert "\r" not in proc.stderr  # no progress bar redrawn into a pipe
     for row in ROWS:

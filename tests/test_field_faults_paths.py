@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import cli
 from experiments.cli import path_problem
 from fmnist_jax import checkpoint, results, sources
 from fmnist_jax.compare import compare
@@ -73,29 +74,49 @@ def test_the_folders_refused_for_checkpoints_are_exactly_those_orbax_cannot_use(
     assert not works["[1]"] and not works["\\"] and works[" "] and works["ü"]  # the issue's probe
 
 
-def test_a_folder_read_as_a_pattern_is_refused_up_front_with_what_to_do(tmp_path):
+def refusal(argv: list) -> str:
+    """The usage error the entry points' flag parsing (`experiments.cli.parse`, with Question
+    2's flags) raises for `argv`: what the command line prints after `error: `, exit 2."""
+    with pytest.raises(cli.UsageError) as raised:
+        cli.parse(cli.parser("test", question2=True), [str(a) for a in argv])
+    return str(raised.value)
+
+
+def test_a_folder_read_as_a_pattern_is_refused_up_front_with_what_to_do(tmp_path, monkeypatch):
     """`--out exp[1]` made every resume checkpoint look damaged and Question 2 end in a dead
     end; such a folder, wherever the pattern is in its full path (the current folder too), is
-    refused before anything is read or written: exit 2, one line naming it, why and the fix."""
-    out = tmp_path / "exp[1]"
-    proc = run("experiments.q1_optimizers", "--out", out, *SMALL)
-    assert_clean_failure(proc, 2, f"--out {out}", "'exp[1]'", "glob pattern", "--out DIR")
-    assert not out.exists()
+    refused before anything is read or written: exit 2, one line naming it, why and the fix.
+
+    One command line shows both (a relative --out in a current folder named with a pattern);
+    the other flags go through the same parsing, which is checked in-process."""
     cwd = tmp_path / "work[2]"
     cwd.mkdir()
-    proc = run(
-        "experiments.q1_epochs", "--out", "results", *SMALL, cwd=cwd, env=child_env(PYTHONPATH=ROOT)
+    env = child_env(PYTHONPATH=ROOT)
+    proc = run("experiments.q1_epochs", "--out", "exp[1]", *SMALL, cwd=cwd, env=env)
+    assert_clean_failure(
+        proc,
+        2,
+        f"--out exp[1]: its full path {cwd.resolve() / 'exp[1]'}",
+        "'work[2]'",
+        "'exp[1]'",
+        "glob pattern",
+        "--out DIR",
     )
-    assert_clean_failure(proc, 2, f"its full path {cwd.resolve() / 'results'}", "'work[2]'")
     assert list(cwd.iterdir()) == []
+
+    out = tmp_path / "exp[1]"
+    message = refusal(["--out", out])
+    assert f"--out {out}" in message and "'exp[1]'" in message and "work" not in message
+    with monkeypatch.context() as here:
+        here.chdir(cwd)
+        assert f"its full path {cwd.resolve() / 'results'}" in refusal(["--out", "results"])
     encoder = tmp_path / "pre\\trained" / "encoder"
-    args = ("--stage", "finetune", "--encoder", encoder, "--out", tmp_path / "q2")
-    proc = run("experiments.q2_autoencoder", *args, *SMALL)
-    assert_clean_failure(proc, 2, f"--encoder {encoder}", "a backslash", "Orbax")
-    assert not (tmp_path / "q2").exists()
-    tfds_dir = tmp_path / "tfds**"
-    proc = run("experiments.q1_epochs", "--source", "tfds", "--data-dir", tfds_dir, *SMALL)
-    assert_clean_failure(proc, 2, "'**' (a glob pattern)", "TensorFlow Datasets", "--data-dir DIR")
+    message = refusal(["--stage", "finetune", "--encoder", encoder, "--out", tmp_path / "q2"])
+    assert f"--encoder {encoder}" in message and "a backslash" in message and "Orbax" in message
+    message = refusal(["--source", "tfds", "--data-dir", tmp_path / "tfds**"])
+    for needle in ("'**' (a glob pattern)", "TensorFlow Datasets", "--data-dir DIR"):
+        assert needle in message, message
+    assert not out.exists() and not (tmp_path / "q2").exists()
 
 
 def test_odd_but_usable_paths_work_end_to_end_and_a_run_resumes_in_them(tmp_path):
@@ -182,37 +203,45 @@ def test_results_of_older_code_are_named_as_such_and_overwrite_leaves_no_stale_r
     assert compare(out, reference, ignore=("q1_epochs/elsewhere",)) == []
 
 
-@pytest.mark.parametrize("parallel", ["seeds", "data"])
-def test_a_checkpoint_written_on_other_devices_is_named_not_called_damaged(tmp_path, parallel):
+def test_a_checkpoint_written_on_other_devices_is_named_not_called_damaged(tmp_path):
     """A run stopped after its last checkpoint on 2 devices, rerun on 1: with --parallel seeds
     its arrays have other shapes (the member axis padded for 2 devices) and were reported as
     damaged; with --parallel data they restored and the run went on silently on other devices,
     ending with the numbers of neither. Now both are named as written elsewhere (devices then
     and now), kept aside, not called damaged, with how to resume them; the run trains afresh to
-    the one-device numbers."""
-    args = [*SMALL, "--parallel", parallel, "--keep-checkpoints"]
-    reference = run("experiments.q1_epochs", "--out", tmp_path / "reference", *args)
-    assert reference.returncode == 0, reference.stderr
-    out = tmp_path / "out"
-    on_two = run("experiments.q1_epochs", "--out", out, *args, env=child_env(XLA_FLAGS=TWO_DEVICES))
-    assert on_two.returncode == 0, on_two.stderr
-    row = out / "q1_epochs" / "epochs_1"
-    (row / "metrics.json").unlink()
-    proc = run("experiments.q1_epochs", "--out", out, *args)
-    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
-    [warning] = warnings_of(proc)
-    aside = row / ".checkpoint.other-placement"
-    for needle in (
-        f"the checkpoint in {row / 'checkpoint'} was written with devices 2 x cpu",
-        f"(this run: devices 1 x cpu, parallel {parallel}",
-        "not damaged",
-        f"moved to {aside}",
-        "to resume from it instead",
-    ):
-        assert needle in warning, warning
-    assert "damaged" not in warning.replace("not damaged", "")
-    assert (aside / "1").is_dir()
-    assert compare(out, tmp_path / "reference") == []
+    the one-device numbers.
+
+    Both are rerun on one device with --parallel data (the placement is no part of the
+    configuration), so that one reference run gives the one-device numbers of both."""
+    args = [*SMALL, "--keep-checkpoints"]
+    reference = tmp_path / "reference"
+    made = run("experiments.q1_epochs", "--out", reference, *args, "--parallel", "data")
+    assert made.returncode == 0, made.stderr
+    two_devices = child_env(XLA_FLAGS=TWO_DEVICES)
+    for then in ("seeds", "data"):
+        out = tmp_path / then
+        on_two = run(
+            "experiments.q1_epochs", "--out", out, *args, "--parallel", then, env=two_devices
+        )
+        assert on_two.returncode == 0, on_two.stderr
+        row = out / "q1_epochs" / "epochs_1"
+        (row / "metrics.json").unlink()
+        proc = run("experiments.q1_epochs", "--out", out, *args, "--parallel", "data")
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+        [warning] = warnings_of(proc)
+        aside = row / ".checkpoint.other-placement"
+        for needle in (
+            f"the checkpoint in {row / 'checkpoint'} was written with devices 2 x cpu, "
+            f"parallel {then}",
+            "(this run: devices 1 x cpu, parallel data",
+            "not damaged",
+            f"moved to {aside}",
+            "to resume from it instead",
+        ):
+            assert needle in warning, warning
+        assert "damaged" not in warning.replace("not damaged", "")
+        assert (aside / "1").is_dir()
+        assert compare(out, reference) == []
 
 
 ANNEX_TARGET = (
@@ -245,13 +274,17 @@ def test_data_files_that_are_broken_links_into_an_annex_are_named_with_the_fetch
     assert_clean_failure(proc, 1, "it is a git-annex pointer", "datalad get")
 
 
+# The smallest run that writes a checkpoint: one quick epoch of the autoencoder's pretraining
+# (`python -m experiments.run --model autoencoder`), whose programs compile in about half the
+# time of the CNN's.
+PRETRAIN = ["experiments.run", "--model", "autoencoder", *SMALL]
 FILE_SIZE_LIMIT = 100_000  # bytes: above the small entries, below the training programs'
-# `python -m experiments.q1_epochs ARGS` under that limit (set by the child itself: a
-# preexec_fn would fork this multithreaded process).
+# `python -m experiments.run ARGS` under that limit (set by the child itself: a preexec_fn
+# would fork this multithreaded process).
 UNDER_LIMIT = (
     "import resource, runpy; "
     f"resource.setrlimit(resource.RLIMIT_FSIZE, ({FILE_SIZE_LIMIT}, resource.RLIM_INFINITY)); "
-    "runpy.run_module('experiments.q1_epochs', run_name='__main__', alter_sys=True)"
+    "runpy.run_module('experiments.run', run_name='__main__', alter_sys=True)"
 )
 
 
@@ -264,7 +297,7 @@ def test_a_compilation_cache_that_cannot_be_written_is_turned_off_at_the_first_e
     damaged otherwise (cut short by older code) is removed on its first read, and rewritten."""
     cache, env = tmp_path / "cache", child_env(FMNIST_JAX_CACHE=tmp_path / "cache")
     full = subprocess.run(
-        [sys.executable, "-c", UNDER_LIMIT, "--out", str(tmp_path / "full"), *SMALL],
+        [sys.executable, "-c", UNDER_LIMIT, *PRETRAIN[1:], "--out", str(tmp_path / "full")],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -280,13 +313,13 @@ def test_a_compilation_cache_that_cannot_be_written_is_turned_off_at_the_first_e
     assert all(size < FILE_SIZE_LIMIT for size in sizes.values()), sizes  # none cut at the limit
     assert not any(name.startswith("jit_eval_fn") for name in sizes), sizes  # off after the error
 
-    again = run("experiments.q1_epochs", "--out", tmp_path / "again", *SMALL, env=env)
+    again = run(*PRETRAIN, "--out", tmp_path / "again", env=env)
     assert again.returncode == 0 and again.stderr == "", again.stderr
     programs = [p for p in cache.iterdir() if p.name.startswith("jit_epoch_fn")]
     assert programs
     for p in programs:
         os.truncate(p, 1000)  # cut short, as older code left them
-    proc = run("experiments.q1_epochs", "--out", tmp_path / "damaged", *SMALL, env=env)
+    proc = run(*PRETRAIN, "--out", tmp_path / "damaged", env=env)
     assert proc.returncode == 0, proc.stderr
     [warning] = warnings_of(proc)
     assert f"the compilation cache in {cache} held a damaged entry of jit_epoch_fn" in warning
