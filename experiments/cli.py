@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -449,7 +450,8 @@ def quiet_orbax_leftovers() -> None:
     end after their event loop closed, each an unraisable "Event loop is closed" traceback
     (dozens, at exit or later), or, when one of them failed first, asyncio logs "Future
     exception was never retrieved" with tensorstore's error (depends on timing: seen in 1 of
-    8 failed restores); and a failed write logs a traceback from each of its threads.
+    8 failed restores); a failed write logs a traceback from each of its threads, and may
+    leave a "_GatheringFuture exception was never retrieved" from orbax.
     Anything else passes. No upstream issue was found for it (github.com/google/orbax issues
     searched for "Event loop is closed"): recheck on upgrading, since other versions are left
     alone."""
@@ -466,14 +468,18 @@ def quiet_orbax_leftovers() -> None:
     logging.getLogger("absl").addFilter(
         lambda record: "_SignalingThread.run() raised an exception" not in record.getMessage()
     )
-    logging.getLogger("asyncio").addFilter(
-        lambda record: (
-            not (
-                record.getMessage().startswith("Future exception was never retrieved")
-                and "tensorstore_spec" in record.getMessage()
-            )
-        )
-    )
+    logging.getLogger("asyncio").addFilter(lambda record: not _orbax_future_left(record))
+
+
+def _orbax_future_left(record: logging.LogRecord) -> bool:
+    """Whether `record` is asyncio's "(_Gathering)Future exception was never retrieved" for an
+    error raised inside orbax or tensorstore (a failed checkpoint operation's leftover)."""
+    text = record.getMessage()
+    if "exception was never retrieved" not in text:
+        return False
+    if record.exc_info:
+        text += "".join(traceback.format_exception(*record.exc_info))
+    return "tensorstore" in text or "orbax" in text
 
 
 @functools.cache  # once per process
