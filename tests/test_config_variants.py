@@ -15,6 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from experiments import run as experiments_run
+from experiments import study
 from experiments.context import LOCK_FILE
 from fmnist_jax import data
 from fmnist_jax.train import TrainConfig, build_model
@@ -165,6 +167,21 @@ def test_a_variant_run_is_refused_where_the_original_variant_is(one_run):
     assert_clean_failure(proc, 2, "another variant", "--out")
 
 
+# Bad input: each case in this process, through the entry point's `main` (argparse and the
+# entry point's checks alike: exit 2, one error line), and one case per kind through the real
+# command line.
+
+
+def usage_error(main, argv: list, capsys) -> str:
+    """`main(argv)` in this process: exit 2, no traceback, one `error:` line -> its stderr."""
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1, err
+    return err
+
+
 BAD_CONFIGS = {
     "missing": None,
     "not JSON": '{"fingerprint": ',
@@ -174,14 +191,25 @@ BAD_CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("kind", BAD_CONFIGS)
-def test_a_bad_config_file_is_one_error_line(kind, tmp_path):
-    path = tmp_path / "config.json"
+def bad_config(kind: str, folder: Path) -> Path:
+    path = folder / "config.json"
     if BAD_CONFIGS[kind] is not None:
         path.write_text(BAD_CONFIGS[kind])
-    proc = run("experiments.run", "--config", path, "--out", tmp_path / "out")
-    assert_clean_failure(proc, 2, "config")
+    return path
+
+
+@pytest.mark.parametrize("kind", BAD_CONFIGS)
+def test_a_bad_config_file_is_one_error_line(kind, tmp_path, capsys):
+    argv = ["--config", bad_config(kind, tmp_path), "--out", tmp_path / "out"]
+    assert "config" in usage_error(experiments_run.main, argv, capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_config_file_through_the_command_line(tmp_path):
+    path, out = bad_config("not JSON", tmp_path), tmp_path / "out"
+    proc = run("experiments.run", "--config", path, "--out", out)
+    assert_clean_failure(proc, 2, "--config", "cannot be read")
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -195,25 +223,38 @@ def test_a_bad_config_file_is_one_error_line(kind, tmp_path):
         (["--init", "orthogonal"], "invalid choice"),
     ],
 )
-def test_a_bad_field_value_is_one_error_line_with_its_range(args, needle, tmp_path):
-    proc = run("experiments.run", *args, "--out", tmp_path / "out")
-    assert_clean_failure(proc, 2, needle)
+def test_a_bad_field_value_is_one_error_line_with_its_range(args, needle, tmp_path, capsys):
+    assert needle in usage_error(experiments_run.main, [*args, "--out", tmp_path / "out"], capsys)
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(
-    "classes, needle",
-    [
-        ("1,3,3", "distinct, got 3 twice"),
-        ("0,10", "in 0..9, got 10"),
-        ("4", "2 to 10 classes, got 1"),
-        ("0,1,2,3,4,5,6,7,8,9,0", "2 to 10 classes, got 11"),
-        ("0,two", "got '0,two'"),
-    ],
-)
-def test_bad_classes_are_one_error_line(classes, needle, tmp_path):
-    proc = run("experiments.study", "--classes", classes, "--out", tmp_path / "out")
-    assert_clean_failure(proc, 2, "--classes", needle)
+def test_a_bad_field_value_through_the_command_line(tmp_path):
+    """A range the configuration checks (past argparse)."""
+    proc = run("experiments.run", "--momentum", "1.5", "--out", tmp_path / "out")
+    assert_clean_failure(proc, 2, "momentum must be in [0, 1)")
+    assert not (tmp_path / "out").exists()
+
+
+BAD_CLASSES = [
+    ("1,3,3", "distinct, got 3 twice"),
+    ("0,10", "in 0..9, got 10"),
+    ("4", "2 to 10 classes, got 1"),
+    ("0,1,2,3,4,5,6,7,8,9,0", "2 to 10 classes, got 11"),
+    ("0,two", "got '0,two'"),
+]
+
+
+@pytest.mark.parametrize("classes, needle", BAD_CLASSES)
+def test_bad_classes_are_one_error_line(classes, needle, tmp_path, capsys):
+    err = usage_error(study.main, ["--classes", classes, "--out", tmp_path / "out"], capsys)
+    assert "--classes" in err and needle in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_classes_through_the_command_line(tmp_path):
+    """A flag argparse refuses (its type)."""
+    proc = run("experiments.study", "--classes", "1,3,3", "--out", tmp_path / "out")
+    assert_clean_failure(proc, 2, "--classes", "distinct, got 3 twice")
     assert not (tmp_path / "out").exists()
 
 

@@ -52,13 +52,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(tmp: Path, args_of, n: int = 2) -> list[tuple[subprocess.Popen, Path, Path]]:
-    """n processes of one job: process i runs `python -m` args_of(i), output in tmp/p<i>.*."""
+def launch(tmp: Path, args_of, n: int = 2, **more) -> list[tuple[subprocess.Popen, Path, Path]]:
+    """n processes of one job: process i runs `python -m` args_of(i), output in tmp/p<i>.*, with
+    the environment variables `more` besides the job's."""
     port, procs = _free_port(), []
     for i in range(n):
         out, err = tmp / f"p{i}.out", tmp / f"p{i}.err"
         env = _env(
-            2, JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=n, JAX_PROCESS_ID=i
+            2,
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAX_NUM_PROCESSES=n,
+            JAX_PROCESS_ID=i,
+            **more,
         )
         with open(out, "w") as fo, open(err, "w") as fe:
             procs.append(
@@ -123,8 +128,13 @@ def test_an_error_in_one_process_ends_every_process_with_a_non_zero_status(tmp_p
 @pytest.mark.parametrize("victim", [0, 1])
 def test_an_interrupted_process_ends_every_process_with_a_non_zero_status(tmp_path, victim):
     """SIGINT to one process while it trains: it exits 130 at once; JAX's runtime ends the other
-    (at once when process 0, which hosts the runtime, is gone; else after its heartbeat timeout)."""
-    procs = launch(tmp_path, lambda i: [*COMMAND, "--out", str(tmp_path / "results")])
+    (at once when process 0, which hosts the runtime, is gone; else after its heartbeat timeout,
+    10 s here through FMNIST_JAX_HEARTBEAT_TIMEOUT_S, JAX's default 100 s)."""
+    procs = launch(
+        tmp_path,
+        lambda i: [*COMMAND, "--out", str(tmp_path / "results")],
+        FMNIST_JAX_HEARTBEAT_TIMEOUT_S=10,
+    )
     proc, out, err = procs[victim]
     deadline = time.monotonic() + 300
     while "pretraining" not in out.read_text():
@@ -176,6 +186,13 @@ def test_only_process_0_writes_and_every_write_is_a_barrier(tmp_path, as_process
     "env, message",
     [
         ({"JAX_NUM_PROCESSES": "two"}, "JAX_NUM_PROCESSES='two' is not an integer"),
+        *(
+            (
+                {"JAX_NUM_PROCESSES": "2", "FMNIST_JAX_HEARTBEAT_TIMEOUT_S": value},
+                f"FMNIST_JAX_HEARTBEAT_TIMEOUT_S='{value}' is not a whole number of seconds >= 1",
+            )
+            for value in ("ten", "0", "1.5")
+        ),
         (
             {
                 "JAX_COORDINATOR_ADDRESS": "127.0.0.1:1",
@@ -187,7 +204,7 @@ def test_only_process_0_writes_and_every_write_is_a_barrier(tmp_path, as_process
     ],
 )
 def test_bad_settings_are_one_error_line_and_status_2(monkeypatch, capsys, env, message):
-    for name in distributed.ENV:
+    for name in (*distributed.ENV, distributed.HEARTBEAT_ENV):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
