@@ -11,10 +11,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
-from tensorboardX import summary
-from tensorboardX.event_file_writer import EventsWriter
-from tensorboardX.proto.event_pb2 import Event
-from tensorboardX.proto.summary_pb2 import Summary
 
 from fmnist_jax import distributed, results
 from fmnist_jax.train import TrainConfig
@@ -65,13 +61,20 @@ class RunLog:
 
     def __init__(self, folder: Path | None, seeds: Sequence[int], hparams: Mapping):
         self.folder, self.seeds, self.hparams = folder, list(seeds), dict(hparams)
-        self.writers: list[EventsWriter] | None = None
+        self.writers: list | None = None  # tensorboardX EventsWriters, one per seed
         self.written = 0
 
     def write(self, history: Mapping[str, Sequence[Sequence[float]]]) -> None:
         """Write the epochs of `history` (name -> [n_seeds][n_epochs]) not yet written."""
         if self.folder is None or not history or not distributed.is_writer():
             return
+        # Imported here: tensorboardX's package imports torch whenever it is installed (the
+        # `bench` extra), 2.5 s of every command's start-up otherwise.
+        from tensorboardX import summary
+        from tensorboardX.event_file_writer import EventsWriter
+        from tensorboardX.proto.event_pb2 import Event
+        from tensorboardX.proto.summary_pb2 import Summary
+
         if self.writers is None:
             results.remove_tree(self.folder)
             self.writers = []
