@@ -12,13 +12,9 @@ Worker: `python -m benchmarks.one_thread --out PATH [--quick] [--random-data]` w
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
+
+from benchmarks import spawn_worker, worker_main
 
 NAME = "cnn_train_1thread"
 
@@ -44,27 +40,12 @@ def run_worker(quick: bool, random_data: bool, timeout_s: float) -> tuple[dict |
 
     if jax.default_backend() != "cpu" or not hasattr(os, "sched_setaffinity"):
         return None, "one thread is a CPU measurement on an OS that can pin a process (Linux)"
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "worker.json"
-        cmd = [sys.executable, "-m", "benchmarks.one_thread", "--out", str(out)]
-        cmd += ["--quick"] * quick + ["--random-data"] * random_data
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return None, f"worker timed out ({timeout_s} s)"
-        if done.returncode != 0 or not out.exists():
-            return None, f"worker failed (rc {done.returncode}): {done.stderr[-800:]}"
-        return json.loads(out.read_text()), None
+    return spawn_worker("benchmarks.one_thread", quick, random_data, timeout_s)
 
 
 def main(argv=None):
     """`python -m benchmarks.one_thread --out PATH`: the worker's entry point."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--random-data", action="store_true")
-    args = parser.parse_args(argv)
-    args.out.write_text(json.dumps(worker(args)))
+    worker_main(worker, __doc__, argv)
 
 
 if __name__ == "__main__":

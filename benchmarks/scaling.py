@@ -15,17 +15,12 @@ if __name__ == "__main__":  # before the imports: see fmnist_jax.entry
 
     entry.start()
 
-import argparse
-import json
 import os
 import re
-import subprocess
-import sys
-import tempfile
-from pathlib import Path
 
 import jax
 
+from benchmarks import spawn_worker, worker_main
 from benchmarks.cases import CNN, Case, Plan, measure_cases
 from benchmarks.timing import environment, host_cpu_count
 from benchmarks.workload import load_workload, train_epoch_program
@@ -97,19 +92,8 @@ def run_workers(plan: Plan, *, random_data: bool, timeout_s: float) -> tuple[lis
         if jax.default_backend() == "cpu":
             flags = _FORCE_FLAG.sub("", env.get("XLA_FLAGS", "")).strip()
             env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={k}".strip()
-        with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "worker.json"
-            cmd = [sys.executable, "-m", "benchmarks.scaling", "--out", str(out)]
-            cmd += ["--quick"] * plan.quick + ["--random-data"] * random_data
-            try:
-                done = subprocess.run(
-                    cmd, env=env, capture_output=True, text=True, timeout=timeout_s
-                )
-                ok = done.returncode == 0 and out.exists()
-                why = None if ok else f"worker failed (rc {done.returncode}): {done.stderr[-800:]}"
-            except subprocess.TimeoutExpired:
-                why = f"worker timed out ({timeout_s} s)"
-            result = json.loads(out.read_text()) if why is None else {}
+        result, why = spawn_worker("benchmarks.scaling", plan.quick, random_data, timeout_s, env)
+        result = result or {}
         got = result.get("env", {}).get("device_count")
         if why is None and got in seen:
             why = f"backend gave {got} devices again"
@@ -126,12 +110,7 @@ def run_workers(plan: Plan, *, random_data: bool, timeout_s: float) -> tuple[lis
 
 def main(argv=None):
     """`python -m benchmarks.scaling --out PATH`: a worker's entry point."""
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--random-data", action="store_true")
-    args = parser.parse_args(argv)
-    args.out.write_text(json.dumps(worker(args)))
+    worker_main(worker, __doc__, argv)
 
 
 if __name__ == "__main__":
