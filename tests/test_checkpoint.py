@@ -1,5 +1,6 @@
 """Orbax checkpoints (fmnist_jax.checkpoint) and resuming an interrupted `fit`, on real images."""
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -340,3 +341,26 @@ def test_failed_restores_leave_no_tracebacks(tmp_path):
     assert len(lines) == 8 and all(
         line.startswith("warning: the checkpoint in") for line in lines
     ), proc.stderr
+
+
+def test_only_orbax_leftover_futures_are_dropped():
+    """The entry points' filter on asyncio's logger (`cli._orbax_future_left`): the
+    never-retrieved exceptions a failed restore or write leaves (tensorstore's error in the
+    message, or orbax in the traceback) are dropped; any other is kept."""
+    from experiments import cli
+
+    def record(message, exc_info=None):
+        return logging.LogRecord("asyncio", logging.ERROR, __file__, 1, message, (), exc_info)
+
+    restore = (
+        "Future exception was never retrieved\nfuture: <Future ValueError('[tensorstore_spec=']"
+    )
+    try:
+        raise ValueError("write failed")
+    except ValueError:
+        error = sys.exc_info()
+    error = (error[0], ValueError("Error in orbax.checkpoint write"), error[2])
+    assert cli._orbax_future_left(record(restore))
+    assert cli._orbax_future_left(record("_GatheringFuture exception was never retrieved", error))
+    assert not cli._orbax_future_left(record("Future exception was never retrieved\nfuture: x"))
+    assert not cli._orbax_future_left(record("Task was destroyed but it is pending! orbax"))
