@@ -43,14 +43,11 @@ def num(value: Any) -> float:
 def fmt(ms: Mapping | None, scale: float = 100.0, digits: int = 2) -> str:
     """'mean ± std' of a {"mean", "std"} entry (percent by default); the mean alone for one seed
     (std undefined); '–' when missing or NaN."""
-    if not ms or not isinstance(ms, Mapping) or "mean" not in ms:
+    if not isinstance(ms, Mapping) or not math.isfinite(num(ms.get("mean"))):
         return "–"
     mean, std = num(ms["mean"]), num(ms.get("std"))
-    if not math.isfinite(mean):
-        return "–"
-    if not math.isfinite(std):  # one seed: no spread to show
-        return f"{mean * scale:.{digits}f}"
-    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+    text = f"{mean * scale:.{digits}f}"
+    return f"{text} ± {std * scale:.{digits}f}" if math.isfinite(std) else text  # 1 seed: no std
 
 
 def fmt_num(value: Any, digits: int = 0) -> str:
@@ -264,12 +261,6 @@ def verdict_words(c: Mapping, scale: float = 100.0) -> str:
     return text
 
 
-CHOICE_VERDICTS = {  # after "Against the runner-up, <label>, on the validation images: "
-    "better": "{}: the data support the choice.",
-    "not distinguishable": "{}: with these seeds and images the choice is a tie-break.",
-}
-
-
 def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
     """The verdict of a sweep in words, worded by its statistics."""
     if not choice:
@@ -283,13 +274,13 @@ def choice_text(choice: Mapping | None, markdown: bool = True) -> str:
     if "runner_up" in choice:
         c = choice.get("comparison")
         text += f" Against the runner-up, {link_text(str(choice['runner_up_label']))}, on the "
-        text += "validation images: " + (
-            "no saved predictions to compare."
-            if c is None
-            else CHOICE_VERDICTS.get(c["verdict"], CHOICE_VERDICTS["not distinguishable"]).format(
-                verdict_words(c)
-            )
-        )
+        if c is None:
+            text += "validation images: no saved predictions to compare."
+        elif c["verdict"] == "better":
+            text += f"validation images: {verdict_words(c)}: the data support the choice."
+        else:
+            text += f"validation images: {verdict_words(c)}: with these seeds and images the "
+            text += "choice is a tie-break."
     return text
 
 
@@ -311,17 +302,18 @@ def diverged_cell(m: Mapping) -> str:
 
 def train_time_cell(m: Mapping) -> str:
     """Wall seconds of training (all seeds together); Q2 rows: pretraining + fine-tuning."""
-    fine = fmt_num(m.get("timing", {}).get("wall_s"))
-    pre = m.get("pretrain")
-    return f"{fmt_num(pre.get('timing', {}).get('wall_s'))} + {fine}" if pre else fine
+    return " + ".join(fmt_num(s.get("timing", {}).get("wall_s")) for s in _stages(m))
 
 
 def steps_cell(m: Mapping) -> str:
     """Optimizer steps of one seed's run (all seeds take the same); Q2 rows: pretraining +
     fine-tuning."""
-    fine = fmt_num((m.get("optimizer_steps") or [None])[0])
-    pre = m.get("pretrain")
-    return f"{fmt_num((pre.get('optimizer_steps') or [None])[0])} + {fine}" if pre else fine
+    return " + ".join(fmt_num((s.get("optimizer_steps") or [None])[0]) for s in _stages(m))
+
+
+def _stages(m: Mapping) -> list[Mapping]:
+    """A row's metrics per training stage: [pretraining, fine-tuning] for Q2 rows, else [m]."""
+    return [m["pretrain"], m] if m.get("pretrain") else [m]
 
 
 def delta_cell(row: Row, chosen: Row | None, mark: str = "**chosen**", split: str = "val") -> str:
@@ -331,12 +323,16 @@ def delta_cell(row: Row, chosen: Row | None, mark: str = "**chosen**", split: st
         return "–"
     if row.name == chosen.name:
         return mark
-    c = compare_rows(row, chosen, split)
-    if c is None:
+    return interval_cell(compare_rows(row, chosen, split))
+
+
+def interval_cell(c: Mapping | None) -> str:
+    """A comparison (`stats.compare`) in a table cell: '+0.80 [+0.16, +1.44], better'; '–'
+    without one, or for one written by older code."""
+    if not c or "covers" not in c:
         return "–"
-    low, high = (num(v) for v in c["ci95"])
-    ci = f"[{low * 100:+.2f}, {high * 100:+.2f}]"
-    return f"{num(c['difference']) * 100:+.2f} {ci}, {c.get('verdict_text', c['verdict'])}"
+    low, high = (num(v) * 100 for v in c["ci95"])
+    return f"{num(c['difference']) * 100:+.2f} [{low:+.2f}, {high:+.2f}], {c['verdict_text']}"
 
 
 def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = "") -> str:
@@ -354,11 +350,8 @@ def sweep_table(sweep: SweepResult, class_names: Sequence[str], prefix: str = ""
     rows = []
     for r in sweep.rows:
         if not r.complete:
-            incomplete = [
-                f"{link_text(r.label)} (`{prefix}{r.name}/`)",
-                "incomplete: no metrics.json",
-            ]
-            rows.append(incomplete + ["–"] * (len(head) - 2))
+            cells = [f"{link_text(r.label)} (`{prefix}{r.name}/`)", "incomplete: no metrics.json"]
+            rows.append(cells + ["–"] * (len(head) - 2))
             continue
         m, pc = r.metrics, r.metrics.get("per_class_test_accuracy", {})
         rows.append(
