@@ -34,6 +34,7 @@ from fmnist_jax.sweep_report import (
     fmt,
     fmt_num,
     image,
+    interval_cell,
     link_text,
     md_table,
     num,
@@ -74,13 +75,11 @@ def _arch(row: Row) -> str | None:
 
 
 def _inference(study: Mapping, row: Row) -> Mapping:
-    inf = (study or {}).get("inference", {})
-    model = row.config.get("train_config", {}).get("model")
-    if model == "cnn":
-        entry = inf.get("cnn", {})
-        pool = row.config.get("train_config", {}).get("pool")
-        return entry if entry.get("pool", pool) == pool else {}
-    return inf.get(f"encoder_classifier_{_arch(row)}", {})
+    inf, tc = (study or {}).get("inference", {}), row.config.get("train_config", {})
+    if tc.get("model") != "cnn":
+        return inf.get(f"encoder_classifier_{_arch(row)}", {})
+    entry = inf.get("cnn", {})  # measured with one pooling
+    return entry if entry.get("pool", tc.get("pool")) == tc.get("pool") else {}
 
 
 def _column(r: Row, study: Mapping, class_names: Sequence[str]) -> list[str]:
@@ -118,16 +117,24 @@ def _column(r: Row, study: Mapping, class_names: Sequence[str]) -> list[str]:
 
 def _row(sweeps: Sequence[SweepResult], question: str, role: str) -> Row | None:
     """The first complete row of `question` recorded in `role`."""
-    return next(
-        (
-            r
-            for s in sweeps
-            if s.question == question
-            for r in s.rows
-            if r.role == role and r.complete
-        ),
-        None,
-    )
+    rows = (r for s in sweeps if s.question == question for r in s.rows)
+    return next((r for r in rows if r.role == role and r.complete), None)
+
+
+def _chosen(sweeps: Sequence[SweepResult]) -> tuple[list[Row], list[Row], Row | None, Row | None]:
+    """(Question 1's distinct rows that answer a choice, Question 2's pretrained ones, the row
+    chosen on validation among each)."""
+
+    def varied(question):  # the rows of its sweeps that answer a choice
+        return [r for s in sweeps if s.question == question and s.note is None for r in s.rows]
+
+    def best(rows):
+        c = choose(rows)
+        return next(r for r in rows if r.name == c["choice"]) if c else None
+
+    q1 = distinct(varied("q1"))
+    q2 = distinct([r for r in varied("q2") if r.complete and r.metrics.get("pretrain")])
+    return q1, q2, best(q1), best(q2)
 
 
 def comparison(
@@ -141,16 +148,7 @@ def comparison(
     """The CNN-vs-autoencoder section: each question's row chosen on validation among the rows
     its sweeps vary, side by side with the original recipes and the tuned CNN, and the
     conclusion, tested on the test images (draws the comparison figure)."""
-
-    def varied(question):  # the rows of its sweeps that answer a choice
-        return [r for s in sweeps if s.question == question and s.note is None for r in s.rows]
-
-    q1 = distinct(varied("q1"))
-    q2 = distinct([r for r in varied("q2") if r.complete and r.metrics.get("pretrain")])
-    cnn, ae = (
-        next((r for r in rows if c and r.name == c["choice"]), None)
-        for rows, c in ((q1, choose(q1)), (q2, choose(q2)))
-    )
+    q1, q2, cnn, ae = _chosen(sweeps)
     lines = ["## CNN vs autoencoder", ""]
     if cnn is None or ae is None:
         return lines + [
@@ -262,15 +260,13 @@ def _conclusion(
         f"{verdict_words(d)}."
     )
     per_class = [r.metrics["per_class_test_accuracy"] for r in (cnn, ae)]
-    gaps = sorted(
-        (
-            (num(per_class[0].get(k, {}).get("mean")) - num(per_class[1].get(k, {}).get("mean")), k)
-            for k in class_names
-        ),
-        key=lambda t: -abs(t[0]) if math.isfinite(t[0]) else 0,
-    )
-    if gaps and math.isfinite(gaps[0][0]):
-        k = gaps[0][1]
+    gaps = [
+        (num(per_class[0].get(k, {}).get("mean")) - num(per_class[1].get(k, {}).get("mean")), k)
+        for k in class_names
+    ]
+    largest = min(gaps, key=lambda t: -abs(t[0]) if math.isfinite(t[0]) else 0, default=None)
+    if largest and math.isfinite(largest[0]):
+        k = largest[1]
         text += (
             f" The largest per-class gap is on {k}: {fmt(per_class[0][k], digits=1)}% (CNN) vs "
             f"{fmt(per_class[1][k], digits=1)}% (autoencoder)."
@@ -547,7 +543,7 @@ def write_report(out: str | Path) -> Path:
                     f"({link_text(original.label)}): {verdict_words(t)}.",
                     "",
                 ]
-        lines += ["Fit criteria: " + _criteria(qs), ""]
+        lines += ["Fit criteria: " + FIT_CRITERIA, ""]
 
     lines += continuation_lines(out, sweeps)
     lines += [*compared, other, *_environment_section(study, first, sweeps)]
@@ -596,19 +592,15 @@ def continuation_lines(out: Path, sweeps: Sequence[SweepResult]) -> list[str]:
     runs = _continued_runs(out, sweeps)
     histories = {id(r): io.read_json(r.dir / "history.json") for _, r in runs}
 
-    def same_recipe(a: Row, b: Row) -> bool:
-        ca, cb = (dict(r.config.get("train_config") or {}, epochs=0) for r in (a, b))
-        return (
-            ca == cb
-            and a.config.get("seeds") == b.config.get("seeds")
-            and (a.config.get("data") == b.config.get("data"))
-        )
+    def recipe(r: Row) -> tuple:  # all that a continuation shares with the run it continues
+        c = r.config
+        return dict(c.get("train_config") or {}, epochs=0), c.get("seeds"), c.get("data")
 
     table = []
     for label, short in runs:
         longer = []
         for _, long in runs:
-            if long is short or not same_recipe(short, long):
+            if long is short or recipe(long) != recipe(short):
                 continue
             try:
                 check = curves.continuation_check(histories[id(short)], histories[id(long)])
@@ -618,18 +610,15 @@ def continuation_lines(out: Path, sweeps: Sequence[SweepResult]) -> list[str]:
         if not longer:
             continue
         check = min(longer, key=lambda t: t[0])[1]  # the longest continuation
-        fit = short.fit
-        verdict = str(fit.get("verdict", "–"))
-        agree = curves.agrees(verdict, check)
-        shows = {True: "lowers it", False: "does not lower it", None: "–"}[check["lowers"]]
+        verdict = str(short.fit.get("verdict", "–"))
         table.append(
             [
                 link_text(label),
                 verdict,
                 f"{check['from_epoch']} → {check['to_epoch']}",
                 f"{check['change']:+.4f} ± {check['change_se']:.4f} (t {check['t']:.2f})",
-                shows,
-                {True: "yes", False: "**no**", None: "no claim"}[agree],
+                {True: "lowers it", False: "does not lower it", None: "–"}[check["lowers"]],
+                {True: "yes", False: "**no**", None: "no claim"}[curves.agrees(verdict, check)],
             ]
         )
     if not table:
@@ -658,17 +647,11 @@ def continuation_lines(out: Path, sweeps: Sequence[SweepResult]) -> list[str]:
     ]
 
 
-def _criteria(sweeps: Sequence[SweepResult]) -> str:
-    return (
-        curves.CRITERIA + "; roughness: the std over epochs of the epoch-to-epoch changes of the "
-        "validation loss (per seed, then mean ± std)."
-    )
-
-
-def _hardware(backend: str | None) -> str:
-    return {"gpu": "GPU", "cuda": "GPU", "rocm": "GPU", "tpu": "TPU", "cpu": "CPU only"}.get(
-        backend or "", "?"
-    )
+FIT_CRITERIA = (
+    curves.CRITERIA + "; roughness: the std over epochs of the epoch-to-epoch changes of the "
+    "validation loss (per seed, then mean ± std)."
+)
+HARDWARE = {"gpu": "GPU", "cuda": "GPU", "rocm": "GPU", "tpu": "TPU", "cpu": "CPU only"}
 
 
 def _environment_section(
@@ -682,7 +665,7 @@ def _environment_section(
             ["JAX / jaxlib", f"{v['jax']} / {v['jaxlib']}"],
             ["Flax / Optax / Orbax", f"{v['flax']} / {v['optax']} / {v['orbax_checkpoint']}"],
             ["Python / NumPy", f"{v['python']} / {v['numpy']}"],
-            ["backend", f"{v['backend']} ({_hardware(env.get('backend'))})"],
+            ["backend", f"{v['backend']} ({HARDWARE.get(env.get('backend'), '?')})"],
             ["device", f"{v['device_count']} × {v['device_kind']}"],
             ["platform", str(v["platform"])],
         ]
@@ -715,12 +698,15 @@ def _environment_section(
 # The README's results
 
 
-def _short(c: Mapping | None) -> str:
-    """A comparison in a table cell: '+0.80 [+0.16, +1.44], better'."""
-    if not c or "covers" not in c:
-        return "–"
-    low, high = (num(v) * 100 for v in c["ci95"])
-    return f"{num(c['difference']) * 100:+.2f} [{low:+.2f}, {high:+.2f}], {c['verdict_text']}"
+def _versus(question: str, answer: str, a: Row, b: Row, what: str, val: bool = False) -> list:
+    """A row of the README's results: `a` against `b` on the test images (`val`: their
+    validation accuracies too), the difference's cell after `what`."""
+
+    def both(key):
+        return f"{fmt(a.metrics[key])} vs {fmt(b.metrics[key])}"
+
+    cell = what + interval_cell(compare_rows(a, b, "test"))
+    return [question, answer, both("val_accuracy") if val else "–", both("test_accuracy"), cell]
 
 
 def results_table(out: str | Path) -> str:
@@ -747,62 +733,32 @@ def results_table(out: str | Path) -> str:
     ]
     head = ["question", "answer", "val acc %", "test acc %", "Δ points [95% CI], verdict"]
     rows = []
-    q1 = distinct([r for s in sweeps if s.question == "q1" and s.note is None for r in s.rows])
-    q2 = [r for s in sweeps if s.question == "q2" and s.note is None for r in s.rows]
-    q2 = distinct([r for r in q2 if r.complete and r.metrics.get("pretrain")])
-    best = [next((r for r in rows_ if c and r.name == c["choice"]), None)
-            for rows_, c in ((q1, choose(q1)), (q2, choose(q2)))]  # fmt: skip
-    if all(best):
-        cnn, ae = best
-        rows.append(
-            [
-                "**CNN vs autoencoder** (test images)",
-                f"CNN: {link_text(cnn.label)}; autoencoder: {link_text(ae.label)}",
-                f"{fmt(cnn.metrics['val_accuracy'])} vs {fmt(ae.metrics['val_accuracy'])}",
-                f"{fmt(cnn.metrics['test_accuracy'])} vs {fmt(ae.metrics['test_accuracy'])}",
-                "CNN − autoencoder " + _short(compare_rows(cnn, ae, "test")),
-            ]
-        )
+    _, _, cnn, ae = _chosen(sweeps)
+    if cnn and ae:
+        answer = f"CNN: {link_text(cnn.label)}; autoencoder: {link_text(ae.label)}"
+        question = "**CNN vs autoencoder** (test images)"
+        rows.append(_versus(question, answer, cnn, ae, "CNN − autoencoder ", val=True))
     for s in sweeps:
         done = {r.name: r for r in s.rows if r.complete}
         if s.choice and s.choice.get("choice") in done:
             r = done[s.choice["choice"]]
-            runner = done.get(s.choice.get("runner_up"))
-            rows.append(
-                [
-                    link_text(s.title),
-                    link_text(r.label),
-                    fmt(r.metrics["val_accuracy"]),
-                    fmt(r.metrics["test_accuracy"]),
-                    f"vs {link_text(runner.label)} (validation) {_short(s.choice['comparison'])}"
-                    if runner
-                    else "–",
-                ]
-            )
+            runner, vs = done.get(s.choice.get("runner_up")), "–"
+            if runner:
+                vs = f"vs {link_text(runner.label)} (validation) "
+                vs += interval_cell(s.choice["comparison"])
+            m = r.metrics
+            cells = [link_text(s.title), link_text(r.label), fmt(m["val_accuracy"])]
+            rows.append([*cells, fmt(m["test_accuracy"]), vs])
         elif s.note and s.reference in done:
             ref = done[s.reference]
             for r in (r for name, r in done.items() if name != s.reference):
-                rows.append(
-                    [
-                        link_text(s.title),
-                        f"{link_text(ref.label)} vs {link_text(r.label)}",
-                        "–",
-                        f"{fmt(ref.metrics['test_accuracy'])} vs {fmt(r.metrics['test_accuracy'])}",
-                        "(test) " + _short(compare_rows(ref, r, "test")),
-                    ]
-                )
+                answer = f"{link_text(ref.label)} vs {link_text(r.label)}"
+                rows.append(_versus(link_text(s.title), answer, ref, r, "(test) "))
     tuned, original = _row(sweeps, "q1", "tuned"), _row(sweeps, "q1", "original")
     if tuned and original:
-        rows.append(
-            [
-                "Q1 · beyond the original: the tuned recipe (test images)",
-                f"{link_text(tuned.label)} vs the original recipe",
-                "–",
-                f"{fmt(tuned.metrics['test_accuracy'])} vs "
-                f"{fmt(original.metrics['test_accuracy'])}",
-                "(test) " + _short(compare_rows(tuned, original, "test")),
-            ]
-        )
+        question = "Q1 · beyond the original: the tuned recipe (test images)"
+        answer = f"{link_text(tuned.label)} vs the original recipe"
+        rows.append(_versus(question, answer, tuned, original, "(test) "))
     return "\n".join([*lines, md_table(head, rows)])
 
 
