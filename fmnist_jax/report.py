@@ -82,8 +82,8 @@ def _inference(study: Mapping, row: Row) -> Mapping:
     return entry if entry.get("pool", tc.get("pool")) == tc.get("pool") else {}
 
 
-def _column(r: Row, study: Mapping, class_names: Sequence[str]) -> list[str]:
-    """A row's column of the comparison table, in the order of its measures."""
+def _column(r: Row, study: Mapping, class_names: Sequence[str]) -> dict[str, str]:
+    """A row's column of the comparison table: {measure: cell}, in the table's order."""
     m, pre = r.metrics, r.metrics.get("pretrain")
     per_class, timing = m.get("per_class_test_accuracy", {}), m.get("timing", {})
     own_s, own_speed = fmt_num(timing.get("wall_s"), 1), fmt_num(timing.get("train_images_per_s"))
@@ -98,21 +98,26 @@ def _column(r: Row, study: Mapping, class_names: Sequence[str]) -> list[str]:
         speed = (
             f"{fmt_num(pre_timing.get('train_images_per_s'))} pretraining, {own_speed} fine-tuning"
         )
-    return [
-        f"[{link_text(r.label)}]({r.experiment}/{r.name}/metrics.json)",
-        fmt(m.get("test_accuracy")),
-        fmt(m.get("val_accuracy")),
-        *[fmt(per_class.get(c), digits=1) for c in class_names],
-        fmt(m.get("classification_report", {}).get("macro avg", {}).get("f1-score")),
-        str(r.n_seeds),
-        f"{fmt_num(m.get('n_params'))} ({fmt_num(m.get('n_trained_params'))})",
-        fmt_num((pre or {}).get("n_params")),
-        epochs,
-        wall,
-        speed,
-        fmt_num(_inference(study, r).get("images_per_s")),
-        diverged_cell(m),
-    ]
+    f1 = m.get("classification_report", {}).get("macro avg", {}).get("f1-score")
+    return {
+        "configuration": f"[{link_text(r.label)}]({r.experiment}/{r.name}/metrics.json)",
+        "test accuracy %": fmt(m.get("test_accuracy")),
+        "validation accuracy %": fmt(m.get("val_accuracy")),
+        **{f"{c} test acc %": fmt(per_class.get(c), digits=1) for c in class_names},
+        "macro F1 %": fmt(f1),
+        "seeds": str(r.n_seeds),
+        "parameters of the classifier (trained)": (
+            f"{fmt_num(m.get('n_params'))} ({fmt_num(m.get('n_trained_params'))})"
+        ),
+        "autoencoder parameters (pretraining)": fmt_num((pre or {}).get("n_params")),
+        "epochs (pretraining + training)": epochs,
+        "training wall time s (all seeds at once)": wall,
+        "training images/s (all seeds)": speed,
+        "inference images/s (one model, batch 1000)": fmt_num(
+            _inference(study, r).get("images_per_s")
+        ),
+        "diverged": diverged_cell(m),
+    }
 
 
 def _row(sweeps: Sequence[SweepResult], question: str, role: str) -> Row | None:
@@ -176,25 +181,10 @@ def comparison(
         "",
     ]
 
-    measures = [
-        "configuration",
-        "test accuracy %",
-        "validation accuracy %",
-        *[f"{c} test acc %" for c in class_names],
-        "macro F1 %",
-        "seeds",
-        "parameters of the classifier (trained)",
-        "autoencoder parameters (pretraining)",
-        "epochs (pretraining + training)",
-        "training wall time s (all seeds at once)",
-        "training images/s (all seeds)",
-        "inference images/s (one model, batch 1000)",
-        "diverged",
-    ]
     columns = [_column(r, study, class_names) for _, r in cols]
     table = md_table(
         ["measure", *[t for t, _ in cols]],
-        [[name, *cells] for name, *cells in zip(measures, *columns, strict=True)],
+        [[name, *(c[name] for c in columns)] for name in columns[0]],
         ["l", *["r"] * len(cols)],
     )
     groups = {}
@@ -451,8 +441,7 @@ def write_report(out: str | Path) -> Path:
     pool = next((c.get("pool") for c in q1_configs if c.get("model") == "cnn"), "avg")
     v = variant.of_configs(r.config for s in sweeps for r in s.rows) or dict(variant.ORIGINAL)
     original = variant.is_original(v)
-    init = v.get("init", variant.ORIGINAL["init"])
-    classes = v.get("classes", variant.ORIGINAL["classes"])
+    init, classes = v["init"], v["classes"]  # every variant records both
     variant_section, other = _variant_sections(v)
     k = NUMBERS.get(len(classes), str(len(classes)))
     title = (
