@@ -340,20 +340,14 @@ INIT_TEXT = {  # the Models section's words for each initialisation (fmnist_jax.
 def _models_section(pool: str, init: str, num_classes: int) -> list[str]:
     from fmnist_jax import architecture
 
-    tables = architecture.model_tables(pool, num_classes)
-    titles = architecture.titles(pool, num_classes)
     lines = [
         "## Models",
         "",
         f"Flax modules, {INIT_TEXT.get(init, init)}. " + architecture.NOTE,
         "",
     ]
-    for key in (
-        "cnn",
-        *[f"{m}_{a}" for m in ("autoencoder", "encoder_classifier") for a in ("base", "thick")],
-    ):
-        if key in tables:
-            lines += [f"### {titles[key]}", "", tables[key], ""]
+    for s in architecture.summaries(pool, num_classes).values():  # the CNN, then Q2's models
+        lines += [f"### {s.title}", "", architecture.markdown_table(s), ""]
     return lines
 
 
