@@ -54,18 +54,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-    distributed.barrier(f"written {path}")
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable (best effort: not every platform can open a folder)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
+    with contextlib.suppress(OSError):  # the rename made durable (not every OS opens a folder)
+        fd = os.open(path.parent, os.O_RDONLY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
+    distributed.barrier(f"written {path}")
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -85,8 +80,6 @@ def _to_jsonable(obj: Any) -> Any:
         return {str(k): _to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [_to_jsonable(v) for v in obj]
-    if isinstance(obj, np.generic):
-        return _to_jsonable(obj.item())
     if hasattr(obj, "__array__") and not isinstance(obj, (str, bytes)):
         return _to_jsonable(np.asarray(obj).tolist())
     if isinstance(obj, float) and not np.isfinite(obj):
@@ -144,19 +137,12 @@ _ASCII_SPELLING = {
     "±": "+/-",
     "·": "-",
     "–": "-",
-    "—": "--",
     "−": "-",
-    "§": "section ",
     "×": "x",
     "→": "->",
-    "≤": "<=",
-    "≥": ">=",
     "…": "...",
     "°": " deg",
-    "²": "^2",
     "√": "sqrt",
-    "₁": "1",
-    "₂": "2",
     "σ": "sigma",
     "Δ": "delta",
     "⚠": "(!)",

@@ -155,7 +155,7 @@ def load_raw(source: str, data_dir, verify: bool) -> tuple[RawSplit, RawSplit, d
         raise DataError(f"Unknown data source {source!r}; valid sources: {', '.join(SOURCES)}.")
     directory = folder_of[source](data_dir)
     files = _data_files(directory)  # complete: found so, or downloaded
-    if "train" in files:  # Kaggle's CSV: the official examples in another order
+    if csv := "train" in files:  # Kaggle's CSV: the official examples in another order
         train, test = (_read_csv(files[split], split, verify) for split in ("train", "test"))
     else:  # the checks by sha256 are of the IDX files: the examples in their order
         arrays = {
@@ -165,8 +165,8 @@ def load_raw(source: str, data_dir, verify: bool) -> tuple[RawSplit, RawSplit, d
         train, test = (
             RawSplit(arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in ("train", "test")
         )
-    where = {"source": "csv" if "train" in files else source, "directory": str(directory)}
-    return train, test, {**where, "file_order": "train" not in files}
+    where = {"source": "csv" if csv else source, "directory": str(directory)}
+    return train, test, {**where, "file_order": not csv}
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
@@ -274,8 +274,6 @@ def read_idx(
       DataError: unreadable, not such an IDX file (the message says what it looks like), or another
         file than `sha256` names.
     """
-    if expected_kind not in _IDX:
-        raise ValueError(f"expected_kind must be 'images' or 'labels', not {expected_kind!r}")
     path, kind, data = Path(path), expected_kind, read_bytes(Path(path))
     magic, dims = _IDX[kind]
     header = 4 * (2 + len(dims))
@@ -560,8 +558,7 @@ def _what_is_there(folder: Path) -> str:
     )
     where = f" in {best.relative_to(folder)}/" if best != folder else ""
     parts = [f"missing{where} {', '.join(missing(best))} (.gz or not)"]
-    csv = [name for name in CSV_FILES.values() if (folder / name).is_file()]
-    if csv:
+    if csv := [name for name in CSV_FILES.values() if (folder / name).is_file()]:
         parts.append(f"has {csv[0]} but not {(set(CSV_FILES.values()) - set(csv)).pop()}")
     names = [p.name + ("/" if p.is_dir() else "") for p in entries]
     more = f" and {len(names) - 8} more" if len(names) > 8 else ""
