@@ -654,9 +654,9 @@ def _environment_section(
         ]
         lines += [md_table(["component", "version"], versions), ""]
     # Each distinct configuration counts its own training time (a run that continued another
-    # counts only its own epochs: `own_wall_s`).
+    # counts only its own epochs: `own_wall_s`); one time missing leaves the sum unknown ("–").
     timings = [r.metrics.get("timing", {}) for r in distinct([r for s in sweeps for r in s.rows])]
-    config_s = sum(num(t.get("own_wall_s", t.get("wall_s"))) or 0.0 for t in timings)
+    config_s = sum(num(t.get("own_wall_s", t.get("wall_s"))) for t in timings)
     if study.get("total_wall_s") is not None:
         n = len(study.get("invocations", []))
         lines.append(
