@@ -44,3 +44,16 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, status: int, *needle
     assert sum("error:" in line for line in proc.stderr.splitlines()) == 1, msg
     for needle in needles:
         assert needle in proc.stderr, f"{needle!r} missing; {msg}"
+
+
+def usage_error(main, argv: list, capsys) -> str:
+    """`main(argv)` (an entry point's, run in this process): exit 2, no traceback, exactly one
+    `error:` line on stderr -> that stderr. The in-process twin of `assert_clean_failure`."""
+    import pytest
+
+    with pytest.raises(SystemExit) as stop:
+        main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2, err
+    assert "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1, err
+    return err

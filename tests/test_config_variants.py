@@ -20,7 +20,7 @@ from experiments import study
 from experiments.context import LOCK_FILE
 from fmnist_jax import data
 from fmnist_jax.train import TrainConfig, build_model
-from tests._cli import assert_clean_failure, run
+from tests._cli import assert_clean_failure, run, usage_error
 
 TINY = ["--quick", "--limit", "200", "--seeds", "1", "--quiet"]
 VARIANT = ["--classes", "0,2,4,6,8", "--init", "he_normal", "--pool", "max"]
@@ -170,16 +170,6 @@ def test_a_variant_run_is_refused_where_the_original_variant_is(one_run):
 # Bad input: each case in this process, through the entry point's `main` (argparse and the
 # entry point's checks alike: exit 2, one error line), and one case per kind through the real
 # command line.
-
-
-def usage_error(main, argv: list, capsys) -> str:
-    """`main(argv)` in this process: exit 2, no traceback, one `error:` line -> its stderr."""
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    err = capsys.readouterr().err
-    assert stop.value.code == 2, err
-    assert "Traceback" not in err and sum("error:" in line for line in err.splitlines()) == 1, err
-    return err
 
 
 BAD_CONFIGS = {
